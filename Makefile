@@ -1,0 +1,51 @@
+# One task runner for developers, CI and the README.
+# `make demo` and `make test` work on a fresh clone: they build .venv themselves.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test check lint types contracts proto proto-check pytest bench clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found; this project needs Python 3.11"; exit 1; }
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first and pinned: anything else lets pip pick a CUDA build of several GB.
+	$(BIN)/pip install --quiet "torch==2.13.0"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/secagg demo
+
+test: check pytest
+
+check: lint types contracts proto-check
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+types: $(STAMP)
+	$(BIN)/mypy secagg dp audits coordinator
+
+contracts: $(STAMP)
+	$(BIN)/lint-imports
+
+proto: $(STAMP)
+	$(BIN)/python scripts/protoc.py
+
+proto-check: $(STAMP)
+	$(BIN)/python scripts/protoc.py --check
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The gRPC coordinator service, the silo SDK and the ``secagg`` command line."""

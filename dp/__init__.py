@@ -1,0 +1,1 @@
+"""Differential privacy for silos: DP-SGD training, privacy accounting, budgets, attestations."""
