@@ -4,25 +4,34 @@
 
     CoordinatorError
     ├── ConfigError          a federation or silo configuration file is invalid
+    ├── PKIError             consortium keys or certificates cannot be created or loaded
     ├── StoreError           persistence failed
     ├── NotFound             unknown federation or round
     ├── StageError           a call arrived in the wrong stage of a round
     ├── DuplicateSubmission  a second submission for the same round
     ├── Unauthorized         the caller is not who it claims, or not on the roster
-    └── InvalidInput         malformed, oversized or wrong-length input
+    ├── InvalidInput         malformed, oversized or wrong-length input
+    ├── Aborted              the coordinator aborted the round (too few silos, restart)
+    └── Unavailable          the coordinator could not be reached, even after retries
+
+The silo SDK raises the same types: it maps each gRPC status back to the class the server's catalog
+mapped it from, so code on both sides catches one tree.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "Aborted",
     "ConfigError",
     "CoordinatorError",
     "DuplicateSubmission",
     "InvalidInput",
     "NotFound",
+    "PKIError",
     "StageError",
     "StoreError",
     "Unauthorized",
+    "Unavailable",
 ]
 
 
@@ -32,6 +41,10 @@ class CoordinatorError(Exception):
 
 class ConfigError(CoordinatorError):
     """A configuration file is invalid."""
+
+
+class PKIError(CoordinatorError):
+    """Consortium keys or certificates cannot be created or loaded (the message never holds key material)."""
 
 
 class StoreError(CoordinatorError):
@@ -56,3 +69,11 @@ class Unauthorized(CoordinatorError):
 
 class InvalidInput(CoordinatorError):
     """Malformed, oversized or wrong-length input."""
+
+
+class Aborted(CoordinatorError):
+    """The coordinator aborted the round."""
+
+
+class Unavailable(CoordinatorError):
+    """The coordinator could not be reached, even after retries."""

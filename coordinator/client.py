@@ -1,0 +1,418 @@
+"""The silo SDK: join a federation, train on each round's global model, and take part in secure aggregation.
+
+A complete silo::
+
+    from coordinator.client import Silo
+
+    def train(ctx):  # ctx.weights: the global model (float32); return the update (new - old)
+        return my_local_training(ctx.weights) - ctx.weights
+
+    with Silo.from_files("pki/silos/hospital-a/silo.toml") as silo:
+        for report in silo.run(train):
+            print(report.round, report.status, report.survivors)
+
+Notes:
+    The SDK verifies everything the ``secagg`` client role verifies (it *is* that role, driven over gRPC) and
+    additionally: the coordinator's roster fingerprint equals the pinned roster, the round's parameters meet the
+    silo's own policy (minimum cohort, collusion bound, threshold rule), and the downloaded model matches the hash
+    every silo signs into its advertisement. Transient gRPC failures are retried with exponential backoff; a
+    submission the server already holds (ALREADY_EXISTS after a retry) counts as delivered.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from coordinator.errors import (
+    Aborted,
+    CoordinatorError,
+    DuplicateSubmission,
+    InvalidInput,
+    NotFound,
+    StageError,
+    Unauthorized,
+    Unavailable,
+)
+from coordinator.proto.v1 import coordinator_pb2 as pb
+from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
+from coordinator.serde import (
+    advertisement_from_pb,
+    advertisement_to_pb,
+    config_from_pb,
+    share_from_pb,
+    share_to_pb,
+    unmask_request_from_pb,
+    unmask_response_to_pb,
+)
+from coordinator.service import INSECURE_SILO_HEADER, TlsFiles
+from coordinator.store import RoundStatus, model_hash
+from secagg import Roster, RoundAborted, RoundConfig, SecAggClient, SecAggError, minimum_threshold
+from secagg.hazmat.keys import RandomSource
+
+__all__ = ["RetryPolicy", "RoundContext", "RoundReport", "Silo", "SiloPolicy"]
+
+log = logging.getLogger(__name__)
+
+UPLOAD_CHUNK_WORDS = 1 << 18  # 1 MiB per message
+_POLL_SECONDS = 20.0
+_TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+_STATUS_TO_ERROR: dict[grpc.StatusCode, type[CoordinatorError]] = {
+    grpc.StatusCode.PERMISSION_DENIED: Unauthorized,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthorized,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: StageError,
+    grpc.StatusCode.ALREADY_EXISTS: DuplicateSubmission,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
+    grpc.StatusCode.ABORTED: Aborted,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+}
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SiloPolicy:
+    """What this silo insists on before it takes part in a round.
+
+    Attributes:
+        min_cohort: the fewest silos whose sum may be released (the coordinator's must be at least this).
+        collusion: how many silos this silo assumes may collude with the coordinator; the threshold must
+            satisfy t > (n + c) / 2 for it.
+    """
+
+    min_cohort: int = 3
+    collusion: int = 0
+
+    def check(self, config: RoundConfig, roster: Roster) -> None:
+        """Raises ``Unauthorized`` if the coordinator's round parameters are weaker than this policy."""
+        if config.federation != roster.federation or config.n != len(roster.members):
+            raise Unauthorized("round parameters do not match the pinned roster")
+        if config.min_cohort < self.min_cohort:
+            raise Unauthorized(
+                f"round min_cohort {config.min_cohort} is below this silo's {self.min_cohort}"
+            )
+        if config.threshold < minimum_threshold(config.n, self.collusion):
+            raise Unauthorized(
+                f"threshold {config.threshold} is unsafe against {self.collusion} colluding silos "
+                f"(need {minimum_threshold(config.n, self.collusion)})"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """Exponential backoff with jitter for transient failures (UNAVAILABLE, RESOURCE_EXHAUSTED)."""
+
+    attempts: int = 6
+    initial: float = 0.2
+    maximum: float = 5.0
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    """What the training function receives."""
+
+    round: int
+    weights: npt.NDArray[np.float32] = field(repr=False)
+    config: RoundConfig
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """How a round ended, from this silo's point of view."""
+
+    round: int
+    status: RoundStatus
+    survivors: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
+    new_model_hash: bytes = b""
+    reason: str = ""
+
+
+TrainFn = Callable[[RoundContext], npt.ArrayLike]
+
+
+class Silo:
+    """One silo's connection to a federation.
+
+    Args:
+        address: the coordinator's ``host:port``.
+        federation: federation id.
+        silo: this silo's id on the roster (and its certificate's common name).
+        signing_key: the silo's Ed25519 roster key.
+        roster: the pinned roster; verified here against ``consortium_key``.
+        consortium_key: the pinned consortium public key (32 bytes).
+        tls: the consortium CA, this silo's certificate and key (PEM). ``None`` only with
+            ``insecure_debug_no_tls=True``.
+        policy: the silo's own minimum requirements.
+        retry: backoff for transient failures.
+        rng: randomness for the protocol; ``os.urandom`` unless a test injects one.
+    """
+
+    def __init__(
+        self,
+        *,
+        address: str,
+        federation: str,
+        silo: str,
+        signing_key: Ed25519PrivateKey,
+        roster: Roster,
+        consortium_key: bytes,
+        tls: TlsFiles | None,
+        policy: SiloPolicy | None = None,
+        retry: RetryPolicy | None = None,
+        rng: RandomSource = os.urandom,
+        insecure_debug_no_tls: bool = False,
+    ) -> None:
+        roster.verify(consortium_key)
+        if roster.federation != federation:
+            raise Unauthorized(f"the pinned roster is for {roster.federation}, not {federation}")
+        self.silo = silo
+        self.federation = federation
+        self._key = signing_key
+        self._roster = roster
+        self._policy = policy or SiloPolicy()
+        self._retry = retry or RetryPolicy()
+        self._rng = rng
+        options = [("grpc.max_receive_message_length", 4 << 20)]
+        if tls is not None:
+            credentials = grpc.ssl_channel_credentials(tls.ca, tls.key, tls.cert)
+            self._channel = grpc.secure_channel(address, credentials, options=options)
+            self._metadata: tuple[tuple[str, str], ...] = ()
+        elif insecure_debug_no_tls:
+            self._channel = grpc.insecure_channel(address, options=options)
+            self._metadata = ((INSECURE_SILO_HEADER, silo),)
+        else:
+            raise ValueError(
+                "TLS material is required (insecure_debug_no_tls is for local debugging only)"
+            )
+        self._stub = pb_grpc.FederationStub(self._channel)
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def __enter__(self) -> Silo:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # plumbing ----------------------------------------------------------------------------------------
+    def _rpc(self, call: Callable[[], T], *, submission: bool = False) -> T:
+        """Run ``call`` with retries; map gRPC errors to SDK exceptions."""
+        delay = self._retry.initial
+        for attempt in range(self._retry.attempts):
+            try:
+                return call()
+            except grpc.RpcError as exc:
+                code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+                details = (exc.details() if isinstance(exc, grpc.Call) else "") or str(code)
+                if submission and attempt > 0 and code == grpc.StatusCode.ALREADY_EXISTS:
+                    return None  # type: ignore[return-value]  # delivered by an earlier attempt
+                if code in _TRANSIENT and attempt + 1 < self._retry.attempts:
+                    # jitter only spreads retries in time; it needs no cryptographic randomness
+                    time.sleep(delay * (0.5 + random.random()))  # noqa: S311
+                    delay = min(delay * 2, self._retry.maximum)
+                    continue
+                raise _STATUS_TO_ERROR.get(code, CoordinatorError)(details) from exc
+        raise Unavailable(
+            "coordinator unreachable"
+        )  # pragma: no cover - loop always returns or raises
+
+    def _poll(self, call: Callable[[float], T], deadline: float) -> T:
+        """Long-poll a stage result until it is ready or ``deadline`` (unix time, plus a margin) passes."""
+        while True:
+            try:
+                return self._rpc(lambda: call(_POLL_SECONDS))
+            except CoordinatorError as exc:
+                if not isinstance(exc.__cause__, grpc.Call) or exc.__cause__.code() != (
+                    grpc.StatusCode.DEADLINE_EXCEEDED
+                ):
+                    raise
+                if time.time() > deadline + 300:
+                    raise Unavailable("the coordinator never closed the stage") from exc
+
+    def _get_round(self, request: pb.GetRoundRequest, wait: float) -> pb.RoundInfo:
+        request.wait_seconds = wait
+        info: pb.RoundInfo = self._stub.GetRound(request, metadata=self._metadata)
+        return info
+
+    def _stage(self, round_: int, wait: float) -> pb.StageRequest:
+        return pb.StageRequest(
+            federation=self.federation, round=round_, silo=self.silo, wait_seconds=wait
+        )
+
+    # public API ----------------------------------------------------------------------------------------
+    def join(self) -> pb.JoinResponse:
+        """Check membership and that the coordinator serves the same roster this silo pinned."""
+        response: pb.JoinResponse = self._rpc(
+            lambda: self._stub.Join(
+                pb.JoinRequest(federation=self.federation, silo=self.silo), metadata=self._metadata
+            )
+        )
+        if response.roster_fingerprint != self._roster.fingerprint():
+            raise Unauthorized("the coordinator serves a different roster than the pinned one")
+        return response
+
+    def download_model(self, round_: int, expected_hash: bytes) -> npt.NDArray[np.float32]:
+        """Stream the global model of a round and check its hash."""
+
+        def fetch() -> npt.NDArray[np.float32]:
+            parts: list[bytes] = []
+            total = 0
+            for chunk in self._stub.DownloadModel(
+                pb.DownloadModelRequest(federation=self.federation, round=round_),
+                metadata=self._metadata,
+            ):
+                parts.append(chunk.values)
+                total = chunk.total
+            return np.frombuffer(b"".join(parts), dtype="<f4").astype(np.float32)[:total]
+
+        weights = self._rpc(fetch)
+        if model_hash(weights) != expected_hash:
+            raise InvalidInput("the downloaded model does not match the round's model hash")
+        return weights
+
+    def run(self, train: TrainFn, *, max_rounds: int | None = None) -> Iterator[RoundReport]:
+        """Take part in every round until the federation finishes; yields one report per round joined."""
+        self.join()
+        next_round, done = 0, 0
+        while max_rounds is None or done < max_rounds:
+            request = pb.GetRoundRequest(federation=self.federation, after=next_round)
+            info: pb.RoundInfo = self._poll(
+                functools.partial(self._get_round, request), time.time() + 3600
+            )
+            if info.state == pb.ROUND_STATE_FINISHED:
+                return
+            config = config_from_pb(info)
+            next_round = config.round + 1
+            if info.stage != "advertise_keys":
+                log.info(
+                    "round %d is past key advertisement; waiting for the next one", config.round
+                )
+                continue
+            self._policy.check(config, self._roster)
+            weights = self.download_model(config.round, config.model_hash)
+            update = np.asarray(
+                train(RoundContext(config.round, weights, config)), dtype=np.float64
+            )
+            yield self._aggregate(config, update, info.stage_deadline_unix)
+            done += 1
+
+    def _aggregate(
+        self, config: RoundConfig, update: npt.NDArray[np.float64], deadline: float
+    ) -> RoundReport:
+        """Run the five protocol stages for one round."""
+        r, md = config.round, self._metadata
+        client = SecAggClient(
+            silo=self.silo, signing_key=self._key, roster=self._roster, config=config, rng=self._rng
+        )
+        try:
+            ad = client.advertise()
+            self._rpc(
+                lambda: self._stub.AdvertiseKeys(
+                    pb.AdvertiseKeysRequest(
+                        federation=self.federation, round=r, advertisement=advertisement_to_pb(ad)
+                    ),
+                    metadata=md,
+                ),
+                submission=True,
+            )
+            ads = self._poll(
+                lambda w: self._stub.GetAdvertisements(self._stage(r, w), metadata=md), deadline
+            )
+            shares = client.share_keys([advertisement_from_pb(a) for a in ads.advertisements])
+            self._rpc(
+                lambda: self._stub.ShareKeys(
+                    pb.ShareKeysRequest(
+                        federation=self.federation,
+                        round=r,
+                        sender=self.silo,
+                        shares=[share_to_pb(s) for s in shares.shares],
+                    ),
+                    metadata=md,
+                ),
+                submission=True,
+            )
+            inbox = self._poll(
+                lambda w: self._stub.GetInbox(self._stage(r, w), metadata=md), deadline
+            )
+            masked = client.masked_input(
+                [share_from_pb(s) for s in inbox.shares], config.quantizer.encode(update, self._rng)
+            )
+            self._rpc(
+                lambda: self._stub.UploadMaskedInput(self._chunks(r, masked), metadata=md),
+                submission=True,
+            )
+            survivors = self._poll(
+                lambda w: self._stub.GetSurvivors(self._stage(r, w), metadata=md), deadline
+            )
+            signature = client.sign_survivors(list(survivors.survivors))
+            self._rpc(
+                lambda: self._stub.SignSurvivors(
+                    pb.SignSurvivorsRequest(
+                        federation=self.federation,
+                        round=r,
+                        silo=self.silo,
+                        signature=signature.signature,
+                    ),
+                    metadata=md,
+                ),
+                submission=True,
+            )
+            request = self._poll(
+                lambda w: self._stub.GetUnmaskRequest(self._stage(r, w), metadata=md), deadline
+            )
+            response = client.unmask(unmask_request_from_pb(request))
+            self._rpc(
+                lambda: self._stub.Unmask(
+                    unmask_response_to_pb(self.federation, r, response), metadata=md
+                ),
+                submission=True,
+            )
+        except (Aborted, RoundAborted, StageError) as exc:
+            return RoundReport(r, RoundStatus.ABORTED, reason=str(exc))
+        except SecAggError as exc:
+            # a protocol violation: refuse the round; the reason names the check that failed
+            log.error("round %d refused: %s", r, exc)
+            return RoundReport(r, RoundStatus.ABORTED, reason=f"refused: {exc}")
+        result: pb.RoundResult = self._poll(
+            lambda w: self._stub.GetResult(self._stage(r, w), metadata=md), deadline
+        )
+        status = (
+            RoundStatus.COMPLETED
+            if result.state == pb.ROUND_STATE_COMPLETED
+            else RoundStatus.ABORTED
+        )
+        return RoundReport(
+            r,
+            status,
+            tuple(result.survivors),
+            tuple(result.dropped),
+            bytes(result.new_model_hash),
+            result.reason,
+        )
+
+    def _chunks(self, round_: int, masked: npt.NDArray[np.uint32]) -> Iterator[pb.MaskedChunk]:
+        data = masked.astype("<u4")
+        for start in range(0, data.shape[0], UPLOAD_CHUNK_WORDS):
+            end = min(start + UPLOAD_CHUNK_WORDS, data.shape[0])
+            yield pb.MaskedChunk(
+                federation=self.federation,
+                round=round_,
+                silo=self.silo,
+                offset=start,
+                values=data[start:end].tobytes(),
+                last=end == data.shape[0],
+            )

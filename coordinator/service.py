@@ -1,0 +1,371 @@
+"""The gRPC edge of the coordinator: thin servicers, the one error catalog, and server construction.
+
+Servicers decode, call the :class:`~coordinator.rounds.RoundService`, and encode. The caller's silo identity
+comes from its mTLS client certificate (never from a request field); every request field naming a silo
+must match it.
+
+Notes:
+    Error messages that leave the server come from one catalog (:data:`ERROR_CATALOG`); they name stages,
+    silos and counts, never payloads, keys or shares (Flower's ``supercore/error`` does the same). Anything
+    unexpected becomes ``INTERNAL`` with a generic message, and the details go to the local log only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent import futures
+from dataclasses import dataclass
+from typing import NoReturn, TypeVar, cast
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from coordinator.errors import (
+    CoordinatorError,
+    DuplicateSubmission,
+    InvalidInput,
+    NotFound,
+    StageError,
+    Unauthorized,
+)
+from coordinator.pki import silo_identity
+from coordinator.proto.v1 import coordinator_pb2 as pb
+from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
+from coordinator.rounds import RoundService
+from coordinator.serde import (
+    advertisement_from_pb,
+    advertisement_to_pb,
+    config_to_pb,
+    share_keys_from_pb,
+    share_to_pb,
+    u32_from_bytes,
+    unmask_request_to_pb,
+    unmask_response_from_pb,
+)
+from coordinator.store import RoundStatus
+from secagg import RoundAborted, SurvivorSignature
+
+__all__ = [
+    "ERROR_CATALOG",
+    "MODEL_CHUNK_FLOATS",
+    "TlsFiles",
+    "create_server",
+]
+
+log = logging.getLogger(__name__)
+
+MODEL_CHUNK_FLOATS = 1 << 18  # 1 MiB of float32 per message, far below the 4 MiB default limit
+MAX_WAIT_SECONDS = 60.0
+INSECURE_SILO_HEADER = "x-secagg-insecure-debug-silo"
+
+ERROR_CATALOG: Mapping[type[Exception], grpc.StatusCode] = {
+    Unauthorized: grpc.StatusCode.PERMISSION_DENIED,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    StageError: grpc.StatusCode.FAILED_PRECONDITION,
+    DuplicateSubmission: grpc.StatusCode.ALREADY_EXISTS,
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    RoundAborted: grpc.StatusCode.ABORTED,
+    TimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+"""Internal exception -> public gRPC status. The exception's message is public: it never holds payloads."""
+
+
+def _abort(context: grpc.ServicerContext, exc: Exception) -> NoReturn:
+    for kind, code in ERROR_CATALOG.items():
+        if isinstance(exc, kind):
+            context.abort(code, str(exc))
+    log.exception("internal error while serving a request")
+    context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
+R = TypeVar("R")
+
+
+class FederationServicer(pb_grpc.FederationServicer):
+    """Thin adapter from gRPC calls to the round service."""
+
+    def __init__(self, rounds: RoundService, *, revoked: frozenset[str], insecure: bool) -> None:
+        self._rounds = rounds
+        self._revoked = revoked
+        self._insecure = insecure
+
+    # identity --------------------------------------------------------------------------------------
+    def _caller(self, context: grpc.ServicerContext, claimed: str | None = None) -> str:
+        if self._insecure:
+            metadata = dict(context.invocation_metadata())
+            silo = str(metadata.get(INSECURE_SILO_HEADER, ""))
+        else:
+            # grpc-stubs types this as Mapping[str, bytes]; gRPC actually returns lists of bytes
+            auth = cast(Mapping[str, Sequence[bytes]], context.auth_context())
+            silo = silo_identity(
+                auth, federation=self._rounds.settings.federation, revoked=self._revoked
+            )
+        if silo not in self._rounds.roster.members:
+            raise Unauthorized(f"{silo!r} is not on the roster")
+        if claimed is not None and claimed != silo:
+            raise Unauthorized(f"the certificate identifies {silo}; it cannot act as {claimed!r}")
+        return silo
+
+    def _federation(self, federation: str) -> None:
+        if federation != self._rounds.settings.federation:
+            raise NotFound(f"unknown federation {federation!r}")
+
+    def _call(self, context: grpc.ServicerContext, fn: Callable[[], R]) -> R:
+        try:
+            return fn()
+        except (CoordinatorError, RoundAborted, TimeoutError) as exc:
+            _abort(context, exc)
+        except Exception as exc:
+            _abort(context, exc)
+
+    @staticmethod
+    def _wait(seconds: float) -> float:
+        return max(0.0, min(seconds, MAX_WAIT_SECONDS))
+
+    # rpcs ------------------------------------------------------------------------------------------
+    def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinResponse:
+        def run() -> pb.JoinResponse:
+            self._caller(context, request.silo)
+            self._federation(request.federation)
+            view_round = len(self._rounds.store.rounds(request.federation))
+            return pb.JoinResponse(
+                federation=request.federation,
+                roster_fingerprint=self._rounds.roster.fingerprint(),
+                rounds=self._rounds.settings.rounds,
+                current_round=view_round,
+            )
+
+        return self._call(context, run)
+
+    def GetRound(self, request: pb.GetRoundRequest, context: grpc.ServicerContext) -> pb.RoundInfo:
+        def run() -> pb.RoundInfo:
+            self._caller(context)
+            self._federation(request.federation)
+            view = self._rounds.view(after=request.after, wait=self._wait(request.wait_seconds))
+            info = pb.RoundInfo(
+                state=pb.ROUND_STATE_FINISHED if view.finished else pb.ROUND_STATE_OPEN,
+                stage=view.stage.value,
+                rounds=view.rounds,
+                stage_deadline_unix=view.stage_deadline,
+            )
+            config_to_pb(view.config, info)
+            return info
+
+        return self._call(context, run)
+
+    def DownloadModel(
+        self, request: pb.DownloadModelRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ModelChunk]:
+        def run() -> tuple[bytes, bytes, int]:
+            self._caller(context)
+            self._federation(request.federation)
+            model, digest = self._rounds.model(request.round)
+            return model.astype("<f4").tobytes(), digest, int(model.shape[0])
+
+        data, digest, total = self._call(context, run)
+        step = MODEL_CHUNK_FLOATS * 4
+        for start in range(0, max(len(data), 1), step):
+            yield pb.ModelChunk(
+                offset=start // 4, values=data[start : start + step], total=total, model_hash=digest
+            )
+
+    def AdvertiseKeys(
+        self, request: pb.AdvertiseKeysRequest, context: grpc.ServicerContext
+    ) -> pb.Ack:
+        def run() -> pb.Ack:
+            silo = self._caller(context, request.advertisement.silo)
+            self._federation(request.federation)
+            self._rounds.advertise(
+                silo, request.round, advertisement_from_pb(request.advertisement)
+            )
+            return pb.Ack()
+
+        return self._call(context, run)
+
+    def GetAdvertisements(
+        self, request: pb.StageRequest, context: grpc.ServicerContext
+    ) -> pb.AdvertisementSet:
+        def run() -> pb.AdvertisementSet:
+            self._caller(context, request.silo)
+            self._federation(request.federation)
+            ads = self._rounds.advertisements(request.round, self._wait(request.wait_seconds))
+            return pb.AdvertisementSet(advertisements=[advertisement_to_pb(a) for a in ads])
+
+        return self._call(context, run)
+
+    def ShareKeys(self, request: pb.ShareKeysRequest, context: grpc.ServicerContext) -> pb.Ack:
+        def run() -> pb.Ack:
+            silo = self._caller(context, request.sender)
+            self._federation(request.federation)
+            self._rounds.share_keys(silo, request.round, share_keys_from_pb(request))
+            return pb.Ack()
+
+        return self._call(context, run)
+
+    def GetInbox(self, request: pb.StageRequest, context: grpc.ServicerContext) -> pb.Inbox:
+        def run() -> pb.Inbox:
+            silo = self._caller(context, request.silo)
+            self._federation(request.federation)
+            shares = self._rounds.inbox(silo, request.round, self._wait(request.wait_seconds))
+            return pb.Inbox(shares=[share_to_pb(s) for s in shares])
+
+        return self._call(context, run)
+
+    def UploadMaskedInput(
+        self, request_iterator: Iterable[pb.MaskedChunk], context: grpc.ServicerContext
+    ) -> pb.Ack:
+        def run() -> pb.Ack:
+            chunks = iter(request_iterator)
+            first = next(chunks, None)
+            if first is None:
+                raise InvalidInput("empty upload")
+            silo = self._caller(context, first.silo)
+            self._federation(first.federation)
+            with self._rounds.upload(silo, first.round) as upload:
+                chunk: pb.MaskedChunk | None = first
+                while chunk is not None:
+                    if (chunk.silo, chunk.round, chunk.federation) != (
+                        silo,
+                        first.round,
+                        first.federation,
+                    ):
+                        raise InvalidInput(
+                            "every chunk of an upload must name the same silo, round and federation"
+                        )
+                    upload.add(chunk.offset, u32_from_bytes(chunk.values))
+                    if chunk.last:
+                        if next(chunks, None) is not None:
+                            raise InvalidInput("chunks after the last one")
+                        upload.finish()
+                        break
+                    chunk = next(chunks, None)
+                else:
+                    raise InvalidInput("upload ended without its last chunk")
+            return pb.Ack()
+
+        return self._call(context, run)
+
+    def GetSurvivors(
+        self, request: pb.StageRequest, context: grpc.ServicerContext
+    ) -> pb.SurvivorSet:
+        def run() -> pb.SurvivorSet:
+            self._caller(context, request.silo)
+            self._federation(request.federation)
+            return pb.SurvivorSet(
+                survivors=list(
+                    self._rounds.survivors(request.round, self._wait(request.wait_seconds))
+                )
+            )
+
+        return self._call(context, run)
+
+    def SignSurvivors(
+        self, request: pb.SignSurvivorsRequest, context: grpc.ServicerContext
+    ) -> pb.Ack:
+        def run() -> pb.Ack:
+            silo = self._caller(context, request.silo)
+            self._federation(request.federation)
+            self._rounds.sign_survivors(
+                silo, request.round, SurvivorSignature(silo, bytes(request.signature))
+            )
+            return pb.Ack()
+
+        return self._call(context, run)
+
+    def GetUnmaskRequest(
+        self, request: pb.StageRequest, context: grpc.ServicerContext
+    ) -> pb.UnmaskRequest:
+        def run() -> pb.UnmaskRequest:
+            self._caller(context, request.silo)
+            self._federation(request.federation)
+            return unmask_request_to_pb(
+                self._rounds.unmask_request(request.round, self._wait(request.wait_seconds))
+            )
+
+        return self._call(context, run)
+
+    def Unmask(self, request: pb.UnmaskShares, context: grpc.ServicerContext) -> pb.Ack:
+        def run() -> pb.Ack:
+            silo = self._caller(context, request.silo)
+            self._federation(request.federation)
+            self._rounds.unmask(silo, request.round, unmask_response_from_pb(request))
+            return pb.Ack()
+
+        return self._call(context, run)
+
+    def GetResult(self, request: pb.StageRequest, context: grpc.ServicerContext) -> pb.RoundResult:
+        def run() -> pb.RoundResult:
+            self._caller(context, request.silo)
+            self._federation(request.federation)
+            outcome = self._rounds.result(request.round, self._wait(request.wait_seconds))
+            state = {
+                RoundStatus.COMPLETED: pb.ROUND_STATE_COMPLETED,
+                RoundStatus.ABORTED: pb.ROUND_STATE_ABORTED,
+            }.get(outcome.status, pb.ROUND_STATE_OPEN)
+            return pb.RoundResult(
+                round=outcome.round,
+                state=state,
+                survivors=list(outcome.survivors),
+                dropped=list(outcome.dropped),
+                new_model_hash=outcome.new_model_hash,
+                reason=outcome.reason,
+            )
+
+        return self._call(context, run)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM bytes of the consortium CA and this endpoint's certificate and private key."""
+
+    ca: bytes
+    cert: bytes
+    key: bytes
+
+
+def create_server(
+    rounds: RoundService,
+    address: str,
+    *,
+    tls: TlsFiles | None,
+    revoked: Iterable[str] = (),
+    max_message_bytes: int = 4 << 20,
+    insecure_debug_no_tls: bool = False,
+    max_workers: int = 64,
+) -> tuple[grpc.Server, int]:
+    """Build (without starting) the coordinator's gRPC server; returns it and the bound port.
+
+    mTLS is mandatory: the server requires a client certificate chained to the consortium CA. The only way
+    around it is ``insecure_debug_no_tls=True``, for local debugging, which identifies callers by a header
+    anyone can set.
+    """
+    if tls is None and not insecure_debug_no_tls:
+        raise ValueError(
+            "TLS material is required (insecure_debug_no_tls is for local debugging only)"
+        )
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options)
+    pb_grpc.add_FederationServicer_to_server(
+        FederationServicer(rounds, revoked=frozenset(revoked), insecure=tls is None), server
+    )
+    health_servicer = health.HealthServicer()
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set("coordinator.proto.v1.Federation", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if tls is None:
+        log.warning(
+            "INSECURE: serving without TLS; silo identities are unauthenticated (debug only)"
+        )
+        port = server.add_insecure_port(address)
+    else:
+        credentials = grpc.ssl_server_credentials(
+            [(tls.key, tls.cert)], root_certificates=tls.ca, require_client_auth=True
+        )
+        port = server.add_secure_port(address, credentials)
+    if port == 0:
+        raise OSError(f"cannot bind {address}")
+    return server, port
