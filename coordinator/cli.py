@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import signal
+import time
+from collections.abc import Callable
 from importlib.metadata import version
+from pathlib import Path
+from typing import Annotated, TypeVar
 
 import typer
+
+T = TypeVar("T")
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
@@ -24,6 +32,163 @@ def _root(
     """Privacy-first secure aggregation for cross-silo federated learning."""
 
 
+# --- pki: consortium CA, certificates, roster and keys ----------------------------------------------------
+# (owned by the PKI layer: coordinator/pki.py; other commands live outside this block)
+
+_DEV_WARNING = (
+    "WARNING: this is a THROWAWAY DEVELOPMENT consortium. Its private keys (CA, roster, TLS, signing) are "
+    "stored UNENCRYPTED on disk. Never use it for real data; a production consortium keeps its CA and "
+    "roster key offline and issues silo certificates from CSRs."
+)
+
+pki_app = typer.Typer(
+    no_args_is_help=True,
+    help="Consortium PKI: CA, TLS certificates, signed roster and keys (development consortiums only).",
+)
+app.add_typer(pki_app, name="pki")
+
+
+@pki_app.command("init", help="Create a throwaway DEVELOPMENT consortium. " + _DEV_WARNING)
+def _pki_init(
+    directory: Annotated[
+        Path, typer.Argument(metavar="DIR", help="New or empty directory for the consortium.")
+    ],
+    silos: Annotated[str, typer.Option("--silos", help="Comma-separated silo ids, e.g. a,b,c.")],
+    federation: Annotated[
+        str, typer.Option("--federation", help="Federation id (also the SPIFFE trust domain).")
+    ] = "demo",
+    hosts: Annotated[
+        str, typer.Option("--hosts", help="Comma-separated DNS names and IPs of the coordinator.")
+    ] = "localhost,127.0.0.1",
+    validity_days: Annotated[
+        int, typer.Option("--validity-days", min=1, help="Certificate lifetime in days.")
+    ] = 30,
+) -> None:
+    from coordinator.errors import PKIError
+    from coordinator.pki import create_consortium
+    from secagg import Roster
+
+    silo_ids = [s.strip() for s in silos.split(",") if s.strip()]
+    host_names = [h.strip() for h in hosts.split(",") if h.strip()]
+    try:
+        paths = create_consortium(
+            directory,
+            federation=federation,
+            silos=silo_ids,
+            hosts=host_names,
+            validity_days=validity_days,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    except PKIError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1) from exc
+    roster = Roster.loads(paths.roster.read_text(encoding="utf-8"))
+    # Only paths, public keys and fingerprints are printed: never key material.
+    typer.echo(f"consortium {paths.federation!r} written to {paths.root}")
+    typer.echo(f"  roster            {paths.roster}")
+    typer.echo(f"  roster sha256     {roster.fingerprint()}")
+    typer.echo(f"  consortium key    {roster.consortium_key.hex()} (public, pin this)")
+    typer.echo(f"  CA certificate    {paths.ca_cert}")
+    typer.echo(
+        f"  coordinator       {paths.coordinator_cert.parent}/ (cert.pem, key.pem, audit.key)"
+    )
+    for silo, silo_paths in paths.silos.items():
+        typer.echo(
+            f"  silo {silo:<12} {silo_paths.directory}/ (cert.pem, key.pem, signing.key, ca.pem)"
+        )
+    typer.echo(f"private keys ({len(paths.private_files())} files) are mode 0600.")
+    typer.secho(_DEV_WARNING, fg=typer.colors.YELLOW, bold=True, err=True)
+
+
+# --- end pki ----------------------------------------------------------------------------------------------
+
+
+# --- serve, silo, demo --------------------------------------------------------------------------------------
+
+
+def _load_or_exit(loader: Callable[[Path], T], path: Path) -> T:
+    from coordinator.errors import ConfigError
+
+    try:
+        return loader(path)
+    except ConfigError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from exc
+
+
+@app.command("serve")
+def _serve(
+    config: Annotated[Path, typer.Option("--config", help="The coordinator's TOML configuration.")],
+) -> None:
+    """Run the coordinator until every planned round has run."""
+    from coordinator.config import ServeConfig
+    from coordinator.runner import start_coordinator
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = _load_or_exit(ServeConfig.load, config)
+    coordinator = start_coordinator(settings)
+    typer.echo(
+        f"coordinator for {settings.federation!r} listening on port {coordinator.port}", err=True
+    )
+    signal.signal(signal.SIGTERM, lambda *_: coordinator.service.stop())
+    try:
+        coordinator.service.wait_finished()
+        time.sleep(2.0)  # let silos fetch the last result before the port closes
+    except KeyboardInterrupt:
+        typer.echo(
+            "interrupted: the open round will be recorded as aborted on the next start", err=True
+        )
+    finally:
+        coordinator.stop()
+
+
+@app.command("silo")
+def _silo(
+    config: Annotated[Path, typer.Option("--config", help="The silo's TOML configuration.")],
+    events: Annotated[
+        bool, typer.Option("--events", help="Print machine-readable progress lines.")
+    ] = False,
+) -> None:
+    """Run a silo of the built-in example task (DP-SGD on its breast-cancer shard)."""
+    from coordinator.config import SiloConfig
+    from coordinator.runner import run_example_silo
+
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    summaries = run_example_silo(_load_or_exit(SiloConfig.load, config), events=events)
+    if not events:
+        for summary in summaries:
+            typer.echo(
+                f"round {summary['round']}: {summary['status']}  epsilon spent {summary['epsilon']:.3f} "
+                f"of {summary['budget']:g} (delta {summary['delta']:g}) {summary['reason']}"
+            )
+
+
+@app.command("demo")
+def _demo(
+    silos: Annotated[
+        int, typer.Option("--silos", min=3, max=6, help="Number of hospital silos.")
+    ] = 3,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Training rounds.")] = 5,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="New directory for every output.")
+    ] = None,
+) -> None:
+    """The main job on embedded defaults: a throwaway consortium, a coordinator and hospital silos on loopback."""
+    from coordinator.demo import DemoOptions, run_demo
+
+    out = out or Path(f"secagg-demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    raise typer.Exit(code=run_demo(DemoOptions(silos=silos, rounds=rounds, out=out)))
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+if __name__ == "__main__":
+    main()

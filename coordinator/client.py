@@ -7,7 +7,7 @@ A complete silo::
     def train(ctx):  # ctx.weights: the global model (float32); return the update (new - old)
         return my_local_training(ctx.weights) - ctx.weights
 
-    with Silo.from_files("pki/silos/hospital-a/silo.toml") as silo:
+    with Silo.from_config(SiloConfig.load("silo-hospital-a.toml")) as silo:
         for report in silo.run(train):
             print(report.round, report.status, report.survivors)
 
@@ -28,13 +28,14 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from coordinator.config import SiloConfig
 from coordinator.errors import (
     Aborted,
     CoordinatorError,
@@ -45,6 +46,7 @@ from coordinator.errors import (
     Unauthorized,
     Unavailable,
 )
+from coordinator.pki import load_ed25519_private
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from coordinator.serde import (
@@ -197,6 +199,31 @@ class Silo:
                 "TLS material is required (insecure_debug_no_tls is for local debugging only)"
             )
         self._stub = pb_grpc.FederationStub(self._channel)
+
+    @classmethod
+    def from_config(cls, config: SiloConfig, **overrides: Any) -> Silo:
+        """Connect as described by a silo's TOML configuration (``secagg silo --config``)."""
+        tls = None
+        if config.tls is not None:
+            tls = TlsFiles(
+                config.tls.ca.read_bytes(),
+                config.tls.cert.read_bytes(),
+                config.tls.key.read_bytes(),
+            )
+        arguments: dict[str, Any] = {
+            "address": config.coordinator,
+            "federation": config.federation,
+            "silo": config.silo,
+            "signing_key": load_ed25519_private(config.signing_key),
+            "roster": config.load_roster(),
+            "consortium_key": config.consortium_public_key,
+            "tls": tls,
+            "policy": SiloPolicy(
+                min_cohort=config.policy.min_cohort, collusion=config.policy.max_collusion_assumed
+            ),
+            "insecure_debug_no_tls": config.insecure_debug_no_tls,
+        }
+        return cls(**(arguments | overrides))
 
     def close(self) -> None:
         """Close the channel."""

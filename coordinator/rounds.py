@@ -20,13 +20,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from coordinator.config import Deadlines
 from coordinator.errors import DuplicateSubmission, InvalidInput, NotFound, StageError, Unauthorized
 from coordinator.store import FloatVector, RoundStatus, Store
 from secagg import (
@@ -46,20 +47,9 @@ from secagg import (
     UnmaskResponse,
 )
 
-__all__ = ["Deadlines", "FederationSettings", "RoundOutcome", "RoundService", "RoundView"]
+__all__ = ["FederationSettings", "RoundOutcome", "RoundService", "RoundView"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Deadlines:
-    """Seconds each stage may stay open; a silo that has not answered by then has dropped."""
-
-    advertise: float = 120.0
-    share_keys: float = 30.0
-    masked_input: float = 120.0
-    consistency: float = 30.0
-    unmask: float = 30.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,7 +64,7 @@ class FederationSettings:
     threshold: int
     collusion: int
     min_cohort: int
-    deadlines: Deadlines = Deadlines()
+    deadlines: Deadlines = field(default_factory=Deadlines)
 
     def to_json(self) -> str:
         """Canonical JSON of the settings (stored with the federation; a restart must match it)."""

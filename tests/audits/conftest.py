@@ -1,0 +1,178 @@
+"""A realistic federation's audit ledger, with real Ed25519 keys and a real RDP accountant."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dp_accounting as dpa
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from dp_accounting.rdp import RdpAccountant
+
+from audits import CheckpointSigner, Event, EventKind, Ledger, write_bundle
+
+ORIGIN = "secagg.test/audit/fed-1"
+FEDERATION = "fed-1"
+SILOS = ("hospital-a", "hospital-b", "hospital-c")
+DELTA = 1e-5
+PREFIX = b"secagg/privacy-attestation/v1\n"
+
+
+def rdp_epsilon(silo: str, attestations: Sequence[Mapping[str, Any]]) -> float:
+    """Recompute a silo's cumulative epsilon from its attestations' DP-SGD parameters."""
+    accountant = RdpAccountant()
+    for att in attestations:
+        event = dpa.PoissonSampledDpEvent(
+            att["sample_rate"], dpa.GaussianDpEvent(att["noise_multiplier"])
+        )
+        accountant.compose(event, att["steps"])
+    return float(accountant.get_epsilon(attestations[-1]["delta"]))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0
+
+    def __call__(self) -> str:
+        self.t += 1
+        return f"2025-03-01T10:{self.t // 60 % 60:02d}:{self.t % 60:02d}.000000Z"
+
+
+@dataclass
+class Federation:
+    ledger: Ledger
+    signer: CheckpointSigner
+    silo_private: dict[str, Ed25519PrivateKey]
+    silo_keys: dict[str, bytes]
+    roster: bytes
+    clock: Clock
+
+    def event(self, kind: EventKind, round: int | None, body: Mapping[str, Any]) -> Event:
+        return Event.now(kind, federation=FEDERATION, round=round, body=body, clock=self.clock)
+
+    def attestation_event(
+        self, silo: str, rnd: int, history: list[dict[str, Any]], **override: Any
+    ) -> Event:
+        att: dict[str, Any] = {
+            "accountant": "rdp",
+            "delta": DELTA,
+            "federation": FEDERATION,
+            "library_versions": {"dp-accounting": "0.6.0"},
+            "max_grad_norm": 1.0,
+            "mechanism": "dp-sgd",
+            "noise_multiplier": 1.1 + 0.1 * SILOS.index(silo),
+            "round": rnd,
+            "sample_rate": 0.02,
+            "silo": silo,
+            "steps": 50,
+        }
+        att["epsilon"] = rdp_epsilon(silo, [*history, att])
+        att.update(override)
+        history.append(att)
+        payload = PREFIX + json.dumps(att, sort_keys=True, separators=(",", ":")).encode()
+        signature = self.silo_private[silo].sign(payload)
+        body = {
+            "silo": silo,
+            "attestation": att,
+            "signature": signature.hex(),
+            "signing_payload": payload.hex(),
+            "recomputed_epsilon": rdp_epsilon(silo, history),
+            "accountant": "rdp",
+        }
+        return self.event(EventKind.PRIVACY_ATTESTATION, rnd, body)
+
+
+def _raw(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def build_federation(path: Path | str, rounds: int = 3) -> Federation:
+    ledger = Ledger(path, origin=ORIGIN)
+    signer = CheckpointSigner.generate(key_name=ORIGIN)
+    private = {s: Ed25519PrivateKey.generate() for s in SILOS}
+    keys = {s: _raw(k) for s, k in private.items()}
+    roster = json.dumps({"silos": {s: k.hex() for s, k in keys.items()}}, sort_keys=True).encode()
+    fed = Federation(ledger, signer, private, keys, roster, Clock())
+    ledger.append(
+        fed.event(
+            EventKind.FEDERATION_CREATED,
+            None,
+            {
+                "config": {"rounds": rounds, "vector_length": 31, "quantization_bits": 16},
+                "roster_fingerprint": hashlib.sha256(roster).hexdigest(),
+                "threat_model": {"n": 3, "t": 2, "c": 0, "min_cohort": 3, "mode": "masking"},
+                "privacy": {
+                    "unit_of_privacy": "one patient record (add/remove) in one silo",
+                    "budget": {"epsilon": 8.0, "delta": DELTA},
+                },
+            },
+        )
+    )
+    ledger.checkpoint(signer)
+    histories: dict[str, list[dict[str, Any]]] = {s: [] for s in SILOS}
+    model = hashlib.sha256(b"model-0").hexdigest()
+    for rnd in range(1, rounds + 1):
+        batch = [
+            fed.event(EventKind.ROUND_OPENED, rnd, {"model_hash": model}),
+            fed.event(
+                EventKind.KEY_FINGERPRINTS,
+                rnd,
+                {
+                    "fingerprints": {
+                        s: hashlib.sha256(f"{s}{rnd}".encode()).hexdigest() for s in SILOS
+                    }
+                },
+            ),
+        ]
+        dropped = ["hospital-c"] if rnd == 2 else []
+        survivors = [s for s in SILOS if s not in dropped]
+        batch.append(
+            fed.event(
+                EventKind.PARTICIPANTS,
+                rnd,
+                {"survivors": survivors, "dropped": dropped, "stage": "unmask"},
+            )
+        )
+        for silo in survivors:
+            batch.append(fed.attestation_event(silo, rnd, histories[silo]))
+        model = hashlib.sha256(f"model-{rnd}".encode()).hexdigest()
+        batch.append(fed.event(EventKind.GLOBAL_MODEL, rnd, {"model_hash": model}))
+        batch.append(fed.event(EventKind.ROUND_CLOSED, rnd, {"global_model_hash": model}))
+        ledger.append_many(batch)
+        ledger.checkpoint(signer)
+    ledger.append(
+        fed.event(
+            EventKind.INCIDENT,
+            None,
+            {
+                "severity": "warning",
+                "description": "hospital-c missed the round 2 deadline",
+                "silo": "hospital-c",
+            },
+        )
+    )
+    ledger.checkpoint(signer)
+    return fed
+
+
+@pytest.fixture
+def federation(tmp_path: Path) -> Iterator[Federation]:
+    fed = build_federation(tmp_path / "ledger.sqlite")
+    yield fed
+    fed.ledger.close()
+
+
+@pytest.fixture
+def bundle_dir(tmp_path: Path, federation: Federation) -> Path:
+    return write_bundle(
+        federation.ledger,
+        tmp_path / "bundle",
+        roster_bytes=federation.roster,
+        audit_public_key=federation.signer.public_key,
+    )

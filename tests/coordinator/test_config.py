@@ -1,0 +1,455 @@
+"""Configuration files: demo configs round-trip, and every invalid setting fails with a message naming it."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from coordinator.config import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Deadlines,
+    ModelConfig,
+    RoundsConfig,
+    ServeConfig,
+    SiloConfig,
+    SiloPolicy,
+    TaskConfig,
+    TLSPaths,
+    _dumps_toml,
+    _toml_value,
+    write_demo_configs,
+)
+from coordinator.errors import ConfigError
+from coordinator.pki import ConsortiumPaths, certificate_fingerprint
+from secagg import minimum_threshold
+from tests.coordinator.conftest import FEDERATION, SILOS
+
+Doc = dict[str, Any]
+
+
+def _rewrite(path: Path, edit: Callable[[Doc], None]) -> Path:
+    """Parse ``path``, apply ``edit`` to the document, and write it back."""
+    doc = tomllib.loads(path.read_text())
+    edit(doc)
+    path.write_text(_dumps_toml(doc, title="edited by a test"))
+    return path
+
+
+def _pinned(consortium: ConsortiumPaths) -> bytes:
+    return bytes.fromhex(consortium.consortium_public_key.read_text().strip())
+
+
+# --- round trip ------------------------------------------------------------------------------------------
+
+
+def test_demo_configs_round_trip(
+    consortium: ConsortiumPaths, demo_configs: tuple[Path, list[Path]]
+) -> None:
+    serve_path, silo_paths = demo_configs
+    serve = ServeConfig.load(serve_path)
+    assert serve == ServeConfig(
+        federation=FEDERATION,
+        listen="127.0.0.1:0",
+        storage=serve_path.parent / "coordinator.sqlite",
+        roster=consortium.roster,
+        consortium_public_key=_pinned(consortium),
+        tls=TLSPaths(
+            ca=consortium.ca_cert, cert=consortium.coordinator_cert, key=consortium.coordinator_key
+        ),
+        audit_key=consortium.audit_key,
+        model=ModelConfig(size=10),
+        rounds=RoundsConfig(count=3, threshold=minimum_threshold(3, 0), clip=1.0),
+    )
+    assert serve.source == serve_path
+    assert serve.deadlines == Deadlines()
+    assert serve.max_message_bytes == DEFAULT_MAX_MESSAGE_BYTES
+    assert serve.load_roster().federation == FEDERATION
+
+    assert [p.name for p in silo_paths] == [f"silo-{s}.toml" for s in SILOS]
+    for shard, (silo, path) in enumerate(zip(SILOS, silo_paths, strict=True)):
+        config = SiloConfig.load(path)
+        paths = consortium.silos[silo]
+        assert config == SiloConfig(
+            silo=silo,
+            coordinator="127.0.0.1:50051",
+            federation=FEDERATION,
+            roster=consortium.roster,
+            consortium_public_key=_pinned(consortium),
+            signing_key=paths.signing_key,
+            tls=TLSPaths(ca=paths.ca_cert, cert=paths.cert, key=paths.key),
+            state_dir=path.parent / "state" / silo,
+            task=TaskConfig(shard=shard, num_shards=3),
+            policy=SiloPolicy(min_cohort=3, max_collusion_assumed=0),
+        )
+        assert config.load_roster().index(silo) == shard + 1
+
+
+def test_demo_configs_carry_every_parameter(consortium: ConsortiumPaths, tmp_path: Path) -> None:
+    initial = tmp_path / "init.npy"
+    np.save(initial, np.zeros(7, dtype=np.float32))
+    deadlines = Deadlines(advertise=1.5, share_keys=2, masked_input=3, consistency=4, unmask=5)
+    serve_path, silo_paths = write_demo_configs(
+        consortium,
+        tmp_path / "out",
+        rounds=5,
+        clip=0.5,
+        bits=12,
+        collusion=1,
+        threshold=3,
+        min_cohort=3,
+        initial_model=initial,
+        listen="127.0.0.1:7000",
+        deadlines=deadlines,
+        task={"epsilon": 2.5, "delta": 1e-6, "lr": 0.01, "local_epochs": 2, "seed": 9},
+    )
+    serve = ServeConfig.load(serve_path)
+    assert serve.rounds == RoundsConfig(
+        count=5, threshold=3, clip=0.5, collusion=1, min_cohort=3, bits=12
+    )
+    assert serve.model == ModelConfig(size=7, initial=initial)
+    assert serve.deadlines == deadlines
+    silo = SiloConfig.load(silo_paths[2])
+    assert silo.coordinator == "127.0.0.1:7000"
+    assert silo.policy == SiloPolicy(min_cohort=3, max_collusion_assumed=1)
+    assert silo.task == TaskConfig(
+        shard=2, num_shards=3, seed=9, local_epochs=2, lr=0.01, epsilon=2.5, delta=1e-6
+    )
+
+
+def test_configs_load_from_any_working_directory(
+    demo_configs: tuple[Path, list[Path]],
+    consortium: ConsortiumPaths,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    serve_path, silo_paths = demo_configs
+    monkeypatch.chdir(consortium.root / "silos")
+    relative = Path(os.path.relpath(serve_path))
+    assert not relative.is_absolute()
+    serve = ServeConfig.load(relative)
+    assert serve.roster == consortium.roster  # resolved against the file's directory, not the cwd
+    assert "roster.json" in serve_path.read_text()
+    assert str(consortium.root) not in serve_path.read_text()  # written relative: relocatable
+    assert SiloConfig.load(silo_paths[0]).signing_key.is_absolute()
+
+
+def test_write_demo_configs_refuses_to_overwrite_and_bad_arguments(
+    consortium: ConsortiumPaths, demo_configs: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    serve_path, _ = demo_configs
+    before = serve_path.read_text()
+    with pytest.raises(ConfigError, match="already exists"):
+        write_demo_configs(
+            consortium, serve_path.parent, rounds=1, model_size=3, coordinator="127.0.0.1:1"
+        )
+    assert serve_path.read_text() == before
+    with pytest.raises(ValueError, match="exactly one of model_size and initial_model"):
+        write_demo_configs(consortium, tmp_path / "a", rounds=1, coordinator="127.0.0.1:1")
+    with pytest.raises(ValueError, match="port 0"):
+        write_demo_configs(consortium, tmp_path / "b", rounds=1, model_size=3)
+    with pytest.raises(ValueError, match="set per silo"):
+        write_demo_configs(
+            consortium,
+            tmp_path / "c",
+            rounds=1,
+            model_size=3,
+            listen="127.0.0.1:1",
+            task={"shard": 1},
+        )
+    with pytest.raises(ConfigError, match=r"\[rounds\]: threshold 1 is unsafe"):
+        write_demo_configs(
+            consortium, tmp_path / "d", rounds=1, model_size=3, listen="127.0.0.1:1", threshold=1
+        )
+
+
+def test_chunks_stay_below_the_message_limit(demo_configs: tuple[Path, list[Path]]) -> None:
+    serve = ServeConfig.load(demo_configs[0])
+    assert 0 < serve.chunk_bytes < serve.max_message_bytes
+    assert serve.chunk_bytes % 4 == 0  # whole uint32 coordinates
+
+
+def test_insecure_debug_mode_is_loopback_only(demo_configs: tuple[Path, list[Path]]) -> None:
+    serve_path, silo_paths = demo_configs
+
+    def insecure(doc: Doc) -> None:
+        doc["insecure_debug_no_tls"] = True
+        del doc["tls"]
+
+    serve = ServeConfig.load(_rewrite(serve_path, insecure))
+    assert serve.insecure_debug_no_tls
+    assert serve.tls is None
+    silo = SiloConfig.load(_rewrite(silo_paths[0], insecure))
+    assert silo.tls is None
+    _rewrite(serve_path, lambda d: d.update(listen="[::1]:9000"))
+    assert ServeConfig.load(serve_path).listen == "[::1]:9000"
+    _rewrite(serve_path, lambda d: d.update(listen="0.0.0.0:9000"))
+    with pytest.raises(ConfigError, match="insecure_debug_no_tls: refused because listen host"):
+        ServeConfig.load(serve_path)
+    _rewrite(silo_paths[0], lambda d: d.update(coordinator="coordinator.example.org:443"))
+    with pytest.raises(ConfigError, match="not a loopback address"):
+        SiloConfig.load(silo_paths[0])
+
+
+# --- every validation error names the file and the key -----------------------------------------------------
+
+
+def _set(table: str | None, key: str, value: object) -> Callable[[Doc], None]:
+    def edit(doc: Doc) -> None:
+        (doc.setdefault(table, {}) if table else doc)[key] = value
+
+    return edit
+
+
+def _delete(table: str | None, key: str) -> Callable[[Doc], None]:
+    def edit(doc: Doc) -> None:
+        del (doc[table] if table else doc)[key]
+
+    return edit
+
+
+SERVE_ERRORS: list[tuple[str, Callable[[Doc], None], str]] = [
+    ("unknown key", _set(None, "thresold", 2), r"unknown key 'thresold'"),
+    (
+        "typo in table",
+        _set("rounds", "treshold", 2),
+        r"unknown key 'rounds.treshold' \(did you mean 'threshold'\?\)",
+    ),
+    ("unknown table", _set("extra", "x", 1), r"unknown key 'extra'"),
+    ("missing key", _delete(None, "federation"), r"missing required key 'federation'"),
+    ("missing table", _delete(None, "tls"), r"missing required table \[tls\]"),
+    ("missing tls file", _set("tls", "cert", "nope.pem"), r"tls.cert: .*nope.pem does not exist"),
+    ("string type", _set(None, "listen", 5), r"listen: expected a string, got an integer"),
+    (
+        "bool is no int",
+        _set("rounds", "bits", True),
+        r"rounds.bits: expected an integer, got a boolean",
+    ),
+    (
+        "float is no int",
+        _set("rounds", "count", 2.0),
+        r"rounds.count: expected an integer, got a number",
+    ),
+    ("number type", _set("rounds", "clip", "1.0"), r"rounds.clip: expected a number, got a string"),
+    ("infinite clip", _set("rounds", "clip", float("inf")), r"rounds.clip: must be finite"),
+    ("negative clip", _set("rounds", "clip", -1.0), r"\[rounds\] clip must be a positive"),
+    (
+        "bool type",
+        _set(None, "insecure_debug_no_tls", "no"),
+        r"insecure_debug_no_tls: expected true or false",
+    ),
+    ("table type", _set(None, "model", 3), r"model: expected a table, got an integer"),
+    (
+        "unsafe threshold",
+        _set("rounds", "threshold", 1),
+        r"threshold 1 is unsafe for n=3, c=0: need t > \(n \+ c\)/2",
+    ),
+    ("threshold > n", _set("rounds", "threshold", 4), r"threshold 4 exceeds the 3 silos"),
+    (
+        "collusion too large",
+        _set("rounds", "collusion", 3),
+        r"collusion bound c must be in \[0, n\)",
+    ),
+    ("min_cohort > n", _set("rounds", "min_cohort", 4), r"min_cohort 4 exceeds the 3 silos"),
+    ("too many bits", _set("rounds", "bits", 31), r"\[rounds\] bits/clip: .*ring has 32"),
+    ("zero rounds", _set("rounds", "count", 0), r"\[rounds\] count must be >= 1"),
+    (
+        "size and initial",
+        _set("model", "initial", "x.npy"),
+        r"model.initial: .*x.npy does not exist",
+    ),
+    (
+        "neither size nor initial",
+        _delete("model", "size"),
+        r"\[model\]: give exactly one of 'size' and 'initial'",
+    ),
+    ("zero size", _set("model", "size", 0), r"\[model\] size must be >= 1"),
+    (
+        "negative deadline",
+        _set("deadlines", "unmask", -1),
+        r"\[deadlines\] unmask must be a positive",
+    ),
+    ("bad address", _set(None, "listen", "localhost"), r"listen: expected host:port"),
+    ("bad port", _set(None, "listen", "127.0.0.1:70000"), r"listen: port 70000 is out of range"),
+    (
+        "bad pinned key",
+        _set(None, "consortium_public_key", "abcd"),
+        r"consortium_public_key: expected a 32-byte Ed25519",
+    ),
+    (
+        "wrong pinned key",
+        _set(None, "consortium_public_key", "11" * 32),
+        r"roster: .*does not verify under consortium_public_key",
+    ),
+    (
+        "wrong federation",
+        _set(None, "federation", "otherfed"),
+        r"federation: 'otherfed' does not match the roster's federation 'testfed'",
+    ),
+    (
+        "bad revocation",
+        _set(None, "revoked_certificates", ["abc"]),
+        r"revoked_certificates: each entry must be a SHA-256",
+    ),
+    (
+        "revocation type",
+        _set(None, "revoked_certificates", "abc"),
+        r"revoked_certificates: expected a list of strings",
+    ),
+    (
+        "tiny messages",
+        _set(None, "max_message_bytes", 1000),
+        r"max_message_bytes: must be between 65536",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"), [(e, m) for _, e, m in SERVE_ERRORS], ids=[i for i, _, _ in SERVE_ERRORS]
+)
+def test_serve_config_errors(
+    demo_configs: tuple[Path, list[Path]], edit: Callable[[Doc], None], message: str
+) -> None:
+    serve_path = _rewrite(demo_configs[0], edit)
+    with pytest.raises(ConfigError, match=message) as error:
+        ServeConfig.load(serve_path)
+    assert str(error.value).startswith(f"{serve_path}: ")
+
+
+SILO_ERRORS: list[tuple[str, Callable[[Doc], None], str]] = [
+    ("not on roster", _set(None, "silo", "silo-z"), r"silo: 'silo-z' is not on the roster"),
+    ("port zero", _set(None, "coordinator", "127.0.0.1:0"), r"coordinator: port 0 is out of range"),
+    (
+        "unknown policy key",
+        _set("policy", "max_colusion_assumed", 1),
+        r"unknown key 'policy.max_colusion_assumed' \(did you mean 'max_collusion_assumed'\?\)",
+    ),
+    ("policy cohort", _set("policy", "min_cohort", 1), r"\[policy\] min_cohort must be >= 2"),
+    (
+        "negative collusion",
+        _set("policy", "max_collusion_assumed", -1),
+        r"\[policy\] max_collusion_assumed must be >= 0",
+    ),
+    (
+        "shard range",
+        _set("task", "shard", 3),
+        r"\[task\] shard must be in \[0, num_shards\) = \[0, 3\)",
+    ),
+    (
+        "epsilon zero",
+        _set("task", "epsilon", 0),
+        r"\[task\] epsilon must be a positive finite number",
+    ),
+    ("delta one", _set("task", "delta", 1.0), r"\[task\] delta must be in \(0, 1\)"),
+    ("batch size", _set("task", "batch_size", 0), r"\[task\] batch_size must be >= 1"),
+    ("lr type", _set("task", "lr", "fast"), r"task.lr: expected a number, got a string"),
+    (
+        "missing signing key",
+        _set(None, "signing_key", "gone.key"),
+        r"signing_key: .*gone.key does not exist",
+    ),
+    ("missing state_dir key", _delete(None, "state_dir"), r"missing required key 'state_dir'"),
+]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"), [(e, m) for _, e, m in SILO_ERRORS], ids=[i for i, _, _ in SILO_ERRORS]
+)
+def test_silo_config_errors(
+    demo_configs: tuple[Path, list[Path]], edit: Callable[[Doc], None], message: str
+) -> None:
+    silo_path = _rewrite(demo_configs[1][0], edit)
+    with pytest.raises(ConfigError, match=message) as error:
+        SiloConfig.load(silo_path)
+    assert str(error.value).startswith(f"{silo_path}: ")
+
+
+def test_silo_task_defaults_come_from_the_roster(demo_configs: tuple[Path, list[Path]]) -> None:
+    silo_path = _rewrite(demo_configs[1][1], _delete(None, "task"))
+    assert SiloConfig.load(silo_path).task == TaskConfig(shard=1, num_shards=3)
+
+
+def test_revoked_certificates_are_normalised(
+    consortium: ConsortiumPaths, demo_configs: tuple[Path, list[Path]]
+) -> None:
+    fingerprint = certificate_fingerprint(consortium.silos["silo-b"].cert.read_bytes())
+    serve_path = _rewrite(
+        demo_configs[0], _set(None, "revoked_certificates", [fingerprint.upper()])
+    )
+    assert ServeConfig.load(serve_path).revoked_certificates == frozenset({fingerprint})
+
+
+def test_a_tampered_roster_is_refused(
+    consortium: ConsortiumPaths, demo_configs: tuple[Path, list[Path]]
+) -> None:
+    # Swap two members' keys: same JSON shape, broken consortium signature.
+    text = consortium.roster.read_text()
+    key_a = consortium.roster.read_text().split('"silo-a": "')[1][:64]
+    key_b = consortium.roster.read_text().split('"silo-b": "')[1][:64]
+    consortium.roster.write_text(text.replace(key_a, "X").replace(key_b, key_a).replace("X", key_b))
+    with pytest.raises(ConfigError, match="does not verify under consortium_public_key"):
+        ServeConfig.load(demo_configs[0])
+    consortium.roster.write_text("{not json")
+    with pytest.raises(ConfigError, match="malformed roster"):
+        SiloConfig.load(demo_configs[1][0])
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.zeros(4, dtype=np.float64), "1-D float32"),
+        (np.zeros((2, 2), dtype=np.float32), "1-D float32"),
+        (None, "is not a .npy array"),
+    ],
+)
+def test_initial_model_must_be_a_float32_vector(
+    demo_configs: tuple[Path, list[Path]], tmp_path: Path, array: Any, message: str
+) -> None:
+    initial = tmp_path / "initial.npy"
+    if array is None:
+        initial.write_bytes(b"not numpy")
+    else:
+        np.save(initial, array)
+
+    def edit(doc: Doc) -> None:
+        doc["model"] = {"initial": str(initial)}
+
+    with pytest.raises(ConfigError, match=message):
+        ServeConfig.load(_rewrite(demo_configs[0], edit))
+
+
+def test_unreadable_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read configuration"):
+        ServeConfig.load(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("federation = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        SiloConfig.load(bad)
+
+
+def test_dataclasses_validate_without_a_file() -> None:
+    with pytest.raises(ConfigError, match="epsilon"):
+        TaskConfig(shard=0, num_shards=1, epsilon=float("nan"))
+    with pytest.raises(ConfigError, match="advertise"):
+        Deadlines(advertise=0)
+    with pytest.raises(ConfigError, match=r"\[rounds\]: threshold 2 is unsafe for n=3, c=1"):
+        RoundsConfig(count=1, threshold=2, clip=1.0, collusion=1).check(3)
+
+
+# --- the TOML writer -------------------------------------------------------------------------------------
+
+
+@given(st.text())
+def test_any_string_survives_the_toml_writer(text: str) -> None:
+    assert tomllib.loads(f"v = {_toml_value(text)}")["v"] == text
+
+
+@given(st.floats(allow_nan=False) | st.integers(-(2**63), 2**63 - 1))
+def test_any_number_survives_the_toml_writer(number: float) -> None:
+    assert tomllib.loads(f"v = {_toml_value(number)}")["v"] == number
