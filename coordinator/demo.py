@@ -7,6 +7,7 @@ Everything runs on loopback with mutual TLS; the silos are separate operating-sy
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -133,6 +134,8 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
             stdout=subprocess.PIPE,
             stderr=log_file,
             text=True,
+            # a tiny model: more than one torch thread per silo only contends for the shared cores
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
         )
         processes.append((silo, process, log_file))
 

@@ -60,6 +60,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from coordinator.errors import PKIError, Unauthorized
 from secagg import Roster
+from secagg.roster import SILO_ID_PATTERN
 
 __all__ = [
     "ConsortiumPaths",
@@ -74,7 +75,7 @@ __all__ = [
     "spiffe_id",
 ]
 
-_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_NAME_PATTERN = SILO_ID_PATTERN  # one definition of a valid id, used with fullmatch
 """Federation and silo ids: the roster's silo-id alphabet, which is also a valid SPIFFE trust domain/path."""
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -522,7 +523,7 @@ def silo_identity(
     if len(spiffe) != 1:
         raise Unauthorized("the client certificate must carry exactly one spiffe:// URI")
     match = re.fullmatch(r"spiffe://([^/]+)/silo/([^/]+)", spiffe[0])
-    if match is None or not all(_NAME_PATTERN.match(part) for part in match.groups()):
+    if match is None or not all(_NAME_PATTERN.fullmatch(part) for part in match.groups()):
         raise Unauthorized("the client certificate's URI is not spiffe://<federation>/silo/<id>")
     trust_domain, silo = match.groups()
     if federation is not None and trust_domain != federation:
@@ -534,7 +535,7 @@ def silo_identity(
 
 
 def _check_name(what: str, value: str) -> None:
-    if not _NAME_PATTERN.match(value):
+    if not _NAME_PATTERN.fullmatch(value):
         raise ValueError(
             f"invalid {what} {value!r}: use 1-63 lowercase letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"

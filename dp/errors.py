@@ -6,9 +6,13 @@
     ├── InvalidPrivacyParameters   epsilon/delta/noise/sample rate out of range, or not finite
     ├── BudgetExceeded             the next round would spend more than the silo's budget
     ├── AccountingError            an accountant failed (after any recorded fallback)
-    └── AttestationError           a privacy attestation cannot be accepted
-        ├── InvalidAttestationSignature   the Ed25519 signature does not verify (opaque)
-        └── AttestationRejected           claimed epsilon below the recomputation, or over the ceiling
+    ├── AttestationError           a privacy attestation cannot be accepted
+    │   ├── InvalidAttestationSignature   the Ed25519 signature does not verify (opaque)
+    │   └── AttestationRejected           claimed epsilon below the recomputation, or over the ceiling
+    └── DistributedDPError         silo-level distributed DP (dp.distributed) cannot proceed
+        ├── BitWidthTooSmall          the modular sum cannot hold n silos' encodings at this width
+        ├── TooFewContributors        fewer contributions than the noise shares were sized for
+        └── RoundingFailed            conditional rounding did not meet its norm bound
 
 Notes:
     Opacus signals an exhausted budget with a bare ``ValueError``; we give it its own type
@@ -28,10 +32,14 @@ __all__ = [
     "AccountingError",
     "AttestationError",
     "AttestationRejected",
+    "BitWidthTooSmall",
     "BudgetExceeded",
+    "DistributedDPError",
     "InvalidAttestationSignature",
     "InvalidPrivacyParameters",
     "PrivacyError",
+    "RoundingFailed",
+    "TooFewContributors",
 ]
 
 
@@ -73,3 +81,22 @@ class AttestationRejected(AttestationError):
     def __init__(self, message: str, *, check: EpsilonCheck) -> None:
         super().__init__(message)
         self.check = check
+
+
+class DistributedDPError(PrivacyError):
+    """Silo-level distributed DP (``dp.distributed``) cannot proceed safely."""
+
+
+class BitWidthTooSmall(DistributedDPError):
+    """The modular sum's bit width cannot hold the sum of the silos' encodings."""
+
+
+class TooFewContributors(DistributedDPError):
+    """A sum holds fewer contributions than the noise shares were sized for.
+
+    Decoding it would publish an aggregate with less noise than the guarantee assumes.
+    """
+
+
+class RoundingFailed(DistributedDPError):
+    """Conditional stochastic rounding did not meet its norm bound within its retry budget."""

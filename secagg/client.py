@@ -11,9 +11,11 @@ Notes:
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import MappingProxyType
+from typing import Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +33,7 @@ from secagg.errors import (
 )
 from secagg.hazmat import shamir
 from secagg.hazmat.keys import (
+    KEY_BYTES,
     NONCE_BYTES,
     RandomSource,
     agree,
@@ -57,6 +60,38 @@ from secagg.messages import (
     survivors_payload,
 )
 from secagg.roster import Roster
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _stage(
+    stage: Stage,
+) -> Callable[
+    [Callable[Concatenate[SecAggClient, P], R]], Callable[Concatenate[SecAggClient, P], R]
+]:
+    """A stage method: refused outside ``stage``; any refusal inside it aborts the client for good.
+
+    Notes:
+        Aborting wipes the round's secrets, so a server that provoked a refusal cannot retry the stage with
+        different inputs (for example a second U1 that would make the silo share a fresh seed).
+    """
+
+    def decorate(
+        method: Callable[Concatenate[SecAggClient, P], R],
+    ) -> Callable[Concatenate[SecAggClient, P], R]:
+        def guarded(self: SecAggClient, /, *args: P.args, **kwargs: P.kwargs) -> R:
+            self._expect(stage)
+            try:
+                return method(self, *args, **kwargs)
+            except SecAggError as exc:
+                raise self._abort(exc) from exc
+
+        functools.update_wrapper(guarded, method)
+        return guarded
+
+    return decorate
+
 
 __all__ = ["SecAggClient", "pairwise_mask_key", "self_mask_key", "share_aad", "share_key"]
 
@@ -163,6 +198,7 @@ class SecAggClient:
         return ad
 
     # Stage 2 -------------------------------------------------------------------------------------------
+    @_stage(Stage.SHARE_KEYS)
     def share_keys(self, advertisements: Sequence[Advertisement]) -> ShareKeys:
         """Stage 2: verify U1 against the roster, then Shamir-share b_u and the mask key to every member.
 
@@ -170,11 +206,7 @@ class SecAggClient:
             ProtocolViolation: an advertisement is forged, duplicated, substituted or for another model.
             RoundAborted: U1 is too small to finish the round.
         """
-        self._expect(Stage.SHARE_KEYS)
-        try:
-            self._check_advertisements(advertisements)
-        except SecAggError as exc:
-            raise self._abort(exc) from exc
+        self._check_advertisements(advertisements)
         self._session = session_id(self._config, advertisements)
         self._seed = self._rng(shamir.SECRET_BYTES)
         members = sorted(self._advertisements)
@@ -206,6 +238,10 @@ class SecAggClient:
         if len(set(keys)) != len(keys):
             raise ProtocolViolation("two advertisements share a public key")
         for ad in advertisements:
+            if len(ad.enc_public) != KEY_BYTES or len(ad.mask_public) != KEY_BYTES:
+                raise ProtocolViolation(
+                    f"advertisement of {ad.silo!r} has a public key of the wrong length"
+                )
             if ad.silo not in self._roster.members:
                 raise ProtocolViolation(f"advertisement from {ad.silo!r}, who is not on the roster")
             payload = advertisement_payload(self._config, ad.silo, ad.enc_public, ad.mask_public)
@@ -226,6 +262,7 @@ class SecAggClient:
         self._advertisements = {ad.silo: ad for ad in advertisements}
 
     # Stage 3 -------------------------------------------------------------------------------------------
+    @_stage(Stage.MASKED_INPUT)
     def masked_input(
         self, inbox: Sequence[EncryptedShare], update: npt.NDArray[np.uint32]
     ) -> npt.NDArray[np.uint32]:
@@ -237,15 +274,11 @@ class SecAggClient:
             ProtocolViolation: a share was moved, replayed or tampered with, or U2 is inconsistent.
             RoundAborted: U2 is too small.
         """
-        self._expect(Stage.MASKED_INPUT)
         if update.dtype != np.uint32 or update.shape != (self._config.vector_length,):
             raise ValueError(
                 f"update must be a uint32 vector of length {self._config.vector_length}"
             )
-        try:
-            self._open_inbox(inbox)
-        except SecAggError as exc:
-            raise self._abort(exc) from exc
+        self._open_inbox(inbox)
         y = update.copy()
         stream = MaskStream()
         stream.add(y, self_mask_key(self._seed, self._session, self._index))
@@ -294,13 +327,10 @@ class SecAggClient:
             )
 
     # Stage 4 -------------------------------------------------------------------------------------------
+    @_stage(Stage.CONSISTENCY_CHECK)
     def sign_survivors(self, survivors: Sequence[str]) -> SurvivorSignature:
         """Stage 4: sign (session id, sorted U3) after checking U3 is a plausible survivor set."""
-        self._expect(Stage.CONSISTENCY_CHECK)
-        try:
-            self._check_survivors(survivors)
-        except SecAggError as exc:
-            raise self._abort(exc) from exc
+        self._check_survivors(survivors)
         self._signed_survivors = tuple(sorted(survivors))
         self.stage = Stage.UNMASK
         return SurvivorSignature(
@@ -320,6 +350,7 @@ class SecAggClient:
             )
 
     # Stage 5 -------------------------------------------------------------------------------------------
+    @_stage(Stage.UNMASK)
     def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
         """Stage 5: reveal exactly one share type per peer, after every guard of DESIGN 4.1 holds.
 
@@ -327,11 +358,7 @@ class SecAggClient:
             ProtocolViolation: overlapping or inconsistent sets, too few valid signatures on the same U3, or a
                 request for the other share type of a peer.
         """
-        self._expect(Stage.UNMASK)
-        try:
-            self._check_unmask(request)
-        except SecAggError as exc:
-            raise self._abort(exc) from exc
+        self._check_unmask(request)
         self_shares = {peer: self._held[peer][0] for peer in request.survivors}
         key_shares = {peer: self._held[peer][1] for peer in request.dropped}
         for peer in request.survivors:

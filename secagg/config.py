@@ -56,7 +56,7 @@ class RoundConfig:
 
     Attributes:
         federation: federation id (also the roster's).
-        round: round number, >= 0.
+        round: round number in [0, 2^32) (a uint32 on the wire).
         model_hash: SHA-256 of the global model the round starts from.
         vector_length: number of uint32 coordinates each silo submits.
         quantizer: public clipping and quantization parameters.
@@ -77,8 +77,8 @@ class RoundConfig:
     min_cohort: int
 
     def __post_init__(self) -> None:
-        if self.round < 0:
-            raise InvalidParameters("round must be >= 0")
+        if not 0 <= self.round < 2**32:
+            raise InvalidParameters("round must be in [0, 2^32)")
         if len(self.model_hash) != 32:
             raise InvalidParameters("model_hash must be a SHA-256 digest")
         if self.vector_length < 1:

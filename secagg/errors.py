@@ -8,6 +8,7 @@
     ├── DecryptionError         an AEAD ciphertext does not open (opaque on purpose, like Fernet's InvalidToken)
     ├── ProtocolError           a message is out of order, from the wrong session, or malformed
     │   └── ProtocolViolation   evidence that the server (or a peer) is lying: refuse and stop
+    │       └── InvalidProof    a zero-knowledge proof (Paillier partial decryption) does not verify
     └── RoundAborted            too few participants remain to finish the round safely
 
 Notes:
@@ -21,6 +22,7 @@ from __future__ import annotations
 __all__ = [
     "DecryptionError",
     "InvalidParameters",
+    "InvalidProof",
     "InvalidSignature",
     "ProtocolError",
     "ProtocolViolation",
@@ -55,3 +57,7 @@ class ProtocolViolation(ProtocolError):
 
 class RoundAborted(SecAggError):
     """Too few participants remain to finish the round without weakening privacy."""
+
+
+class InvalidProof(ProtocolViolation):
+    """A zero-knowledge proof (e.g. of a correct Paillier partial decryption) does not verify."""

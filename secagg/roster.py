@@ -23,7 +23,7 @@ from secagg.hazmat.keys import encode_fields, public_bytes, sign, verify
 
 __all__ = ["SILO_ID_PATTERN", "Roster"]
 
-SILO_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+SILO_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _FORMAT = 1
 
 
@@ -42,7 +42,7 @@ class Roster:
         if not self.members:
             raise InvalidParameters("roster has no members")
         for silo, key in self.members.items():
-            if not SILO_ID_PATTERN.match(silo):
+            if not SILO_ID_PATTERN.fullmatch(silo):
                 raise InvalidParameters(
                     f"invalid silo id {silo!r}: use lowercase letters, digits, . _ -"
                 )

@@ -24,7 +24,7 @@ from secagg.client import pairwise_mask_key, self_mask_key
 from secagg.config import RoundConfig
 from secagg.errors import InvalidSignature, ProtocolError, ProtocolViolation, RoundAborted
 from secagg.hazmat import shamir
-from secagg.hazmat.keys import agree, verify
+from secagg.hazmat.keys import KEY_BYTES, agree, verify
 from secagg.hazmat.prg import MaskStream
 from secagg.messages import (
     Advertisement,
@@ -103,6 +103,10 @@ class SecAggServer:
         self._member(ad.silo)
         if ad.silo in self._ads:
             raise ProtocolError(f"{ad.silo} already advertised keys this round")
+        if len(ad.enc_public) != KEY_BYTES or len(ad.mask_public) != KEY_BYTES:
+            raise ProtocolError(
+                f"advertisement of {ad.silo}: public keys must be {KEY_BYTES} bytes"
+            )
         try:
             payload = advertisement_payload(self.config, ad.silo, ad.enc_public, ad.mask_public)
             verify(self._roster.key(ad.silo), ad.signature, payload)

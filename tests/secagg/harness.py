@@ -1,17 +1,42 @@
-"""Drives one in-process round of the masking protocol for tests (not a mock: the real roles, no I/O)."""
+"""Drives one in-process round of the masking protocol for tests (not a mock: the real roles, no I/O).
+
+``run_round`` plays an honest server end to end. ``run_to_consistency`` routes stages 1-3 through the real
+:class:`SecAggServer` and then hands the live clients to the test, which plays a *malicious* server for
+stages 4-5; ``attacker_unmask`` is what that server would do with whatever shares it extracted.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from secagg import AggregateResult, Quantizer, Roster, RoundConfig, SecAggClient, SecAggServer
+from secagg import (
+    Advertisement,
+    AggregateResult,
+    EncryptedShare,
+    Quantizer,
+    Roster,
+    RoundConfig,
+    SecAggClient,
+    SecAggServer,
+    SurvivorSignature,
+    UnmaskResponse,
+)
+from secagg.client import pairwise_mask_key, self_mask_key
 from secagg.config import minimum_threshold
+from secagg.hazmat import shamir
+from secagg.hazmat.keys import agree, sign
+from secagg.hazmat.prg import MaskStream
+from secagg.messages import survivors_payload
+
+U32 = npt.NDArray[np.uint32]
 
 
 def seeded_rng(seed: int) -> Callable[[int], bytes]:
@@ -24,6 +49,7 @@ def seeded_rng(seed: int) -> Callable[[int], bytes]:
 class Federation:
     roster: Roster
     keys: dict[str, Ed25519PrivateKey]
+    consortium: Ed25519PrivateKey
 
     @property
     def silos(self) -> list[str]:
@@ -36,7 +62,9 @@ def make_federation(n: int, *, seed: int = 0, federation: str = "fed") -> Federa
     consortium = Ed25519PrivateKey.from_private_bytes(rng(32))
     members = {s: k.public_key().public_bytes_raw() for s, k in keys.items()}
     return Federation(
-        Roster.create(federation=federation, members=members, consortium_key=consortium), keys
+        Roster.create(federation=federation, members=members, consortium_key=consortium),
+        keys,
+        consortium,
     )
 
 
@@ -65,20 +93,9 @@ def make_config(
     )
 
 
-def run_round(
-    fed: Federation,
-    config: RoundConfig,
-    inputs: dict[str, np.ndarray],
-    *,
-    drop: dict[str, Collection[str]] | None = None,
-    seed: int = 1,
-    chunk: int = 1000,
-) -> AggregateResult:
-    """One honest round; ``drop`` maps a stage name to silos that vanish before sending that stage's message."""
-    drop = drop or {}
-    gone: set[str] = set()
-    server = SecAggServer(config=config, roster=fed.roster)
-    clients = {
+def make_clients(fed: Federation, config: RoundConfig, *, seed: int = 1) -> dict[str, SecAggClient]:
+    """One client per roster member, each with its own seeded randomness."""
+    return {
         s: SecAggClient(
             silo=s,
             signing_key=fed.keys[s],
@@ -88,6 +105,39 @@ def run_round(
         )
         for i, s in enumerate(fed.silos)
     }
+
+
+def random_inputs(fed: Federation, length: int, *, seed: int = 0) -> dict[str, U32]:
+    """Arbitrary ring elements (the protocol must sum any uint32 vectors exactly, not just small ones)."""
+    gen = np.random.default_rng(seed)
+    return {
+        s: gen.integers(0, 1 << 32, size=length, dtype=np.uint64).astype(np.uint32)
+        for s in fed.silos
+    }
+
+
+def ring_sum(vectors: Iterable[U32], length: int) -> U32:
+    """The exact sum mod 2^32, computed independently of the protocol."""
+    total = np.zeros(length, dtype=np.uint64)
+    for v in vectors:
+        total = (total + v.astype(np.uint64)) % (1 << 32)
+    return total.astype(np.uint32)
+
+
+def run_round(
+    fed: Federation,
+    config: RoundConfig,
+    inputs: dict[str, U32],
+    *,
+    drop: Mapping[str, Collection[str]] | None = None,
+    seed: int = 1,
+    chunk: int = 1000,
+) -> AggregateResult:
+    """One honest round; ``drop`` maps a stage name to silos that vanish before sending that stage's message."""
+    drop = drop or {}
+    gone: set[str] = set()
+    server = SecAggServer(config=config, roster=fed.roster)
+    clients = make_clients(fed, config, seed=seed)
 
     def alive(stage: str) -> list[str]:
         gone.update(drop.get(stage, ()))
@@ -114,3 +164,100 @@ def run_round(
         if s in signers:
             server.receive_unmask(clients[s].unmask(request))
     return server.close_unmask()
+
+
+@dataclass
+class Transcript:
+    """What an honest server routed in stages 1-3; the clients wait in the consistency-check stage."""
+
+    fed: Federation
+    config: RoundConfig
+    server: SecAggServer
+    clients: dict[str, SecAggClient]
+    ads: tuple[Advertisement, ...]
+    inbox: Mapping[str, tuple[EncryptedShare, ...]]
+    inputs: dict[str, U32]
+    masked: dict[str, U32]
+
+    @property
+    def session(self) -> bytes:
+        return next(iter(self.clients.values())).session_id
+
+    def signature(self, silo: str, survivors: Iterable[str]) -> SurvivorSignature:
+        """A roster signature on a survivor set, as a colluding silo would produce for any set it is asked."""
+        payload = survivors_payload(self.session, tuple(survivors))
+        return SurvivorSignature(silo, sign(self.fed.keys[silo], payload))
+
+
+def run_to_consistency(
+    fed: Federation,
+    config: RoundConfig,
+    *,
+    seed: int = 1,
+    submit: Collection[str] | None = None,
+    inputs: dict[str, U32] | None = None,
+) -> Transcript:
+    """Stages 1-3 through the real server; only the silos in ``submit`` (default: all) send masked input.
+
+    The server has closed stage 3 (and waits for survivor signatures) when enough silos submitted.
+    """
+    server = SecAggServer(config=config, roster=fed.roster)
+    clients = make_clients(fed, config, seed=seed)
+    inputs = inputs if inputs is not None else random_inputs(fed, config.vector_length, seed=seed)
+    for client in clients.values():
+        server.receive_advertisement(client.advertise())
+    ads = server.close_advertise()
+    for client in clients.values():
+        server.receive_shares(client.share_keys(ads))
+    inbox = server.close_share_keys()
+    masked = {
+        s: clients[s].masked_input(inbox[s], inputs[s])
+        for s in (fed.silos if submit is None else submit)
+    }
+    for silo, y in masked.items():
+        server.add_masked_chunk(silo, 0, y)
+        server.finish_masked_input(silo)
+    if len(masked) >= config.required_survivors:
+        server.close_masked_input()
+    return Transcript(fed, config, server, clients, ads, inbox, inputs, masked)
+
+
+def attacker_unmask(
+    tr: Transcript,
+    victim: str,
+    responses: Iterable[UnmaskResponse],
+    *,
+    colluders: Collection[str] = (),
+) -> U32 | None:
+    """The malicious server's attempt to strip every mask off ``victim``'s masked vector.
+
+    It pools every share honest silos revealed plus both share types held by colluding silos, reconstructs
+    the victim's self-mask seed b_u and mask private key when it has ``t`` shares of each, and removes
+    PRG(b_u) and every pairwise mask. Returns the recovered input, or ``None`` when it lacks ``t`` shares of
+    either secret (then, by Shamir's perfect secrecy, it holds no information about that secret).
+    """
+    t, index = tr.config.threshold, tr.fed.roster.index
+    seed_shares: dict[int, bytes] = {}
+    key_shares: dict[int, bytes] = {}
+    for response in responses:
+        if victim in response.self_mask_shares:
+            seed_shares[index(response.silo)] = response.self_mask_shares[victim]
+        if victim in response.mask_key_shares:
+            key_shares[index(response.silo)] = response.mask_key_shares[victim]
+    for colluder in colluders:
+        # A colluding silo hands over both shares it holds for the victim (its own memory).
+        held = tr.clients[colluder]._held[victim]
+        seed_shares[index(colluder)], key_shares[index(colluder)] = held
+    if len(seed_shares) < t or len(key_shares) < t:
+        return None
+    seed = shamir.reconstruct(seed_shares, threshold=t)
+    mask_key = X25519PrivateKey.from_private_bytes(shamir.reconstruct(key_shares, threshold=t))
+    ads = {ad.silo: ad for ad in tr.ads}
+    y = tr.masked[victim].copy()
+    stream = MaskStream()
+    stream.add(y, self_mask_key(seed, tr.session, index(victim)), subtract=True)
+    for share in tr.inbox[victim]:  # the victim masked with every sender of its inbox (its U2)
+        secret = agree(mask_key, ads[share.sender].mask_public)
+        key = pairwise_mask_key(secret, tr.session, index(victim), index(share.sender))
+        stream.add(y, key, subtract=index(victim) < index(share.sender))
+    return y

@@ -1,0 +1,94 @@
+"""Randomized Hadamard rotation with signs from a public per-round seed.
+
+Notes:
+    The rotation ``y = H D x / sqrt(d)`` (``H`` the Walsh-Hadamard matrix, ``D`` a diagonal
+    of random signs) spreads a vector's mass evenly over coordinates, so the per-coordinate
+    range needed for the modular sum shrinks from ``n C`` to about
+    ``n C sqrt(2 ln(d / p) / d)`` (Kairouz, Liu and Steinke, ICML 2021, "The Distributed
+    Discrete Gaussian Mechanism", section 4; Suresh et al., ICML 2017). It is orthogonal,
+    so it preserves L2 norms and therefore sensitivity. All silos use the same signs in a
+    round (otherwise the rotated vectors would not add up), so the seed is public: the
+    signs come from AES-128-CTR keyed by HKDF-SHA256 over the seed (a keyed PRF from
+    ``cryptography``), never from numpy's RNG. A public seed gives no privacy; it only
+    needs to be unpredictable to a silo choosing its update, which bounds wrap-around.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from numpy.typing import NDArray
+
+__all__ = [
+    "inverse_randomized_hadamard",
+    "padded_dimension",
+    "randomized_hadamard",
+    "rotation_signs",
+]
+
+_ROTATION_INFO = b"secagg/dp/distributed/rotation-signs/v1"
+MIN_SEED_BYTES = 16
+
+
+def padded_dimension(dimension: int) -> int:
+    """The smallest power of two ``>= dimension``."""
+    if dimension < 1:
+        raise ValueError("dimension must be positive")
+    return 1 << (dimension - 1).bit_length()
+
+
+def rotation_signs(seed: bytes, dimension: int) -> NDArray[np.float64]:
+    """The ``+-1`` diagonal ``D`` for a padded ``dimension``, derived from a public seed.
+
+    Args:
+        seed: the round's public rotation seed (at least 16 bytes).
+        dimension: a power of two.
+
+    Returns:
+        A float64 array of ``+1.0``/``-1.0``.
+    """
+    if not isinstance(seed, bytes) or len(seed) < MIN_SEED_BYTES:
+        raise ValueError(f"the rotation seed must be at least {MIN_SEED_BYTES} bytes")
+    if dimension < 1 or dimension & (dimension - 1):
+        raise ValueError("dimension must be a power of two")
+    # Bind the dimension into the key so one seed never yields related sign vectors.
+    key = HKDF(
+        algorithm=hashes.SHA256(),
+        length=16,
+        salt=None,
+        info=_ROTATION_INFO + dimension.to_bytes(8, "big"),
+    ).derive(seed)
+    encryptor = Cipher(algorithms.AES(key), modes.CTR(b"\x00" * 16)).encryptor()
+    stream = encryptor.update(b"\x00" * ((dimension + 7) // 8)) + encryptor.finalize()
+    bits = np.unpackbits(np.frombuffer(stream, dtype=np.uint8))[:dimension]
+    return 1.0 - 2.0 * bits.astype(np.float64)
+
+
+def _fwht(values: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Unnormalized fast Walsh-Hadamard transform (length a power of two), O(d log d)."""
+    out = np.array(values, dtype=np.float64, copy=True)
+    n = out.shape[0]
+    h = 1
+    while h < n:
+        view = out.reshape(-1, 2, h)
+        left = view[:, 0, :].copy()
+        right = view[:, 1, :]
+        view[:, 0, :] += right
+        left -= right
+        view[:, 1, :] = left
+        h *= 2
+    return out
+
+
+def randomized_hadamard(values: NDArray[np.float64], seed: bytes) -> NDArray[np.float64]:
+    """``H D x / sqrt(d)`` for a float vector whose length is a power of two."""
+    d = values.shape[0]
+    return _fwht(values * rotation_signs(seed, d)) / np.sqrt(d)
+
+
+def inverse_randomized_hadamard(values: NDArray[np.float64], seed: bytes) -> NDArray[np.float64]:
+    """``D H y / sqrt(d)``: the inverse (and transpose) of :func:`randomized_hadamard`."""
+    d = values.shape[0]
+    return _fwht(values) / np.sqrt(d) * rotation_signs(seed, d)
