@@ -85,10 +85,12 @@ def _fwht(values: NDArray[np.float64]) -> NDArray[np.float64]:
 def randomized_hadamard(values: NDArray[np.float64], seed: bytes) -> NDArray[np.float64]:
     """``H D x / sqrt(d)`` for a float vector whose length is a power of two."""
     d = values.shape[0]
-    return _fwht(values * rotation_signs(seed, d)) / np.sqrt(d)
+    rotated: NDArray[np.float64] = _fwht(values * rotation_signs(seed, d)) / np.sqrt(d)
+    return rotated
 
 
 def inverse_randomized_hadamard(values: NDArray[np.float64], seed: bytes) -> NDArray[np.float64]:
     """``D H y / sqrt(d)``: the inverse (and transpose) of :func:`randomized_hadamard`."""
     d = values.shape[0]
-    return _fwht(values) / np.sqrt(d) * rotation_signs(seed, d)
+    restored: NDArray[np.float64] = _fwht(values) / np.sqrt(d) * rotation_signs(seed, d)
+    return restored
