@@ -112,6 +112,27 @@ def encode(
     return rounded + noise
 
 
+def _plausible_norm(centred: NDArray[np.int64], plan: DistributedDPPlan, n: int) -> bool:
+    """Is the sum's L2 norm consistent with ``n`` bounded signals plus ``n`` noise shares?
+
+    The noise energy of ``d`` coordinates with variance ``V`` lies in
+    ``V (d -+ 2 sqrt(d x)) (+ 2 x V)`` except with probability ``2 e^-x`` (Laurent and
+    Massart 2000, Lemma 1, for Gaussian-like noise), with ``x = ln(2 / p)``; the signals and
+    rounding add at most ``n D2`` to the norm by the triangle inequality.
+    """
+    d = plan.padded_dimension
+    variance = n * plan.share_variance
+    x = math.log(2 / plan.wrap_probability_bound)
+    low = variance * (d - 2 * math.sqrt(d * x))
+    high = variance * (d + 2 * math.sqrt(d * x) + 2 * x)
+    signal = n * plan.norm_bound
+    values = centred.astype(np.float64)
+    norm = math.sqrt(float(np.dot(values, values)))
+    if norm > math.sqrt(high) + signal:
+        return False
+    return not (low > 0 and norm < math.sqrt(low) - signal)
+
+
 def decode(
     sum_ints: ArrayLike,
     plan: DistributedDPPlan,
@@ -133,7 +154,10 @@ def decode(
         updates (length ``plan.dimension``), and the number of coordinates whose centred
         value lies outside the plan's bound for ``n_contributors`` (each is almost surely
         a wrap-around; the bound fails with probability at most
-        ``plan.wrap_probability_bound`` per round). Record a non-zero count in the ledger.
+        ``plan.wrap_probability_bound`` per round). If no coordinate is out of bounds but
+        the vector's norm is implausible for the signal plus the noise, every coordinate
+        is counted (``plan.padded_dimension``): a wrap happened and cannot be located.
+        Record a non-zero count in the ledger.
 
     Raises:
         TooFewContributors: fewer contributions than ``n_silos - dropouts_tolerated``: the
@@ -172,6 +196,9 @@ def decode(
     centred[centred >= plan.modulus // 2] -= plan.modulus
     bound = plan.sum_bound_for(n_contributors)
     wraps = int(np.count_nonzero(np.abs(centred) > math.floor(bound)))
+    if wraps == 0 and not _plausible_norm(centred, plan, n_contributors):
+        # A wrap that lands inside the range cannot be located: flag every coordinate.
+        wraps = plan.padded_dimension
     estimate = centred.astype(np.float64) / plan.scale
     if seed is not None:
         estimate = inverse_randomized_hadamard(estimate, seed)

@@ -24,8 +24,9 @@ Notes:
       without rotation ``A = n gamma C``), ``n`` bounds the rounding errors, and ``N``
       bounds the noise (a Chernoff bound for Skellam from its moment generating function,
       the sub-Gaussian bound of Canonne, Kamath and Steinke 2020 for discrete Gaussians).
-      The largest ``gamma`` with ``A + n + N <= 2^(bits-1) - 1`` is chosen, so the centred
-      decoding is exact unless that rare event happens. This is stricter than the
+      The largest ``gamma`` with ``A + n + N <= 2^(bits-1-guard_bits) - 1`` is chosen, so
+      the centred decoding is exact unless that rare event happens, and a coordinate that
+      wraps by less than the guard band lands in it, where decoding counts it. This is stricter than the
       "k standard deviations" heuristic of the KLS21 and Skellam papers.
     - The rotation signs are public; the bound assumes honest silos choose their updates
       independently of the round's seed. A malicious silo can still force wrap-around (a
@@ -90,6 +91,8 @@ class DistributedDPConfig:
         rotation: apply the randomized Hadamard rotation before rounding.
         beta: conditional-rounding parameter in ``[0, 1)`` (``0`` turns conditioning off).
         wrap_probability: acceptable probability that the modular sum wraps in a round.
+        guard_bits: top bits of the range kept empty so that a wrap lands in a band no
+            honest sum reaches, where :func:`dp.distributed.decode` counts it.
     """
 
     mechanism: Mechanism = "skellam"
@@ -105,6 +108,7 @@ class DistributedDPConfig:
     rotation: bool = True
     beta: float = math.exp(-0.5)
     wrap_probability: float = 1e-9
+    guard_bits: int = 1
 
     def __post_init__(self) -> None:
         if self.mechanism not in _MECHANISMS:
@@ -133,6 +137,9 @@ class DistributedDPConfig:
         _finite_positive("wrap_probability", self.wrap_probability)
         if not self.wrap_probability < 1:
             raise InvalidPrivacyParameters("wrap_probability must be in (0, 1)")
+        _count("guard_bits", self.guard_bits, 0)
+        if self.guard_bits > self.bits - 4:
+            raise InvalidPrivacyParameters("guard_bits must leave at least 4 bits")
         if self.min_honest < 1:
             raise InvalidPrivacyParameters(
                 "n_silos - dropouts_tolerated - collusion_bound must be at least 1"
@@ -205,7 +212,8 @@ class DistributedDPPlan:
         share_parameter: Skellam: the mean ``mu`` of each Poisson of a silo's share;
             DDG: the ``sigma^2`` of a silo's discrete Gaussian.
         share_variance: variance per coordinate of one silo's noise share.
-        sum_bound: bound on every coordinate of the sum of ``n_silos`` encodings.
+        sum_bound: bound on every coordinate of the sum of ``n_silos`` encodings (at most
+            ``2^(bits-1-guard_bits) - 1``).
         wrap_probability_bound: probability that some coordinate exceeds ``sum_bound``.
         epsilon: silo-level epsilon after ``config.rounds`` rounds at ``config.target_delta``.
         epsilon_order: the RDP order that gave ``epsilon``.
@@ -310,7 +318,8 @@ def _rdp(
 
 
 def _choose_scale(config: DistributedDPConfig, dim: int, z: float) -> float:
-    limit = float((1 << (config.bits - 1)) - 1)
+    # The guard band above the limit stays empty unless something wrapped (decode counts it).
+    limit = float((1 << (config.bits - 1 - config.guard_bits)) - 1)
 
     def fits(scale: float) -> bool:
         parameter = _share(config, scale, z)[1]

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import numpy as np
@@ -26,10 +27,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coordinator.client import RetryPolicy, Silo, SiloPolicy
+from coordinator.config import Deadlines
 from coordinator.pki import ConsortiumPaths, create_consortium, load_ed25519_private
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
-from coordinator.rounds import Deadlines, FederationSettings, RoundService
+from coordinator.rounds import FederationSettings, RoundService
 from coordinator.serde import (
     advertisement_from_pb,
     advertisement_to_pb,
@@ -43,6 +45,7 @@ from coordinator.service import TlsFiles, create_server
 from coordinator.store import RoundRecord, RoundStatus, SQLiteStore
 from secagg import Roster, RoundConfig, SecAggClient, Stage
 
+T = TypeVar("T")
 FloatVector = npt.NDArray[np.float32]
 IntVector = npt.NDArray[np.int64]
 
@@ -274,7 +277,8 @@ def expected_model(start: FloatVector, units: Sequence[IntVector]) -> FloatVecto
     """FedAvg of exactly representable updates: start + mean(decoded sum), in the coordinator's arithmetic."""
     total = np.sum(np.stack(units), axis=0)
     mean = (total.astype(np.float64) / SCALE) / len(units)
-    return (start.astype(np.float64) + mean).astype(np.float32)
+    model: FloatVector = (start.astype(np.float64) + mean).astype(np.float32)
+    return model
 
 
 # -- a silo driven by hand ---------------------------------------------------------------------------------------
@@ -411,15 +415,12 @@ class ManualSilo:
         try:
             arrived()
         finally:
-            future.cancel()
+            cancelled = future.cancel()  # type: ignore[no-untyped-call]
             release.set()
-        try:
-            future.result()
-        except grpc.FutureCancelledError:
+        if cancelled:
             return grpc.StatusCode.CANCELLED
-        except grpc.RpcError as exc:
-            return exc.code()  # type: ignore[attr-defined, no-any-return]
-        return grpc.StatusCode.OK
+        error = future.exception()  # the call had already ended: the server refused the stream
+        return error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.OK
 
     def sign_survivors(self) -> list[str]:
         assert self.client is not None
@@ -463,12 +464,12 @@ class ManualSilo:
         return self.result()
 
 
-def in_threads(*jobs: Callable[[], object], timeout: float = 60.0) -> list[object]:
+def in_threads(*jobs: Callable[[], T], timeout: float = 60.0) -> list[T]:
     """Run ``jobs`` concurrently; return their results in order, re-raising the first failure."""
-    results: list[object] = [None] * len(jobs)
+    results: list[T | None] = [None] * len(jobs)
     errors: list[BaseException] = []
 
-    def run(i: int, job: Callable[[], object]) -> None:
+    def run(i: int, job: Callable[[], T]) -> None:
         try:
             results[i] = job()
         except BaseException as exc:  # re-raised in the test thread below
@@ -483,4 +484,4 @@ def in_threads(*jobs: Callable[[], object], timeout: float = 60.0) -> list[objec
         raise AssertionError("a silo thread did not finish")
     if errors:
         raise errors[0]
-    return results
+    return results  # type: ignore[return-value]  # every slot was filled by its job

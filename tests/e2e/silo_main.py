@@ -13,9 +13,11 @@ import argparse
 import json
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from coordinator.pki import ConsortiumPaths
+from coordinator.proto.v1 import coordinator_pb2 as pb
 from secagg import Stage
 from tests.e2e.harness import Consortium, ManualSilo, exact, integer_update
 
@@ -63,7 +65,7 @@ def main(argv: list[str]) -> int:
         silo.share_keys()
         masked = silo.mask(update)
 
-        def half() -> object:
+        def half() -> Iterator[pb.MaskedChunk]:
             for i, chunk in enumerate(silo.chunks(masked, chunk_words=256)):
                 if i == args.upload_chunks:
                     _pause("masked_input")

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from coordinator.client import RoundContext
+from coordinator.client import RoundContext, RoundReport
 from coordinator.store import RoundStatus, model_hash
 from tests.e2e.harness import (
     SCALE,
@@ -215,3 +215,29 @@ def test_fedavg_logistic_regression_reaches_central_accuracy(
     assert (
         federated_acc >= min(local_only) + 0.05
     )  # the federation helps the silo with the skewed shard
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: model download chunks (MODEL_CHUNK_FLOATS, 1 MiB) and SDK upload chunks "
+    "(UPLOAD_CHUNK_WORDS, 1 MiB) ignore max_message_bytes; with the smallest limit ServeConfig accepts "
+    "(64 KiB) a 20,000-parameter model cannot even be downloaded",
+)
+def test_sdk_works_under_the_smallest_accepted_message_limit(
+    trio: Consortium, tmp_path: Path
+) -> None:
+    length = 20_000  # 80 KB of float32: more than one 64 KiB message
+    units = {s: integer_update(70 + i, length) for i, s in enumerate(trio.silos)}
+    config = settings(n=3, length=length, threshold=2, min_cohort=3)
+    with running_coordinator(trio, tmp_path / "c.db", config, max_message_bytes=64 * 1024) as coord:
+
+        def silo(s: str) -> list[RoundReport]:
+            with trio.sdk(s, coord.address) as client:
+                return list(client.run(lambda ctx: exact(units[s]), max_rounds=1))
+
+        reports = in_threads(*[lambda s=s: silo(s) for s in trio.silos])
+        new_model = coord.model(1)
+    assert all(r[0].status is RoundStatus.COMPLETED for r in reports)
+    assert np.array_equal(
+        new_model, expected_model(np.zeros(length, np.float32), list(units.values()))
+    )

@@ -4,6 +4,7 @@ certificates that are foreign, revoked, missing or not a silo's are refused."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -191,9 +192,7 @@ def test_refused_certificates(trio: Consortium, coord: Coordinator, tmp_path: Pa
     for why, tls in cases.items():
         channel, stub = stub_with(coord, tls)
         with channel:
-            message = refused(
-                coord, grpc.StatusCode.PERMISSION_DENIED, lambda stub=stub: stub.Join(join)
-            )
+            message = refused(coord, grpc.StatusCode.PERMISSION_DENIED, partial(stub.Join, join))
         assert why in message
 
     finish_round(trio, coord)

@@ -16,7 +16,13 @@ import numpy as np
 import pytest
 
 from coordinator.proto.v1 import coordinator_pb2 as pb
-from coordinator.serde import advertisement_to_pb, unmask_request_from_pb
+from coordinator.serde import (
+    advertisement_from_pb,
+    advertisement_to_pb,
+    share_to_pb,
+    unmask_request_from_pb,
+    unmask_response_to_pb,
+)
 from secagg import SecAggClient
 from tests.e2e.harness import (
     Consortium,
@@ -112,8 +118,6 @@ def test_every_bad_input_is_refused_and_the_round_still_completes(
 
     # -- stage 2: shares --------------------------------------------------------------------------------------
     ads = a.stub.GetAdvertisements(a.stage_request())
-    from coordinator.serde import advertisement_from_pb, share_to_pb
-
     shares = a.client.share_keys([advertisement_from_pb(x) for x in ads.advertisements])
 
     def share(items: list[pb.EncryptedShare]) -> object:
@@ -198,8 +202,6 @@ def test_every_bad_input_is_refused_and_the_round_still_completes(
     # -- stage 5: unmask -------------------------------------------------------------------------------------------
     request = unmask_request_from_pb(a.stub.GetUnmaskRequest(a.stage_request()))
     response = a.client.unmask(request)
-    from coordinator.serde import unmask_response_to_pb
-
     honest_unmask = unmask_response_to_pb("fed", 0, response)
     repeated = pb.UnmaskShares()
     repeated.CopyFrom(honest_unmask)
@@ -289,8 +291,6 @@ def test_malformed_unmask_share_is_refused_at_submission(
     a = silos[0]
     assert a.client is not None
     request = unmask_request_from_pb(a.stub.GetUnmaskRequest(a.stage_request()))
-    from coordinator.serde import unmask_response_to_pb
-
     bad = unmask_response_to_pb("fed", 0, a.client.unmask(request))
     bad.self_mask_shares[0].share = b"\x01" * 10  # a Shamir share is 66 bytes
     try:

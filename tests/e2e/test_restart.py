@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from coordinator.client import RoundReport
-from coordinator.store import RoundStatus, SQLiteStore, model_hash
+from coordinator.config import Deadlines, write_demo_configs
+from coordinator.store import RoundRecord, RoundStatus, SQLiteStore, model_hash
 from secagg import Stage
 from tests.e2e.harness import (
     EXACT_BITS,
@@ -24,6 +25,7 @@ from tests.e2e.harness import (
     FEDERATION,
     LONG,
     Consortium,
+    IntVector,
     ManualSilo,
     exact,
     expected_model,
@@ -37,7 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 LENGTH, ROUNDS = 1000, 4
 
 
-def units(silo: str, round_: int) -> np.ndarray:  # type: ignore[type-arg]
+def units(silo: str, round_: int) -> IntVector:
     return integer_update(100 * round_ + ord(silo), LENGTH)
 
 
@@ -69,8 +71,6 @@ def coordinator_command(kind: str, consortium: Consortium, workdir: Path) -> tup
             "--min-cohort",
             "3",
         ], db
-    from coordinator.config import Deadlines, write_demo_configs
-
     serve_toml, _ = write_demo_configs(
         consortium.paths,
         workdir / "serve",
@@ -130,17 +130,17 @@ def sdk_round(consortium: Consortium, address: str) -> list[RoundReport]:
             (report,) = client.run(lambda ctx: exact(units(s, ctx.round)), max_rounds=1)
             return report
 
-    return [r for r in in_threads(*[lambda s=s: silo(s) for s in consortium.silos])]  # type: ignore[misc]
+    return in_threads(*[lambda s=s: silo(s) for s in consortium.silos])
 
 
-def snapshot(db: Path) -> tuple[list[object], list[bytes]]:
+def snapshot(db: Path) -> tuple[list[RoundRecord], list[bytes]]:
     """Rounds and the bytes of every stored model, read from the file with a fresh connection."""
     store = SQLiteStore(db)
     try:
         records = store.rounds(FEDERATION)
         finished = [r for r in records if r.status is not RoundStatus.OPEN]
         models = [store.model(FEDERATION, r)[0].tobytes() for r in range(len(finished) + 1)]
-        return list(records), models
+        return records, models
     finally:
         store.close()
 
@@ -160,7 +160,7 @@ def test_sigkill_between_rounds_and_mid_round_then_restart(
         proc.wait()
     assert {r.status for r in round0} == {RoundStatus.COMPLETED}
     records, models = snapshot(db)
-    assert [(r.round, r.status) for r in records] == [  # type: ignore[attr-defined]
+    assert [(r.round, r.status) for r in records] == [
         (0, RoundStatus.COMPLETED),
         (1, RoundStatus.OPEN),
     ]
@@ -183,7 +183,7 @@ def test_sigkill_between_rounds_and_mid_round_then_restart(
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     records, models = snapshot(db)
-    assert [(r.round, r.status) for r in records] == [  # type: ignore[attr-defined]
+    assert [(r.round, r.status) for r in records] == [
         (0, RoundStatus.COMPLETED),
         (1, RoundStatus.ABORTED),
         (2, RoundStatus.OPEN),
