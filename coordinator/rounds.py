@@ -560,6 +560,8 @@ class RoundService:
 
     def result(self, round_: int, wait: float) -> RoundOutcome:
         """The outcome of a round (from memory, or from the store for earlier rounds)."""
+        if round_ >= self.settings.rounds:
+            raise NotFound(f"round {round_} is beyond the {self.settings.rounds} planned rounds")
         with self._cond:
             self._cond.wait_for(lambda: self._stopping or round_ < self._next, wait)
             state = self._state(round_)

@@ -262,6 +262,9 @@ class SecAggServer:
             response.mask_key_shares
         ) != set(self._request.dropped):
             raise ProtocolError(f"unmask shares of {response.silo} do not match the request")
+        for share in (*response.self_mask_shares.values(), *response.mask_key_shares.values()):
+            if len(share) != shamir.SHARE_BYTES or int.from_bytes(share, "big") >= shamir.PRIME:
+                raise ProtocolError(f"unmask shares of {response.silo} are malformed")
         self._responses[response.silo] = response
 
     def close_unmask(self) -> AggregateResult:
