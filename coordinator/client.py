@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from coordinator.config import SiloConfig
+from coordinator.config import SiloConfig, SiloPolicy
 from coordinator.errors import (
     Aborted,
     CoordinatorError,
@@ -60,7 +60,7 @@ from coordinator.serde import (
 )
 from coordinator.service import INSECURE_SILO_HEADER, TlsFiles
 from coordinator.store import RoundStatus, model_hash
-from secagg import Roster, RoundAborted, RoundConfig, SecAggClient, SecAggError, minimum_threshold
+from secagg import Roster, RoundAborted, RoundConfig, SecAggClient, SecAggError
 from secagg.hazmat.keys import RandomSource
 
 __all__ = ["RetryPolicy", "RoundContext", "RoundReport", "Silo", "SiloPolicy"]
@@ -81,34 +81,6 @@ _STATUS_TO_ERROR: dict[grpc.StatusCode, type[CoordinatorError]] = {
     grpc.StatusCode.UNAVAILABLE: Unavailable,
 }
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, kw_only=True)
-class SiloPolicy:
-    """What this silo insists on before it takes part in a round.
-
-    Attributes:
-        min_cohort: the fewest silos whose sum may be released (the coordinator's must be at least this).
-        collusion: how many silos this silo assumes may collude with the coordinator; the threshold must
-            satisfy t > (n + c) / 2 for it.
-    """
-
-    min_cohort: int = 3
-    collusion: int = 0
-
-    def check(self, config: RoundConfig, roster: Roster) -> None:
-        """Raises ``Unauthorized`` if the coordinator's round parameters are weaker than this policy."""
-        if config.federation != roster.federation or config.n != len(roster.members):
-            raise Unauthorized("round parameters do not match the pinned roster")
-        if config.min_cohort < self.min_cohort:
-            raise Unauthorized(
-                f"round min_cohort {config.min_cohort} is below this silo's {self.min_cohort}"
-            )
-        if config.threshold < minimum_threshold(config.n, self.collusion):
-            raise Unauthorized(
-                f"threshold {config.threshold} is unsafe against {self.collusion} colluding silos "
-                f"(need {minimum_threshold(config.n, self.collusion)})"
-            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -218,9 +190,7 @@ class Silo:
             "roster": config.load_roster(),
             "consortium_key": config.consortium_public_key,
             "tls": tls,
-            "policy": SiloPolicy(
-                min_cohort=config.policy.min_cohort, collusion=config.policy.max_collusion_assumed
-            ),
+            "policy": config.policy,
             "insecure_debug_no_tls": config.insecure_debug_no_tls,
         }
         return cls(**(arguments | overrides))
@@ -329,7 +299,7 @@ class Silo:
                     "round %d is past key advertisement; waiting for the next one", config.round
                 )
                 continue
-            self._policy.check(config, self._roster)
+            self._policy.check_round(config, self._roster)
             weights = self.download_model(config.round, config.model_hash)
             update = np.asarray(
                 train(RoundContext(config.round, weights, config)), dtype=np.float64

@@ -32,13 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
-from coordinator.errors import ConfigError
+from coordinator.errors import ConfigError, Unauthorized
 from coordinator.pki import ConsortiumPaths
 from secagg import (
     InvalidParameters,
     InvalidSignature,
     Quantizer,
     Roster,
+    RoundConfig,
     check_threshold,
     minimum_threshold,
 )
@@ -285,6 +286,21 @@ class SiloPolicy:
             raise ConfigError("[policy] min_cohort must be >= 2")
         if self.max_collusion_assumed < 0:
             raise ConfigError("[policy] max_collusion_assumed must be >= 0")
+
+    def check_round(self, config: RoundConfig, roster: Roster) -> None:
+        """Raises ``Unauthorized`` if the coordinator's round parameters are weaker than this policy."""
+        if config.federation != roster.federation or config.n != len(roster.members):
+            raise Unauthorized("round parameters do not match the pinned roster")
+        if config.min_cohort < self.min_cohort:
+            raise Unauthorized(
+                f"round min_cohort {config.min_cohort} is below this silo's {self.min_cohort}"
+            )
+        needed = minimum_threshold(config.n, self.max_collusion_assumed)
+        if config.threshold < needed:
+            raise Unauthorized(
+                f"threshold {config.threshold} is unsafe against {self.max_collusion_assumed} "
+                f"colluding silos (need {needed})"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

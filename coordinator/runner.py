@@ -9,7 +9,6 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,16 +158,6 @@ def run_example_silo(config: SiloConfig, *, events: bool = False) -> list[dict[s
             _emit(events, **summary)
         _emit(events, kind="done", silo=config.silo, epsilon=trainer.epsilon_spent)
         return summaries
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` seconds pass."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def write_json(path: Path, data: Any) -> None:

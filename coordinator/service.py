@@ -22,7 +22,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from coordinator.errors import (
-    CoordinatorError,
     DuplicateSubmission,
     InvalidInput,
     NotFound,
@@ -114,8 +113,6 @@ class FederationServicer(pb_grpc.FederationServicer):
     def _call(self, context: grpc.ServicerContext, fn: Callable[[], R]) -> R:
         try:
             return fn()
-        except (CoordinatorError, RoundAborted, TimeoutError) as exc:
-            _abort(context, exc)
         except Exception as exc:
             _abort(context, exc)
 
