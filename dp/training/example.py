@@ -102,7 +102,9 @@ def load_breast_cancer_silos(
     data = load_breast_cancer()
     features = np.asarray(data.data, dtype=np.float64)
     labels = np.asarray(data.target, dtype=np.int64)
-    rng = np.random.default_rng(seed)  # public data partition only; never privacy or mask randomness
+    rng = np.random.default_rng(
+        seed
+    )  # public data partition only; never privacy or mask randomness
     train_idx: list[np.ndarray] = []
     test_idx: list[np.ndarray] = []
     for label in (0, 1):
