@@ -5,7 +5,7 @@ A complete silo::
     from coordinator.client import Silo
 
     def train(ctx):  # ctx.weights: the global model (float32); return the update (new - old)
-        return my_local_training(ctx.weights) - ctx.weights
+        return trainer.train_round(ctx.weights)  # a dp.training.PrivateTrainer: update + privacy facts
 
     with Silo.from_config(SiloConfig.load("silo-hospital-a.toml")) as silo:
         for report in silo.run(train):
@@ -17,27 +17,39 @@ Notes:
     silo's own policy (minimum cohort, collusion bound, threshold rule), and the downloaded model matches the hash
     every silo signs into its advertisement. Transient gRPC failures are retried with exponential backoff; a
     submission the server already holds (ALREADY_EXISTS after a retry) counts as delivered.
+
+    When the training function returns a private update (anything with ``update`` and ``attestation(...)``,
+    such as ``dp.training.RoundResult``), the SDK binds its privacy attestation to the round's session id, signs
+    it with the silo's roster key and sends it with the first chunk of the masked upload. With a pinned audit
+    key the silo also witnesses the coordinator's ledger: after every round it accepts the new signed checkpoint
+    only with a valid RFC 9162 consistency proof from the last one it accepted, and keeps a local record of what
+    it sent and spent (``audits.CheckpointWitness``), so a coordinator that rewrites history is caught.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import grpc
 import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from coordinator.config import SiloConfig, SiloPolicy
+from audits import CheckpointWitness, VerificationError
+from coordinator.audit import ledger_origin
+from coordinator.config import DEFAULT_MAX_MESSAGE_BYTES, SiloConfig, SiloPolicy, chunk_words
 from coordinator.errors import (
     Aborted,
+    AuditFailure,
     CoordinatorError,
     DuplicateSubmission,
     InvalidInput,
@@ -60,14 +72,14 @@ from coordinator.serde import (
 )
 from coordinator.service import INSECURE_SILO_HEADER, TlsFiles
 from coordinator.store import RoundStatus, model_hash
+from dp.accounting import PrivacyAttestation
 from secagg import Roster, RoundAborted, RoundConfig, SecAggClient, SecAggError
 from secagg.hazmat.keys import RandomSource
 
-__all__ = ["RetryPolicy", "RoundContext", "RoundReport", "Silo", "SiloPolicy"]
+__all__ = ["PrivateUpdate", "RetryPolicy", "RoundContext", "RoundReport", "Silo", "SiloPolicy"]
 
 log = logging.getLogger(__name__)
 
-UPLOAD_CHUNK_WORDS = 1 << 18  # 1 MiB per message
 _POLL_SECONDS = 20.0
 _TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
 _STATUS_TO_ERROR: dict[grpc.StatusCode, type[CoordinatorError]] = {
@@ -113,7 +125,23 @@ class RoundReport:
     reason: str = ""
 
 
-TrainFn = Callable[[RoundContext], npt.ArrayLike]
+@runtime_checkable
+class PrivateUpdate(Protocol):
+    """A training result that carries its privacy facts (``dp.training.RoundResult`` is one)."""
+
+    @property
+    def update(self) -> npt.NDArray[Any]:
+        """The model update (new - old weights), flat."""
+        ...
+
+    def attestation(
+        self, *, federation: str, round: int, session_id: str, silo: str
+    ) -> PrivacyAttestation:
+        """The round's privacy attestation, bound to the round's session (unsigned)."""
+        ...
+
+
+TrainFn = Callable[[RoundContext], "npt.ArrayLike | PrivateUpdate"]
 
 
 class Silo:
@@ -131,6 +159,11 @@ class Silo:
         policy: the silo's own minimum requirements.
         retry: backoff for transient failures.
         rng: randomness for the protocol; ``os.urandom`` unless a test injects one.
+        max_message_bytes: the largest gRPC message this silo sends or accepts; uploads are chunked below the
+            smaller of this and the coordinator's own limit (announced in ``Join``).
+        audit_public_key: the coordinator's pinned audit key; with ``witness_path``, the silo witnesses the
+            coordinator's ledger checkpoints after every round.
+        witness_path: the SQLite file of the silo's witness and local ledger.
     """
 
     def __init__(
@@ -146,6 +179,9 @@ class Silo:
         policy: SiloPolicy | None = None,
         retry: RetryPolicy | None = None,
         rng: RandomSource = os.urandom,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        audit_public_key: bytes | None = None,
+        witness_path: Path | None = None,
         insecure_debug_no_tls: bool = False,
     ) -> None:
         roster.verify(consortium_key)
@@ -158,7 +194,12 @@ class Silo:
         self._policy = policy or SiloPolicy()
         self._retry = retry or RetryPolicy()
         self._rng = rng
-        options = [("grpc.max_receive_message_length", 4 << 20)]
+        self._max_message_bytes = max_message_bytes
+        self._chunk_words = chunk_words(max_message_bytes)
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
         if tls is not None:
             credentials = grpc.ssl_channel_credentials(tls.ca, tls.key, tls.cert)
             self._channel = grpc.secure_channel(address, credentials, options=options)
@@ -171,6 +212,13 @@ class Silo:
                 "TLS material is required (insecure_debug_no_tls is for local debugging only)"
             )
         self._stub = pb_grpc.FederationStub(self._channel)
+        self._audit = pb_grpc.AuditStub(self._channel)
+        self._witness: CheckpointWitness | None = None
+        if audit_public_key is not None and witness_path is not None:
+            witness_path.parent.mkdir(parents=True, exist_ok=True)
+            self._witness = CheckpointWitness(
+                witness_path, audit_public_key=audit_public_key, origin=ledger_origin(federation)
+            )
 
     @classmethod
     def from_config(cls, config: SiloConfig, **overrides: Any) -> Silo:
@@ -191,13 +239,18 @@ class Silo:
             "consortium_key": config.consortium_public_key,
             "tls": tls,
             "policy": config.policy,
+            "max_message_bytes": config.max_message_bytes,
+            "audit_public_key": config.audit_public_key,
+            "witness_path": config.state_dir / "witness.sqlite",
             "insecure_debug_no_tls": config.insecure_debug_no_tls,
         }
         return cls(**(arguments | overrides))
 
     def close(self) -> None:
-        """Close the channel."""
+        """Close the channel (and the witness database)."""
         self._channel.close()
+        if self._witness is not None:
+            self._witness.close()
 
     def __enter__(self) -> Silo:
         return self
@@ -260,7 +313,48 @@ class Silo:
         )
         if response.roster_fingerprint != self._roster.fingerprint():
             raise Unauthorized("the coordinator serves a different roster than the pinned one")
+        if response.max_message_bytes:
+            limit = min(self._max_message_bytes, response.max_message_bytes)
+            self._chunk_words = chunk_words(limit)
         return response
+
+    def witness_checkpoint(self) -> None:
+        """Accept the coordinator's latest checkpoint only if it extends the last one this silo accepted.
+
+        Raises:
+            AuditFailure: the checkpoint's signature does not verify, or it is not consistent with what this
+                silo accepted before (the coordinator rewrote history).
+        """
+        witness = self._witness
+        if witness is None:
+            return
+        md = self._metadata
+        checkpoint: pb.Checkpoint = self._rpc(
+            lambda: self._audit.GetCheckpoint(
+                pb.CheckpointRequest(federation=self.federation), metadata=md
+            )
+        )
+        latest = witness.latest()
+        proof: list[bytes] = []
+        if latest is not None and 0 < latest.size < checkpoint.size:
+            response: pb.Proof = self._rpc(
+                lambda: self._audit.GetConsistencyProof(
+                    pb.ConsistencyProofRequest(
+                        federation=self.federation,
+                        old_size=latest.size,
+                        new_size=checkpoint.size,
+                    ),
+                    metadata=md,
+                )
+            )
+            proof = [bytes(h) for h in response.hashes]
+        try:
+            witness.update(checkpoint.note, proof)
+        except VerificationError as exc:
+            log.error("audit checkpoint refused: %s", exc)
+            raise AuditFailure(
+                f"the coordinator's audit log failed this silo's check: {exc}"
+            ) from exc
 
     def download_model(self, round_: int, expected_hash: bytes) -> npt.NDArray[np.float32]:
         """Stream the global model of a round and check its hash."""
@@ -301,14 +395,25 @@ class Silo:
                 continue
             self._policy.check_round(config, self._roster)
             weights = self.download_model(config.round, config.model_hash)
+            trained = train(RoundContext(config.round, weights, config))
+            private = trained if isinstance(trained, PrivateUpdate) else None
             update = np.asarray(
-                train(RoundContext(config.round, weights, config)), dtype=np.float64
+                private.update if private is not None else trained, dtype=np.float64
             )
-            yield self._aggregate(config, update, info.stage_deadline_unix)
+            report = self._aggregate(config, update, private, info.stage_deadline_unix)
+            self.witness_checkpoint()
+            yield report
             done += 1
 
+    def _sign(self, attestation: PrivacyAttestation) -> bytes:
+        return self._key.sign(attestation.signing_payload())
+
     def _aggregate(
-        self, config: RoundConfig, update: npt.NDArray[np.float64], deadline: float
+        self,
+        config: RoundConfig,
+        update: npt.NDArray[np.float64],
+        private: PrivateUpdate | None,
+        deadline: float,
     ) -> RoundReport:
         """Run the five protocol stages for one round."""
         r, md = config.round, self._metadata
@@ -348,10 +453,33 @@ class Silo:
             masked = client.masked_input(
                 [share_from_pb(s) for s in inbox.shares], config.quantizer.encode(update, self._rng)
             )
+            attestation, attestation_signature = b"", b""
+            if private is not None:
+                facts = private.attestation(
+                    federation=self.federation,
+                    round=r,
+                    session_id=client.session_id.hex(),
+                    silo=self.silo,
+                )
+                attestation = json.dumps(facts.to_dict(), sort_keys=True).encode("utf-8")
+                attestation_signature = self._sign(facts)
             self._rpc(
-                lambda: self._stub.UploadMaskedInput(self._chunks(r, masked), metadata=md),
+                lambda: self._stub.UploadMaskedInput(
+                    self._chunks(r, masked, attestation, attestation_signature), metadata=md
+                ),
                 submission=True,
             )
+            if self._witness is not None:
+                sent = {
+                    "round": r,
+                    "session_id": client.session_id.hex(),
+                    "model_hash": config.model_hash.hex(),
+                    "coordinates": int(masked.shape[0]),
+                }
+                if private is not None:
+                    sent["attestation"] = json.loads(attestation)
+                    sent["attestation_signature"] = attestation_signature.hex()
+                self._witness.record("sent", sent)
             survivors = self._poll(
                 lambda w: self._stub.GetSurvivors(self._stage(r, w), metadata=md), deadline
             )
@@ -401,11 +529,14 @@ class Silo:
             result.reason,
         )
 
-    def _chunks(self, round_: int, masked: npt.NDArray[np.uint32]) -> Iterator[pb.MaskedChunk]:
+    def _chunks(
+        self, round_: int, masked: npt.NDArray[np.uint32], attestation: bytes, signature: bytes
+    ) -> Iterator[pb.MaskedChunk]:
         data = masked.astype("<u4")
-        for start in range(0, data.shape[0], UPLOAD_CHUNK_WORDS):
-            end = min(start + UPLOAD_CHUNK_WORDS, data.shape[0])
-            yield pb.MaskedChunk(
+        step = self._chunk_words
+        for start in range(0, data.shape[0], step):
+            end = min(start + step, data.shape[0])
+            chunk = pb.MaskedChunk(
                 federation=self.federation,
                 round=round_,
                 silo=self.silo,
@@ -413,3 +544,7 @@ class Silo:
                 values=data[start:end].tobytes(),
                 last=end == data.shape[0],
             )
+            if start == 0:
+                chunk.attestation = attestation
+                chunk.attestation_signature = signature
+            yield chunk

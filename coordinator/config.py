@@ -48,12 +48,14 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "Deadlines",
     "ModelConfig",
+    "PrivacyConfig",
     "RoundsConfig",
     "ServeConfig",
     "SiloConfig",
     "SiloPolicy",
     "TLSPaths",
     "TaskConfig",
+    "chunk_words",
     "write_demo_configs",
 ]
 
@@ -62,7 +64,10 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 _MIN_MESSAGE_BYTES = 64 * 1024
 _MAX_MESSAGE_BYTES = 2**31 - 1  # gRPC channel options are C ints
-_CHUNK_HEADROOM = 16 * 1024  # protobuf framing, ids and signatures travelling with a chunk
+_CHUNK_HEADROOM = (
+    16 * 1024
+)  # protobuf framing, ids, the attestation and signatures travelling with a chunk
+_MAX_CHUNK_WORDS = 1 << 18  # 1 MiB per chunk: large enough to amortize per-message cost
 _LOOPBACK_NAMES = frozenset({"localhost"})
 
 
@@ -161,6 +166,41 @@ class Deadlines:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PrivacyConfig:
+    """The ``[privacy]`` table of ``secagg serve``: the federation's privacy ceiling and how it is enforced.
+
+    Attributes:
+        epsilon: the most record-level epsilon any silo may have spent, over all rounds (the ceiling).
+        delta: the largest delta a silo's attestation may state.
+        on_violation: ``"refuse"`` (default) rejects the upload of a silo whose attestation under-reports its
+            epsilon or exceeds the ceiling; ``"flag"`` accepts it and records an incident in the audit ledger.
+        require_attestation: refuse an upload that carries no signed privacy attestation (default).
+        unit_of_privacy: what one "record" is, in words, for the audit report (NIST SP 800-226 asks for it).
+
+    Notes:
+        The coordinator does not trust a silo's claimed epsilon: it recomputes it from the attested mechanism
+        parameters with its own RDP accountant (``dp.accounting.check_attestation``) over everything that silo
+        attested before. Silos enforce their own budgets first; this ceiling is the consortium's second line.
+    """
+
+    epsilon: float
+    delta: float
+    on_violation: str = "refuse"
+    require_attestation: bool = True
+    unit_of_privacy: str = "one record (a patient or customer) of one silo"
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.epsilon) and self.epsilon > 0):
+            raise ConfigError("[privacy] epsilon must be a positive finite number")
+        if not 0 < self.delta < 1:
+            raise ConfigError("[privacy] delta must be in (0, 1)")
+        if self.on_violation not in ("refuse", "flag"):
+            raise ConfigError("[privacy] on_violation must be 'refuse' or 'flag'")
+        if not self.unit_of_privacy.strip():
+            raise ConfigError("[privacy] unit_of_privacy must not be empty")
+
+
+@dataclass(frozen=True, kw_only=True)
 class ServeConfig:
     """The coordinator's configuration (``secagg serve --config FILE``).
 
@@ -175,6 +215,8 @@ class ServeConfig:
         model: the global model's size and optional initial vector.
         rounds: round count and protocol parameters (threshold already resolved).
         deadlines: per-stage deadlines.
+        privacy: the federation's privacy ceiling and attestation policy; ``None`` for a federation without DP
+            (attestations are then verified and recorded when sent, but not required).
         insecure_debug_no_tls: serve without TLS. **Local debugging only**: refused unless ``listen`` is a
             loopback address; silo identities are then unauthenticated.
         revoked_certificates: SHA-256 fingerprints of client certificates to refuse.
@@ -192,6 +234,7 @@ class ServeConfig:
     model: ModelConfig
     rounds: RoundsConfig
     deadlines: Deadlines = field(default_factory=Deadlines)
+    privacy: PrivacyConfig | None = None
     insecure_debug_no_tls: bool = False
     revoked_certificates: frozenset[str] = frozenset()
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -211,7 +254,7 @@ class ServeConfig:
     @property
     def chunk_bytes(self) -> int:
         """Largest vector payload per streamed chunk: below ``max_message_bytes``, a multiple of 4 bytes."""
-        return (self.max_message_bytes - _CHUNK_HEADROOM) // 4 * 4
+        return chunk_words(self.max_message_bytes) * 4
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ServeConfig:
@@ -241,6 +284,8 @@ class ServeConfig:
             rounds = _rounds(r.table("rounds"), n)
             deadlines_table = r.optional_table("deadlines")
             deadlines = _deadlines(deadlines_table) if deadlines_table else Deadlines()
+            privacy_table = r.optional_table("privacy")
+            privacy = _privacy(privacy_table) if privacy_table else None
             r.finish()
             return cls(
                 federation=federation,
@@ -253,6 +298,7 @@ class ServeConfig:
                 model=model,
                 rounds=rounds,
                 deadlines=deadlines,
+                privacy=privacy,
                 insecure_debug_no_tls=insecure,
                 revoked_certificates=frozenset(f.lower() for f in revoked),
                 max_message_bytes=max_message_bytes,
@@ -360,6 +406,9 @@ class SiloConfig:
         state_dir: directory for the silo's local state (budget, model, round records).
         policy: what the silo insists on.
         task: the example task's parameters.
+        audit_public_key: the coordinator's pinned Ed25519 audit key (32 bytes). When set, the silo checks after
+            every round that the coordinator's signed ledger checkpoints only ever extend what it saw before
+            (RFC 9162 consistency proofs), and keeps its own local ledger in ``state_dir``.
         insecure_debug_no_tls: connect without TLS. **Local debugging only**: refused unless the coordinator
             address is a loopback address.
         max_message_bytes: largest gRPC message sent or accepted.
@@ -376,6 +425,7 @@ class SiloConfig:
     state_dir: Path
     task: TaskConfig
     policy: SiloPolicy = field(default_factory=SiloPolicy)
+    audit_public_key: bytes | None = None
     insecure_debug_no_tls: bool = False
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     source: Path | None = field(default=None, compare=False)
@@ -403,6 +453,7 @@ class SiloConfig:
             roster_path = r.path("roster")
             pinned = r.hex_key("consortium_public_key")
             signing_key = r.path("signing_key")
+            audit_public_key = r.hex_key("audit_public_key") if r.has("audit_public_key") else None
             state_dir = r.path("state_dir", must_exist=False)
             insecure = r.boolean("insecure_debug_no_tls", False)
             max_message_bytes = r.integer("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES)
@@ -431,6 +482,7 @@ class SiloConfig:
                 state_dir=state_dir,
                 task=task,
                 policy=policy,
+                audit_public_key=audit_public_key,
                 insecure_debug_no_tls=insecure,
                 max_message_bytes=max_message_bytes,
                 source=file,
@@ -443,6 +495,11 @@ class SiloConfig:
             ConfigError: unreadable, malformed, wrongly signed, or for another federation.
         """
         return _verified_roster(self.roster, self.consortium_public_key, self.federation)
+
+
+def chunk_words(max_message_bytes: int) -> int:
+    """4-byte words per streamed chunk so a chunk message stays below ``max_message_bytes`` (at most 1 MiB)."""
+    return max(1, min(_MAX_CHUNK_WORDS, (max_message_bytes - _CHUNK_HEADROOM) // 4))
 
 
 def write_demo_configs(
@@ -461,6 +518,7 @@ def write_demo_configs(
     coordinator: str | None = None,
     deadlines: Deadlines | None = None,
     task: Mapping[str, int | float] | None = None,
+    privacy: PrivacyConfig | None = None,
 ) -> tuple[Path, list[Path]]:
     """Write working TOML configurations for a consortium's coordinator and every silo (for ``secagg demo``).
 
@@ -480,6 +538,7 @@ def write_demo_configs(
         deadlines: per-stage deadlines (defaults when ``None``).
         task: extra ``[task]`` keys for every silo (``seed``, ``local_epochs``, ``lr``, ``batch_size``,
             ``epsilon``, ``delta``); ``shard`` and ``num_shards`` are set per silo.
+        privacy: the coordinator's ``[privacy]`` table, if any.
 
     Returns:
         ``(serve_path, silo_paths)`` with silo paths in roster order.
@@ -538,6 +597,15 @@ def write_demo_configs(
         "rounds": rounds_table,
         "deadlines": {name: float(getattr(d, name)) for name in _field_names(d)},
     }
+    if privacy is not None:
+        serve_doc["privacy"] = {
+            "epsilon": privacy.epsilon,
+            "delta": privacy.delta,
+            "on_violation": privacy.on_violation,
+            "require_attestation": privacy.require_attestation,
+            "unit_of_privacy": privacy.unit_of_privacy,
+        }
+    audit_public = consortium.audit_public_key.read_text(encoding="utf-8").strip()
     serve_path = out / "serve.toml"
     _write_new(serve_path, _dumps_toml(serve_doc, title="secagg coordinator (demo)"))
 
@@ -551,6 +619,7 @@ def write_demo_configs(
             "roster": rel(consortium.roster),
             "consortium_public_key": pinned,
             "signing_key": rel(paths.signing_key),
+            "audit_public_key": audit_public,
             "state_dir": rel(out / "state" / silo),
             "tls": {
                 "ca": rel(paths.ca_cert),
@@ -670,6 +739,9 @@ class _Table:
             raise self._missing(key)
         return path
 
+    def has(self, key: str) -> bool:
+        return key in self._data
+
     def hex_key(self, key: str) -> bytes:
         text = self.string(key)
         if len(text) != 64 or not _is_lower_hex(text.lower()):
@@ -770,6 +842,19 @@ def _deadlines(table: _Table) -> Deadlines:
     )
     table.finish()
     return deadlines
+
+
+def _privacy(table: _Table) -> PrivacyConfig:
+    defaults = PrivacyConfig(epsilon=1.0, delta=0.5)
+    privacy = PrivacyConfig(
+        epsilon=table.number("epsilon"),
+        delta=table.number("delta"),
+        on_violation=table.string("on_violation", defaults.on_violation),
+        require_attestation=table.boolean("require_attestation", defaults.require_attestation),
+        unit_of_privacy=table.string("unit_of_privacy", defaults.unit_of_privacy),
+    )
+    table.finish()
+    return privacy
 
 
 def _policy(table: _Table) -> SiloPolicy:

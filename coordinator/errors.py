@@ -10,9 +10,11 @@
     ├── StageError           a call arrived in the wrong stage of a round
     ├── DuplicateSubmission  a second submission for the same round
     ├── Unauthorized         the caller is not who it claims, or not on the roster
+    │   └── PrivacyRefused   a privacy attestation under-reports epsilon or exceeds the federation ceiling
     ├── InvalidInput         malformed, oversized or wrong-length input
     ├── Aborted              the coordinator aborted the round (too few silos, restart)
-    └── Unavailable          the coordinator could not be reached, even after retries
+    ├── Unavailable          the coordinator could not be reached, even after retries
+    └── AuditFailure         the coordinator's audit log failed a silo's witness check (history rewritten)
 
 The silo SDK raises the same types: it maps each gRPC status back to the class the server's catalog
 mapped it from, so code on both sides catches one tree.
@@ -22,12 +24,14 @@ from __future__ import annotations
 
 __all__ = [
     "Aborted",
+    "AuditFailure",
     "ConfigError",
     "CoordinatorError",
     "DuplicateSubmission",
     "InvalidInput",
     "NotFound",
     "PKIError",
+    "PrivacyRefused",
     "StageError",
     "StoreError",
     "Unauthorized",
@@ -67,6 +71,10 @@ class Unauthorized(CoordinatorError):
     """The caller is not who it claims to be, or not on the roster."""
 
 
+class PrivacyRefused(Unauthorized):
+    """The coordinator refused a silo's contribution on privacy grounds (recorded in the audit ledger)."""
+
+
 class InvalidInput(CoordinatorError):
     """Malformed, oversized or wrong-length input."""
 
@@ -77,3 +85,7 @@ class Aborted(CoordinatorError):
 
 class Unavailable(CoordinatorError):
     """The coordinator could not be reached, even after retries."""
+
+
+class AuditFailure(CoordinatorError):
+    """The coordinator's signed audit log does not extend what this silo saw before, or is not validly signed."""

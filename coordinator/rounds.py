@@ -8,7 +8,14 @@ Notes:
     The coordinator only ever holds the running sum of masked vectors and, after unmasking, the sum of at
     least ``max(threshold, min_cohort)`` silos' quantized updates (DESIGN 2 and 4). Uploads are added into the
     running sum chunk by chunk as they arrive; a broken upload is subtracted back out from a spool file, so a
-    partial vector never pollutes the sum and memory does not grow with the number of silos.
+    partial vector never pollutes the sum and memory does not grow with the number of silos. An upload still
+    open when the masked-input deadline passes is rolled back by the driver itself, so a silo that stalls
+    mid-stream counts as dropped instead of holding the round hostage.
+
+    Every privacy-relevant fact goes to the audit ledger (:class:`~coordinator.audit.AuditTrail`) before the
+    silos can observe it: the round opening, key fingerprints, each privacy attestation with the coordinator's
+    own epsilon recomputation (or the refusal), participants, the new global model, the closing, and a signed
+    checkpoint after every round.
 """
 
 from __future__ import annotations
@@ -27,9 +34,20 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from coordinator.config import Deadlines
-from coordinator.errors import DuplicateSubmission, InvalidInput, NotFound, StageError, Unauthorized
+from audits import EventKind
+from coordinator.audit import AuditTrail
+from coordinator.config import Deadlines, PrivacyConfig
+from coordinator.errors import (
+    DuplicateSubmission,
+    InvalidInput,
+    NotFound,
+    PrivacyRefused,
+    StageError,
+    Unauthorized,
+)
 from coordinator.store import FloatVector, RoundStatus, Store
+from dp.accounting import PrivacyAttestation, PrivacyBudget, check_attestation, verify_attestation
+from dp.errors import AttestationError, InvalidAttestationSignature, PrivacyError
 from secagg import (
     Advertisement,
     EncryptedShare,
@@ -65,6 +83,7 @@ class FederationSettings:
     collusion: int
     min_cohort: int
     deadlines: Deadlines = field(default_factory=Deadlines)
+    privacy: PrivacyConfig | None = None
 
     def to_json(self) -> str:
         """Canonical JSON of the settings (stored with the federation; a restart must match it)."""
@@ -115,7 +134,8 @@ class _Round:
         self.deadline = 0.0
         self.expected: frozenset[str] = frozenset(roster.members)
         self.arrived: set[str] = set()
-        self.uploading: set[str] = set()
+        self.uploads: dict[str, Upload] = {}
+        self.attested: dict[str, tuple[bytes, bytes]] = {}  # silo -> (attestation, signature)
         self.advertisements: tuple[Advertisement, ...] = ()
         self.inbox: Mapping[str, tuple[EncryptedShare, ...]] = {}
         self.survivors: tuple[str, ...] = ()
@@ -124,26 +144,46 @@ class _Round:
 
 
 class Upload:
-    """One silo's streamed masked vector; use as a context manager so a broken stream is rolled back."""
+    """One silo's streamed masked vector; use as a context manager so a broken stream is rolled back.
 
-    def __init__(self, service: RoundService, silo: str, round_: int) -> None:
+    Each chunk is added into the running sum and spooled to a temporary file under the service lock, so the
+    round driver can roll an unfinished upload back at the deadline (:meth:`_rollback`) while its handler
+    thread is still blocked reading from the network.
+    """
+
+    def __init__(self, service: RoundService, state: _Round, silo: str) -> None:
         self._service = service
-        self._silo = silo
-        self._round = round_
+        self._state = state
+        self.silo = silo
         self._spool = tempfile.TemporaryFile(prefix="secagg-upload-")  # noqa: SIM115 - closed in __exit__
-        self._chunks: list[tuple[int, int]] = []  # (offset, length) in spool order
+        self._chunks: list[tuple[int, int, int]] = []  # (offset, length, spool position) added
         self._done = False
+        self.cancelled = False
 
     def add(self, offset: int, values: npt.NDArray[np.uint32]) -> None:
         """Add one chunk into the running sum (and spool it in case the stream breaks)."""
-        self._service._add_chunk(self._silo, self._round, offset, values)
-        self._spool.write(values.tobytes())
-        self._chunks.append((offset, values.shape[0]))
+        self._service._add_chunk(self, self._state, offset, values)
 
     def finish(self) -> None:
         """The last chunk has arrived: the silo's submission is complete."""
-        self._service._finish_upload(self._silo, self._round)
+        self._service._finish_upload(self, self._state)
         self._done = True
+
+    def _spool_chunk(self, values: npt.NDArray[np.uint32]) -> int:
+        """Write a chunk to the spool before it is added; returns its position in the spool."""
+        position = self._spool.seek(0, 2)
+        self._spool.write(values.tobytes())
+        return position
+
+    def _rollback(self) -> None:
+        """Subtract every chunk added so far (caller holds the service lock)."""
+        if self.cancelled:
+            return
+        self.cancelled = True
+        for offset, length, position in reversed(self._chunks):
+            self._spool.seek(position)
+            chunk = np.frombuffer(self._spool.read(length * 4), dtype=np.uint32)
+            self._state.server.discard_masked_chunk(self.silo, offset, chunk)
 
     def __enter__(self) -> Upload:
         return self
@@ -153,13 +193,7 @@ class Upload:
     ) -> None:
         try:
             if not self._done:
-                position = sum(length for _, length in self._chunks) * 4
-                for offset, length in reversed(self._chunks):
-                    position -= length * 4
-                    self._spool.seek(position)
-                    chunk = np.frombuffer(self._spool.read(length * 4), dtype=np.uint32)
-                    self._service._discard_chunk(self._silo, self._round, offset, chunk)
-                self._service._abandon_upload(self._silo, self._round)
+                self._service._abandon_upload(self, self._state)
         finally:
             self._spool.close()
 
@@ -172,6 +206,7 @@ class RoundService:
         roster: the verified roster.
         store: persistence for rounds and global models.
         initial_model: round-0 model (used only when the store has none).
+        audit: the federation's audit trail (ledger and checkpoint signer).
         clock: wall-clock source, injectable for tests.
     """
 
@@ -182,6 +217,7 @@ class RoundService:
         roster: Roster,
         store: Store,
         initial_model: FloatVector,
+        audit: AuditTrail,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if initial_model.shape != (settings.vector_length,):
@@ -189,6 +225,7 @@ class RoundService:
         self.settings = settings
         self.roster = roster
         self.store = store
+        self.audit = audit
         self._clock = clock
         self._cond = threading.Condition(threading.RLock())
         self._round: _Round | None = None
@@ -208,7 +245,73 @@ class RoundService:
             log.warning(
                 "rounds %s were interrupted by a restart and are recorded as aborted", aborted
             )
+        self._record_creation()
+        self._reconcile_ledger()
         self._next = len(store.rounds(settings.federation))
+
+    # Audit ---------------------------------------------------------------------------------------------
+    def _record_creation(self) -> None:
+        s = self.settings
+        privacy = None
+        if s.privacy is not None:
+            privacy = {
+                "unit_of_privacy": s.privacy.unit_of_privacy,
+                "budget": {"epsilon": s.privacy.epsilon, "delta": s.privacy.delta},
+                "on_violation": s.privacy.on_violation,
+                "require_attestation": s.privacy.require_attestation,
+            }
+        self.audit.created(
+            config=json.loads(s.to_json()),
+            roster=self.roster,
+            threat_model={
+                "n": len(self.roster.members),
+                "t": s.threshold,
+                "c": s.collusion,
+                "min_cohort": s.min_cohort,
+                "mode": "masking",
+            },
+            privacy=privacy,
+        )
+
+    def _reconcile_ledger(self) -> None:
+        """Record the end of any round the store finished but the ledger missed (a crash between the two)."""
+        recorded = self.audit.closed_rounds()
+        for record in self.store.rounds(self.settings.federation):
+            if record.status is RoundStatus.OPEN or record.round in recorded:
+                continue
+            outcome = RoundOutcome(
+                record.round,
+                record.status,
+                record.survivors,
+                record.dropped,
+                record.new_model_hash,
+                record.reason,
+            )
+            self._record_outcome(outcome, stage=None, restart=True)
+
+    def _record_outcome(self, outcome: RoundOutcome, *, stage: str | None, restart: bool) -> None:
+        extra: dict[str, Any] = {"recorded_at_restart": True} if restart else {}
+        r = outcome.round
+        if outcome.status is RoundStatus.COMPLETED:
+            digest = outcome.new_model_hash.hex()
+            self.audit.record_many(
+                [
+                    (
+                        EventKind.PARTICIPANTS,
+                        r,
+                        {"survivors": list(outcome.survivors), "dropped": list(outcome.dropped)}
+                        | extra,
+                    ),
+                    (EventKind.GLOBAL_MODEL, r, {"model_hash": digest}),
+                    (EventKind.ROUND_CLOSED, r, {"global_model_hash": digest} | extra),
+                ]
+            )
+        else:
+            body: dict[str, Any] = {"reason": outcome.reason or "aborted"} | extra
+            if stage is not None:
+                body["stage"] = stage
+            self.audit.record(EventKind.ROUND_ABORTED, r, body)
+        self.audit.checkpoint()
 
     # Lifecycle -----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -262,6 +365,21 @@ class RoundService:
         start, start_hash = self.store.model(fed, round_)
         state = _Round(self._config(round_, start_hash), self.roster, start)
         self.store.open_round(fed, round_, start_hash)
+        s = self.settings
+        self.audit.record(
+            EventKind.ROUND_OPENED,
+            round_,
+            {
+                "model_hash": start_hash.hex(),
+                "n": len(self.roster.members),
+                "threshold": s.threshold,
+                "collusion": s.collusion,
+                "min_cohort": s.min_cohort,
+                "vector_length": s.vector_length,
+                "clip": s.clip,
+                "bits": s.bits,
+            },
+        )
         deadlines = self.settings.deadlines
         limits = (
             deadlines.advertise,
@@ -280,10 +398,13 @@ class RoundService:
                 if self._stopping:
                     return
             outcome = state.outcome
+            assert outcome is not None
+            self._record_outcome(outcome, stage=None, restart=False)
         except (SecAggError, ProtocolError) as exc:
             outcome = RoundOutcome(round_, RoundStatus.ABORTED, reason=str(exc))
             self.store.abort_round(fed, round_, outcome.reason)
             log.warning("round %d aborted: %s", round_, outcome.reason)
+            self._record_outcome(outcome, stage=state.stage.value, restart=False)
         with self._cond:
             state.outcome = outcome
             state.stage = (
@@ -311,8 +432,10 @@ class RoundService:
             if self._stopping:
                 return
             if stage is Stage.MASKED_INPUT:
-                # uploads still streaming at the deadline are cut off and rolled back by their handler
-                self._cond.wait_for(lambda: not state.uploading, 10.0)
+                # uploads still open at the deadline are cut off here: their silos count as dropped
+                for upload in state.uploads.values():
+                    upload._rollback()
+                state.uploads.clear()
             self._close_stage(state, stage)
             self._cond.notify_all()
 
@@ -321,6 +444,7 @@ class RoundService:
         if stage is Stage.ADVERTISE_KEYS:
             state.advertisements = server.close_advertise()
             state.expected = frozenset(ad.silo for ad in state.advertisements)
+            self.audit.key_fingerprints(state.config.round, state.advertisements)
         elif stage is Stage.SHARE_KEYS:
             state.inbox = server.close_share_keys()
             state.expected = frozenset(state.inbox)
@@ -335,15 +459,17 @@ class RoundService:
             count = len(result.survivors)
             mean = self._quantizer.decode_sum(result.total, count=count) / count
             new_model = (state.start.astype(np.float64) + mean).astype(np.float32)
+            # everyone on the roster who did not contribute, whether they dropped mid-round or never came
+            dropped = tuple(m for m in self.roster.members if m not in result.survivors)
             digest = self.store.complete_round(
                 self.settings.federation,
                 state.config.round,
                 survivors=result.survivors,
-                dropped=result.dropped,
+                dropped=dropped,
                 new_model=new_model,
             )
             state.outcome = RoundOutcome(
-                state.config.round, RoundStatus.COMPLETED, result.survivors, result.dropped, digest
+                state.config.round, RoundStatus.COMPLETED, result.survivors, dropped, digest
             )
 
     # Silo-facing API -----------------------------------------------------------------------------------
@@ -417,54 +543,169 @@ class RoundService:
             self._protocol(lambda: state.server.receive_shares(message))
             self._arrive(state, silo)
 
-    def upload(self, silo: str, round_: int) -> Upload:
-        """Stage 3: start a streamed submission (a context manager)."""
+    def upload(
+        self, silo: str, round_: int, *, attestation: bytes = b"", signature: bytes = b""
+    ) -> Upload:
+        """Stage 3: start a streamed submission (a context manager).
+
+        Args:
+            silo: the authenticated caller.
+            round_: the round.
+            attestation: the silo's privacy attestation (JSON of ``PrivacyAttestation.to_dict``), or empty.
+            signature: the silo's Ed25519 signature over the attestation's signing payload.
+
+        Raises:
+            PrivacyRefused: the attestation under-reports epsilon or exceeds the ceiling (policy "refuse"),
+                or is missing where the federation requires one. Recorded in the audit ledger.
+            InvalidInput: a malformed attestation, one bound to another round or session, or a bad signature.
+        """
         self._member(silo)
         with self._cond:
             state = self._current(round_, Stage.MASKED_INPUT)
-            if silo in state.arrived or silo in state.uploading:
+            if silo in state.arrived or silo in state.uploads:
                 raise DuplicateSubmission(
                     f"{silo} already submitted its masked input for round {round_}"
                 )
             if silo not in state.expected:
                 raise StageError(f"{silo} is not in U2 of round {round_}")
-            state.uploading.add(silo)
-        return Upload(self, silo, round_)
+            self._attest(state, silo, attestation, signature)
+            upload = Upload(self, state, silo)
+            state.uploads[silo] = upload
+        return upload
+
+    def _attest(self, state: _Round, silo: str, payload: bytes, signature: bytes) -> None:
+        """Verify, recompute and record a silo's privacy attestation (caller holds the lock).
+
+        The claimed epsilon is recomputed from the attested parameters over everything this silo attested
+        before (``dp.accounting.check_attestation``); a retried upload may repeat the identical attestation.
+        """
+        policy = self.settings.privacy
+        round_ = state.config.round
+        if not payload:
+            if policy is not None and policy.require_attestation:
+                reason = "the upload carries no signed privacy attestation, which this federation requires"
+                self.audit.record(
+                    EventKind.BUDGET_REFUSAL, round_, {"silo": silo, "reason": reason}
+                )
+                raise PrivacyRefused(reason)
+            return
+        previous = state.attested.get(silo)
+        if previous is not None:
+            if previous != (payload, signature):
+                raise InvalidInput(f"{silo} already attested round {round_} differently")
+            return  # a retried upload: verified and recorded the first time
+        try:
+            attestation = PrivacyAttestation.from_dict(json.loads(payload.decode("utf-8")))
+        except (ValueError, PrivacyError) as exc:
+            raise InvalidInput(f"malformed privacy attestation: {exc}") from exc
+        binding = (attestation.federation, attestation.round, attestation.silo)
+        if binding != (self.settings.federation, round_, silo) or (
+            attestation.session_id != state.server.session_id.hex()
+        ):
+            raise InvalidInput(
+                "the privacy attestation is not bound to this federation, round, silo and session"
+            )
+        try:
+            verify_attestation(attestation, signature, self.roster.key(silo))
+        except InvalidAttestationSignature as exc:
+            self.audit.record(
+                EventKind.VERIFICATION_FAILURE,
+                round_,
+                {"what": "privacy_attestation", "reason": str(exc), "silo": silo},
+            )
+            raise InvalidInput(str(exc)) from exc
+        ceiling = (
+            None if policy is None else PrivacyBudget(epsilon=policy.epsilon, delta=policy.delta)
+        )
+        try:
+            check = check_attestation(
+                attestation, self.audit.history(silo), ceiling=ceiling, strict=False
+            )
+        except AttestationError as exc:
+            raise InvalidInput(str(exc)) from exc
+        flagged: dict[str, Any] = {}
+        if not check.ok:
+            problems = []
+            if check.under_reported:
+                problems.append(
+                    f"claimed epsilon {check.claimed_epsilon:.6g} is below the recomputed "
+                    f"{check.recomputed_epsilon:.6g}"
+                )
+            if check.over_ceiling:
+                problems.append(
+                    f"epsilon {max(check.claimed_epsilon, check.recomputed_epsilon):.6g} "
+                    f"(delta {attestation.delta:g}) exceeds the federation ceiling"
+                )
+            reason = "; ".join(problems)
+            if policy is None or policy.on_violation == "refuse":
+                self.audit.record(
+                    EventKind.BUDGET_REFUSAL,
+                    round_,
+                    {"silo": silo, "reason": reason, "check": check.to_dict()},
+                )
+                raise PrivacyRefused(f"privacy attestation refused: {reason}")
+            flagged = {"flagged": reason}
+            self.audit.record(
+                EventKind.INCIDENT,
+                round_,
+                {
+                    "severity": "warning",
+                    "description": f"flagged attestation: {reason}",
+                    "silo": silo,
+                },
+            )
+        self.audit.attestation(
+            attestation,
+            signature,
+            recomputed_epsilon=check.recomputed_epsilon,
+            accountant=check.accountant,
+            extra=flagged,
+        )
+        state.attested[silo] = (payload, signature)
 
     def _add_chunk(
-        self, silo: str, round_: int, offset: int, values: npt.NDArray[np.uint32]
+        self, upload: Upload, state: _Round, offset: int, values: npt.NDArray[np.uint32]
     ) -> None:
         with self._cond:
-            state = self._current(round_, Stage.MASKED_INPUT)
-            if state.deadline < self._clock():
-                raise StageError(f"the masked-input deadline of round {round_} has passed")
-            self._protocol(lambda: state.server.add_masked_chunk(silo, offset, values))
-
-    def _discard_chunk(
-        self, silo: str, round_: int, offset: int, values: npt.NDArray[np.uint32]
-    ) -> None:
-        with self._cond:
-            state = self._round
             if (
-                state is not None
-                and state.config.round == round_
-                and state.stage is Stage.MASKED_INPUT
+                upload.cancelled
+                or self._round is not state
+                or state.stage is not Stage.MASKED_INPUT
             ):
-                state.server.discard_masked_chunk(silo, offset, values)
+                raise StageError(
+                    f"the masked-input stage of round {state.config.round} has closed; "
+                    "this upload was discarded"
+                )
+            if state.deadline < self._clock():
+                raise StageError(
+                    f"the masked-input deadline of round {state.config.round} has passed"
+                )
+            position = upload._spool_chunk(values)
+            self._protocol(lambda: state.server.add_masked_chunk(upload.silo, offset, values))
+            upload._chunks.append((offset, values.shape[0], position))
 
-    def _abandon_upload(self, silo: str, round_: int) -> None:
+    def _abandon_upload(self, upload: Upload, state: _Round) -> None:
         with self._cond:
-            state = self._round
-            if state is not None and state.config.round == round_:
-                state.uploading.discard(silo)
+            if self._round is state and state.stage is Stage.MASKED_INPUT:
+                upload._rollback()
+            if state.uploads.get(upload.silo) is upload:
+                del state.uploads[upload.silo]
             self._cond.notify_all()
 
-    def _finish_upload(self, silo: str, round_: int) -> None:
+    def _finish_upload(self, upload: Upload, state: _Round) -> None:
         with self._cond:
-            state = self._current(round_, Stage.MASKED_INPUT)
-            self._protocol(lambda: state.server.finish_masked_input(silo))
-            state.uploading.discard(silo)
-            self._arrive(state, silo)
+            if (
+                upload.cancelled
+                or self._round is not state
+                or state.stage is not Stage.MASKED_INPUT
+            ):
+                raise StageError(
+                    f"the masked-input stage of round {state.config.round} has closed; "
+                    "this upload was discarded"
+                )
+            self._protocol(lambda: state.server.finish_masked_input(upload.silo))
+            del state.uploads[upload.silo]
+            self._arrive(state, upload.silo)
 
     def sign_survivors(self, silo: str, round_: int, signature: SurvivorSignature) -> None:
         """Stage 4 submission."""

@@ -16,13 +16,16 @@ from typing import Any
 import grpc
 import numpy as np
 
-from coordinator.client import RoundContext, Silo
+from audits import CheckpointSigner
+from coordinator.audit import AuditTrail, ledger_origin
+from coordinator.client import PrivateUpdate, RoundContext, Silo
 from coordinator.config import ServeConfig, SiloConfig, TLSPaths
+from coordinator.pki import load_ed25519_private
 from coordinator.rounds import FederationSettings, RoundService
 from coordinator.service import TlsFiles, create_server
 from coordinator.store import SQLiteStore
 
-__all__ = ["Coordinator", "run_example_silo", "start_coordinator"]
+__all__ = ["Coordinator", "open_audit_trail", "run_example_silo", "start_coordinator"]
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +49,18 @@ class Coordinator:
     store: SQLiteStore
 
     def stop(self, grace: float = 1.0) -> None:
-        """Stop serving and close the store."""
+        """Stop serving and close the store and the ledger."""
         self.service.stop()
         self.server.stop(grace).wait()
         self.store.close()
+        self.service.audit.close()
+
+
+def open_audit_trail(config: ServeConfig) -> AuditTrail:
+    """The federation's audit trail: the ledger lives in the coordinator's SQLite file, beside the store."""
+    origin = ledger_origin(config.federation)
+    signer = CheckpointSigner(load_ed25519_private(config.audit_key), key_name=origin)
+    return AuditTrail.open(config.storage, federation=config.federation, signer=signer)
 
 
 def start_coordinator(config: ServeConfig) -> Coordinator:
@@ -66,13 +77,17 @@ def start_coordinator(config: ServeConfig) -> Coordinator:
         collusion=r.collusion,
         min_cohort=r.min_cohort,
         deadlines=config.deadlines,
+        privacy=config.privacy,
     )
     if config.model.initial is not None:
         initial = np.load(config.model.initial, allow_pickle=False).astype(np.float32)
     else:
         initial = np.zeros(config.model.size, dtype=np.float32)
     store = SQLiteStore(config.storage)
-    service = RoundService(settings=settings, roster=roster, store=store, initial_model=initial)
+    audit = open_audit_trail(config)
+    service = RoundService(
+        settings=settings, roster=roster, store=store, initial_model=initial, audit=audit
+    )
     server, port = create_server(
         service,
         config.listen,
@@ -126,7 +141,7 @@ def run_example_silo(config: SiloConfig, *, events: bool = False) -> list[dict[s
         )
         _emit(events, kind="joined", silo=config.silo, records=len(labels), rounds=joined.rounds)
 
-        def train(ctx: RoundContext) -> np.ndarray:
+        def train(ctx: RoundContext) -> PrivateUpdate:
             _emit(events, kind="training", silo=config.silo, round=ctx.round)
             started = time.perf_counter()
             result = trainer.train_round(ctx.weights)
@@ -138,7 +153,7 @@ def run_example_silo(config: SiloConfig, *, events: bool = False) -> list[dict[s
                 seconds=round(time.perf_counter() - started, 3),
                 epsilon=result.epsilon_spent,
             )
-            return result.update
+            return result
 
         summaries: list[dict[str, Any]] = []
         for report in silo.run(train):

@@ -16,11 +16,13 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass
-from typing import NoReturn, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from audits import LedgerError
+from coordinator.config import DEFAULT_MAX_MESSAGE_BYTES, chunk_words
 from coordinator.errors import (
     DuplicateSubmission,
     InvalidInput,
@@ -47,15 +49,14 @@ from secagg import RoundAborted, SurvivorSignature
 
 __all__ = [
     "ERROR_CATALOG",
-    "MODEL_CHUNK_FLOATS",
     "TlsFiles",
     "create_server",
 ]
 
 log = logging.getLogger(__name__)
 
-MODEL_CHUNK_FLOATS = 1 << 18  # 1 MiB of float32 per message, far below the 4 MiB default limit
 MAX_WAIT_SECONDS = 60.0
+MAX_ENTRIES_PER_CALL = 1000
 INSECURE_SILO_HEADER = "x-secagg-insecure-debug-silo"
 
 ERROR_CATALOG: Mapping[type[Exception], grpc.StatusCode] = {
@@ -81,13 +82,21 @@ def _abort(context: grpc.ServicerContext, exc: Exception) -> NoReturn:
 R = TypeVar("R")
 
 
-class FederationServicer(pb_grpc.FederationServicer):
-    """Thin adapter from gRPC calls to the round service."""
+class _Servicer:
+    """Caller identity, federation check and error mapping shared by the coordinator's services."""
 
-    def __init__(self, rounds: RoundService, *, revoked: frozenset[str], insecure: bool) -> None:
+    def __init__(
+        self,
+        rounds: RoundService,
+        *,
+        revoked: frozenset[str],
+        insecure: bool,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
         self._rounds = rounds
         self._revoked = revoked
         self._insecure = insecure
+        self._max_message_bytes = max_message_bytes
 
     # identity --------------------------------------------------------------------------------------
     def _caller(self, context: grpc.ServicerContext, claimed: str | None = None) -> str:
@@ -116,6 +125,10 @@ class FederationServicer(pb_grpc.FederationServicer):
         except Exception as exc:
             _abort(context, exc)
 
+
+class FederationServicer(_Servicer, pb_grpc.FederationServicer):
+    """Thin adapter from gRPC calls to the round service."""
+
     @staticmethod
     def _wait(seconds: float) -> float:
         return max(0.0, min(seconds, MAX_WAIT_SECONDS))
@@ -131,6 +144,7 @@ class FederationServicer(pb_grpc.FederationServicer):
                 roster_fingerprint=self._rounds.roster.fingerprint(),
                 rounds=self._rounds.settings.rounds,
                 current_round=view_round,
+                max_message_bytes=self._max_message_bytes,
             )
 
         return self._call(context, run)
@@ -161,7 +175,7 @@ class FederationServicer(pb_grpc.FederationServicer):
             return model.astype("<f4").tobytes(), digest, int(model.shape[0])
 
         data, digest, total = self._call(context, run)
-        step = MODEL_CHUNK_FLOATS * 4
+        step = chunk_words(self._max_message_bytes) * 4
         for start in range(0, max(len(data), 1), step):
             yield pb.ModelChunk(
                 offset=start // 4, values=data[start : start + step], total=total, model_hash=digest
@@ -219,7 +233,12 @@ class FederationServicer(pb_grpc.FederationServicer):
                 raise InvalidInput("empty upload")
             silo = self._caller(context, first.silo)
             self._federation(first.federation)
-            with self._rounds.upload(silo, first.round) as upload:
+            with self._rounds.upload(
+                silo,
+                first.round,
+                attestation=bytes(first.attestation),
+                signature=bytes(first.attestation_signature),
+            ) as upload:
                 chunk: pb.MaskedChunk | None = first
                 while chunk is not None:
                     if (chunk.silo, chunk.round, chunk.federation) != (
@@ -312,6 +331,141 @@ class FederationServicer(pb_grpc.FederationServicer):
         return self._call(context, run)
 
 
+class AuditServicer(_Servicer, pb_grpc.AuditServicer):
+    """Read-only access to the audit ledger for roster members (live monitoring and checkpoint witnessing)."""
+
+    def _ledger_call(
+        self, context: grpc.ServicerContext, federation: str, fn: Callable[[], R]
+    ) -> R:
+        def run() -> R:
+            self._caller(context)
+            self._federation(federation)
+            try:
+                return fn()
+            except (LedgerError, ValueError, IndexError) as exc:
+                raise InvalidInput(str(exc)) from exc
+
+        return self._call(context, run)
+
+    def GetCheckpoint(
+        self, request: pb.CheckpointRequest, context: grpc.ServicerContext
+    ) -> pb.Checkpoint:
+        def run() -> pb.Checkpoint:
+            checkpoint = self._rounds.audit.ledger.latest_checkpoint()
+            if checkpoint is None:
+                raise NotFound("no checkpoint has been signed yet")
+            return pb.Checkpoint(note=checkpoint.text, size=checkpoint.size)
+
+        return self._ledger_call(context, request.federation, run)
+
+    def GetEntries(self, request: pb.EntriesRequest, context: grpc.ServicerContext) -> pb.Entries:
+        def run() -> pb.Entries:
+            ledger = self._rounds.audit.ledger
+            end = min(request.end, ledger.size, request.start + MAX_ENTRIES_PER_CALL)
+            if request.start > end:
+                raise InvalidInput(
+                    f"entry range [{request.start}, {request.end}) is empty or beyond the log"
+                )
+            budget = self._max_message_bytes - 16 * 1024
+            out: list[bytes] = []
+            for entry in ledger.entries(request.start, end):
+                budget -= len(entry) + 8
+                if budget < 0 and out:
+                    break  # the caller continues from start + len(entries)
+                out.append(entry)
+            return pb.Entries(entries=out)
+
+        return self._ledger_call(context, request.federation, run)
+
+    def GetInclusionProof(
+        self, request: pb.InclusionProofRequest, context: grpc.ServicerContext
+    ) -> pb.Proof:
+        def run() -> pb.Proof:
+            ledger = self._rounds.audit.ledger
+            return pb.Proof(hashes=ledger.inclusion_proof(request.index, request.size))
+
+        return self._ledger_call(context, request.federation, run)
+
+    def GetConsistencyProof(
+        self, request: pb.ConsistencyProofRequest, context: grpc.ServicerContext
+    ) -> pb.Proof:
+        def run() -> pb.Proof:
+            ledger = self._rounds.audit.ledger
+            return pb.Proof(hashes=ledger.consistency_proof(request.old_size, request.new_size))
+
+        return self._ledger_call(context, request.federation, run)
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes are not a valid protobuf message (see :class:`_DecodeGuard`)."""
+
+
+def _lenient(deserialize: Callable[[bytes], object] | None) -> Callable[[bytes], object] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> object:
+        try:
+            return deserialize(data)
+        except Exception:  # protobuf raises DecodeError, or RuntimeWarning-like errors on garbage
+            return _Undecodable()
+
+    return parse
+
+
+def _refuse_undecodable(request: object, context: grpc.ServicerContext) -> None:
+    if isinstance(request, _Undecodable):
+        context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT, "malformed request: not a valid protobuf message"
+        )
+
+
+class _DecodeGuard(grpc.ServerInterceptor):  # type: ignore[type-arg]
+    """Answers INVALID_ARGUMENT for undecodable requests (grpc itself would answer INTERNAL)."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        changes: dict[str, object] = {
+            "request_deserializer": _lenient(handler.request_deserializer)
+        }
+        if handler.unary_unary is not None:
+            changes["unary_unary"] = _guard_unary(handler.unary_unary)
+        if handler.unary_stream is not None:
+            changes["unary_stream"] = _guard_unary(handler.unary_stream)
+        if handler.stream_unary is not None:
+            changes["stream_unary"] = _guard_stream(handler.stream_unary)
+        if handler.stream_stream is not None:
+            changes["stream_stream"] = _guard_stream(handler.stream_stream)
+        # grpc's handlers are namedtuples; _replace keeps everything else as registered
+        return handler._replace(**changes)
+
+
+def _guard_unary(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+    def guarded(request: object, context: grpc.ServicerContext) -> Any:
+        _refuse_undecodable(request, context)
+        return behaviour(request, context)
+
+    return guarded
+
+
+def _guard_stream(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+    def guarded(requests: Iterator[object], context: grpc.ServicerContext) -> Any:
+        def checked() -> Iterator[object]:
+            for request in requests:
+                _refuse_undecodable(request, context)
+                yield request
+
+        return behaviour(checked(), context)
+
+    return guarded
+
+
 @dataclass(frozen=True)
 class TlsFiles:
     """PEM bytes of the consortium CA and this endpoint's certificate and private key."""
@@ -345,13 +499,29 @@ def create_server(
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
     ]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        options=options,
+        interceptors=[_DecodeGuard()],
+    )
+    refused = frozenset(revoked)
+    insecure = tls is None
     pb_grpc.add_FederationServicer_to_server(
-        FederationServicer(rounds, revoked=frozenset(revoked), insecure=tls is None), server
+        FederationServicer(
+            rounds, revoked=refused, insecure=insecure, max_message_bytes=max_message_bytes
+        ),
+        server,
+    )
+    pb_grpc.add_AuditServicer_to_server(
+        AuditServicer(
+            rounds, revoked=refused, insecure=insecure, max_message_bytes=max_message_bytes
+        ),
+        server,
     )
     health_servicer = health.HealthServicer()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set("coordinator.proto.v1.Federation", health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set("coordinator.proto.v1.Audit", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if tls is None:
         log.warning(

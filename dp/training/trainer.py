@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -44,6 +44,7 @@ from dp.accounting import (
     DP_SGD_MECHANISM,
     BudgetLedger,
     MechanismStep,
+    PrivacyAttestation,
     PrivacyBudget,
     RdpAccountant,
     calibrate_noise_multiplier,
@@ -76,6 +77,9 @@ class RoundResult:
         max_grad_norm: per-sample clipping norm C.
         round_index: 0-based count of this silo's rounds (this one included: index).
         records: number of records in the silo's dataset.
+        mechanism: the mechanism name recorded in attestations.
+        accountant: the accountant (name and version) that computed ``epsilon_spent``.
+        library_versions: versions of the libraries the round ran on.
     """
 
     update: np.ndarray = field(repr=False)
@@ -85,6 +89,33 @@ class RoundResult:
     max_grad_norm: float
     round_index: int
     records: int
+    mechanism: str = DP_SGD_MECHANISM
+    accountant: str = ""
+    library_versions: Mapping[str, str] = field(default_factory=dict)
+
+    def attestation(
+        self, *, federation: str, round: int, session_id: str, silo: str
+    ) -> PrivacyAttestation:
+        """This round's facts as an attestation bound to a federation round and session (unsigned).
+
+        The silo SDK calls this once the round's session id is known and signs the result with the silo's
+        roster key; the coordinator recomputes ``epsilon`` from the parameters and refuses under-reporting.
+        """
+        return PrivacyAttestation(
+            federation=federation,
+            round=round,
+            session_id=session_id,
+            silo=silo,
+            mechanism=self.mechanism,
+            noise_multiplier=self.params.noise_multiplier,
+            sample_rate=self.params.sample_rate,
+            steps=self.params.steps,
+            max_grad_norm=self.max_grad_norm,
+            accountant=self.accountant,
+            epsilon=self.epsilon_spent,
+            delta=self.delta,
+            library_versions=self.library_versions,
+        )
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -388,4 +419,6 @@ class PrivateTrainer:
             max_grad_norm=self._max_grad_norm,
             round_index=self.rounds_done - 1,
             records=self._records,
+            accountant=accountant_id(RdpAccountant.NAME),
+            library_versions=training_library_versions(),
         )

@@ -25,7 +25,14 @@ from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from coordinator.rounds import RoundService
 from coordinator.service import FederationServicer
 from coordinator.store import RoundStatus, SQLiteStore
-from tests.e2e.harness import Consortium, exact, in_threads, integer_update, settings
+from tests.e2e.harness import (
+    Consortium,
+    audit_trail,
+    exact,
+    in_threads,
+    integer_update,
+    settings,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -116,6 +123,7 @@ def lying_coordinator(
         roster=consortium.roster,
         store=store,
         initial_model=np.zeros(LENGTH, np.float32),
+        audit=audit_trail(consortium, db),
     )
     servicer = liar(rounds)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
@@ -135,6 +143,7 @@ def lying_coordinator(
         rounds.stop()
         server.stop(0).wait()
         store.close()
+        rounds.audit.close()
 
 
 def run_silos(

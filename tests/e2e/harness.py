@@ -26,6 +26,8 @@ import numpy.typing as npt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from audits import CheckpointSigner
+from coordinator.audit import AuditTrail, ledger_origin
 from coordinator.client import RetryPolicy, Silo, SiloPolicy
 from coordinator.config import Deadlines
 from coordinator.pki import ConsortiumPaths, create_consortium, load_ed25519_private
@@ -203,7 +205,11 @@ def running_coordinator(
     if initial_model is None:
         initial_model = np.zeros(federation_settings.vector_length, np.float32)
     service = RoundService(
-        settings=federation_settings, roster=roster, store=store, initial_model=initial_model
+        settings=federation_settings,
+        roster=roster,
+        store=store,
+        initial_model=initial_model,
+        audit=audit_trail(consortium, db),
     )
     server, port = create_server(
         service,
@@ -220,6 +226,14 @@ def running_coordinator(
         service.stop()
         server.stop(0).wait()
         store.close()
+        service.audit.close()
+
+
+def audit_trail(consortium: Consortium, db: Path) -> AuditTrail:
+    """The federation's audit trail in the coordinator's database, signed with the consortium's audit key."""
+    origin = ledger_origin(consortium.federation)
+    signer = CheckpointSigner(load_ed25519_private(consortium.paths.audit_key), key_name=origin)
+    return AuditTrail.open(db, federation=consortium.federation, signer=signer)
 
 
 def received_words(coordinator: Coordinator, silo: str) -> int:

@@ -217,12 +217,6 @@ def test_fedavg_logistic_regression_reaches_central_accuracy(
     )  # the federation helps the silo with the skewed shard
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: model download chunks (MODEL_CHUNK_FLOATS, 1 MiB) and SDK upload chunks "
-    "(UPLOAD_CHUNK_WORDS, 1 MiB) ignore max_message_bytes; with the smallest limit ServeConfig accepts "
-    "(64 KiB) a 20,000-parameter model cannot even be downloaded",
-)
 def test_sdk_works_under_the_smallest_accepted_message_limit(
     trio: Consortium, tmp_path: Path
 ) -> None:

@@ -297,11 +297,6 @@ def test_malformed_unmask_share_is_refused_at_submission(
     assert outcome.state == pb.ROUND_STATE_COMPLETED, outcome.reason
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a request that is not a valid protobuf gets INTERNAL ('Exception deserializing "
-    "request!') from grpc itself, not the catalog's INVALID_ARGUMENT",
-)
 def test_undecodable_request_is_invalid_argument(trio: Consortium, coord: Coordinator) -> None:
     with ManualSilo(trio, "a", coord.address) as a:
         raw = a.channel.unary_unary(

@@ -630,3 +630,217 @@ class Federation:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AuditStub:
+    """Read-only access to the federation's tamper-evident audit ledger (DESIGN 7), for live monitoring and for
+    silos that witness the log: they keep the last checkpoint they accepted and ask for a consistency proof
+    to every newer one, so a coordinator that rewrites history is caught (RFC 9162 section 8.1.4).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetCheckpoint = channel.unary_unary(
+                '/coordinator.proto.v1.Audit/GetCheckpoint',
+                request_serializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.CheckpointRequest.SerializeToString,
+                response_deserializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.Checkpoint.FromString,
+                _registered_method=True)
+        self.GetEntries = channel.unary_unary(
+                '/coordinator.proto.v1.Audit/GetEntries',
+                request_serializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.EntriesRequest.SerializeToString,
+                response_deserializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.Entries.FromString,
+                _registered_method=True)
+        self.GetInclusionProof = channel.unary_unary(
+                '/coordinator.proto.v1.Audit/GetInclusionProof',
+                request_serializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.InclusionProofRequest.SerializeToString,
+                response_deserializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.Proof.FromString,
+                _registered_method=True)
+        self.GetConsistencyProof = channel.unary_unary(
+                '/coordinator.proto.v1.Audit/GetConsistencyProof',
+                request_serializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.ConsistencyProofRequest.SerializeToString,
+                response_deserializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.Proof.FromString,
+                _registered_method=True)
+
+
+class AuditServicer:
+    """Read-only access to the federation's tamper-evident audit ledger (DESIGN 7), for live monitoring and for
+    silos that witness the log: they keep the last checkpoint they accepted and ask for a consistency proof
+    to every newer one, so a coordinator that rewrites history is caught (RFC 9162 section 8.1.4).
+    """
+
+    def GetCheckpoint(self, request, context):
+        """The latest signed checkpoint (a C2SP signed note: origin, size, root).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEntries(self, request, context):
+        """Ledger entries [start, end) as canonical JSON bytes; at most 1,000 entries per call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetInclusionProof(self, request, context):
+        """RFC 9162 inclusion proof of entry `index` in the tree of size `size`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConsistencyProof(self, request, context):
+        """RFC 9162 consistency proof from tree size `old_size` to `new_size`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AuditServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCheckpoint,
+                    request_deserializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.CheckpointRequest.FromString,
+                    response_serializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.Checkpoint.SerializeToString,
+            ),
+            'GetEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEntries,
+                    request_deserializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.EntriesRequest.FromString,
+                    response_serializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.Entries.SerializeToString,
+            ),
+            'GetInclusionProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInclusionProof,
+                    request_deserializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.InclusionProofRequest.FromString,
+                    response_serializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.Proof.SerializeToString,
+            ),
+            'GetConsistencyProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConsistencyProof,
+                    request_deserializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.ConsistencyProofRequest.FromString,
+                    response_serializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.Proof.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'coordinator.proto.v1.Audit', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('coordinator.proto.v1.Audit', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Audit:
+    """Read-only access to the federation's tamper-evident audit ledger (DESIGN 7), for live monitoring and for
+    silos that witness the log: they keep the last checkpoint they accepted and ask for a consistency proof
+    to every newer one, so a coordinator that rewrites history is caught (RFC 9162 section 8.1.4).
+    """
+
+    @staticmethod
+    def GetCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordinator.proto.v1.Audit/GetCheckpoint',
+            coordinator_dot_proto_dot_v1_dot_coordinator__pb2.CheckpointRequest.SerializeToString,
+            coordinator_dot_proto_dot_v1_dot_coordinator__pb2.Checkpoint.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordinator.proto.v1.Audit/GetEntries',
+            coordinator_dot_proto_dot_v1_dot_coordinator__pb2.EntriesRequest.SerializeToString,
+            coordinator_dot_proto_dot_v1_dot_coordinator__pb2.Entries.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInclusionProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordinator.proto.v1.Audit/GetInclusionProof',
+            coordinator_dot_proto_dot_v1_dot_coordinator__pb2.InclusionProofRequest.SerializeToString,
+            coordinator_dot_proto_dot_v1_dot_coordinator__pb2.Proof.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConsistencyProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordinator.proto.v1.Audit/GetConsistencyProof',
+            coordinator_dot_proto_dot_v1_dot_coordinator__pb2.ConsistencyProofRequest.SerializeToString,
+            coordinator_dot_proto_dot_v1_dot_coordinator__pb2.Proof.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -213,3 +213,79 @@ class FederationServicer(metaclass=_abc_1.ABCMeta):
         """The outcome of a round: completed (with the new model hash) or aborted (with the reason)."""
 
 def add_FederationServicer_to_server(servicer: FederationServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class AuditStub:
+    """Read-only access to the federation's tamper-evident audit ledger (DESIGN 7), for live monitoring and for
+    silos that witness the log: they keep the last checkpoint they accepted and ask for a consistency proof
+    to every newer one, so a coordinator that rewrites history is caught (RFC 9162 section 8.1.4).
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> AuditAsyncStub: ...
+    GetCheckpoint: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.CheckpointRequest, _coordinator_pb2.Checkpoint]
+    """The latest signed checkpoint (a C2SP signed note: origin, size, root)."""
+    GetEntries: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.EntriesRequest, _coordinator_pb2.Entries]
+    """Ledger entries [start, end) as canonical JSON bytes; at most 1,000 entries per call."""
+    GetInclusionProof: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.InclusionProofRequest, _coordinator_pb2.Proof]
+    """RFC 9162 inclusion proof of entry `index` in the tree of size `size`."""
+    GetConsistencyProof: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ConsistencyProofRequest, _coordinator_pb2.Proof]
+    """RFC 9162 consistency proof from tree size `old_size` to `new_size`."""
+
+@_typing.type_check_only
+class AuditAsyncStub(AuditStub):
+    """Read-only access to the federation's tamper-evident audit ledger (DESIGN 7), for live monitoring and for
+    silos that witness the log: they keep the last checkpoint they accepted and ask for a consistency proof
+    to every newer one, so a coordinator that rewrites history is caught (RFC 9162 section 8.1.4).
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    GetCheckpoint: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.CheckpointRequest, _coordinator_pb2.Checkpoint]  # type: ignore[assignment]
+    """The latest signed checkpoint (a C2SP signed note: origin, size, root)."""
+    GetEntries: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.EntriesRequest, _coordinator_pb2.Entries]  # type: ignore[assignment]
+    """Ledger entries [start, end) as canonical JSON bytes; at most 1,000 entries per call."""
+    GetInclusionProof: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.InclusionProofRequest, _coordinator_pb2.Proof]  # type: ignore[assignment]
+    """RFC 9162 inclusion proof of entry `index` in the tree of size `size`."""
+    GetConsistencyProof: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ConsistencyProofRequest, _coordinator_pb2.Proof]  # type: ignore[assignment]
+    """RFC 9162 consistency proof from tree size `old_size` to `new_size`."""
+
+class AuditServicer(metaclass=_abc_1.ABCMeta):
+    """Read-only access to the federation's tamper-evident audit ledger (DESIGN 7), for live monitoring and for
+    silos that witness the log: they keep the last checkpoint they accepted and ask for a consistency proof
+    to every newer one, so a coordinator that rewrites history is caught (RFC 9162 section 8.1.4).
+    """
+
+    @_abc_1.abstractmethod
+    def GetCheckpoint(
+        self,
+        request: _coordinator_pb2.CheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.Checkpoint, _abc.Awaitable[_coordinator_pb2.Checkpoint]]:
+        """The latest signed checkpoint (a C2SP signed note: origin, size, root)."""
+
+    @_abc_1.abstractmethod
+    def GetEntries(
+        self,
+        request: _coordinator_pb2.EntriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.Entries, _abc.Awaitable[_coordinator_pb2.Entries]]:
+        """Ledger entries [start, end) as canonical JSON bytes; at most 1,000 entries per call."""
+
+    @_abc_1.abstractmethod
+    def GetInclusionProof(
+        self,
+        request: _coordinator_pb2.InclusionProofRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.Proof, _abc.Awaitable[_coordinator_pb2.Proof]]:
+        """RFC 9162 inclusion proof of entry `index` in the tree of size `size`."""
+
+    @_abc_1.abstractmethod
+    def GetConsistencyProof(
+        self,
+        request: _coordinator_pb2.ConsistencyProofRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.Proof, _abc.Awaitable[_coordinator_pb2.Proof]]:
+        """RFC 9162 consistency proof from tree size `old_size` to `new_size`."""
+
+def add_AuditServicer_to_server(servicer: AuditServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
