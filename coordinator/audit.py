@@ -21,12 +21,31 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from audits import CheckpointSigner, Event, EventKind, Ledger, SignedCheckpoint
+from audits import (
+    CheckpointSigner,
+    Event,
+    EventKind,
+    Ledger,
+    SignedCheckpoint,
+    VerificationReport,
+    load_bundle,
+    verify_bundle,
+    write_bundle,
+)
 from audits.events import utc_now
-from dp.accounting import MechanismStep, PrivacyAttestation
+from coordinator.config import ServeConfig
+from coordinator.pki import load_ed25519_private
+from dp.accounting import MechanismStep, PrivacyAttestation, recompute_epsilon
 from secagg import Advertisement, Roster
 
-__all__ = ["AuditTrail", "ledger_origin"]
+__all__ = [
+    "AuditTrail",
+    "epsilon_recomputer",
+    "export_bundle",
+    "ledger_origin",
+    "open_audit_trail",
+    "verify_bundle_dir",
+]
 
 log = logging.getLogger(__name__)
 
@@ -179,3 +198,98 @@ class AuditTrail:
             for e in self.ledger.decoded()
             if e.event.kind in closing and e.event.round is not None
         }
+
+
+def open_audit_trail(config: ServeConfig) -> AuditTrail:
+    """The federation's audit trail: the ledger lives in the coordinator's SQLite file, beside the store."""
+    origin = ledger_origin(config.federation)
+    signer = CheckpointSigner(load_ed25519_private(config.audit_key), key_name=origin)
+    return AuditTrail.open(config.storage, federation=config.federation, signer=signer)
+
+
+def export_bundle(config: ServeConfig, out: Path) -> SignedCheckpoint:
+    """Write the audit bundle of ``config``'s federation into ``out`` (``secagg audit export``).
+
+    Signs a fresh checkpoint first if entries were appended since the last one, so the bundle covers the whole
+    ledger. Safe while the coordinator runs: the ledger is append-only and a checkpoint covers a prefix.
+
+    Returns:
+        The checkpoint the bundle is bound to.
+    """
+    trail = open_audit_trail(config)
+    try:
+        latest = trail.ledger.latest_checkpoint()
+        if latest is None or latest.size < trail.ledger.size:
+            latest = trail.checkpoint()
+        write_bundle(
+            trail.ledger,
+            out,
+            roster_bytes=config.roster.read_bytes(),
+            audit_public_key=trail.signer.public_key,
+        )
+        return latest
+    finally:
+        trail.close()
+
+
+def epsilon_recomputer() -> Callable[[str, Sequence[Mapping[str, Any]]], float]:
+    """The verifier's hook: a silo's epsilon after its attestations so far, by the RDP accountant.
+
+    The same accountant and summation the coordinator used when it accepted each attestation
+    (``dp.accounting.check_attestation``), so an honest ledger recomputes exactly.
+    """
+
+    def recompute(silo: str, attestations: Sequence[Mapping[str, Any]]) -> float:
+        steps = [PrivacyAttestation.from_dict(a).mechanism_step for a in attestations]
+        return recompute_epsilon(steps, float(attestations[-1]["delta"]))
+
+    return recompute
+
+
+def verify_bundle_dir(
+    bundle: Path,
+    *,
+    audit_public_key: bytes | None,
+    consortium_public_key: bytes | None,
+    checkpoints: Sequence[str] = (),
+) -> tuple[VerificationReport, list[str]]:
+    """Verify an audit bundle directory completely (``secagg audit verify``).
+
+    Args:
+        bundle: the bundle directory.
+        audit_public_key: the coordinator's audit key as pinned by the auditor; ``None`` trusts the bundle's own
+            key, which proves only that the bundle is internally consistent (returned as a warning).
+        consortium_public_key: the pinned consortium key the roster must verify under; ``None`` trusts the
+            roster's own embedded key (a warning).
+        checkpoints: later checkpoints (signed notes) a silo kept; the bundle must agree with each.
+
+    Returns:
+        The verification report and the warnings about what was not pinned.
+
+    Raises:
+        audits.VerificationError: the first problem, naming the entry.
+        secagg.SecAggError: the roster does not verify under the pinned consortium key.
+    """
+    warnings = []
+    loaded = load_bundle(bundle)
+    roster = Roster.loads(loaded.roster.decode("utf-8"))
+    if consortium_public_key is None:
+        warnings.append(
+            "the consortium key is not pinned: the roster was checked only against its own embedded key"
+        )
+        consortium_public_key = roster.consortium_key
+    roster.verify(consortium_public_key)
+    if audit_public_key is None:
+        warnings.append(
+            "the audit key is not pinned: this proves the bundle is internally consistent, not that the "
+            "coordinator you trust signed it"
+        )
+        audit_public_key = loaded.audit_public_key
+    report = verify_bundle(
+        loaded,
+        silo_keys={member: roster.key(member) for member in roster.members},
+        audit_public_key=audit_public_key,
+        recompute_epsilon=epsilon_recomputer(),
+        checkpoints=checkpoints,
+    )
+    return report, warnings

@@ -8,9 +8,12 @@ import time
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
+
+if TYPE_CHECKING:
+    from audits import VerificationReport
 
 T = TypeVar("T")
 
@@ -102,6 +105,121 @@ def _pki_init(
 
 
 # --- end pki ----------------------------------------------------------------------------------------------
+
+
+# --- audit: export, verify and report the tamper-evident ledger --------------------------------------------
+
+audit_app = typer.Typer(
+    no_args_is_help=True,
+    help="The federation's audit ledger: export a bundle, verify it, and write the regulator report.",
+)
+app.add_typer(audit_app, name="audit")
+
+_AUDIT_KEY_HELP = (
+    "The coordinator's audit public key you trust: 64 hex digits, or a file holding them (e.g. the "
+    "consortium's coordinator/audit.pub). Without it only internal consistency is proved."
+)
+_CONSORTIUM_KEY_HELP = "The consortium public key you trust (64 hex digits or a file); the roster must verify under it."
+
+
+def _hex_key(value: str | None, name: str) -> bytes | None:
+    if value is None:
+        return None
+    text = Path(value).read_text(encoding="utf-8").strip() if Path(value).is_file() else value
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise typer.BadParameter(f"{name} must be 64 hex digits (or a file holding them)")
+    return key
+
+
+def _verified(
+    bundle: Path, audit_key: str | None, consortium_key: str | None, checkpoints: list[Path]
+) -> VerificationReport:
+    from audits import VerificationError
+    from coordinator.audit import verify_bundle_dir
+    from secagg import SecAggError
+
+    try:
+        report, warnings = verify_bundle_dir(
+            bundle,
+            audit_public_key=_hex_key(audit_key, "--audit-key"),
+            consortium_public_key=_hex_key(consortium_key, "--consortium-key"),
+            checkpoints=[p.read_text(encoding="utf-8") for p in checkpoints],
+        )
+    except (VerificationError, SecAggError, OSError, ValueError) as exc:
+        typer.secho(f"FAILED: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1) from exc
+    for warning in warnings:
+        typer.secho(f"WARNING: {warning}", fg=typer.colors.YELLOW, err=True)
+    return report
+
+
+_AuditKey = Annotated[str | None, typer.Option("--audit-key", help=_AUDIT_KEY_HELP)]
+_ConsortiumKey = Annotated[str | None, typer.Option("--consortium-key", help=_CONSORTIUM_KEY_HELP)]
+_Checkpoints = Annotated[
+    list[Path],
+    typer.Option(
+        "--checkpoint",
+        help="A later signed checkpoint (e.g. from a silo's witness); repeatable. Catches a truncated log.",
+    ),
+]
+
+
+@audit_app.command("export")
+def _audit_export(
+    config: Annotated[Path, typer.Option("--config", help="The coordinator's TOML configuration.")],
+    out: Annotated[Path, typer.Option("--out", help="New directory for the bundle.")],
+) -> None:
+    """Write the audit bundle (entries, latest checkpoint, roster, audit public key) from the coordinator's store."""
+    from audits import AuditError
+    from coordinator.audit import export_bundle
+    from coordinator.config import ServeConfig
+
+    settings = _load_or_exit(ServeConfig.load, config)
+    try:
+        checkpoint = export_bundle(settings, out)
+    except (AuditError, OSError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1) from exc
+    typer.echo(
+        f"audit bundle of {checkpoint.size} entries written to {out}/ (root {checkpoint.root.hex()})"
+    )
+
+
+@audit_app.command("verify")
+def _audit_verify(
+    bundle: Annotated[Path, typer.Argument(metavar="DIR", help="The audit bundle directory.")],
+    audit_key: _AuditKey = None,
+    consortium_key: _ConsortiumKey = None,
+    checkpoint: _Checkpoints = [],  # noqa: B006 - typer reads the default, never mutates it
+) -> None:
+    """Recompute every hash, signature and epsilon; exit 0 only if everything holds."""
+    report = _verified(bundle, audit_key, consortium_key, checkpoint)
+    cp = report.checkpoint
+    typer.echo(
+        f"OK: {len(report.entries)} entries of federation {report.federation!r} match checkpoint "
+        f"size {cp.size} root {cp.root.hex()}; {report.attestations_checked} attestation signatures "
+        f"verified; {report.epsilons_recomputed} epsilons recomputed; "
+        f"{report.checkpoints_checked} later checkpoints consistent"
+    )
+
+
+@audit_app.command("report")
+def _audit_report(
+    bundle: Annotated[Path, typer.Argument(metavar="DIR", help="The audit bundle directory.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for report.html and report.json.")],
+    audit_key: _AuditKey = None,
+    consortium_key: _ConsortiumKey = None,
+) -> None:
+    """Verify the bundle, then write report.html (self-contained) and report.json (NIST SP 800-226 contents)."""
+    from audits import build_report, write_report
+
+    report = _verified(bundle, audit_key, consortium_key, [])
+    data, html = write_report(build_report(report), out)
+    typer.echo(f"report written: {html} and {data}")
 
 
 # --- serve, silo, demo --------------------------------------------------------------------------------------

@@ -16,16 +16,14 @@ from typing import Any
 import grpc
 import numpy as np
 
-from audits import CheckpointSigner
-from coordinator.audit import AuditTrail, ledger_origin
+from coordinator.audit import open_audit_trail
 from coordinator.client import PrivateUpdate, RoundContext, Silo
 from coordinator.config import ServeConfig, SiloConfig, TLSPaths
-from coordinator.pki import load_ed25519_private
 from coordinator.rounds import FederationSettings, RoundService
 from coordinator.service import TlsFiles, create_server
 from coordinator.store import SQLiteStore
 
-__all__ = ["Coordinator", "open_audit_trail", "run_example_silo", "start_coordinator"]
+__all__ = ["Coordinator", "run_example_silo", "start_coordinator"]
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +52,6 @@ class Coordinator:
         self.server.stop(grace).wait()
         self.store.close()
         self.service.audit.close()
-
-
-def open_audit_trail(config: ServeConfig) -> AuditTrail:
-    """The federation's audit trail: the ledger lives in the coordinator's SQLite file, beside the store."""
-    origin = ledger_origin(config.federation)
-    signer = CheckpointSigner(load_ed25519_private(config.audit_key), key_name=origin)
-    return AuditTrail.open(config.storage, federation=config.federation, signer=signer)
 
 
 def start_coordinator(config: ServeConfig) -> Coordinator:

@@ -88,6 +88,9 @@ def test_demo_configs_round_trip(
             state_dir=path.parent / "state" / silo,
             task=TaskConfig(shard=shard, num_shards=3),
             policy=SiloPolicy(min_cohort=3, max_collusion_assumed=0),
+            audit_public_key=bytes.fromhex(
+                consortium.audit_public_key.read_text(encoding="utf-8").strip()
+            ),
         )
         assert config.load_roster().index(silo) == shard + 1
 
