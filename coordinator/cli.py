@@ -295,12 +295,21 @@ def _demo(
     out: Annotated[
         Path | None, typer.Option("--out", help="New directory for every output.")
     ] = None,
+    silo_dp: Annotated[
+        bool,
+        typer.Option(
+            "--silo-dp",
+            help="Also add silo-level distributed DP (Skellam noise inside each silo, before masking).",
+        ),
+    ] = False,
 ) -> None:
     """The main job on embedded defaults: a throwaway consortium, a coordinator and hospital silos on loopback."""
     from coordinator.demo import DemoOptions, run_demo
 
     out = out or Path(f"secagg-demo-{time.strftime('%Y%m%d-%H%M%S')}")
-    raise typer.Exit(code=run_demo(DemoOptions(silos=silos, rounds=rounds, out=out)))
+    raise typer.Exit(
+        code=run_demo(DemoOptions(silos=silos, rounds=rounds, out=out, silo_dp=silo_dp))
+    )
 
 
 def main() -> None:

@@ -71,6 +71,7 @@ from coordinator.serde import (
     unmask_response_to_pb,
 )
 from coordinator.service import INSECURE_SILO_HEADER, TlsFiles
+from coordinator.silo_dp import encode_update, plan_from_pb
 from coordinator.store import RoundStatus, model_hash
 from dp.accounting import PrivacyAttestation
 from secagg import Roster, RoundAborted, RoundConfig, SecAggClient, SecAggError
@@ -387,6 +388,7 @@ class Silo:
             if info.state == pb.ROUND_STATE_FINISHED:
                 return
             config = config_from_pb(info)
+            silo_dp = plan_from_pb(info.silo_dp) if info.HasField("silo_dp") else None
             next_round = config.round + 1
             if info.stage != "advertise_keys":
                 log.info(
@@ -394,13 +396,23 @@ class Silo:
                 )
                 continue
             self._policy.check_round(config, self._roster)
+            self._policy.check_silo_dp(silo_dp.noise_multiplier if silo_dp else None)
+            if silo_dp is not None and silo_dp.padded_dimension != config.vector_length:
+                raise InvalidInput(
+                    "the announced silo-level DP plan does not fit the round's vector"
+                )
             weights = self.download_model(config.round, config.model_hash)
             trained = train(RoundContext(config.round, weights, config))
             private = trained if isinstance(trained, PrivateUpdate) else None
             update = np.asarray(
                 private.update if private is not None else trained, dtype=np.float64
             )
-            report = self._aggregate(config, update, private, info.stage_deadline_unix)
+            encoded = (
+                encode_update(update, silo_dp, config)
+                if silo_dp is not None
+                else config.quantizer.encode(update, self._rng)
+            )
+            report = self._aggregate(config, encoded, private, info.stage_deadline_unix)
             self.witness_checkpoint()
             yield report
             done += 1
@@ -411,7 +423,7 @@ class Silo:
     def _aggregate(
         self,
         config: RoundConfig,
-        update: npt.NDArray[np.float64],
+        encoded: npt.NDArray[np.uint32],
         private: PrivateUpdate | None,
         deadline: float,
     ) -> RoundReport:
@@ -450,9 +462,7 @@ class Silo:
             inbox = self._poll(
                 lambda w: self._stub.GetInbox(self._stage(r, w), metadata=md), deadline
             )
-            masked = client.masked_input(
-                [share_from_pb(s) for s in inbox.shares], config.quantizer.encode(update, self._rng)
-            )
+            masked = client.masked_input([share_from_pb(s) for s in inbox.shares], encoded)
             attestation, attestation_signature = b"", b""
             if private is not None:
                 facts = private.attestation(

@@ -51,6 +51,7 @@ __all__ = [
     "PrivacyConfig",
     "RoundsConfig",
     "ServeConfig",
+    "SiloDPConfig",
     "SiloConfig",
     "SiloPolicy",
     "TLSPaths",
@@ -201,6 +202,46 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SiloDPConfig:
+    """The ``[silo_dp]`` table of ``secagg serve``: silo-level distributed DP on top of secure aggregation.
+
+    Every silo clips its update to ``[rounds] clip``, rotates, scales, rounds to integers and adds its share of
+    integer noise before masking, so the securely aggregated sum carries the central noise and nobody ever holds
+    a noiseless sum (``dp.distributed``; Kairouz, Liu and Steinke 2021; Agarwal, Kairouz and Liu 2021). The noise
+    shares are sized for ``n - dropouts_tolerated - [rounds] collusion`` honest survivors; a round with fewer
+    contributions than ``n - dropouts_tolerated`` is aborted rather than released with too little noise.
+
+    Attributes:
+        noise_multiplier: central noise standard deviation over the clip norm.
+        mechanism: ``"skellam"`` (default) or ``"ddg"``.
+        bits: bit width of the modular sum, at most 32 (the masking ring); the scale is chosen so the sum wraps
+            with probability below ``1e-9`` per round, and wraps that happen are counted and recorded.
+        dropouts_tolerated: silos that may drop out of a round without weakening the guarantee.
+        rotation: randomized Hadamard rotation before rounding (spreads the mass; recommended).
+        delta: the delta of the silo-level epsilon recorded per round.
+    """
+
+    noise_multiplier: float
+    mechanism: str = "skellam"
+    bits: int = 20
+    dropouts_tolerated: int = 0
+    rotation: bool = True
+    delta: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0):
+            raise ConfigError("[silo_dp] noise_multiplier must be a positive finite number")
+        if self.mechanism not in ("skellam", "ddg"):
+            raise ConfigError("[silo_dp] mechanism must be 'skellam' or 'ddg'")
+        if not 8 <= self.bits <= 32:
+            raise ConfigError("[silo_dp] bits must be in [8, 32] (the masking ring has 32 bits)")
+        if self.dropouts_tolerated < 0:
+            raise ConfigError("[silo_dp] dropouts_tolerated must be >= 0")
+        if not 0 < self.delta < 1:
+            raise ConfigError("[silo_dp] delta must be in (0, 1)")
+
+
+@dataclass(frozen=True, kw_only=True)
 class ServeConfig:
     """The coordinator's configuration (``secagg serve --config FILE``).
 
@@ -217,6 +258,7 @@ class ServeConfig:
         deadlines: per-stage deadlines.
         privacy: the federation's privacy ceiling and attestation policy; ``None`` for a federation without DP
             (attestations are then verified and recorded when sent, but not required).
+        silo_dp: silo-level distributed DP, or ``None``.
         insecure_debug_no_tls: serve without TLS. **Local debugging only**: refused unless ``listen`` is a
             loopback address; silo identities are then unauthenticated.
         revoked_certificates: SHA-256 fingerprints of client certificates to refuse.
@@ -235,6 +277,7 @@ class ServeConfig:
     rounds: RoundsConfig
     deadlines: Deadlines = field(default_factory=Deadlines)
     privacy: PrivacyConfig | None = None
+    silo_dp: SiloDPConfig | None = None
     insecure_debug_no_tls: bool = False
     revoked_certificates: frozenset[str] = frozenset()
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -286,6 +329,8 @@ class ServeConfig:
             deadlines = _deadlines(deadlines_table) if deadlines_table else Deadlines()
             privacy_table = r.optional_table("privacy")
             privacy = _privacy(privacy_table) if privacy_table else None
+            silo_dp_table = r.optional_table("silo_dp")
+            silo_dp = _silo_dp(silo_dp_table) if silo_dp_table else None
             r.finish()
             return cls(
                 federation=federation,
@@ -299,6 +344,7 @@ class ServeConfig:
                 rounds=rounds,
                 deadlines=deadlines,
                 privacy=privacy,
+                silo_dp=silo_dp,
                 insecure_debug_no_tls=insecure,
                 revoked_certificates=frozenset(f.lower() for f in revoked),
                 max_message_bytes=max_message_bytes,
@@ -322,16 +368,25 @@ class SiloPolicy:
         min_cohort: the silo refuses a round whose ``min_cohort`` is smaller.
         max_collusion_assumed: the number of silos the silo assumes may collude with the coordinator; it
             refuses a round whose collusion bound ``c`` (and hence threshold) is sized for fewer.
+        min_silo_dp_noise_multiplier: when > 0, the silo refuses a round without silo-level distributed DP or
+            with a smaller noise multiplier than this (the coordinator announces the parameters; the silo adds
+            the noise, so it decides).
     """
 
     min_cohort: int = 3
     max_collusion_assumed: int = 0
+    min_silo_dp_noise_multiplier: float = 0.0
 
     def __post_init__(self) -> None:
         if self.min_cohort < 2:
             raise ConfigError("[policy] min_cohort must be >= 2")
         if self.max_collusion_assumed < 0:
             raise ConfigError("[policy] max_collusion_assumed must be >= 0")
+        if not (
+            math.isfinite(self.min_silo_dp_noise_multiplier)
+            and self.min_silo_dp_noise_multiplier >= 0
+        ):
+            raise ConfigError("[policy] min_silo_dp_noise_multiplier must be a finite number >= 0")
 
     def check_round(self, config: RoundConfig, roster: Roster) -> None:
         """Raises ``Unauthorized`` if the coordinator's round parameters are weaker than this policy."""
@@ -346,6 +401,15 @@ class SiloPolicy:
             raise Unauthorized(
                 f"threshold {config.threshold} is unsafe against {self.max_collusion_assumed} "
                 f"colluding silos (need {needed})"
+            )
+
+    def check_silo_dp(self, noise_multiplier: float | None) -> None:
+        """Raises ``Unauthorized`` if the announced silo-level noise is weaker than this policy."""
+        floor = self.min_silo_dp_noise_multiplier
+        if floor > 0 and (noise_multiplier is None or noise_multiplier < floor):
+            announced = "none" if noise_multiplier is None else f"{noise_multiplier:g}"
+            raise Unauthorized(
+                f"silo-level DP noise multiplier {announced} is below this silo's minimum {floor:g}"
             )
 
 
@@ -519,6 +583,7 @@ def write_demo_configs(
     deadlines: Deadlines | None = None,
     task: Mapping[str, int | float] | None = None,
     privacy: PrivacyConfig | None = None,
+    silo_dp: SiloDPConfig | None = None,
 ) -> tuple[Path, list[Path]]:
     """Write working TOML configurations for a consortium's coordinator and every silo (for ``secagg demo``).
 
@@ -539,6 +604,7 @@ def write_demo_configs(
         task: extra ``[task]`` keys for every silo (``seed``, ``local_epochs``, ``lr``, ``batch_size``,
             ``epsilon``, ``delta``); ``shard`` and ``num_shards`` are set per silo.
         privacy: the coordinator's ``[privacy]`` table, if any.
+        silo_dp: the coordinator's ``[silo_dp]`` table, if any.
 
     Returns:
         ``(serve_path, silo_paths)`` with silo paths in roster order.
@@ -605,6 +671,8 @@ def write_demo_configs(
             "require_attestation": privacy.require_attestation,
             "unit_of_privacy": privacy.unit_of_privacy,
         }
+    if silo_dp is not None:
+        serve_doc["silo_dp"] = {name: getattr(silo_dp, name) for name in _field_names(silo_dp)}
     audit_public = consortium.audit_public_key.read_text(encoding="utf-8").strip()
     serve_path = out / "serve.toml"
     _write_new(serve_path, _dumps_toml(serve_doc, title="secagg coordinator (demo)"))
@@ -857,10 +925,25 @@ def _privacy(table: _Table) -> PrivacyConfig:
     return privacy
 
 
+def _silo_dp(table: _Table) -> SiloDPConfig:
+    defaults = SiloDPConfig(noise_multiplier=1.0)
+    silo_dp = SiloDPConfig(
+        noise_multiplier=table.number("noise_multiplier"),
+        mechanism=table.string("mechanism", defaults.mechanism),
+        bits=table.integer("bits", defaults.bits),
+        dropouts_tolerated=table.integer("dropouts_tolerated", defaults.dropouts_tolerated),
+        rotation=table.boolean("rotation", defaults.rotation),
+        delta=table.number("delta", defaults.delta),
+    )
+    table.finish()
+    return silo_dp
+
+
 def _policy(table: _Table) -> SiloPolicy:
     policy = SiloPolicy(
         min_cohort=table.integer("min_cohort", 3),
         max_collusion_assumed=table.integer("max_collusion_assumed", 0),
+        min_silo_dp_noise_multiplier=table.number("min_silo_dp_noise_multiplier", 0.0),
     )
     table.finish()
     return policy

@@ -36,7 +36,7 @@ import numpy.typing as npt
 
 from audits import EventKind
 from coordinator.audit import AuditTrail
-from coordinator.config import Deadlines, PrivacyConfig
+from coordinator.config import Deadlines, PrivacyConfig, SiloDPConfig
 from coordinator.errors import (
     DuplicateSubmission,
     InvalidInput,
@@ -45,9 +45,16 @@ from coordinator.errors import (
     StageError,
     Unauthorized,
 )
+from coordinator.silo_dp import decode_sum
 from coordinator.store import FloatVector, RoundStatus, Store
 from dp.accounting import PrivacyAttestation, PrivacyBudget, check_attestation, verify_attestation
-from dp.errors import AttestationError, InvalidAttestationSignature, PrivacyError
+from dp.distributed import UNIT_OF_PRIVACY, DistributedDPConfig, DistributedDPPlan, plan
+from dp.errors import (
+    AttestationError,
+    InvalidAttestationSignature,
+    PrivacyError,
+    TooFewContributors,
+)
 from secagg import (
     Advertisement,
     EncryptedShare,
@@ -84,6 +91,7 @@ class FederationSettings:
     min_cohort: int
     deadlines: Deadlines = field(default_factory=Deadlines)
     privacy: PrivacyConfig | None = None
+    silo_dp: SiloDPConfig | None = None
 
     def to_json(self) -> str:
         """Canonical JSON of the settings (stored with the federation; a restart must match it)."""
@@ -100,6 +108,7 @@ class RoundOutcome:
     dropped: tuple[str, ...] = ()
     new_model_hash: bytes = b""
     reason: str = ""
+    silo_dp: Mapping[str, Any] | None = None  # silo-level DP facts of a completed round
 
 
 @dataclass(frozen=True)
@@ -235,6 +244,24 @@ class RoundService:
         self._quantizer = Quantizer(
             clip=settings.clip, bits=settings.bits, max_silos=len(roster.members)
         )
+        self.silo_dp_plan: DistributedDPPlan | None = None
+        if settings.silo_dp is not None:
+            d = settings.silo_dp
+            self.silo_dp_plan = plan(
+                DistributedDPConfig(
+                    mechanism="ddg" if d.mechanism == "ddg" else "skellam",
+                    l2_norm_clip=settings.clip,
+                    rounds=settings.rounds,
+                    n_silos=len(roster.members),
+                    noise_multiplier=d.noise_multiplier,
+                    target_delta=d.delta,
+                    bits=d.bits,
+                    dropouts_tolerated=d.dropouts_tolerated,
+                    collusion_bound=settings.collusion,
+                    rotation=d.rotation,
+                ),
+                settings.vector_length,
+            )
         store.init_federation(
             settings.federation, settings=settings.to_json(), initial_model=initial_model
         )
@@ -259,6 +286,18 @@ class RoundService:
                 "budget": {"epsilon": s.privacy.epsilon, "delta": s.privacy.delta},
                 "on_violation": s.privacy.on_violation,
                 "require_attestation": s.privacy.require_attestation,
+            }
+        p = self.silo_dp_plan
+        if p is not None:
+            privacy = dict(privacy or {})
+            privacy["silo_level"] = {
+                "unit_of_privacy": UNIT_OF_PRIVACY,
+                "mechanism": p.config.mechanism,
+                "noise_multiplier": p.noise_multiplier,
+                "bits": p.bits,
+                "min_honest_survivors": p.config.min_honest,
+                "planned_epsilon": p.epsilon,
+                "delta": p.config.target_delta,
             }
         self.audit.created(
             config=json.loads(s.to_json()),
@@ -294,6 +333,19 @@ class RoundService:
         r = outcome.round
         if outcome.status is RoundStatus.COMPLETED:
             digest = outcome.new_model_hash.hex()
+            closed: dict[str, Any] = {"global_model_hash": digest} | extra
+            if outcome.silo_dp is not None:
+                closed["silo_level_dp"] = dict(outcome.silo_dp)
+                if outcome.silo_dp["wraps"]:
+                    self.audit.record(
+                        EventKind.INCIDENT,
+                        r,
+                        {
+                            "severity": "warning",
+                            "description": f"{outcome.silo_dp['wraps']} coordinates of the distributed-DP "
+                            "sum wrapped around the modulus",
+                        },
+                    )
             self.audit.record_many(
                 [
                     (
@@ -303,7 +355,7 @@ class RoundService:
                         | extra,
                     ),
                     (EventKind.GLOBAL_MODEL, r, {"model_hash": digest}),
-                    (EventKind.ROUND_CLOSED, r, {"global_model_hash": digest} | extra),
+                    (EventKind.ROUND_CLOSED, r, closed),
                 ]
             )
         else:
@@ -352,7 +404,9 @@ class RoundService:
             federation=s.federation,
             round=round_,
             model_hash=start_hash,
-            vector_length=s.vector_length,
+            vector_length=(
+                self.silo_dp_plan.padded_dimension if self.silo_dp_plan else s.vector_length
+            ),
             quantizer=self._quantizer,
             n=len(self.roster.members),
             threshold=s.threshold,
@@ -457,7 +511,11 @@ class RoundService:
         elif stage is Stage.UNMASK:
             result = server.close_unmask()
             count = len(result.survivors)
-            mean = self._quantizer.decode_sum(result.total, count=count) / count
+            silo_dp = None
+            if self.silo_dp_plan is None:
+                mean = self._quantizer.decode_sum(result.total, count=count) / count
+            else:
+                mean, silo_dp = self._decode_silo_dp(state, result.total, count)
             new_model = (state.start.astype(np.float64) + mean).astype(np.float32)
             # everyone on the roster who did not contribute, whether they dropped mid-round or never came
             dropped = tuple(m for m in self.roster.members if m not in result.survivors)
@@ -469,8 +527,41 @@ class RoundService:
                 new_model=new_model,
             )
             state.outcome = RoundOutcome(
-                state.config.round, RoundStatus.COMPLETED, result.survivors, dropped, digest
+                state.config.round,
+                RoundStatus.COMPLETED,
+                result.survivors,
+                dropped,
+                digest,
+                silo_dp=silo_dp,
             )
+
+    def _decode_silo_dp(
+        self, state: _Round, total: npt.NDArray[np.uint32], count: int
+    ) -> tuple[npt.NDArray[np.float64], dict[str, Any]]:
+        """Decode a distributed-DP sum; the silo-level epsilon composes over the completed rounds so far."""
+        p = self.silo_dp_plan
+        assert p is not None
+        try:
+            estimate, wraps = decode_sum(total, p, state.config, count)
+        except TooFewContributors as exc:
+            raise RoundAborted(f"silo-level DP: {exc}") from exc
+        completed = sum(
+            r.status is RoundStatus.COMPLETED for r in self.store.rounds(self.settings.federation)
+        )
+        spent = p.silo_level_epsilon(rounds=completed + 1)
+        facts = {
+            "epsilon": spent.epsilon,
+            "delta": spent.delta,
+            "rounds": spent.rounds,
+            "mechanism": spent.mechanism,
+            "rdp_order": spent.order,
+            "unit_of_privacy": UNIT_OF_PRIVACY,
+            "noise_multiplier": p.noise_multiplier,
+            "bits": p.bits,
+            "contributors": count,
+            "wraps": wraps,
+        }
+        return estimate / count, facts
 
     # Silo-facing API -----------------------------------------------------------------------------------
     def _member(self, silo: str) -> None:

@@ -69,6 +69,7 @@ def start_coordinator(config: ServeConfig) -> Coordinator:
         min_cohort=r.min_cohort,
         deadlines=config.deadlines,
         privacy=config.privacy,
+        silo_dp=config.silo_dp,
     )
     if config.model.initial is not None:
         initial = np.load(config.model.initial, allow_pickle=False).astype(np.float32)

@@ -44,6 +44,7 @@ from coordinator.serde import (
     unmask_request_to_pb,
     unmask_response_from_pb,
 )
+from coordinator.silo_dp import plan_to_pb
 from coordinator.store import RoundStatus
 from secagg import RoundAborted, SurvivorSignature
 
@@ -161,6 +162,8 @@ class FederationServicer(_Servicer, pb_grpc.FederationServicer):
                 stage_deadline_unix=view.stage_deadline,
             )
             config_to_pb(view.config, info)
+            if self._rounds.silo_dp_plan is not None:
+                info.silo_dp.CopyFrom(plan_to_pb(self._rounds.silo_dp_plan))
             return info
 
         return self._call(context, run)

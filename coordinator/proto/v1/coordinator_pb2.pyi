@@ -188,6 +188,7 @@ class RoundInfo(_message.Message):
     MIN_COHORT_FIELD_NUMBER: _builtins.int
     ROUNDS_FIELD_NUMBER: _builtins.int
     STAGE_DEADLINE_UNIX_FIELD_NUMBER: _builtins.int
+    SILO_DP_FIELD_NUMBER: _builtins.int
     federation: _builtins.str
     round: _builtins.int
     state: Global___RoundState.ValueType
@@ -211,6 +212,10 @@ class RoundInfo(_message.Message):
     """when the current stage closes at the latest"""
     @_builtins.property
     def quantization(self) -> Global___Quantization: ...
+    @_builtins.property
+    def silo_dp(self) -> Global___SiloDP:
+        """set when the federation adds silo-level distributed DP (then vector_length is"""
+
     def __init__(
         self,
         *,
@@ -227,14 +232,80 @@ class RoundInfo(_message.Message):
         min_cohort: _builtins.int = ...,
         rounds: _builtins.int = ...,
         stage_deadline_unix: _builtins.float = ...,
+        silo_dp: Global___SiloDP | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["quantization", b"quantization"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quantization", b"quantization", "silo_dp", b"silo_dp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collusion", b"collusion", "federation", b"federation", "min_cohort", b"min_cohort", "model_hash", b"model_hash", "n", b"n", "quantization", b"quantization", "round", b"round", "rounds", b"rounds", "stage", b"stage", "stage_deadline_unix", b"stage_deadline_unix", "state", b"state", "threshold", b"threshold", "vector_length", b"vector_length"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collusion", b"collusion", "federation", b"federation", "min_cohort", b"min_cohort", "model_hash", b"model_hash", "n", b"n", "quantization", b"quantization", "round", b"round", "rounds", b"rounds", "silo_dp", b"silo_dp", "stage", b"stage", "stage_deadline_unix", b"stage_deadline_unix", "state", b"state", "threshold", b"threshold", "vector_length", b"vector_length"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RoundInfo: _TypeAlias = RoundInfo  # noqa: Y015
+
+@_typing.final
+class SiloDP(_message.Message):
+    """Silo-level distributed DP (Kairouz, Liu, Steinke 2021; Agarwal, Kairouz, Liu 2021): every silo clips, rotates,
+    scales, rounds and adds its share of integer noise before masking; the sum is taken mod 2^bits. Silos rebuild
+    the same plan from these fields (dp.distributed.plan), and check them against their own policy.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MECHANISM_FIELD_NUMBER: _builtins.int
+    L2_NORM_CLIP_FIELD_NUMBER: _builtins.int
+    NOISE_MULTIPLIER_FIELD_NUMBER: _builtins.int
+    BITS_FIELD_NUMBER: _builtins.int
+    DROPOUTS_TOLERATED_FIELD_NUMBER: _builtins.int
+    COLLUSION_BOUND_FIELD_NUMBER: _builtins.int
+    ROTATION_FIELD_NUMBER: _builtins.int
+    ROUNDS_FIELD_NUMBER: _builtins.int
+    N_SILOS_FIELD_NUMBER: _builtins.int
+    TARGET_DELTA_FIELD_NUMBER: _builtins.int
+    MODEL_LENGTH_FIELD_NUMBER: _builtins.int
+    mechanism: _builtins.str
+    """"skellam" or "ddg" """
+    l2_norm_clip: _builtins.float
+    """clip norm C of each silo's update"""
+    noise_multiplier: _builtins.float
+    """central noise standard deviation over C"""
+    bits: _builtins.int
+    """bit width of the modular sum (<= 32)"""
+    dropouts_tolerated: _builtins.int
+    """silos that may drop without weakening the guarantee"""
+    collusion_bound: _builtins.int
+    """silos that may collude with the coordinator"""
+    rotation: _builtins.bool
+    """randomized Hadamard rotation before rounding"""
+    rounds: _builtins.int
+    """planned rounds"""
+    n_silos: _builtins.int
+    """silos in the federation"""
+    target_delta: _builtins.float
+    """delta of the silo-level epsilon"""
+    model_length: _builtins.int
+    """parameters of the model (before padding)"""
+    def __init__(
+        self,
+        *,
+        mechanism: _builtins.str = ...,
+        l2_norm_clip: _builtins.float = ...,
+        noise_multiplier: _builtins.float = ...,
+        bits: _builtins.int = ...,
+        dropouts_tolerated: _builtins.int = ...,
+        collusion_bound: _builtins.int = ...,
+        rotation: _builtins.bool = ...,
+        rounds: _builtins.int = ...,
+        n_silos: _builtins.int = ...,
+        target_delta: _builtins.float = ...,
+        model_length: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bits", b"bits", "collusion_bound", b"collusion_bound", "dropouts_tolerated", b"dropouts_tolerated", "l2_norm_clip", b"l2_norm_clip", "mechanism", b"mechanism", "model_length", b"model_length", "n_silos", b"n_silos", "noise_multiplier", b"noise_multiplier", "rotation", b"rotation", "rounds", b"rounds", "target_delta", b"target_delta"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SiloDP: _TypeAlias = SiloDP  # noqa: Y015
 
 @_typing.final
 class DownloadModelRequest(_message.Message):

@@ -1,0 +1,123 @@
+"""The Paillier-mode key ceremony on a consortium directory (``secagg pki paillier DIR --threshold t``).
+
+Files, next to the consortium's other keys (see :class:`coordinator.paillier_client.PaillierFiles`)::
+
+    paillier.pub.json                   joint public key (coordinator and every silo; 0644)
+    silos/<id>/paillier-x25519.key      the silo's X25519 key the share is sealed to (PEM PKCS#8, 0600)
+    silos/<id>/paillier-share.json      the silo's share, sealed to that key (0600)
+
+Notes:
+    Trusted dealer (DESIGN 5): :func:`secagg.paillier.run_key_ceremony` sees every share while it runs, so the
+    ceremony must run on a machine the consortium trusts, as the development CA does; it seals each share to its
+    silo (X25519 + HKDF + AES-GCM bound to the federation and key fingerprint) before anything touches the disk,
+    and the coordinator only ever gets ``paillier.pub.json``. In production each silo generates its own X25519
+    key and hands only the public half to the dealer (``recipients=``); the development layout generates them
+    here, like the rest of the development consortium. Files are created exclusively: an existing key is never
+    replaced (a second ceremony would orphan every share).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from coordinator.errors import PKIError
+from coordinator.paillier_client import PaillierFiles
+from coordinator.pki import ConsortiumPaths
+from secagg.errors import InvalidParameters
+from secagg.hazmat.keys import RandomSource, new_x25519, public_bytes
+from secagg.hazmat.paillier import DEFAULT_KEY_BITS, SUPPORTED_KEY_BITS
+from secagg.paillier import run_key_ceremony
+
+__all__ = ["create_paillier_keys"]
+
+_PRIVATE_MODE = 0o600
+_PUBLIC_MODE = 0o644
+
+
+def _write(path: Path, data: bytes, *, private: bool) -> None:
+    """Create ``path`` exclusively with mode 0600 for secrets, 0644 otherwise, and fsync it."""
+    mode = _PRIVATE_MODE if private else _PUBLIC_MODE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError as exc:
+        raise PKIError(f"{path} already exists; refusing to replace Paillier key material") from exc
+    try:
+        os.fchmod(fd, mode)  # the umask may have removed bits; a secret is never wider than 0600
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def create_paillier_keys(
+    consortium: ConsortiumPaths,
+    *,
+    threshold: int,
+    key_bits: int = DEFAULT_KEY_BITS,
+    recipients: Mapping[str, bytes] | None = None,
+    rng: RandomSource = os.urandom,
+    insecure_test_key_size: bool = False,
+) -> Path:
+    """Deal a t-of-n threshold Paillier key to the consortium's silos and write it into its directory.
+
+    Args:
+        consortium: the consortium (from :func:`coordinator.pki.create_consortium` or ``ConsortiumPaths.load``).
+        threshold: ``t``, partial decryptions needed (2 <= t <= number of silos).
+        key_bits: 2048 (default) or 3072.
+        recipients: silo id -> the silo's own X25519 public key (32 bytes). When omitted, an X25519 key is
+            generated for every silo and written to its directory (development consortiums).
+        rng: randomness for the dealer and the X25519 keys.
+        insecure_test_key_size: allow small keys (tests only).
+
+    Returns:
+        The path of the joint public key file (what the coordinator loads).
+
+    Raises:
+        PKIError: unsafe parameters, a file that already exists, or recipients that do not match the roster.
+    """
+    silos = list(consortium.silos)
+    if not insecure_test_key_size and key_bits not in SUPPORTED_KEY_BITS:
+        raise PKIError(f"key_bits must be one of {SUPPORTED_KEY_BITS}")
+    if not 2 <= threshold <= len(silos):
+        raise PKIError(f"threshold must satisfy 2 <= t <= {len(silos)}")
+    files = {silo: PaillierFiles.for_silo(consortium.root, silo) for silo in silos}
+    public_path = files[silos[0]].public_key
+    existing = [p for f in files.values() for p in (f.share, f.public_key) if p.exists()]
+    if existing:
+        raise PKIError(f"{existing[0]} already exists; refusing to replace Paillier key material")
+    private_keys: dict[str, X25519PrivateKey] = {}
+    if recipients is None:
+        private_keys = {silo: new_x25519(rng) for silo in silos}
+        recipients = {silo: public_bytes(key) for silo, key in private_keys.items()}
+    if set(recipients) != set(silos) or any(len(k) != 32 for k in recipients.values()):
+        raise PKIError("recipients must give one 32-byte X25519 public key per roster silo")
+    try:
+        result = run_key_ceremony(
+            federation_id=consortium.federation,
+            threshold=threshold,
+            recipients=recipients,
+            key_bits=key_bits,
+            rng=rng,
+            insecure_test_key_size=insecure_test_key_size,
+        )
+    except InvalidParameters as exc:
+        raise PKIError(f"Paillier key ceremony refused: {exc}") from exc
+    for silo, key in private_keys.items():
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        _write(files[silo].x25519_key, pem, private=True)
+    for silo in silos:
+        sealed = result.sealed_shares[silo].to_json().encode("utf-8")
+        _write(files[silo].share, sealed, private=True)
+    _write(public_path, result.public_key.to_bytes(), private=False)
+    return public_path
