@@ -118,7 +118,6 @@ def build_report(verified: VerificationReport) -> dict[str, Any]:
         if event.kind is EventKind.PRIVACY_ATTESTATION:
             att = body["attestation"]
             row = silo_row(body["silo"])
-            row["rounds"].add(att["round"])
             claimed = float(att["epsilon"])
             recomputed = float(body["recomputed_epsilon"])
             row["epsilon_by_round"].append(
@@ -173,8 +172,8 @@ def build_report(verified: VerificationReport) -> dict[str, Any]:
                 "id": silo,
                 "epsilon_spent": float(latest["epsilon"]) if last else 0.0,
                 "recomputed_epsilon": float(last[1]["recomputed_epsilon"]) if last else None,
-                "delta": float(att["delta"]) if last else None,
-                "budget": _budget(privacy, silo, att),
+                "delta": float(latest["delta"]) if last else None,
+                "budget": _budget(privacy, silo, latest),
                 "accountant": str(last[1]["accountant"]) if last else None,
                 "rounds": sorted(row["rounds"]),
                 "epsilon_by_round": row["epsilon_by_round"],

@@ -48,12 +48,14 @@ from audits import CheckpointWitness, VerificationError
 from coordinator.audit import ledger_origin
 from coordinator.config import DEFAULT_MAX_MESSAGE_BYTES, SiloConfig, SiloPolicy, chunk_words
 from coordinator.errors import (
+    PRIVACY_REFUSED_PREFIX,
     Aborted,
     AuditFailure,
     CoordinatorError,
     DuplicateSubmission,
     InvalidInput,
     NotFound,
+    PrivacyRefused,
     StageError,
     Unauthorized,
     Unavailable,
@@ -276,7 +278,10 @@ class Silo:
                     time.sleep(delay * (0.5 + random.random()))  # noqa: S311
                     delay = min(delay * 2, self._retry.maximum)
                     continue
-                raise _STATUS_TO_ERROR.get(code, CoordinatorError)(details) from exc
+                kind = _STATUS_TO_ERROR.get(code, CoordinatorError)
+                if kind is Unauthorized and details.startswith(PRIVACY_REFUSED_PREFIX):
+                    kind = PrivacyRefused
+                raise kind(details) from exc
         raise Unavailable(
             "coordinator unreachable"
         )  # pragma: no cover - loop always returns or raises

@@ -23,6 +23,7 @@ mapped it from, so code on both sides catches one tree.
 from __future__ import annotations
 
 __all__ = [
+    "PRIVACY_REFUSED_PREFIX",
     "Aborted",
     "AuditFailure",
     "ConfigError",
@@ -69,6 +70,10 @@ class DuplicateSubmission(CoordinatorError):
 
 class Unauthorized(CoordinatorError):
     """The caller is not who it claims to be, or not on the roster."""
+
+
+PRIVACY_REFUSED_PREFIX = "privacy attestation refused: "
+"""Public message prefix of a privacy refusal, so the SDK can raise :class:`PrivacyRefused` for it."""
 
 
 class PrivacyRefused(Unauthorized):

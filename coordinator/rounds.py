@@ -38,6 +38,7 @@ from audits import EventKind
 from coordinator.audit import AuditTrail
 from coordinator.config import Deadlines, PrivacyConfig, SiloDPConfig
 from coordinator.errors import (
+    PRIVACY_REFUSED_PREFIX,
     DuplicateSubmission,
     InvalidInput,
     NotFound,
@@ -678,7 +679,7 @@ class RoundService:
                 self.audit.record(
                     EventKind.BUDGET_REFUSAL, round_, {"silo": silo, "reason": reason}
                 )
-                raise PrivacyRefused(reason)
+                raise PrivacyRefused(f"{PRIVACY_REFUSED_PREFIX}{reason}")
             return
         previous = state.attested.get(silo)
         if previous is not None:
@@ -734,7 +735,7 @@ class RoundService:
                     round_,
                     {"silo": silo, "reason": reason, "check": check.to_dict()},
                 )
-                raise PrivacyRefused(f"privacy attestation refused: {reason}")
+                raise PrivacyRefused(f"{PRIVACY_REFUSED_PREFIX}{reason}")
             flagged = {"flagged": reason}
             self.audit.record(
                 EventKind.INCIDENT,
