@@ -16,8 +16,9 @@ Notes:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +34,23 @@ from audits import (
     write_bundle,
 )
 from audits.events import utc_now
-from coordinator.config import ServeConfig
+from coordinator.config import PrivacyConfig, ServeConfig
+from coordinator.errors import PRIVACY_REFUSED_PREFIX, InvalidInput, PrivacyRefused
 from coordinator.pki import load_ed25519_private
-from dp.accounting import MechanismStep, PrivacyAttestation, recompute_epsilon
+from dp.accounting import (
+    MechanismStep,
+    PrivacyAttestation,
+    PrivacyBudget,
+    check_attestation,
+    recompute_epsilon,
+    verify_attestation,
+)
+from dp.errors import AttestationError, InvalidAttestationSignature, PrivacyError
 from secagg import Advertisement, Roster
 
 __all__ = [
     "AuditTrail",
+    "attest_contribution",
     "epsilon_recomputer",
     "export_bundle",
     "ledger_origin",
@@ -293,3 +304,122 @@ def verify_bundle_dir(
         checkpoints=checkpoints,
     )
     return report, warnings
+
+
+def attest_contribution(
+    audit: AuditTrail,
+    *,
+    privacy: PrivacyConfig | None,
+    roster: Roster,
+    federation: str,
+    round_: int,
+    session_id: bytes,
+    silo: str,
+    payload: bytes,
+    signature: bytes,
+    attested: MutableMapping[str, tuple[bytes, bytes]],
+) -> None:
+    """Verify, recompute and record a silo's privacy attestation (both aggregation modes).
+
+    The claimed epsilon is recomputed from the attested parameters over everything this silo attested before
+    (``dp.accounting.check_attestation``); a retried upload may repeat the identical attestation.
+
+    Args:
+        audit: the federation's audit trail (history and recording).
+        privacy: the federation's privacy policy, or ``None``.
+        roster: the verified roster (the silo's Ed25519 key).
+        federation: the federation id the attestation must name.
+        round_: the round it must name.
+        session_id: the round's session id it must be bound to.
+        silo: the authenticated caller.
+        payload: JSON of ``PrivacyAttestation.to_dict``, or empty.
+        signature: Ed25519 over the attestation's signing payload.
+        attested: the round's accepted attestations (silo -> (payload, signature)); updated on success.
+
+    Raises:
+        PrivacyRefused: under-reported epsilon or over the ceiling (policy "refuse"), or a missing attestation
+            where one is required. Recorded in the audit ledger.
+        InvalidInput: malformed, mis-bound, or badly signed attestation.
+
+    Notes:
+        The coordinator does not trust a silo's claimed epsilon (DESIGN 6): it recomputes it with its own RDP
+        accountant from the attested mechanism parameters, and records the silo's signature so an offline
+        verifier can re-check both.
+    """
+    if not payload:
+        if privacy is not None and privacy.require_attestation:
+            reason = (
+                "the upload carries no signed privacy attestation, which this federation requires"
+            )
+            audit.record(EventKind.BUDGET_REFUSAL, round_, {"silo": silo, "reason": reason})
+            raise PrivacyRefused(f"{PRIVACY_REFUSED_PREFIX}{reason}")
+        return
+    previous = attested.get(silo)
+    if previous is not None:
+        if previous != (payload, signature):
+            raise InvalidInput(f"{silo} already attested round {round_} differently")
+        return  # a retried upload: verified and recorded the first time
+    try:
+        attestation = PrivacyAttestation.from_dict(json.loads(payload.decode("utf-8")))
+    except (ValueError, PrivacyError) as exc:
+        raise InvalidInput(f"malformed privacy attestation: {exc}") from exc
+    binding = (attestation.federation, attestation.round, attestation.silo)
+    if binding != (federation, round_, silo) or attestation.session_id != session_id.hex():
+        raise InvalidInput(
+            "the privacy attestation is not bound to this federation, round, silo and session"
+        )
+    try:
+        verify_attestation(attestation, signature, roster.key(silo))
+    except InvalidAttestationSignature as exc:
+        audit.record(
+            EventKind.VERIFICATION_FAILURE,
+            round_,
+            {"what": "privacy_attestation", "reason": str(exc), "silo": silo},
+        )
+        raise InvalidInput(str(exc)) from exc
+    ceiling = (
+        None if privacy is None else PrivacyBudget(epsilon=privacy.epsilon, delta=privacy.delta)
+    )
+    try:
+        check = check_attestation(attestation, audit.history(silo), ceiling=ceiling, strict=False)
+    except AttestationError as exc:
+        raise InvalidInput(str(exc)) from exc
+    flagged: dict[str, Any] = {}
+    if not check.ok:
+        problems = []
+        if check.under_reported:
+            problems.append(
+                f"claimed epsilon {check.claimed_epsilon:.6g} is below the recomputed "
+                f"{check.recomputed_epsilon:.6g}"
+            )
+        if check.over_ceiling:
+            problems.append(
+                f"epsilon {max(check.claimed_epsilon, check.recomputed_epsilon):.6g} "
+                f"(delta {attestation.delta:g}) exceeds the federation ceiling"
+            )
+        reason = "; ".join(problems)
+        if privacy is None or privacy.on_violation == "refuse":
+            audit.record(
+                EventKind.BUDGET_REFUSAL,
+                round_,
+                {"silo": silo, "reason": reason, "check": check.to_dict()},
+            )
+            raise PrivacyRefused(f"{PRIVACY_REFUSED_PREFIX}{reason}")
+        flagged = {"flagged": reason}
+        audit.record(
+            EventKind.INCIDENT,
+            round_,
+            {"severity": "warning", "description": f"flagged attestation: {reason}", "silo": silo},
+        )
+    audit.attestation(
+        attestation,
+        signature,
+        recomputed_epsilon=check.recomputed_epsilon,
+        accountant=check.accountant,
+        extra=flagged,
+    )
+    attested[silo] = (payload, signature)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Spool of per-silo ciphertext chunks (the aggregator's ContributionStore)

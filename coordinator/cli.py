@@ -104,6 +104,39 @@ def _pki_init(
     typer.secho(_DEV_WARNING, fg=typer.colors.YELLOW, bold=True, err=True)
 
 
+@pki_app.command(
+    "paillier",
+    help="Run the trusted-dealer threshold Paillier key ceremony for a consortium (Paillier mode). "
+    + _DEV_WARNING,
+)
+def _pki_paillier(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="The consortium directory.")],
+    threshold: Annotated[
+        int, typer.Option("--threshold", min=2, help="Silos needed to decrypt an aggregate (t).")
+    ],
+    key_bits: Annotated[
+        int, typer.Option("--key-bits", help="Modulus size: 2048 (default) or 3072.")
+    ] = 2048,
+) -> None:
+    from coordinator.errors import PKIError
+    from coordinator.paillier_pki import create_paillier_keys
+    from coordinator.pki import ConsortiumPaths
+
+    if key_bits not in (2048, 3072):
+        raise typer.BadParameter("--key-bits must be 2048 or 3072")
+    try:
+        public = create_paillier_keys(
+            ConsortiumPaths.load(directory), threshold=threshold, key_bits=key_bits
+        )
+    except (PKIError, ValueError, OSError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1) from exc
+    typer.echo(f"threshold Paillier key ({key_bits} bits, t = {threshold}) written: {public}")
+    typer.echo(
+        "each silo's key share is sealed to that silo in silos/<id>/paillier-share.json (0600)"
+    )
+
+
 # --- end pki ----------------------------------------------------------------------------------------------
 
 
@@ -241,13 +274,18 @@ def _serve(
 ) -> None:
     """Run the coordinator until every planned round has run."""
     from coordinator.config import ServeConfig
+    from coordinator.paillier_mode import start_paillier_coordinator
     from coordinator.runner import start_coordinator
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = _load_or_exit(ServeConfig.load, config)
-    coordinator = start_coordinator(settings)
+    coordinator = (
+        start_paillier_coordinator(settings, settings.paillier_public_key)
+        if settings.paillier_public_key is not None
+        else start_coordinator(settings)
+    )
     typer.echo(
         f"coordinator for {settings.federation!r} listening on port {coordinator.port}", err=True
     )
@@ -272,12 +310,15 @@ def _silo(
 ) -> None:
     """Run a silo of the built-in example task (DP-SGD on its breast-cancer shard)."""
     from coordinator.config import SiloConfig
+    from coordinator.paillier_client import run_example_paillier_silo
     from coordinator.runner import run_example_silo
 
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    summaries = run_example_silo(_load_or_exit(SiloConfig.load, config), events=events)
+    settings = _load_or_exit(SiloConfig.load, config)
+    run = run_example_paillier_silo if settings.mode == "paillier" else run_example_silo
+    summaries = run(settings, events=events)
     if not events:
         for summary in summaries:
             typer.echo(
@@ -295,6 +336,13 @@ def _demo(
     out: Annotated[
         Path | None, typer.Option("--out", help="New directory for every output.")
     ] = None,
+    mode: Annotated[
+        str,
+        typer.Option(
+            "--mode",
+            help="Aggregation: 'masking' (pairwise masks) or 'paillier' (threshold Paillier).",
+        ),
+    ] = "masking",
     silo_dp: Annotated[
         bool,
         typer.Option(
@@ -308,7 +356,7 @@ def _demo(
 
     out = out or Path(f"secagg-demo-{time.strftime('%Y%m%d-%H%M%S')}")
     raise typer.Exit(
-        code=run_demo(DemoOptions(silos=silos, rounds=rounds, out=out, silo_dp=silo_dp))
+        code=run_demo(DemoOptions(silos=silos, rounds=rounds, out=out, silo_dp=silo_dp, mode=mode))
     )
 
 

@@ -259,6 +259,8 @@ class ServeConfig:
         privacy: the federation's privacy ceiling and attestation policy; ``None`` for a federation without DP
             (attestations are then verified and recorded when sent, but not required).
         silo_dp: silo-level distributed DP, or ``None``.
+        mode: ``"masking"`` (pairwise masks, the default) or ``"paillier"`` (threshold Paillier).
+        paillier_public_key: the joint Paillier public key (``secagg pki paillier``); required in Paillier mode.
         insecure_debug_no_tls: serve without TLS. **Local debugging only**: refused unless ``listen`` is a
             loopback address; silo identities are then unauthenticated.
         revoked_certificates: SHA-256 fingerprints of client certificates to refuse.
@@ -278,6 +280,8 @@ class ServeConfig:
     deadlines: Deadlines = field(default_factory=Deadlines)
     privacy: PrivacyConfig | None = None
     silo_dp: SiloDPConfig | None = None
+    mode: str = "masking"
+    paillier_public_key: Path | None = None
     insecure_debug_no_tls: bool = False
     revoked_certificates: frozenset[str] = frozenset()
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -293,6 +297,11 @@ class ServeConfig:
                     "revoked_certificates: each entry must be a SHA-256 fingerprint (64 lowercase hex digits)"
                 )
         _check_message_bytes(self.max_message_bytes)
+        _check_mode(self.mode)
+        if (self.mode == "paillier") != (self.paillier_public_key is not None):
+            raise ConfigError("paillier_public_key is required in Paillier mode and only there")
+        if self.mode == "paillier" and self.silo_dp is not None:
+            raise ConfigError("[silo_dp] is available in masking mode only")
 
     @property
     def chunk_bytes(self) -> int:
@@ -331,6 +340,8 @@ class ServeConfig:
             privacy = _privacy(privacy_table) if privacy_table else None
             silo_dp_table = r.optional_table("silo_dp")
             silo_dp = _silo_dp(silo_dp_table) if silo_dp_table else None
+            mode = r.string("mode", "masking")
+            paillier_public_key = r.optional_path("paillier_public_key")
             r.finish()
             return cls(
                 federation=federation,
@@ -345,6 +356,8 @@ class ServeConfig:
                 deadlines=deadlines,
                 privacy=privacy,
                 silo_dp=silo_dp,
+                mode=mode,
+                paillier_public_key=paillier_public_key,
                 insecure_debug_no_tls=insecure,
                 revoked_certificates=frozenset(f.lower() for f in revoked),
                 max_message_bytes=max_message_bytes,
@@ -470,6 +483,7 @@ class SiloConfig:
         state_dir: directory for the silo's local state (budget, model, round records).
         policy: what the silo insists on.
         task: the example task's parameters.
+        mode: ``"masking"`` or ``"paillier"``: the aggregation protocol this silo speaks.
         audit_public_key: the coordinator's pinned Ed25519 audit key (32 bytes). When set, the silo checks after
             every round that the coordinator's signed ledger checkpoints only ever extend what it saw before
             (RFC 9162 consistency proofs), and keeps its own local ledger in ``state_dir``.
@@ -490,6 +504,7 @@ class SiloConfig:
     task: TaskConfig
     policy: SiloPolicy = field(default_factory=SiloPolicy)
     audit_public_key: bytes | None = None
+    mode: str = "masking"
     insecure_debug_no_tls: bool = False
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     source: Path | None = field(default=None, compare=False)
@@ -499,6 +514,7 @@ class SiloConfig:
         host, _ = _split_address("coordinator", self.coordinator, allow_port_zero=False)
         _check_tls_mode(self.tls, self.insecure_debug_no_tls, host, "coordinator")
         _check_message_bytes(self.max_message_bytes)
+        _check_mode(self.mode)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SiloConfig:
@@ -518,6 +534,7 @@ class SiloConfig:
             pinned = r.hex_key("consortium_public_key")
             signing_key = r.path("signing_key")
             audit_public_key = r.hex_key("audit_public_key") if r.has("audit_public_key") else None
+            mode = r.string("mode", "masking")
             state_dir = r.path("state_dir", must_exist=False)
             insecure = r.boolean("insecure_debug_no_tls", False)
             max_message_bytes = r.integer("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES)
@@ -547,6 +564,7 @@ class SiloConfig:
                 task=task,
                 policy=policy,
                 audit_public_key=audit_public_key,
+                mode=mode,
                 insecure_debug_no_tls=insecure,
                 max_message_bytes=max_message_bytes,
                 source=file,
@@ -584,6 +602,7 @@ def write_demo_configs(
     task: Mapping[str, int | float] | None = None,
     privacy: PrivacyConfig | None = None,
     silo_dp: SiloDPConfig | None = None,
+    paillier_public_key: str | os.PathLike[str] | None = None,
 ) -> tuple[Path, list[Path]]:
     """Write working TOML configurations for a consortium's coordinator and every silo (for ``secagg demo``).
 
@@ -605,6 +624,7 @@ def write_demo_configs(
             ``epsilon``, ``delta``); ``shard`` and ``num_shards`` are set per silo.
         privacy: the coordinator's ``[privacy]`` table, if any.
         silo_dp: the coordinator's ``[silo_dp]`` table, if any.
+        paillier_public_key: run in Paillier mode with this joint public key (``secagg pki paillier``).
 
     Returns:
         ``(serve_path, silo_paths)`` with silo paths in roster order.
@@ -671,6 +691,9 @@ def write_demo_configs(
             "require_attestation": privacy.require_attestation,
             "unit_of_privacy": privacy.unit_of_privacy,
         }
+    if paillier_public_key is not None:
+        serve_doc["mode"] = "paillier"
+        serve_doc["paillier_public_key"] = rel(paillier_public_key)
     if silo_dp is not None:
         serve_doc["silo_dp"] = {name: getattr(silo_dp, name) for name in _field_names(silo_dp)}
     audit_public = consortium.audit_public_key.read_text(encoding="utf-8").strip()
@@ -688,6 +711,7 @@ def write_demo_configs(
             "consortium_public_key": pinned,
             "signing_key": rel(paths.signing_key),
             "audit_public_key": audit_public,
+            "mode": "masking" if paillier_public_key is None else "paillier",
             "state_dir": rel(out / "state" / silo),
             "tls": {
                 "ca": rel(paths.ca_cert),
@@ -1021,6 +1045,11 @@ def _check_tls_mode(tls: TLSPaths | None, insecure: bool, host: str, key: str) -
 def _check_pinned_key(key: bytes) -> None:
     if len(key) != 32:
         raise ConfigError("consortium_public_key: must be a 32-byte Ed25519 public key")
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in ("masking", "paillier"):
+        raise ConfigError("mode must be 'masking' or 'paillier'")
 
 
 def _check_message_bytes(value: int) -> None:

@@ -30,6 +30,8 @@ from coordinator.config import (
     SiloDPConfig,
     write_demo_configs,
 )
+from coordinator.paillier_mode import start_paillier_coordinator
+from coordinator.paillier_pki import create_paillier_keys
 from coordinator.pki import create_consortium
 from coordinator.runner import EVENT_PREFIX, start_coordinator, write_json
 from coordinator.store import RoundStatus
@@ -53,6 +55,7 @@ class DemoOptions:
     out: Path = Path("secagg-demo")
     epsilon: float | None = None
     silo_dp: bool = False
+    mode: str = "masking"
 
 
 @dataclass
@@ -72,10 +75,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _status_table(views: dict[str, _SiloView], rounds: int) -> Table:
-    table = Table(
-        title=f"Federated training: {rounds} rounds, masked secure aggregation, DP-SGD in every silo"
-    )
+def _status_table(views: dict[str, _SiloView], rounds: int, aggregation: str) -> Table:
+    table = Table(title=f"Federated training: {rounds} rounds, {aggregation}, DP-SGD in every silo")
     for column in ("silo", "round", "status", "epsilon spent", "budget"):
         table.add_column(column)
     for silo, view in views.items():
@@ -105,6 +106,11 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
     if not 3 <= options.silos <= len(HOSPITALS):
         console.print(f"[red]--silos must be between 3 and {len(HOSPITALS)}[/red]")
         return 2
+    if options.mode not in ("masking", "paillier") or (
+        options.silo_dp and options.mode != "masking"
+    ):
+        console.print("[red]--mode is 'masking' or 'paillier'; --silo-dp needs masking mode[/red]")
+        return 2
     out = options.out
     if out.exists() and any(out.iterdir()):
         console.print(f"[red]{out} exists and is not empty; pass --out with a new directory[/red]")
@@ -114,6 +120,10 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
     started = time.perf_counter()
     console.print(f"[bold]secagg demo[/bold]: consortium of {len(silos)} hospitals in {out}/")
     consortium = create_consortium(out / "pki", federation="hospitals", silos=silos)
+    paillier_key = None
+    if options.mode == "paillier":
+        # any two silos can decrypt an aggregate; min_cohort 3 still refuses to decrypt fewer contributions
+        paillier_key = create_paillier_keys(consortium, threshold=2)
     split = load_breast_cancer_silos(n_silos=len(silos), seed=0)
     n_params = split.n_features * 2 + 2
     port = _free_port()
@@ -137,13 +147,23 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
             "batch_size": DEMO_BATCH_SIZE,
         },
         privacy=PrivacyConfig(epsilon=epsilon, delta=DEMO_BUDGET.delta),
+        paillier_public_key=paillier_key,
         silo_dp=(
             SiloDPConfig(noise_multiplier=SILO_DP_NOISE_MULTIPLIER, delta=DEMO_BUDGET.delta)
             if options.silo_dp
             else None
         ),
     )
-    coordinator = start_coordinator(ServeConfig.load(serve_path))
+    serve = ServeConfig.load(serve_path)
+    coordinator = (
+        start_paillier_coordinator(serve, paillier_key)
+        if paillier_key is not None
+        else start_coordinator(serve)
+    )
+    aggregation = {
+        "paillier": "threshold Paillier aggregation",
+        "masking": "masked secure aggregation" + (" + silo-level DP" if options.silo_dp else ""),
+    }[options.mode]
     views = {silo: _SiloView() for silo in silos}
     lock = threading.Lock()
     processes = []
@@ -188,14 +208,16 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
     followers = [threading.Thread(target=follow, args=(s, p), daemon=True) for s, p, _ in processes]
     for thread in followers:
         thread.start()
-    with Live(_status_table(views, options.rounds), console=console, refresh_per_second=4) as live:
+    with Live(
+        _status_table(views, options.rounds, aggregation), console=console, refresh_per_second=4
+    ) as live:
         while any(p.poll() is None for _, p, _ in processes):
             with lock:
-                live.update(_status_table(views, options.rounds))
+                live.update(_status_table(views, options.rounds, aggregation))
             time.sleep(0.25)
         for thread in followers:
             thread.join(5)
-        live.update(_status_table(views, options.rounds))
+        live.update(_status_table(views, options.rounds, aggregation))
     console.print()
     failed = [(s, p.returncode) for s, p, _ in processes if p.returncode != 0]
     for _, _, log_file in processes:

@@ -70,6 +70,7 @@ from coordinator.paillier_mode import (
     openings_from_pb,
     partial_to_pb,
     request_from_pb,
+    session_id_for,
 )
 from coordinator.pki import load_ed25519_private
 from coordinator.proto.v1 import coordinator_pb2 as pb
@@ -102,7 +103,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _POLL_SECONDS = 20.0
-_SESSION_NONCE_BYTES = 16
 _CHUNK_HEADROOM = (
     16 * 1024
 )  # protobuf framing, ids, the commitment, the attestation and its signature
@@ -437,7 +437,7 @@ class PaillierSilo:
                 f"round asks for {config.spot_checks} spot checks, this silo insists on "
                 f"{self._min_spot_checks}"
             )
-        if bytes(config.session_id[_SESSION_NONCE_BYTES:]) != bytes(info.model_hash):
+        if config.session_id != session_id_for(bytes(info.session_nonce), bytes(info.model_hash)):
             raise Unauthorized("the session id is not bound to the round's model")
         width = self._public_key.ciphertext_bytes
         if config.chunk_ciphertexts * width + _CHUNK_HEADROOM > self._max_message_bytes:

@@ -19,9 +19,10 @@ Notes:
       at least ``min_cohort`` roster-signed contributions at positions it picks after the request is fixed, and
       keeps a persistent one-request-per-round history, so the coordinator cannot use it as a decryption oracle
       for one silo's ciphertext (:mod:`secagg.paillier` Notes).
-    - The round's session id is ``16 random bytes || SHA-256(global model)``. The session id is bound into the
-      round context every commitment is signed over, and each silo checks that its suffix is the hash of the
-      model it downloaded, so a coordinator that serves different models to different silos produces
+    - The round's session id is ``SHA-256(label, 16 random bytes, SHA-256(global model))``
+      (:func:`session_id_for`). It is bound into the round context every commitment is signed over, and each
+      silo recomputes it from the nonce and the hash of the model it downloaded, so a coordinator that serves
+      different models to different silos produces
       commitments no decrypter accepts (the role the signed model hash plays in masking mode's advertisements).
     - Ciphertext chunks are spooled to a per-round SQLite file (deleted when the round ends) rather than kept in
       RAM: memory grows with the vector, not with the number of silos (DESIGN 8). The spooled ciphertexts are
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
 import json
 import logging
 import os
@@ -43,7 +45,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,13 +57,12 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from audits import CheckpointSigner, EventKind
-from coordinator.audit import AuditTrail, ledger_origin
-from coordinator.config import DEFAULT_MAX_MESSAGE_BYTES, PrivacyConfig, ServeConfig, chunk_words
+from coordinator.audit import AuditTrail, attest_contribution, ledger_origin
+from coordinator.config import DEFAULT_MAX_MESSAGE_BYTES, ServeConfig, chunk_words
 from coordinator.errors import (
     DuplicateSubmission,
     InvalidInput,
     NotFound,
-    PrivacyRefused,
     StageError,
     Unauthorized,
 )
@@ -73,11 +74,9 @@ from coordinator.proto.v1 import paillier_pb2_grpc as ppb_grpc
 from coordinator.rounds import FederationSettings, RoundOutcome, RoundService
 from coordinator.service import MAX_WAIT_SECONDS, AuditServicer, TlsFiles, _DecodeGuard, _Servicer
 from coordinator.store import FloatVector, RoundStatus, SQLiteStore, Store
-from dp.accounting import PrivacyAttestation, PrivacyBudget, check_attestation, verify_attestation
-from dp.errors import AttestationError, InvalidAttestationSignature, PrivacyError
 from secagg import Quantizer, Roster
 from secagg.errors import ProtocolError, RoundAborted, SecAggError
-from secagg.hazmat.keys import RandomSource
+from secagg.hazmat.keys import RandomSource, encode_fields
 from secagg.hazmat.paillier import PartialDecryption, ThresholdPublicKey
 from secagg.paillier import (
     DEFAULT_SPOT_CHECKS,
@@ -98,15 +97,28 @@ __all__ = [
     "PaillierRoundView",
     "PaillierServicer",
     "PaillierStage",
-    "attest_contribution",
     "create_paillier_server",
+    "session_id_for",
     "start_paillier_coordinator",
 ]
 
 log = logging.getLogger(__name__)
 
 SESSION_NONCE_BYTES = 16
-"""Random prefix of a round's session id; the rest is the SHA-256 of the round's starting model."""
+"""Random bytes that, with the round's starting model hash, determine the session id (:func:`session_id_for`)."""
+
+
+def session_id_for(nonce: bytes, model_hash: bytes) -> bytes:
+    """The round's 32-byte session id: SHA-256 over a label, the coordinator's nonce and the model hash.
+
+    Notes:
+        Binding the model hash into the session id (which every commitment signature and proof covers) is what
+        lets each silo check that all contributors were served the same model: a silo recomputes the id from
+        the nonce and the hash of the model it downloaded, and decrypters accept only commitments bound to
+        their own context.
+    """
+    return hashlib.sha256(encode_fields("secagg/paillier/session/v1", nonce, model_hash)).digest()
+
 
 _REASON_CHARS = (
     300  # a silo's refusal reason is recorded, truncated (it names a check, never a payload)
@@ -128,6 +140,7 @@ class PaillierRoundView:
 
     config: PaillierRoundConfig
     model_hash: bytes
+    session_nonce: bytes
     status: RoundStatus
     stage: PaillierStage
     rounds: int
@@ -137,125 +150,6 @@ class PaillierRoundView:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Privacy attestations (shared with masking mode)
-
-
-def attest_contribution(
-    audit: AuditTrail,
-    *,
-    privacy: PrivacyConfig | None,
-    roster: Roster,
-    federation: str,
-    round_: int,
-    session_id: bytes,
-    silo: str,
-    payload: bytes,
-    signature: bytes,
-    attested: MutableMapping[str, tuple[bytes, bytes]],
-) -> None:
-    """Verify, recompute and record a silo's privacy attestation (the logic of ``RoundService._attest``).
-
-    The claimed epsilon is recomputed from the attested parameters over everything this silo attested before
-    (``dp.accounting.check_attestation``); a retried upload may repeat the identical attestation.
-
-    Args:
-        audit: the federation's audit trail (history and recording).
-        privacy: the federation's privacy policy, or ``None``.
-        roster: the verified roster (the silo's Ed25519 key).
-        federation: the federation id the attestation must name.
-        round_: the round it must name.
-        session_id: the round's session id it must be bound to.
-        silo: the authenticated caller.
-        payload: JSON of ``PrivacyAttestation.to_dict``, or empty.
-        signature: Ed25519 over the attestation's signing payload.
-        attested: the round's accepted attestations (silo -> (payload, signature)); updated on success.
-
-    Raises:
-        PrivacyRefused: under-reported epsilon or over the ceiling (policy "refuse"), or a missing attestation
-            where one is required. Recorded in the audit ledger.
-        InvalidInput: malformed, mis-bound, or badly signed attestation.
-
-    Notes:
-        The coordinator does not trust a silo's claimed epsilon (DESIGN 6): it recomputes it with its own RDP
-        accountant from the attested mechanism parameters, and records the silo's signature so an offline
-        verifier can re-check both.
-    """
-    if not payload:
-        if privacy is not None and privacy.require_attestation:
-            reason = (
-                "the upload carries no signed privacy attestation, which this federation requires"
-            )
-            audit.record(EventKind.BUDGET_REFUSAL, round_, {"silo": silo, "reason": reason})
-            raise PrivacyRefused(reason)
-        return
-    previous = attested.get(silo)
-    if previous is not None:
-        if previous != (payload, signature):
-            raise InvalidInput(f"{silo} already attested round {round_} differently")
-        return  # a retried upload: verified and recorded the first time
-    try:
-        attestation = PrivacyAttestation.from_dict(json.loads(payload.decode("utf-8")))
-    except (ValueError, PrivacyError) as exc:
-        raise InvalidInput(f"malformed privacy attestation: {exc}") from exc
-    binding = (attestation.federation, attestation.round, attestation.silo)
-    if binding != (federation, round_, silo) or attestation.session_id != session_id.hex():
-        raise InvalidInput(
-            "the privacy attestation is not bound to this federation, round, silo and session"
-        )
-    try:
-        verify_attestation(attestation, signature, roster.key(silo))
-    except InvalidAttestationSignature as exc:
-        audit.record(
-            EventKind.VERIFICATION_FAILURE,
-            round_,
-            {"what": "privacy_attestation", "reason": str(exc), "silo": silo},
-        )
-        raise InvalidInput(str(exc)) from exc
-    ceiling = (
-        None if privacy is None else PrivacyBudget(epsilon=privacy.epsilon, delta=privacy.delta)
-    )
-    try:
-        check = check_attestation(attestation, audit.history(silo), ceiling=ceiling, strict=False)
-    except AttestationError as exc:
-        raise InvalidInput(str(exc)) from exc
-    flagged: dict[str, Any] = {}
-    if not check.ok:
-        problems = []
-        if check.under_reported:
-            problems.append(
-                f"claimed epsilon {check.claimed_epsilon:.6g} is below the recomputed "
-                f"{check.recomputed_epsilon:.6g}"
-            )
-        if check.over_ceiling:
-            problems.append(
-                f"epsilon {max(check.claimed_epsilon, check.recomputed_epsilon):.6g} "
-                f"(delta {attestation.delta:g}) exceeds the federation ceiling"
-            )
-        reason = "; ".join(problems)
-        if privacy is None or privacy.on_violation == "refuse":
-            audit.record(
-                EventKind.BUDGET_REFUSAL,
-                round_,
-                {"silo": silo, "reason": reason, "check": check.to_dict()},
-            )
-            raise PrivacyRefused(f"privacy attestation refused: {reason}")
-        flagged = {"flagged": reason}
-        audit.record(
-            EventKind.INCIDENT,
-            round_,
-            {"severity": "warning", "description": f"flagged attestation: {reason}", "silo": silo},
-        )
-    audit.attestation(
-        attestation,
-        signature,
-        recomputed_epsilon=check.recomputed_epsilon,
-        accountant=check.accountant,
-        extra=flagged,
-    )
-    attested[silo] = (payload, signature)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Spool of per-silo ciphertext chunks (the aggregator's ContributionStore)
 
 
 class SQLiteContributionStore:
@@ -330,8 +224,10 @@ class _PaillierRound:
         spool: SQLiteContributionStore,
         start: FloatVector,
         model_hash: bytes,
+        nonce: bytes,
     ) -> None:
         self.config = config
+        self.nonce = nonce
         self.aggregator = aggregator
         self.spool = spool
         self.start = start
@@ -592,12 +488,13 @@ class PaillierRoundService:
     def _run_round(self, round_: int) -> None:
         fed = self.settings.federation
         start, start_hash = self.store.model(fed, round_)
-        config = self._config(round_, self._rng(SESSION_NONCE_BYTES) + start_hash)
+        nonce = self._rng(SESSION_NONCE_BYTES)
+        config = self._config(round_, session_id_for(nonce, start_hash))
         spool = SQLiteContributionStore(self._spool_dir)
         aggregator = PaillierAggregator(
             public_key=self.public_key, config=config, roster=self.roster.members, store=spool
         )
-        state = _PaillierRound(config, aggregator, spool, start, start_hash)
+        state = _PaillierRound(config, aggregator, spool, start, start_hash, nonce)
         self.store.open_round(fed, round_, start_hash)
         s = self.settings
         self.audit.record(
@@ -778,10 +675,11 @@ class PaillierRoundService:
             state = self._round
             if state is None or state.config.round_number < after:
                 if self.finished:
-                    config = self._config(self._next, b"\0" * 48)
+                    config = self._config(self._next, b"\0" * 32)
                     return PaillierRoundView(
                         config,
                         b"\0" * 32,
+                        b"",
                         RoundStatus.COMPLETED,
                         PaillierStage.DONE,
                         self.settings.rounds,
@@ -792,6 +690,7 @@ class PaillierRoundService:
             return PaillierRoundView(
                 state.config,
                 state.model_hash,
+                state.nonce,
                 RoundStatus.OPEN,
                 state.stage,
                 self.settings.rounds,
@@ -1232,7 +1131,7 @@ class PaillierServicer(_Servicer, ppb_grpc.PaillierFederationServicer):
     def _width(self) -> int:
         return self._service.public_key.ciphertext_bytes
 
-    def Join(  # noqa: N802 - names fixed by the .proto
+    def Join(
         self, request: pb.JoinRequest, context: grpc.ServicerContext
     ) -> ppb.PaillierJoinResponse:
         def run() -> ppb.PaillierJoinResponse:
@@ -1251,7 +1150,7 @@ class PaillierServicer(_Servicer, ppb_grpc.PaillierFederationServicer):
 
         return self._call(context, run)
 
-    def GetRound(  # noqa: N802 - names fixed by the .proto
+    def GetRound(
         self, request: pb.GetRoundRequest, context: grpc.ServicerContext
     ) -> ppb.PaillierRoundInfo:
         def run() -> ppb.PaillierRoundInfo:
@@ -1279,11 +1178,12 @@ class PaillierServicer(_Servicer, ppb_grpc.PaillierFederationServicer):
                 key_fingerprint=self._service.public_key.fingerprint(),
                 spot_checks=c.spot_checks,
                 chunk_ciphertexts=c.chunk_ciphertexts,
+                session_nonce=view.session_nonce,
             )
 
         return self._call(context, run)
 
-    def DownloadModel(  # noqa: N802 - names fixed by the .proto
+    def DownloadModel(
         self, request: pb.DownloadModelRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ModelChunk]:
         def run() -> tuple[bytes, bytes, int]:
@@ -1299,7 +1199,7 @@ class PaillierServicer(_Servicer, ppb_grpc.PaillierFederationServicer):
                 offset=start // 4, values=data[start : start + step], total=total, model_hash=digest
             )
 
-    def UploadContribution(  # noqa: N802 - names fixed by the .proto
+    def UploadContribution(
         self, request_iterator: Iterable[ppb.ContributionChunk], context: grpc.ServicerContext
     ) -> pb.Ack:
         def run() -> pb.Ack:
@@ -1341,7 +1241,7 @@ class PaillierServicer(_Servicer, ppb_grpc.PaillierFederationServicer):
 
         return self._call(context, run)
 
-    def GetDecryptionRequest(  # noqa: N802 - names fixed by the .proto
+    def GetDecryptionRequest(
         self, request: pb.StageRequest, context: grpc.ServicerContext
     ) -> Iterator[ppb.DecryptionRequestPart]:
         def run() -> tuple[DecryptionRequest, int]:
@@ -1355,7 +1255,7 @@ class PaillierServicer(_Servicer, ppb_grpc.PaillierFederationServicer):
         decryption_request, per_part = self._call(context, run)
         yield from request_to_pb(decryption_request, width=self._width, per_part=per_part)
 
-    def OpenSpotChecks(  # noqa: N802 - names fixed by the .proto
+    def OpenSpotChecks(
         self, request: ppb.SpotCheckChallenge, context: grpc.ServicerContext
     ) -> Iterator[ppb.SpotCheckOpenings]:
         def run() -> SpotCheckResponse:
@@ -1370,7 +1270,7 @@ class PaillierServicer(_Servicer, ppb_grpc.PaillierFederationServicer):
         response = self._call(context, run)
         yield from openings_to_pb(response, budget=self._max_message_bytes // 2)
 
-    def SubmitPartialDecryption(  # noqa: N802 - names fixed by the .proto
+    def SubmitPartialDecryption(
         self, request_iterator: Iterable[ppb.PartialDecryptionPart], context: grpc.ServicerContext
     ) -> pb.Ack:
         def run() -> pb.Ack:
@@ -1389,7 +1289,7 @@ class PaillierServicer(_Servicer, ppb_grpc.PaillierFederationServicer):
 
         return self._call(context, run)
 
-    def RefuseDecryption(  # noqa: N802 - names fixed by the .proto
+    def RefuseDecryption(
         self, request: ppb.DecryptionRefusal, context: grpc.ServicerContext
     ) -> pb.Ack:
         def run() -> pb.Ack:
@@ -1400,7 +1300,7 @@ class PaillierServicer(_Servicer, ppb_grpc.PaillierFederationServicer):
 
         return self._call(context, run)
 
-    def GetResult(self, request: pb.StageRequest, context: grpc.ServicerContext) -> pb.RoundResult:  # noqa: N802 - names fixed by the .proto
+    def GetResult(self, request: pb.StageRequest, context: grpc.ServicerContext) -> pb.RoundResult:
         def run() -> pb.RoundResult:
             self._caller(context, request.silo)
             self._federation(request.federation)

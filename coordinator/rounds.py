@@ -35,25 +35,19 @@ import numpy as np
 import numpy.typing as npt
 
 from audits import EventKind
-from coordinator.audit import AuditTrail
+from coordinator.audit import AuditTrail, attest_contribution
 from coordinator.config import Deadlines, PrivacyConfig, SiloDPConfig
 from coordinator.errors import (
-    PRIVACY_REFUSED_PREFIX,
     DuplicateSubmission,
     InvalidInput,
     NotFound,
-    PrivacyRefused,
     StageError,
     Unauthorized,
 )
 from coordinator.silo_dp import decode_sum
 from coordinator.store import FloatVector, RoundStatus, Store
-from dp.accounting import PrivacyAttestation, PrivacyBudget, check_attestation, verify_attestation
 from dp.distributed import UNIT_OF_PRIVACY, DistributedDPConfig, DistributedDPPlan, plan
 from dp.errors import (
-    AttestationError,
-    InvalidAttestationSignature,
-    PrivacyError,
     TooFewContributors,
 )
 from secagg import (
@@ -666,94 +660,19 @@ class RoundService:
         return upload
 
     def _attest(self, state: _Round, silo: str, payload: bytes, signature: bytes) -> None:
-        """Verify, recompute and record a silo's privacy attestation (caller holds the lock).
-
-        The claimed epsilon is recomputed from the attested parameters over everything this silo attested
-        before (``dp.accounting.check_attestation``); a retried upload may repeat the identical attestation.
-        """
-        policy = self.settings.privacy
-        round_ = state.config.round
-        if not payload:
-            if policy is not None and policy.require_attestation:
-                reason = "the upload carries no signed privacy attestation, which this federation requires"
-                self.audit.record(
-                    EventKind.BUDGET_REFUSAL, round_, {"silo": silo, "reason": reason}
-                )
-                raise PrivacyRefused(f"{PRIVACY_REFUSED_PREFIX}{reason}")
-            return
-        previous = state.attested.get(silo)
-        if previous is not None:
-            if previous != (payload, signature):
-                raise InvalidInput(f"{silo} already attested round {round_} differently")
-            return  # a retried upload: verified and recorded the first time
-        try:
-            attestation = PrivacyAttestation.from_dict(json.loads(payload.decode("utf-8")))
-        except (ValueError, PrivacyError) as exc:
-            raise InvalidInput(f"malformed privacy attestation: {exc}") from exc
-        binding = (attestation.federation, attestation.round, attestation.silo)
-        if binding != (self.settings.federation, round_, silo) or (
-            attestation.session_id != state.server.session_id.hex()
-        ):
-            raise InvalidInput(
-                "the privacy attestation is not bound to this federation, round, silo and session"
-            )
-        try:
-            verify_attestation(attestation, signature, self.roster.key(silo))
-        except InvalidAttestationSignature as exc:
-            self.audit.record(
-                EventKind.VERIFICATION_FAILURE,
-                round_,
-                {"what": "privacy_attestation", "reason": str(exc), "silo": silo},
-            )
-            raise InvalidInput(str(exc)) from exc
-        ceiling = (
-            None if policy is None else PrivacyBudget(epsilon=policy.epsilon, delta=policy.delta)
+        """Verify, recompute and record a silo's privacy attestation (caller holds the lock)."""
+        attest_contribution(
+            self.audit,
+            privacy=self.settings.privacy,
+            roster=self.roster,
+            federation=self.settings.federation,
+            round_=state.config.round,
+            session_id=state.server.session_id,
+            silo=silo,
+            payload=payload,
+            signature=signature,
+            attested=state.attested,
         )
-        try:
-            check = check_attestation(
-                attestation, self.audit.history(silo), ceiling=ceiling, strict=False
-            )
-        except AttestationError as exc:
-            raise InvalidInput(str(exc)) from exc
-        flagged: dict[str, Any] = {}
-        if not check.ok:
-            problems = []
-            if check.under_reported:
-                problems.append(
-                    f"claimed epsilon {check.claimed_epsilon:.6g} is below the recomputed "
-                    f"{check.recomputed_epsilon:.6g}"
-                )
-            if check.over_ceiling:
-                problems.append(
-                    f"epsilon {max(check.claimed_epsilon, check.recomputed_epsilon):.6g} "
-                    f"(delta {attestation.delta:g}) exceeds the federation ceiling"
-                )
-            reason = "; ".join(problems)
-            if policy is None or policy.on_violation == "refuse":
-                self.audit.record(
-                    EventKind.BUDGET_REFUSAL,
-                    round_,
-                    {"silo": silo, "reason": reason, "check": check.to_dict()},
-                )
-                raise PrivacyRefused(f"{PRIVACY_REFUSED_PREFIX}{reason}")
-            flagged = {"flagged": reason}
-            self.audit.record(
-                EventKind.INCIDENT,
-                round_,
-                {
-                    "severity": "warning",
-                    "description": f"flagged attestation: {reason}",
-                    "silo": silo,
-                },
-            )
-        self.audit.attestation(
-            attestation,
-            signature,
-            recomputed_epsilon=check.recomputed_epsilon,
-            accountant=check.accountant,
-            extra=flagged,
-        )
-        state.attested[silo] = (payload, signature)
 
     def _add_chunk(
         self, upload: Upload, state: _Round, offset: int, values: npt.NDArray[np.uint32]

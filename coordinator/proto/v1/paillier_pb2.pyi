@@ -98,6 +98,7 @@ class PaillierRoundInfo(_message.Message):
     KEY_FINGERPRINT_FIELD_NUMBER: _builtins.int
     SPOT_CHECKS_FIELD_NUMBER: _builtins.int
     CHUNK_CIPHERTEXTS_FIELD_NUMBER: _builtins.int
+    SESSION_NONCE_FIELD_NUMBER: _builtins.int
     federation: _builtins.str
     round: _builtins.int
     state: _coordinator_pb2.RoundState.ValueType
@@ -120,13 +121,15 @@ class PaillierRoundInfo(_message.Message):
     stage_deadline_unix: _builtins.float
     """when the current stage closes at the latest"""
     session_id: _builtins.bytes
-    """16 random bytes || model_hash; bound into every signature and proof"""
+    """SHA-256(label, session_nonce, model_hash); bound into every signature and proof"""
     key_fingerprint: _builtins.bytes
     """SHA-256 of the joint public key"""
     spot_checks: _builtins.int
     """positions each decrypter checks"""
     chunk_ciphertexts: _builtins.int
     """ciphertexts per uploaded chunk (sized below max_message_bytes)"""
+    session_nonce: _builtins.bytes
+    """16 random bytes; silos recompute session_id from it and the model hash"""
     @_builtins.property
     def quantization(self) -> _coordinator_pb2.Quantization:
         """clip, bits (= slot value bits b) and max_silos (= n)"""
@@ -151,10 +154,11 @@ class PaillierRoundInfo(_message.Message):
         key_fingerprint: _builtins.bytes = ...,
         spot_checks: _builtins.int = ...,
         chunk_ciphertexts: _builtins.int = ...,
+        session_nonce: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["quantization", b"quantization"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_ciphertexts", b"chunk_ciphertexts", "collusion", b"collusion", "federation", b"federation", "key_fingerprint", b"key_fingerprint", "min_cohort", b"min_cohort", "model_hash", b"model_hash", "n", b"n", "quantization", b"quantization", "round", b"round", "rounds", b"rounds", "session_id", b"session_id", "spot_checks", b"spot_checks", "stage", b"stage", "stage_deadline_unix", b"stage_deadline_unix", "state", b"state", "threshold", b"threshold", "vector_length", b"vector_length"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_ciphertexts", b"chunk_ciphertexts", "collusion", b"collusion", "federation", b"federation", "key_fingerprint", b"key_fingerprint", "min_cohort", b"min_cohort", "model_hash", b"model_hash", "n", b"n", "quantization", b"quantization", "round", b"round", "rounds", b"rounds", "session_id", b"session_id", "session_nonce", b"session_nonce", "spot_checks", b"spot_checks", "stage", b"stage", "stage_deadline_unix", b"stage_deadline_unix", "state", b"state", "threshold", b"threshold", "vector_length", b"vector_length"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
