@@ -234,6 +234,7 @@ class RoundService:
         self._cond = threading.Condition(threading.RLock())
         self._round: _Round | None = None
         self._finished_rounds: dict[int, _Round] = {}  # the last two, for late long polls
+        self._model_cache: tuple[int, bytes, bytes] | None = None  # (round, float32 bytes, hash)
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._quantizer = Quantizer(
@@ -601,9 +602,22 @@ class RoundService:
                 False,
             )
 
-    def model(self, round_: int) -> tuple[FloatVector, bytes]:
-        """The global model round ``round_`` starts from."""
-        return self.store.model(self.settings.federation, round_)
+    def model_bytes(self, round_: int) -> tuple[bytes, bytes]:
+        """The global model round ``round_`` starts from, as float32 little-endian bytes, and its hash.
+
+        The latest model is kept in memory once, so N silos downloading it at the same time share one copy
+        instead of each holding their own (coordinator memory must not grow with the number of silos).
+        """
+        with self._cond:
+            cached = self._model_cache
+            if cached is not None and cached[0] == round_:
+                return cached[1], cached[2]
+        model, digest = self.store.model(self.settings.federation, round_)
+        data = model.astype("<f4").tobytes()
+        with self._cond:
+            if round_ >= (self._model_cache[0] if self._model_cache else -1):
+                self._model_cache = (round_, data, digest)
+        return data, digest
 
     def advertise(self, silo: str, round_: int, ad: Advertisement) -> None:
         """Stage 1 submission."""

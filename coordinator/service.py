@@ -171,17 +171,21 @@ class FederationServicer(_Servicer, pb_grpc.FederationServicer):
     def DownloadModel(
         self, request: pb.DownloadModelRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ModelChunk]:
-        def run() -> tuple[bytes, bytes, int]:
+        def run() -> tuple[bytes, bytes]:
             self._caller(context)
             self._federation(request.federation)
-            model, digest = self._rounds.model(request.round)
-            return model.astype("<f4").tobytes(), digest, int(model.shape[0])
+            return self._rounds.model_bytes(request.round)
 
-        data, digest, total = self._call(context, run)
+        data, digest = self._call(context, run)
+        total = len(data) // 4
         step = chunk_words(self._max_message_bytes) * 4
+        view = memoryview(data)
         for start in range(0, max(len(data), 1), step):
             yield pb.ModelChunk(
-                offset=start // 4, values=data[start : start + step], total=total, model_hash=digest
+                offset=start // 4,
+                values=bytes(view[start : start + step]),
+                total=total,
+                model_hash=digest,
             )
 
     def AdvertiseKeys(
@@ -501,6 +505,9 @@ def create_server(
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
+        # fixed HTTP/2 flow-control windows: with BDP probing, every concurrent upload stream grows its window
+        # to megabytes of buffered chunks, so coordinator memory would grow with the number of silos
+        ("grpc.http2.bdp_probe", 0),
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),

@@ -1,0 +1,1097 @@
+"""Benchmark of whole coordinator rounds over loopback gRPC with mTLS: secure aggregation against plain streaming.
+
+    .venv/bin/python bench/bench_coordinator.py                # 10 x 1M, 50 x 100k, 50 x 1M memory (~3-4 min)
+    .venv/bin/python bench/bench_coordinator.py --quick        # 5 silos x 50,000 coordinates (CI smoke)
+    .venv/bin/python bench/bench_coordinator.py --only 10x1M   # one scenario (repeatable)
+    .venv/bin/python bench/bench_coordinator.py --profile      # also cProfile the coordinator and silo-00
+
+What runs. The script mints a throwaway consortium (CA, certificates, roster, keys) with
+:func:`coordinator.pki.create_consortium` in a temporary directory that is deleted at the end. For each
+scenario it starts the coordinator as its own OS process (a sub-mode of this script that builds a
+:class:`~coordinator.config.ServeConfig` and calls :func:`coordinator.runner.start_coordinator`, i.e. exactly
+what ``secagg serve`` runs: round service, SQLite store, audit ledger, mTLS gRPC server on 127.0.0.1 port 0)
+and one OS process per silo (another sub-mode: the real SDK :class:`coordinator.client.Silo`, whose training
+function returns a fixed random update; torch is never imported). The coordinator opens round 0 as soon as it
+serves; every silo process starts, joins and then waits at a barrier, and all are released together. Stage
+deadlines are an hour, so a stage closes only when every silo has answered and no timing contains a deadline
+wait. Child processes get ``OMP_NUM_THREADS=1`` (and the BLAS equivalents) so numpy does not oversubscribe
+the machine's cores.
+
+What is timed. Round time is measured inside the coordinator process, from the moment round r opens to the
+moment its outcome is completed (new global model stored), with blocking calls of the round service's
+public API (``view``, ``advertisements``, ``inbox``, ``survivors``, ``unmask_request``, ``result``) in a monitor
+thread: they wake on the service's own condition variable, so the stamps need no polling, and they also give
+the time of each stage. That window holds everything one round costs: the silos' long-poll wake-up, the
+4-byte-per-parameter model download, "training" (returning the fixed update), quantization, the five
+protocol stages with their round trips, unmasking, decoding, FedAvg, the SQLite commit of the new model and
+the audit-ledger events and checkpoint of the round. Round 0 is a warm-up (it also contains the silo processes'
+start-up, first requests on fresh channels and cold caches) and is excluded; the figure is the median of
+rounds 1..R-1. CPU seconds per round are ``time.process_time`` deltas of the coordinator process and of every
+silo process (summed), so "CPU / number of cores" is a lower bound on the round time.
+
+The baseline ("same transport carrying unmasked vectors") is built here only, on a second mTLS port of the
+coordinator process, with the same generated ``coordinator.proto.v1`` service and the same message limits;
+it runs after the secure rounds with the same silo processes (for the memory scenario, in processes of its
+own so that its memory is measured alone). Its silos use the SDK's channel, ``Silo.download_model`` and
+``Silo._chunks`` (the SDK's chunk size, :func:`coordinator.config.chunk_words`). A plain round: the silo
+long-polls ``GetRound``, downloads the model from a SQLite store exactly as the secure coordinator serves it,
+quantizes the same update with the same ``Quantizer``, streams the *unmasked* uint32 vector through
+``UploadMaskedInput`` (the server checks the caller's certificate identity and the offsets, adds each chunk
+into one running sum as it arrives and spools it to a temporary file, like the secure coordinator's rollback
+spool) and long-polls ``GetResult``; when all N vectors have arrived the server decodes the sum, applies FedAvg
+and commits the new model to SQLite. It therefore *includes* transport, TLS, model download, quantization,
+streaming summation, decoding and persistence, and *excludes* key advertisement and agreement (X25519),
+signatures (Ed25519), Shamir sharing and AES-GCM share routing, the pairwise and self masks, the consistency
+check, unmasking, the four extra round trips those stages need, and the audit ledger. The ratio secure /
+baseline is the price of secure aggregation (and of its audit trail) on this transport.
+
+Memory. The coordinator's idle RSS is read from ``/proc/self/status`` once it serves and before any silo has
+connected; its peak is ``getrusage(RUSAGE_SELF).ru_maxrss`` at the end of the secure rounds (a high-water mark
+over the process's whole life, so it can only overstate). Silo memory is not counted: silos are other
+processes. A sampling thread (every 10 ms) also records the largest RSS seen during each stage, to say where a
+peak comes from; short spikes between samples are missed by the sampler but not by ``ru_maxrss``.
+
+``--profile`` runs cProfile with a per-thread CPU clock (``time.thread_time``) in every Python thread of the
+coordinator and of silo-00 (gRPC's C-core threads, where TLS and HTTP/2 run, are invisible to it) and prints
+the top functions by own time; profiling slows both down, so its round times are not representative.
+
+Notes:
+    The issue's Flower figures (full-graph SecAgg about 27 s per round for 50 silos x 100,000 parameters,
+    0.7 s without secure aggregation) come from other hardware and are printed as a reference only. Nothing
+    here prints a key, a share, a mask or an update; the consortium's private keys live only in the temporary
+    directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import functools
+import gc
+import io
+import json
+import os
+import platform
+import pstats
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, NoReturn, TypeVar, cast
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from coordinator.client import RoundContext, Silo
+from coordinator.config import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Deadlines,
+    ModelConfig,
+    RoundsConfig,
+    ServeConfig,
+    TLSPaths,
+    chunk_words,
+)
+from coordinator.pki import ConsortiumPaths, create_consortium, load_ed25519_private, silo_identity
+from coordinator.proto.v1 import coordinator_pb2 as pb
+from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
+from coordinator.rounds import RoundService
+from coordinator.runner import start_coordinator
+from coordinator.serde import config_from_pb, config_to_pb, u32_from_bytes
+from coordinator.service import TlsFiles
+from coordinator.store import RoundStatus, SQLiteStore
+from secagg import Roster, RoundConfig, Stage
+
+FEDERATION = "bench"
+CLIP = 1.0
+BITS = 16
+MIN_COHORT = 3
+LONG = 3600.0  # every stage deadline: stages close when all silos have answered, never on a timer
+POLL = 20.0  # seconds one long poll may block before the silo asks again
+VECTOR_BYTES_PER_COORDINATE = 4  # uint32
+TARGET_RATIO = 1.5
+TARGET_50_SECONDS = 3.0
+TARGET_RSS_VECTORS = 10.0
+FLOWER_SECURE_S = 27.0
+FLOWER_PLAIN_S = 0.7
+SCENARIO_TIMEOUT = 1200.0  # a hung child is killed after this many seconds
+CHILD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "NUMEXPR_NUM_THREADS": "1",
+}
+SECURE_STAGES = (
+    Stage.ADVERTISE_KEYS,
+    Stage.SHARE_KEYS,
+    Stage.MASKED_INPUT,
+    Stage.CONSISTENCY_CHECK,
+    Stage.UNMASK,
+)
+REPO = Path(__file__).resolve().parent.parent
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+U32 = npt.NDArray[np.uint32]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One benchmark configuration: ``silos`` processes, ``length`` parameters, ``rounds`` rounds (round 0 excluded)."""
+
+    name: str
+    silos: int
+    length: int
+    rounds: int
+    target: str  # "ratio", "seconds", "rss" or "" (not judged)
+    # run the baseline in processes of its own, so that its memory is measured alone
+    separate_baseline: bool = False
+
+
+def threshold_for(n: int) -> int:
+    """The smallest safe threshold without collusion, t = floor(n/2) + 1 (DESIGN 4.3)."""
+    return n // 2 + 1
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process (Linux ``/proc/self/status``)."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("VmRSS not found in /proc/self/status (Linux only)")
+
+
+def peak_rss_bytes() -> int:
+    """High-water RSS of this process over its whole life (``ru_maxrss`` is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def fixed_update(length: int, seed: int) -> F64:
+    """A silo's constant "trained" update, L2 norm about CLIP / 2 so clipping never rescales it."""
+    rng = np.random.default_rng(seed)
+    update: F64 = rng.standard_normal(length) * (0.5 * CLIP / np.sqrt(length))
+    return update
+
+
+def load_roster(paths: ConsortiumPaths) -> tuple[Roster, bytes]:
+    """The consortium's roster, verified under its pinned public key."""
+    key = bytes.fromhex(paths.consortium_public_key.read_text(encoding="ascii").strip())
+    roster = Roster.loads(paths.roster.read_text(encoding="utf-8"))
+    roster.verify(key)
+    return roster, key
+
+
+# == coordinator process ===========================================================================
+class RssSampler:
+    """Records the largest RSS seen while each label was current (a 10 ms sampling thread)."""
+
+    def __init__(self) -> None:
+        self.label = "idle"
+        self.peaks: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            rss, label = rss_bytes(), self.label
+            if rss > self.peaks.get(label, 0):
+                self.peaks[label] = rss
+
+
+class ThreadProfiles:
+    """cProfile for every thread started after :meth:`install` (gRPC handler threads) plus the main thread."""
+
+    def __init__(self) -> None:
+        self._profiles: list[cProfile.Profile] = []
+        self._lock = threading.Lock()
+        # per-thread CPU time, not wall time: threads blocked in long polls or on the GIL cost nothing
+        self._main = cProfile.Profile(time.thread_time)
+
+    def install(self) -> None:
+        def start(frame: object, event: str, arg: object) -> None:
+            # the first profiling event of a new thread replaces this hook with the thread's own profiler
+            profile = cProfile.Profile(time.thread_time)
+            with self._lock:
+                self._profiles.append(profile)
+            profile.enable()
+
+        threading.setprofile(start)
+        self._main.enable()
+
+    def report(self, top: int = 30) -> str:
+        """Top functions by own CPU time, summed over every thread."""
+        threading.setprofile(None)  # None removes the hook for threads started from now on
+        self._main.disable()
+        out = io.StringIO()
+        stats = pstats.Stats(self._main, stream=out)
+        with self._lock:
+            for profile in self._profiles:
+                stats.add(cast(Any, _Snapshot(profile)))  # pstats duck-types on create_stats/stats
+        stats.sort_stats("tottime").print_stats(top)
+        return out.getvalue()
+
+
+class _Snapshot:
+    """Completed calls of a profiler still running in another thread.
+
+    ``disable()`` from this thread would close that thread's pending calls (a worker blocked in its queue) with
+    *this* thread's CPU clock and invent seconds; a snapshot leaves them out.
+    """
+
+    def __init__(self, profile: cProfile.Profile) -> None:
+        profile.snapshot_stats()  # undocumented but stable since Python 2.5; pstats relies on it
+        self.stats = profile.stats
+
+    def create_stats(self) -> None:
+        """pstats calls this; the snapshot is already taken."""
+
+
+def secure_rounds(
+    service: RoundService, rounds: int, first_silo: str, sampler: RssSampler
+) -> list[dict[str, Any]]:
+    """Stamp the opening, every stage close and the completion of each round from the service's own events."""
+    records = []
+    for r in range(rounds):
+        view = service.view(after=r, wait=LONG)
+        opened, cpu = time.perf_counter(), time.process_time()
+        if view.config.round != r:
+            raise RuntimeError(f"monitor missed the opening of round {r}")
+        sampler.label = Stage.ADVERTISE_KEYS.value
+        closes = []
+        waits: list[Callable[[], object]] = [
+            functools.partial(service.advertisements, r, LONG),
+            functools.partial(service.inbox, first_silo, r, LONG),
+            functools.partial(service.survivors, r, LONG),
+            functools.partial(service.unmask_request, r, LONG),
+        ]
+        for following, wait in zip(SECURE_STAGES[1:], waits, strict=True):
+            wait()
+            closes.append(time.perf_counter())
+            sampler.label = following.value
+        outcome = service.result(r, LONG)
+        done = time.perf_counter()
+        closes.append(done)
+        if outcome.status is not RoundStatus.COMPLETED:
+            raise RuntimeError(f"round {r} did not complete: {outcome.reason}")
+        if len(outcome.survivors) != len(service.roster.members):
+            # a dropout changes the work done (and the baseline never drops anyone): not comparable
+            raise RuntimeError(f"round {r} completed without every silo: {outcome.dropped}")
+        starts = [opened, *closes[:-1]]
+        records.append(
+            {
+                "round": r,
+                "seconds": done - opened,
+                "cpu": time.process_time() - cpu,
+                "survivors": len(outcome.survivors),
+                "stages": {
+                    s.value: end - start
+                    for s, start, end in zip(SECURE_STAGES, starts, closes, strict=True)
+                },
+            }
+        )
+    return records
+
+
+class PlainRounds:
+    """The baseline aggregator: rounds of unmasked uint32 vectors streamed into one running sum.
+
+    Same persistence (a SQLite store), same quantizer, same FedAvg arithmetic as the round service; no
+    secure-aggregation stage and no audit ledger.
+    """
+
+    def __init__(self, *, config: ServeConfig, roster: Roster, store: SQLiteStore) -> None:
+        self.federation = config.federation
+        self.rounds = config.rounds
+        self.length = config.model.size
+        self.roster = roster
+        self.store = store
+        self.quantizer = config.rounds.quantizer(len(roster.members))
+        self.cond = threading.Condition()
+        self.open: RoundConfig | None = None
+        self.total: U32 = np.zeros(0, dtype=np.uint32)
+        self.received: dict[str, int] = {}
+        self.arrived: set[str] = set()
+        self.outcomes: dict[int, bytes] = {}
+        self.finished = False
+        store.init_federation(
+            self.federation,
+            settings=json.dumps({"baseline": True, "length": self.length}),
+            initial_model=np.zeros(self.length, dtype=np.float32),
+        )
+
+    def config(self, round_: int, model_hash: bytes) -> RoundConfig:
+        r = self.rounds
+        return RoundConfig(
+            federation=self.federation,
+            round=round_,
+            model_hash=model_hash,
+            vector_length=self.length,
+            quantizer=self.quantizer,
+            n=len(self.roster.members),
+            threshold=r.threshold,
+            collusion=r.collusion,
+            min_cohort=r.min_cohort,
+        )
+
+    def finish(self) -> None:
+        """No (more) rounds: every long poll answers FINISHED."""
+        with self.cond:
+            self.finished = True
+            self.cond.notify_all()
+
+    def run(self, sampler: RssSampler) -> list[dict[str, Any]]:
+        """Drive every round; return their timings."""
+        fed, n = self.federation, len(self.roster.members)
+        records = []
+        sampler.label = "baseline"
+        for r in range(self.rounds.count):
+            opened, cpu = time.perf_counter(), time.process_time()
+            start, start_hash = self.store.model(fed, r)
+            self.store.open_round(fed, r, start_hash)
+            with self.cond:
+                self.total = np.zeros(self.length, dtype=np.uint32)
+                self.received, self.arrived = {}, set()
+                self.open = self.config(r, start_hash)
+                self.cond.notify_all()
+                self.cond.wait_for(lambda: len(self.arrived) == n)
+                total, survivors = self.total, sorted(self.arrived)
+            mean = self.quantizer.decode_sum(total, count=len(survivors)) / len(survivors)
+            new_model = (start.astype(np.float64) + mean).astype(np.float32)
+            digest = self.store.complete_round(
+                fed, r, survivors=survivors, dropped=(), new_model=new_model
+            )
+            with self.cond:
+                self.open = None
+                self.outcomes[r] = digest
+                self.cond.notify_all()
+            records.append(
+                {
+                    "round": r,
+                    "seconds": time.perf_counter() - opened,
+                    "cpu": time.process_time() - cpu,
+                }
+            )
+        self.finish()
+        return records
+
+
+class PlainServicer(pb_grpc.FederationServicer):
+    """The four calls a plain round needs, on the same generated service; every other call is UNIMPLEMENTED."""
+
+    def __init__(self, rounds: PlainRounds) -> None:
+        self._rounds = rounds
+
+    def _caller(self, context: grpc.ServicerContext) -> str:
+        # the same certificate-based identity check the secure servicer makes on every call
+        auth = cast(Any, context.auth_context())
+        silo = silo_identity(auth, federation=self._rounds.federation)
+        if silo not in self._rounds.roster.members:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "not on the roster")
+        return silo
+
+    @staticmethod
+    def _timeout(context: grpc.ServicerContext) -> NoReturn:
+        context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "still open")
+
+    def GetRound(self, request: pb.GetRoundRequest, context: grpc.ServicerContext) -> pb.RoundInfo:
+        self._caller(context)
+        rounds = self._rounds
+        with rounds.cond:
+            ready = rounds.cond.wait_for(
+                lambda: (
+                    rounds.finished
+                    or (rounds.open is not None and rounds.open.round >= request.after)
+                ),
+                min(request.wait_seconds, 60.0),
+            )
+            if not ready:
+                self._timeout(context)
+            if rounds.open is None:
+                return pb.RoundInfo(state=pb.ROUND_STATE_FINISHED, rounds=rounds.rounds.count)
+            info = pb.RoundInfo(
+                state=pb.ROUND_STATE_OPEN,
+                stage=Stage.MASKED_INPUT.value,
+                rounds=rounds.rounds.count,
+                stage_deadline_unix=time.time() + LONG,
+            )
+            config_to_pb(rounds.open, info)
+            return info
+
+    def DownloadModel(
+        self, request: pb.DownloadModelRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ModelChunk]:
+        # exactly what the secure servicer does: read the model from the store and stream 1 MiB chunks
+        self._caller(context)
+        model, digest = self._rounds.store.model(self._rounds.federation, request.round)
+        data, total = model.astype("<f4").tobytes(), int(model.shape[0])
+        step = chunk_words(DEFAULT_MAX_MESSAGE_BYTES) * 4
+        for start in range(0, max(len(data), 1), step):
+            yield pb.ModelChunk(
+                offset=start // 4, values=data[start : start + step], total=total, model_hash=digest
+            )
+
+    def UploadMaskedInput(
+        self, request_iterator: Iterable[pb.MaskedChunk], context: grpc.ServicerContext
+    ) -> pb.Ack:
+        silo = self._caller(context)
+        rounds = self._rounds
+        length = rounds.length
+        with tempfile.TemporaryFile(prefix="bench-plain-") as spool:
+            for chunk in request_iterator:
+                values = u32_from_bytes(chunk.values)
+                with rounds.cond:
+                    config = rounds.open
+                    if config is None or chunk.round != config.round or chunk.silo != silo:
+                        context.abort(grpc.StatusCode.FAILED_PRECONDITION, "wrong round or silo")
+                    received = rounds.received.get(silo, 0)
+                    end = chunk.offset + values.shape[0]
+                    if chunk.offset != received or end > length or silo in rounds.arrived:
+                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad chunk")
+                    target = rounds.total[chunk.offset : end]
+                    np.add(target, values, out=target)
+                    rounds.received[silo] = end
+                spool.write(values.tobytes())
+                if chunk.last:
+                    with rounds.cond:
+                        if rounds.received[silo] != length:
+                            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "short vector")
+                        rounds.arrived.add(silo)
+                        rounds.cond.notify_all()
+                    return pb.Ack()
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "upload ended without its last chunk")
+
+    def GetResult(self, request: pb.StageRequest, context: grpc.ServicerContext) -> pb.RoundResult:
+        self._caller(context)
+        rounds = self._rounds
+        with rounds.cond:
+            if not rounds.cond.wait_for(
+                lambda: request.round in rounds.outcomes, min(request.wait_seconds, 60.0)
+            ):
+                self._timeout(context)
+            return pb.RoundResult(
+                round=request.round,
+                state=pb.ROUND_STATE_COMPLETED,
+                survivors=sorted(rounds.roster.members),
+                new_model_hash=rounds.outcomes[request.round],
+            )
+
+
+def serve_config(args: argparse.Namespace, paths: ConsortiumPaths, n: int) -> ServeConfig:
+    """What ``secagg serve`` would load: mTLS on 127.0.0.1 port 0, SQLite, hour-long stage deadlines."""
+    return ServeConfig(
+        federation=paths.federation,
+        listen="127.0.0.1:0",
+        storage=args.work / "coordinator.sqlite",
+        roster=paths.roster,
+        consortium_public_key=bytes.fromhex(
+            paths.consortium_public_key.read_text(encoding="ascii").strip()
+        ),
+        tls=TLSPaths(ca=paths.ca_cert, cert=paths.coordinator_cert, key=paths.coordinator_key),
+        audit_key=paths.audit_key,
+        model=ModelConfig(size=args.length),
+        rounds=RoundsConfig(
+            count=args.rounds,
+            threshold=threshold_for(n),
+            clip=CLIP,
+            collusion=0,
+            min_cohort=MIN_COHORT,
+            bits=BITS,
+        ),
+        deadlines=Deadlines(
+            advertise=LONG,
+            share_keys=LONG,
+            masked_input=LONG,
+            consistency=LONG,
+            unmask=LONG,
+            round_start=LONG,
+        ),
+    )
+
+
+def plain_server(plain: PlainRounds, tls: TlsFiles) -> tuple[grpc.Server, int]:
+    """The baseline's gRPC server: same generated service, same message limits, same mTLS requirements."""
+    limit = DEFAULT_MAX_MESSAGE_BYTES
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=64),
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+        ],
+    )
+    pb_grpc.add_FederationServicer_to_server(PlainServicer(plain), server)  # type: ignore[abstract]
+    credentials = grpc.ssl_server_credentials(
+        [(tls.key, tls.cert)], root_certificates=tls.ca, require_client_auth=True
+    )
+    return server, server.add_secure_port("127.0.0.1:0", credentials)
+
+
+def run_coordinator(args: argparse.Namespace) -> int:
+    """Sub-mode ``coordinator``: serve the secure rounds, then the baseline rounds; write figures as JSON."""
+    paths = ConsortiumPaths.load(args.pki)
+    roster, _ = load_roster(paths)
+    config = serve_config(args, paths, len(roster.members))
+    tls = TlsFiles(
+        paths.ca_cert.read_bytes(),
+        paths.coordinator_cert.read_bytes(),
+        paths.coordinator_key.read_bytes(),
+    )
+    profiles = ThreadProfiles() if args.profile else None
+    if profiles is not None:
+        profiles.install()  # before any server thread exists, so every handler thread is profiled
+
+    plain_store = SQLiteStore(args.work / "baseline.sqlite")
+    plain = PlainRounds(config=config, roster=roster, store=plain_store)
+    baseline, plain_port = plain_server(plain, tls)
+    baseline.start()
+    # exactly what `secagg serve` starts; round 0 opens at once and waits (hour-long deadlines) for the silos
+    coordinator = start_coordinator(config) if args.secure else None
+    gc.collect()
+    idle = rss_bytes()  # serving, no silo connected yet, nothing received
+    sampler = RssSampler()
+    sampler.start()
+    print(f"PORTS {coordinator.port if coordinator else 0} {plain_port}", flush=True)
+
+    secure: list[dict[str, Any]] = []
+    if coordinator is not None:
+        first = sorted(roster.members)[0]
+        secure = secure_rounds(coordinator.service, args.rounds, first, sampler)
+    peak = peak_rss_bytes()
+    profile = profiles.report() if profiles is not None else ""
+
+    plain_records = plain.run(sampler) if args.baseline else []
+    plain.finish()
+    sampler.stop()
+    result = {
+        "idle_rss": idle,
+        "peak_rss": peak,  # at the end of the secure rounds
+        "peak_rss_end": peak_rss_bytes(),  # after the baseline rounds too
+        "stage_rss": sampler.peaks,
+        "secure": secure,
+        "baseline": plain_records,
+        "profile": profile,
+    }
+    args.out.write_text(json.dumps(result), encoding="utf-8")
+    # keep serving until every silo has seen both federations finish, then stop
+    print("RESULT", flush=True)
+    sys.stdin.readline()
+    if coordinator is not None:
+        coordinator.stop()
+    baseline.stop(1.0).wait()
+    plain_store.close()
+    return 0
+
+
+# == silo process ==================================================================================
+def long_poll(call: Callable[[], T]) -> T:
+    """Repeat a long-polling call until the server answers (it says DEADLINE_EXCEEDED while still open)."""
+    while True:
+        try:
+            return call()
+        except grpc.RpcError as exc:
+            if not isinstance(exc, grpc.Call) or exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+
+
+def plain_rounds(sdk: Silo, update: F64) -> list[float]:
+    """Baseline rounds through the SDK's own channel, model download and chunker; returns CPU s per round."""
+    # Private SDK members on purpose: the baseline's bytes must take exactly the SDK's path (same channel
+    # options, same credentials, same 1 MiB chunk messages); only the protocol stages differ.
+    stub, metadata, fed = sdk._stub, sdk._metadata, sdk.federation
+    cpu: list[float] = []
+    after = 0
+    while True:
+        start = time.process_time()
+        request = pb.GetRoundRequest(federation=fed, after=after, wait_seconds=POLL)
+        info: pb.RoundInfo = long_poll(functools.partial(stub.GetRound, request, metadata=metadata))
+        if info.state == pb.ROUND_STATE_FINISHED:
+            return cpu
+        config = config_from_pb(info)
+        r, after = config.round, config.round + 1
+        weights = sdk.download_model(r, config.model_hash)
+        trained = np.asarray(train_fn(update)(RoundContext(r, weights, config)), dtype=np.float64)
+        encoded = config.quantizer.encode(trained)
+        stub.UploadMaskedInput(sdk._chunks(r, encoded, b"", b""), metadata=metadata)
+        stage = pb.StageRequest(federation=fed, round=r, silo=sdk.silo, wait_seconds=POLL)
+        result: pb.RoundResult = long_poll(
+            functools.partial(stub.GetResult, stage, metadata=metadata)
+        )
+        if result.state != pb.ROUND_STATE_COMPLETED:
+            raise RuntimeError(f"baseline round {r} did not complete")
+        cpu.append(time.process_time() - start)
+
+
+def train_fn(update: F64) -> Callable[[RoundContext], F64]:
+    """The "training" of every silo: return the same update each round (no torch, no data)."""
+
+    def train(ctx: RoundContext) -> F64:
+        return update
+
+    return train
+
+
+def run_silo(args: argparse.Namespace) -> int:
+    """Sub-mode ``silo``: join, wait for GO, run the secure rounds with the SDK, then the baseline rounds."""
+    paths = ConsortiumPaths.load(args.pki)
+    roster, consortium_key = load_roster(paths)
+    mine = paths.silos[args.silo]
+    tls = TlsFiles(mine.ca_cert.read_bytes(), mine.cert.read_bytes(), mine.key.read_bytes())
+
+    def connect(address: str) -> Silo:
+        return Silo(
+            address=address,
+            federation=paths.federation,
+            silo=args.silo,
+            signing_key=load_ed25519_private(mine.signing_key),
+            roster=roster,
+            consortium_key=consortium_key,
+            tls=tls,
+        )
+
+    update = fixed_update(args.length, args.seed)
+    profiles = ThreadProfiles() if args.profile else None
+    if profiles is not None:
+        profiles.install()  # before the SDK's channel exists, so gRPC's request-streaming threads are included
+    secure_cpu: list[float] = []
+    profile = ""
+    if args.secure is not None:
+        with connect(args.secure) as sdk:
+            sdk.join()
+            print("READY", flush=True)
+            if sys.stdin.readline().strip() != "GO":
+                return 1
+            start = time.process_time()
+            for report in sdk.run(train_fn(update)):
+                if report.status is not RoundStatus.COMPLETED:
+                    raise RuntimeError(
+                        f"round {report.round} ended {report.status}: {report.reason}"
+                    )
+                now = time.process_time()
+                secure_cpu.append(now - start)
+                start = now
+        profile = profiles.report() if profiles is not None else ""
+    else:
+        print("READY", flush=True)
+        if sys.stdin.readline().strip() != "GO":
+            return 1
+    baseline_cpu: list[float] = []
+    if args.baseline is not None:
+        with connect(args.baseline) as sdk:
+            baseline_cpu = plain_rounds(sdk, update)
+    done = {
+        "secure_cpu": secure_cpu,
+        "baseline_cpu": baseline_cpu,
+        "peak_rss": peak_rss_bytes(),
+        "profile": profile,
+    }
+    print("DONE " + json.dumps(done), flush=True)
+    return 0
+
+
+# == orchestration =================================================================================
+@dataclass
+class Figures:
+    """What one scenario measured."""
+
+    scenario: Scenario
+    coordinator: dict[str, Any]
+    silos: list[dict[str, Any]] = field(default_factory=list)
+    plain: Figures | None = None  # the baseline, when it ran in its own processes
+
+    def _median(self, records: Sequence[dict[str, Any]], key: str) -> float:
+        measured = records[1:] or records  # round 0 is warm-up unless it is the only round
+        return statistics.median(float(r[key]) for r in measured)
+
+    def secure_s(self) -> float:
+        return self._median(self.coordinator["secure"], "seconds")
+
+    def baseline_s(self) -> float | None:
+        if self.plain is not None:
+            return self.plain.baseline_s()
+        baseline = self.coordinator["baseline"]
+        return self._median(baseline, "seconds") if baseline else None
+
+    def secure_stage(self, stage: Stage) -> float:
+        measured = self.coordinator["secure"][1:] or self.coordinator["secure"]
+        return statistics.median(float(r["stages"][stage.value]) for r in measured)
+
+    def cpu(self, mode: str) -> tuple[float, float] | None:
+        """Median CPU seconds per round of (the coordinator process, all silo processes together)."""
+        if mode == "baseline" and self.plain is not None:
+            return self.plain.cpu(mode)
+        if not self.coordinator[mode]:
+            return None
+        coordinator = self._median(self.coordinator[mode], "cpu")
+        per_round = [
+            sum(rounds) for rounds in zip(*(s[f"{mode}_cpu"] for s in self.silos), strict=True)
+        ]
+        silos = statistics.median(per_round[1:] or per_round)
+        return coordinator, silos
+
+    def vector_bytes(self) -> int:
+        return VECTOR_BYTES_PER_COORDINATE * self.scenario.length
+
+
+class Children:
+    """The child processes of one scenario; every one still alive at the end is killed by its own handle."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.procs: list[tuple[str, subprocess.Popen[str], Path]] = []
+        env = dict(os.environ) | CHILD_ENV
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        self.env = env
+
+    def start(self, name: str, argv: Sequence[str]) -> subprocess.Popen[str]:
+        log = self.logs / f"{name}.log"
+        with log.open("w", encoding="utf-8") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), *argv],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                env=self.env,
+                text=True,
+            )
+        self.procs.append((name, proc, log))
+        return proc
+
+    def line(self, proc: subprocess.Popen[str], prefix: str) -> str:
+        """The next stdout line of ``proc``; it must start with ``prefix``."""
+        assert proc.stdout is not None
+        text = proc.stdout.readline()
+        if not text.startswith(prefix):
+            self.fail(proc, f"expected {prefix!r}, got {text!r}")
+        return text[len(prefix) :].strip()
+
+    def fail(self, proc: subprocess.Popen[str], what: str) -> NoReturn:
+        """Stop the benchmark with the tail of the failed child's log."""
+        name, _, log = next(p for p in self.procs if p[1] is proc)
+        try:
+            proc.wait(5.0)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        tail = log.read_text(encoding="utf-8")[-3000:]
+        first, _, first_log = self.procs[
+            0
+        ]  # the coordinator: its log usually says why a silo failed
+        if first_log != log:
+            tail += f"\n--- {first} log:\n" + first_log.read_text(encoding="utf-8")[-3000:]
+        raise SystemExit(f"{name} failed ({what}):\n{tail}")
+
+    @staticmethod
+    def send(proc: subprocess.Popen[str], text: str) -> None:
+        stdin = cast(IO[str], proc.stdin)
+        stdin.write(text + "\n")
+        stdin.flush()
+
+    def kill_all(self) -> None:
+        for _, proc, _ in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def run_scenario(
+    scenario: Scenario,
+    pki: ConsortiumPaths,
+    work: Path,
+    *,
+    secure: bool,
+    baseline: bool,
+    profile: bool,
+) -> Figures:
+    """Start the coordinator and the silo processes of ``scenario``, run it, collect the figures."""
+    work.mkdir()
+    children = Children(work)
+    watchdog = threading.Timer(SCENARIO_TIMEOUT, children.kill_all)
+    watchdog.daemon = True
+    watchdog.start()
+    out = work / "coordinator.json"
+    try:
+        common = ["--pki", str(pki.root), "--length", str(scenario.length)]
+        coordinator = children.start(
+            "coordinator",
+            [
+                "coordinator",
+                *common,
+                *("--work", str(work), "--out", str(out), "--rounds", str(scenario.rounds)),
+                *(["--baseline"] if baseline else []),
+                *([] if secure else ["--no-secure"]),
+                *(["--profile"] if profile else []),
+            ],
+        )
+        secure_port, plain_port = children.line(coordinator, "PORTS ").split()
+        silos = [
+            children.start(
+                silo,
+                [
+                    "silo",
+                    *common,
+                    *("--silo", silo, "--seed", str(i)),
+                    *(["--secure", f"127.0.0.1:{secure_port}"] if secure else []),
+                    *(["--baseline", f"127.0.0.1:{plain_port}"] if baseline else []),
+                    *(["--profile"] if profile and i == 0 else []),
+                ],
+            )
+            for i, silo in enumerate(pki.silos)
+        ]
+        for proc in silos:
+            children.line(proc, "READY")
+        for proc in silos:
+            children.send(proc, "GO")
+        reports = [json.loads(children.line(proc, "DONE ")) for proc in silos]
+        children.line(coordinator, "RESULT")
+        children.send(coordinator, "STOP")
+        if coordinator.wait(SCENARIO_TIMEOUT) != 0:
+            children.fail(coordinator, f"exit status {coordinator.returncode}")
+        for proc in silos:
+            proc.wait(SCENARIO_TIMEOUT)
+        return Figures(scenario, json.loads(out.read_text(encoding="utf-8")), reports)
+    finally:
+        watchdog.cancel()
+        children.kill_all()
+
+
+SCENARIO_KEYS = ("10x1M", "50x100k", "50x1M")
+
+
+def scenarios(quick: bool, rounds: int | None, only: Sequence[str] = ()) -> list[Scenario]:
+    """The scenarios to run; ``rounds`` timed rounds each (plus the warm-up round 0)."""
+    if quick:
+        return [Scenario("5 silos x 50k", 5, 50_000, (rounds or 1) + 1, "")]
+    r = (rounds or 5) + 1
+    plan = {
+        "10x1M": Scenario("10 silos x 1M", 10, 1_000_000, r, "ratio"),
+        "50x100k": Scenario("50 silos x 100k", 50, 100_000, r, "seconds"),
+        "50x1M": Scenario("50 silos x 1M", 50, 1_000_000, (rounds or 2) + 1, "rss", True),
+    }
+    return [plan[k] for k in SCENARIO_KEYS if not only or k in only]
+
+
+def load_average() -> str:
+    """The 1-minute load average: on a shared machine it says how much the figures were disturbed."""
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        return "unknown"
+
+
+def verdict(ok: bool, judged: bool) -> str:
+    if not judged:
+        return "-"
+    return "ok" if ok else "MISSED"
+
+
+def mb(n: float) -> str:
+    return f"{n / 1e6:.1f}"
+
+
+def _rss_row(
+    name: str, coordinator: dict[str, Any], peak_key: str, vector: int
+) -> tuple[str, float]:
+    idle, peak = coordinator["idle_rss"], coordinator[peak_key]
+    ratio = (peak - idle) / vector
+    return f"{name:<30} {mb(idle):>8} {mb(peak):>8} {mb(vector):>10} {ratio:>19.1f}", ratio
+
+
+def report(figures: Sequence[Figures], *, quick: bool) -> None:
+    """Print the result tables."""
+    header = f"{'scenario':<30} {'rounds':>6} {'secure s':>9} {'baseline s':>11} {'ratio':>7}  {'target':<16} met?"
+    print(header)
+    print("-" * len(header))
+    for f in figures:
+        s = f.scenario
+        secure, baseline = f.secure_s(), f.baseline_s()
+        ratio = secure / baseline if baseline else None
+        judged = not quick and s.target in ("ratio", "seconds")
+        if s.target == "ratio" and ratio is not None:
+            target, ok = f"ratio <= {TARGET_RATIO}", ratio <= TARGET_RATIO
+        elif s.target == "seconds":
+            target, ok = f"secure < {TARGET_50_SECONDS:.0f} s", secure < TARGET_50_SECONDS
+        else:
+            target, ok = "(memory: below)" if s.target == "rss" else "-", True
+        measured = max(len(f.coordinator["secure"]) - 1, 1)
+        print(
+            f"{s.name:<30} {measured:>6} {secure:>9.2f} "
+            f"{(f'{baseline:.2f}' if baseline else '-'):>11} {(f'{ratio:.2f}' if ratio else '-'):>7}  "
+            f"{target:<16} {verdict(ok, judged)}"
+        )
+    flower = FLOWER_SECURE_S / FLOWER_PLAIN_S
+    print(
+        f"{'Flower SecAgg, 50 x 100k':<30} {'':>6} {FLOWER_SECURE_S:>9.1f} {FLOWER_PLAIN_S:>11.2f} "
+        f"{flower:>7.1f}  {'reference only':<16} (the issue's figures, other hardware)"
+    )
+    print()
+    header = f"{'coordinator RSS':<30} {'idle MB':>8} {'peak MB':>8} {'vector MB':>10} {'(peak-idle)/vector':>19}  target < {TARGET_RSS_VECTORS:.0f}x"
+    print(header)
+    print("-" * len(header))
+    for f in figures:
+        row, ratio = _rss_row(f.scenario.name, f.coordinator, "peak_rss", f.vector_bytes())
+        judged = not quick and f.scenario.target == "rss"
+        print(f"{row}  {verdict(ratio < TARGET_RSS_VECTORS, judged) if judged else ''}")
+        if f.plain is not None:
+            row, _ = _rss_row(
+                "  baseline (plain streaming)",
+                f.plain.coordinator,
+                "peak_rss_end",
+                f.vector_bytes(),
+            )
+            print(f"{row}  (same transport, no secure aggregation)")
+    print()
+    stages = "  ".join(f"{s.value:>17}" for s in SECURE_STAGES)
+    header = f"{'secure stage s (median)':<30} {stages}"
+    print(header)
+    print("-" * len(header))
+    for f in figures:
+        print(
+            f"{f.scenario.name:<30} "
+            + "  ".join(f"{f.secure_stage(s):>17.3f}" for s in SECURE_STAGES)
+        )
+    print()
+    header = f"{'CPU s per round (median)':<30} {'coord secure':>12} {'silos secure':>12} {'coord plain':>12} {'silos plain':>12}"
+    print(header)
+    print("-" * len(header))
+    for f in figures:
+        cells = []
+        for mode in ("secure", "baseline"):
+            cpu = f.cpu(mode)
+            cells += [f"{c:>12.2f}" for c in cpu] if cpu else [f"{'-':>12}"] * 2
+        print(f"{f.scenario.name:<30} " + " ".join(cells))
+    print()
+    print("coordinator RSS peak by stage (sampled every 10 ms, MB; silo processes are not counted)")
+    print("-" * 86)
+    for f in figures:
+        peaks = dict(f.coordinator["stage_rss"])
+        if f.plain is not None:
+            peaks["baseline"] = f.plain.coordinator["stage_rss"].get("baseline", 0)
+        print(f"{f.scenario.name:<30} " + ", ".join(f"{k} {mb(v)}" for k, v in peaks.items()))
+        biggest = max(int(s["peak_rss"]) for s in f.silos)
+        print(f"{'':<30} largest silo process: {mb(biggest)} MB")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="mode")
+    child = sub.add_parser("coordinator", help="internal: the coordinator process of one scenario")
+    child.add_argument("--pki", type=Path, required=True)
+    child.add_argument("--work", type=Path, required=True)
+    child.add_argument("--out", type=Path, required=True)
+    child.add_argument("--length", type=int, required=True)
+    child.add_argument("--rounds", type=int, required=True)
+    child.add_argument("--baseline", action="store_true")
+    child.add_argument("--no-secure", dest="secure", action="store_false")
+    child.add_argument("--profile", action="store_true")
+    silo = sub.add_parser("silo", help="internal: one silo process of one scenario")
+    silo.add_argument("--pki", type=Path, required=True)
+    silo.add_argument("--silo", required=True)
+    silo.add_argument("--seed", type=int, required=True)
+    silo.add_argument("--length", type=int, required=True)
+    silo.add_argument("--secure")
+    silo.add_argument("--baseline")
+    silo.add_argument("--profile", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="5 silos x 50,000, 1 timed round")
+    parser.add_argument(
+        "--rounds", type=int, help="timed rounds per scenario (plus one warm-up round)"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="cProfile the coordinator's secure rounds"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SCENARIO_KEYS,
+        default=[],
+        help="run only this scenario (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    if args.mode == "coordinator":
+        return run_coordinator(args)
+    if args.mode == "silo":
+        return run_silo(args)
+
+    plan = scenarios(args.quick, args.rounds, args.only)
+    print(
+        "coordinator round benchmark: loopback gRPC with mTLS, coordinator and every silo in its own process, "
+        f"{os.cpu_count()} CPUs, load average {load_average()} at start"
+    )
+    print(
+        f"python {platform.python_version()}, numpy {np.__version__}, grpcio {grpc.__version__}, "
+        f"{platform.machine()}; round time = coordinator-side open -> completed, "
+        "median of the rounds after warm-up round 0"
+    )
+    print()
+    figures = []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-coordinator-") as tmp:
+        root = Path(tmp)
+        consortia: dict[int, ConsortiumPaths] = {}
+        for i, scenario in enumerate(plan):
+            if scenario.silos not in consortia:
+                consortia[scenario.silos] = create_consortium(
+                    root / f"pki-{scenario.silos}",
+                    federation=FEDERATION,
+                    silos=[f"silo-{k:02d}" for k in range(scenario.silos)],
+                )
+            pki = consortia[scenario.silos]
+            separate = scenario.separate_baseline
+            figure = run_scenario(
+                scenario,
+                pki,
+                root / f"run-{i}",
+                secure=True,
+                baseline=not separate,
+                profile=args.profile,
+            )
+            if separate:
+                figure.plain = run_scenario(
+                    scenario,
+                    pki,
+                    root / f"run-{i}-baseline",
+                    secure=False,
+                    baseline=True,
+                    profile=False,
+                )
+            figures.append(figure)
+            print(
+                f"  {scenario.name}: done after {time.perf_counter() - started:.0f} s "
+                f"(load average {load_average()})",
+                flush=True,
+            )
+    print()
+    report(figures, quick=args.quick)
+    if args.quick:
+        print("note: --quick is a smoke run; nothing is judged against the targets")
+    if args.profile:
+        print(
+            "note: --profile slows the coordinator down; the timings above are not representative"
+        )
+        for f in figures:
+            print()
+            print(
+                f"== coordinator profile (CPU time, every thread), secure rounds, {f.scenario.name}"
+            )
+            print(f.coordinator["profile"])
+            print(f"== silo-00 profile (CPU time, every thread), secure rounds, {f.scenario.name}")
+            print(f.silos[0]["profile"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
