@@ -172,19 +172,8 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def parse_canonical(data: bytes) -> Any:
-    """Parse bytes that must already be canonical JSON, and return the value.
-
-    Args:
-        data: the bytes.
-
-    Returns:
-        The decoded value (dicts, lists, str, int, float, bool, None).
-
-    Raises:
-        ValueError: not UTF-8, not JSON, a duplicate member name, NaN/Infinity, or bytes that
-            differ from the canonical encoding of what they decode to.
-    """
+def _parse_checked(data: bytes) -> Any:
+    """The reference check: parse strictly, re-encode with :func:`canonical_json`, compare."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -201,3 +190,144 @@ def parse_canonical(data: bytes) -> Any:
     if canonical_json(value) != data:
         raise ValueError("not in canonical form (RFC 8785)")
     return value
+
+
+class _NotFast(Exception):
+    """The fast path cannot decide these bytes; the reference check will."""
+
+
+def _fast_int(text: str) -> int:
+    # "-0" is not canonical ("0" is); beyond 2**53 the literal is a double: both are rare,
+    # so the reference path handles them.
+    value = int(text)
+    if abs(value) > MAX_EXACT_INT or text == "-0":
+        raise _NotFast
+    return value
+
+
+def _fast_float(text: str) -> float:
+    # Every float literal must already be its own ECMAScript form (RFC 8785 3.2.2.3): this
+    # rejects "1.0", "1.50", "1E-7", "-0.0", "1e+16" (an integer below 1e21 prints as one) and
+    # overflow to infinity, none of which the C re-encoding below would notice.
+    value = float(text)
+    # Without an exponent or a trailing ".0", Python's repr is the ECMAScript text (see
+    # es_number): the common case, decided without the general formatter.
+    if repr(value) == text and "e" not in text and not text.endswith(".0"):
+        return value
+    try:
+        canonical = es_number(value)
+    except ValueError:
+        raise _NotFast from None
+    if canonical != text:
+        raise _NotFast
+    return value
+
+
+def _fast_constant(name: str) -> Any:
+    raise _NotFast
+
+
+_fast_decoder = json.JSONDecoder(
+    parse_float=_fast_float, parse_int=_fast_int, parse_constant=_fast_constant
+)
+_fast_encoder = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":")
+)
+_DIGITS = frozenset("0123456789")
+_MANTISSA = frozenset("0123456789.-")
+_ES_OF_REPR: dict[str, str] = {}
+
+
+def _es_exponents(encoded: str) -> str:
+    """Rewrite each float Python printed with a negative exponent ("1e-05") in ECMAScript form.
+
+    Finds "e-" (in no other non-string token the encoder writes), widens it to the number
+    around it and replaces every occurrence of that text; text inside strings may be
+    rewritten too, which can only make the comparison in :func:`_parse_fast` fail. (A regex
+    over the whole text backtracks on every digit run of the long hex strings in ledger
+    entries, which made it the slowest step.)
+    """
+    at = encoded.find("e-")
+    while at >= 0:
+        start = at
+        while start > 0 and encoded[start - 1] in _MANTISSA:
+            start -= 1
+        end = at + 2
+        while end < len(encoded) and encoded[end] in _DIGITS:
+            end += 1
+        token = encoded[start:end]
+        text = _ES_OF_REPR.get(token)
+        if text is None:
+            try:
+                text = es_number(float(token))
+            except ValueError:  # not a number after all (e.g. "1.2.3e-5" inside a string)
+                text = token
+            if len(_ES_OF_REPR) < 4096:  # a ledger repeats a few (delta = 1e-05): bounded
+                _ES_OF_REPR[token] = text
+        if text != token:
+            encoded = encoded.replace(token, text)
+            end = start + len(text)
+        at = encoded.find("e-", end)
+    return encoded
+
+
+def _parse_fast(data: bytes) -> Any:
+    """Decide canonical ASCII bytes with the C JSON codec; raise ``_NotFast`` if unsure.
+
+    Accepts exactly when the bytes equal :func:`canonical_json` of what they decode to:
+
+    - float literals are checked one by one against their ECMAScript text (``_fast_float``)
+      and integer literals for ``-0`` and the exact range (``_fast_int``);
+    - the C encoder then re-encodes the value compactly with sorted keys and the same minimal
+      string escaper as :func:`canonical_json`. For ASCII names, code point order is UTF-16
+      code unit order (RFC 8785 3.2.3). The C encoder prints floats with ``repr``, which
+      differs from ECMAScript only for negative exponents below 1e-4 (``1e-05`` for
+      ``0.00001``); those tokens are rewritten to their ECMAScript text;
+    - a duplicate member collapses to one in the re-encoding, so its bytes never match.
+
+    A rewrite changes only number characters, so the token structure stays the canonical
+    one the encoder wrote; if the result equals the input, each rewritten token is an input
+    number literal, already checked to be canonical, and a rewrite inside a string would
+    have changed that string, so it cannot equal the input. Every failure here falls back to
+    the reference check, so the result is always the reference result.
+    """
+    if not data.isascii():
+        raise _NotFast
+    text = data.decode("ascii")
+    try:
+        value = _fast_decoder.decode(text)
+    except ValueError:
+        raise _NotFast from None
+    encoded = _fast_encoder.encode(value)
+    if "e-" in encoded:
+        encoded = _es_exponents(encoded)
+    if encoded != text:
+        raise _NotFast
+    return value
+
+
+def parse_canonical(data: bytes) -> Any:
+    """Parse bytes that must already be canonical JSON, and return the value.
+
+    Args:
+        data: the bytes.
+
+    Returns:
+        The decoded value (dicts, lists, str, int, float, bool, None).
+
+    Raises:
+        ValueError: not UTF-8, not JSON, a duplicate member name, NaN/Infinity, or bytes that
+            differ from the canonical encoding of what they decode to.
+
+    Notes:
+        ASCII bytes (every ledger entry the coordinator writes) are decided by the C JSON
+        codec plus a check of each number literal, several times faster than re-encoding in
+        Python; anything that path cannot accept (non-ASCII text, a rare number form, or any
+        error) is decided by the reference parse-and-re-encode check, which also produces the
+        error message. Both accept exactly the same bytes and return the same value (a
+        hypothesis test compares them).
+    """
+    try:
+        return _parse_fast(data)
+    except _NotFast:
+        return _parse_checked(data)

@@ -65,7 +65,9 @@ class EventKind(StrEnum):
 
 
 _TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")
-_HEX_RE = re.compile(r"^(?:[0-9a-f]{2})*$")
+# One character class and a length check (in _hex), not a repeated pair group: ~8x faster on
+# the ~1 KB signing payloads the verifier checks 100,000 times.
+_HEX_RE = re.compile(r"[0-9a-f]*\Z")
 _HASH_HEX_RE = re.compile(r"^[0-9a-f]{64}$")
 _ED25519_SIG_HEX_RE = re.compile(r"^[0-9a-f]{128}$")
 
@@ -116,7 +118,7 @@ def _obj(kind: str, path: str, value: JSON) -> Mapping[str, JSON]:
 
 
 def _hex(kind: str, path: str, value: JSON, pattern: re.Pattern[str] = _HEX_RE) -> str:
-    if not isinstance(value, str) or not value or not pattern.match(value):
+    if not isinstance(value, str) or not value or len(value) % 2 or not pattern.match(value):
         raise _fail(kind, path, "must be lowercase hex of the right length")
     return value
 
@@ -290,8 +292,15 @@ def validate_body(kind: EventKind, body: Mapping[str, JSON]) -> None:
     _VALIDATORS[kind](str(kind), body)
 
 
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+
+
 def _freeze(value: JSON) -> JSON:
     """A deep read-only copy, so a logged event cannot change after it was checked."""
+    # Scalars (most values) by exact type first: the ABC isinstance checks below cost more
+    # than the copy itself.
+    if type(value) in _SCALARS:
+        return value
     if isinstance(value, Mapping):
         return MappingProxyType({k: _freeze(v) for k, v in value.items()})
     if isinstance(value, list | tuple):

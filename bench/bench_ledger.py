@@ -1,120 +1,198 @@
 """Audit ledger benchmark: append throughput (checkpoint every 1,000) and 100k-bundle verify time.
 
+The workload is what the coordinator writes: per round one ``round_opened``, one
+``key_fingerprints``, one ``participants``, one signed ``privacy_attestation`` per surviving
+silo (5..10 of 10 silos, real :class:`dp.accounting.PrivacyAttestation` payloads, epsilon from
+the RDP accountant), one ``global_model`` and one ``round_closed``, then a signed checkpoint.
+
 Baselines run in the same process: raw SQLite inserts of the same bytes with the same
-durability settings (WAL, synchronous=FULL, same batch size), and raw SHA-256 of the same
-bytes. Run ``python bench/bench_ledger.py`` (about a minute) or ``--quick`` (seconds).
+durability settings (WAL, synchronous=FULL, same batch size), and the bare Ed25519
+verification of the same attestation signatures in one process (the floor for a one-process
+verifier). Run ``python bench/bench_ledger.py`` (about two minutes) or ``--quick`` (seconds).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
+import os
 import sqlite3
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from audits import CheckpointSigner, Event, EventKind, Ledger, verify_bundle, write_bundle
+from audits import (
+    CheckpointSigner,
+    Event,
+    EventKind,
+    Ledger,
+    LedgerEntry,
+    RdpEpsilonAccount,
+    verify_bundle,
+    write_bundle,
+)
+from dp.accounting import (
+    DP_SGD_MECHANISM,
+    MechanismStep,
+    PrivacyAttestation,
+    RdpAccountant,
+    library_versions,
+    recompute_epsilon,
+)
 
-SILOS = [f"silo-{i}" for i in range(5)]
-PREFIX = b"secagg/privacy-attestation/v1\n"
+FEDERATION = "bench"
+ORIGIN = "bench/log"
+SILOS = [f"hospital-{i:02d}" for i in range(10)]
+DELTA = 1e-5
 
 
-def make_events(count: int, keys: dict[str, Ed25519PrivateKey]) -> list[Event]:
-    events = [
-        Event(
-            EventKind.FEDERATION_CREATED,
-            "bench",
-            None,
-            {
-                "config": {"rounds": count},
-                "roster_fingerprint": "00" * 32,
-                "threat_model": {"n": 5, "t": 4, "c": 1, "min_cohort": 3, "mode": "masking"},
-            },
-            "2025-01-01T00:00:00Z",
-        )
-    ]
-    rnd = 0
-    while len(events) < count:
+class Clock:
+    """Deterministic RFC 3339 timestamps with microseconds, like the coordinator's."""
+
+    def __init__(self) -> None:
+        self.t = 0
+
+    def __call__(self) -> str:
+        self.t += 1
+        s, us = divmod(self.t * 1_700, 1_000_000)
+        return f"2025-01-01T{s // 3600 % 24:02d}:{s // 60 % 60:02d}:{s % 60:02d}.{us:06d}Z"
+
+
+def make_rounds(count: int, keys: Mapping[str, Ed25519PrivateKey]) -> list[list[Event]]:
+    """At least ``count`` events, grouped as the coordinator appends them (first: creation)."""
+    clock = Clock()
+
+    def event(kind: EventKind, rnd: int | None, body: Mapping[str, Any]) -> Event:
+        return Event.now(kind, federation=FEDERATION, round=rnd, body=body, clock=clock)
+
+    creation = event(
+        EventKind.FEDERATION_CREATED,
+        None,
+        {
+            "config": {"rounds": count, "vector_length": 31, "quantization_bits": 16},
+            "roster_fingerprint": "00" * 32,
+            "threat_model": {"n": 10, "t": 7, "c": 2, "min_cohort": 5, "mode": "masking"},
+            "privacy": {"budget": {"epsilon": 1e6, "delta": DELTA}},
+        },
+    )
+    rounds = [[creation]]
+    accountants = {s: RdpAccountant() for s in SILOS}
+    versions = library_versions()
+    # describe() reads package metadata (~1 ms): once, not per attestation.
+    accountant_name = RdpAccountant().describe()["accountant"]
+    total, rnd, model = 1, 0, hashlib.sha256(b"model-0").hexdigest()
+    while total < count:
         rnd += 1
-        events.append(
-            Event(
-                EventKind.ROUND_OPENED,
-                "bench",
-                rnd,
-                {"model_hash": "ab" * 32},
-                "2025-01-01T00:00:00Z",
-            )
-        )
-        events.append(
-            Event(
+        cohort = [SILOS[(rnd + j) % len(SILOS)] for j in range(5 + rnd % 6)]
+        dropped = cohort[-1:] if rnd % 10 == 0 else []
+        survivors = [s for s in cohort if s not in dropped]
+        session = hashlib.sha256(f"session-{rnd}".encode()).hexdigest()
+        batch = [
+            event(EventKind.ROUND_OPENED, rnd, {"model_hash": model}),
+            event(
                 EventKind.KEY_FINGERPRINTS,
-                "bench",
                 rnd,
-                {"fingerprints": {s: "cd" * 32 for s in SILOS}},
-                "2025-01-01T00:00:00Z",
-            )
-        )
-        events.append(
-            Event(
+                {
+                    "fingerprints": {
+                        s: hashlib.sha256(f"{s}/{rnd}".encode()).hexdigest() for s in cohort
+                    }
+                },
+            ),
+            event(
                 EventKind.PARTICIPANTS,
-                "bench",
                 rnd,
-                {"survivors": SILOS, "dropped": []},
-                "2025-01-01T00:00:00Z",
+                {"survivors": survivors, "dropped": dropped, "stage": "unmask"},
+            ),
+        ]
+        for silo in survivors:
+            step = MechanismStep(
+                noise_multiplier=1.0 + 0.05 * SILOS.index(silo), sample_rate=0.01, steps=50
             )
-        )
-        for silo in SILOS:
-            att = {
-                "round": rnd,
-                "epsilon": 0.01 * rnd,
-                "delta": 1e-5,
+            accountant = accountants[silo]
+            accountant.record(step)
+            epsilon = accountant.epsilon(DELTA)
+            attestation = PrivacyAttestation(
+                federation=FEDERATION,
+                round=rnd,
+                session_id=session,
+                silo=silo,
+                mechanism=DP_SGD_MECHANISM,
+                noise_multiplier=step.noise_multiplier,
+                sample_rate=step.sample_rate,
+                steps=step.steps,
+                max_grad_norm=1.0,
+                accountant=accountant_name,
+                epsilon=epsilon,
+                delta=DELTA,
+                library_versions=versions,
+            )
+            payload = attestation.signing_payload()
+            body = {
                 "silo": silo,
-                "noise_multiplier": 1.1,
-                "sample_rate": 0.01,
-                "steps": 100,
+                "attestation": attestation.to_dict(),
+                "signature": keys[silo].sign(payload).hex(),
+                "signing_payload": payload.hex(),
+                "recomputed_epsilon": epsilon,
+                "accountant": accountant_name,
             }
-            payload = PREFIX + json.dumps(att, sort_keys=True, separators=(",", ":")).encode()
-            events.append(
-                Event(
-                    EventKind.PRIVACY_ATTESTATION,
-                    "bench",
-                    rnd,
-                    {
-                        "silo": silo,
-                        "attestation": att,
-                        "signature": keys[silo].sign(payload).hex(),
-                        "signing_payload": payload.hex(),
-                        "recomputed_epsilon": 0.01 * rnd,
-                        "accountant": "rdp",
-                    },
-                    "2025-01-01T00:00:00Z",
-                )
-            )
-        events.append(
-            Event(
-                EventKind.GLOBAL_MODEL,
-                "bench",
-                rnd,
-                {"model_hash": "ef" * 32},
-                "2025-01-01T00:00:00Z",
-            )
-        )
-        events.append(Event(EventKind.ROUND_CLOSED, "bench", rnd, {}, "2025-01-01T00:00:00Z"))
-    return events[:count]
+            batch.append(event(EventKind.PRIVACY_ATTESTATION, rnd, body))
+        model = hashlib.sha256(f"model-{rnd}".encode()).hexdigest()
+        batch.append(event(EventKind.GLOBAL_MODEL, rnd, {"model_hash": model}))
+        batch.append(event(EventKind.ROUND_CLOSED, rnd, {"global_model_hash": model}))
+        rounds.append(batch)
+        total += len(batch)
+    return rounds
+
+
+def build_bundle(
+    rounds: Sequence[Sequence[Event]], count: int, tmp: Path, signer: CheckpointSigner
+) -> tuple[Path, int]:
+    """A ledger of the first ``count`` events and its bundle.
+
+    Written in 5,000-entry transactions with one checkpoint: the bundle (entries and the
+    latest checkpoint) is byte-for-byte what per-round appends and checkpoints would give,
+    minus thousands of fsyncs (the per-round pattern is timed in the append rows).
+    """
+    name = f"verify-{count}"
+    events = [e for batch in rounds for e in batch][:count]
+    ledger = Ledger(tmp / f"{name}.sqlite", origin=ORIGIN)
+    for start in range(0, len(events), 5_000):
+        ledger.append_many(events[start : start + 5_000])
+    ledger.checkpoint(signer)
+    size = ledger.size
+    bundle = write_bundle(
+        ledger, tmp / name, roster_bytes=b"{}", audit_public_key=signer.public_key
+    )
+    ledger.close()
+    return bundle, size
+
+
+def bench_rounds(rounds: Sequence[Sequence[Event]], tmp: Path, signer: CheckpointSigner) -> float:
+    """The coordinator's pattern: each round's events in one transaction, then a checkpoint."""
+    ledger = Ledger(tmp / "rounds.sqlite", origin=ORIGIN)
+    count = 0
+    start = time.perf_counter()
+    for batch in rounds:
+        ledger.append_many(batch)
+        ledger.checkpoint(signer)
+        count += len(batch)
+    rate = count / (time.perf_counter() - start)
+    ledger.close()
+    return rate
 
 
 def bench_append(
     events: list[Event], tmp: Path, batch: int, signer: CheckpointSigner
 ) -> tuple[float, Ledger]:
-    ledger = Ledger(tmp / f"ledger-{batch}.sqlite", origin="bench/log")
+    ledger = Ledger(tmp / f"ledger-{batch}.sqlite", origin=ORIGIN)
     start = time.perf_counter()
     for i in range(0, len(events), batch):
         ledger.append_many(events[i : i + batch])
@@ -142,6 +220,39 @@ def bench_raw_sqlite(blobs: list[bytes], tmp: Path, batch: int) -> float:
     return rate
 
 
+def raw_signature_seconds(bundle: Path, pub: Mapping[str, bytes]) -> float:
+    """Bare Ed25519 verification of every attestation signature in the bundle, one process."""
+    jobs = []
+    for line in (bundle / "entries.jsonl").read_bytes().splitlines():
+        if b'"privacy_attestation"' in line:
+            body = LedgerEntry.decode(line).event.body
+            key = Ed25519PublicKey.from_public_bytes(pub[body["silo"]])
+            jobs.append(
+                (key, bytes.fromhex(body["signature"]), bytes.fromhex(body["signing_payload"]))
+            )
+    start = time.perf_counter()
+    for key, signature, payload in jobs:
+        key.verify(signature, payload)
+    return time.perf_counter() - start
+
+
+def whole_history_hook(silo: str, attestations: Sequence[Mapping[str, Any]]) -> float:
+    """The pre-issue-5 style hook: recompute the silo's whole history on every attestation."""
+    steps = [
+        MechanismStep(
+            noise_multiplier=a["noise_multiplier"], sample_rate=a["sample_rate"], steps=a["steps"]
+        )
+        for a in attestations
+    ]
+    return recompute_epsilon(steps, attestations[-1]["delta"])
+
+
+def timed(fn: Any, **kwargs: Any) -> tuple[float, Any]:
+    start = time.perf_counter()
+    result = fn(**kwargs)
+    return time.perf_counter() - start, result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
@@ -149,14 +260,17 @@ def main() -> None:
     n_append = 5_000 if args.quick else 20_000
     n_single = 200 if args.quick else 1_000
     n_verify = 5_000 if args.quick else 100_000
+    n_legacy = 1_000 if args.quick else 3_000
+    workers = os.cpu_count() or 1
 
     keys = {s: Ed25519PrivateKey.generate() for s in SILOS}
     pub = {s: k.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw) for s, k in keys.items()}
-    signer = CheckpointSigner.generate(key_name="bench/log")
+    signer = CheckpointSigner.generate(key_name=ORIGIN)
     rows: list[tuple[str, str, str, str]] = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        events = make_events(max(n_append, n_verify), keys)
+        rounds = make_rounds(max(n_append, n_verify), keys)
+        events = [e for batch in rounds for e in batch]
         for batch in (100,):
             rate, ledger = bench_append(events[:n_append], tmp, batch, signer)
             blobs = ledger.entries()
@@ -170,6 +284,18 @@ def main() -> None:
                     f"{rate / raw:.2f}x",
                 )
             )
+        n_rounds = next(i for i in range(len(rounds)) if sum(map(len, rounds[:i])) >= n_single)
+        per_round = bench_rounds(rounds[:n_rounds], tmp, signer)
+        round_events = sum(map(len, rounds[:n_rounds]))
+        raw_round = bench_raw_sqlite(blobs[:round_events], tmp, round_events // n_rounds)
+        rows.append(
+            (
+                f"append_many per round (~{round_events // n_rounds} events) + ckpt per round",
+                f"{per_round:,.0f} appends/s",
+                f"raw SQLite {raw_round:,.0f}/s",
+                f"{per_round / raw_round:.2f}x",
+            )
+        )
         rate1, single = bench_append(events[:n_single], tmp, 1, signer)
         single.close()
         raw1 = bench_raw_sqlite(blobs[:n_single], tmp, 1)
@@ -182,41 +308,69 @@ def main() -> None:
             )
         )
 
-        ledger = Ledger(tmp / "verify.sqlite", origin="bench/log")
-        for i in range(0, n_verify, 5_000):
-            ledger.append_many(events[i : min(i + 5_000, n_verify)])
-        ledger.checkpoint(signer)
-        bundle = write_bundle(
-            ledger, tmp / "bundle", roster_bytes=b"{}", audit_public_key=signer.public_key
+        bundle, size = build_bundle(rounds, n_verify, tmp, signer)
+        sig_s = raw_signature_seconds(bundle, pub)
+        common = {"bundle": bundle, "silo_keys": pub, "audit_public_key": signer.public_key}
+        runs = [
+            ("no epsilon hook, workers=1", {}),
+            (f"no epsilon hook, workers={workers}", {"workers": workers}),
+            (
+                f"RdpEpsilonAccount, workers={workers}",
+                {"workers": workers, "epsilon_accounts": RdpEpsilonAccount},
+            ),
+        ]
+        seconds_by_run: list[float] = []
+        for label, extra in runs:
+            cpu = time.process_time()
+            seconds, report = timed(verify_bundle, **common, **extra)
+            cpu = time.process_time() - cpu  # all threads: tells load apart from work
+            seconds_by_run.append(seconds)
+            rows.append(
+                (
+                    f"verify {size:,} entries ({report.attestations_checked:,} sigs), {label}",
+                    f"{seconds:.2f} s (CPU {cpu:.1f} s)",
+                    f"Ed25519 alone {sig_s:.2f} s",
+                    f"{seconds / sig_s:.2f}x",
+                )
+            )
+
+        # The whole-history hook is O(rounds^2): compare it with the running account on a
+        # bundle small enough for it to finish.
+        small, small_size = build_bundle(rounds, n_legacy, tmp, signer)
+        running_s, _ = timed(
+            verify_bundle, **common | {"bundle": small}, epsilon_accounts=RdpEpsilonAccount
         )
-        blobs = ledger.entries()
-        ledger.close()
-        start = time.perf_counter()
-        report = verify_bundle(bundle, silo_keys=pub, audit_public_key=signer.public_key)
-        verify_s = time.perf_counter() - start
-        start = time.perf_counter()
-        for b in blobs:
-            hashlib.sha256(b"\x00" + b).digest()
-        sha_s = time.perf_counter() - start
+        legacy_s, _ = timed(
+            verify_bundle, **common | {"bundle": small}, recompute_epsilon=whole_history_hook
+        )
         rows.append(
             (
-                f"verify bundle, {n_verify:,} entries ({report.attestations_checked:,} sigs)",
-                f"{verify_s:.2f} s",
-                f"raw SHA-256 {sha_s:.3f} s",
-                f"{verify_s / sha_s:.0f}x",
+                f"verify {small_size:,} entries, RdpEpsilonAccount, workers=1",
+                f"{running_s:.2f} s",
+                f"whole-history hook {legacy_s:.2f} s",
+                f"{running_s / legacy_s:.2f}x",
             )
         )
 
-    widths = [
-        max(len(r[i]) for r in [("measure", "result", "baseline", "ratio"), *rows])
-        for i in range(4)
-    ]
     header = ("measure", "result", "baseline", "ratio")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
     print("  ".join("-" * w for w in widths))
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
-    print("targets: >= 5,000 appends/s with a checkpoint every 1,000; verify 100k entries < 10 s")
+    if size >= 100_000:
+        plain_s, hooked_s = seconds_by_run[1], seconds_by_run[2]
+        verdict = (
+            f"no hook {plain_s:.1f} s ({'met' if plain_s < 10 else 'MISSED'}), "
+            f"with epsilon recompute {hooked_s:.1f} s ({'met' if hooked_s < 10 else 'MISSED'})"
+        )
+    else:
+        verdict = "quick run: sizes too small to judge"
+    print(
+        "targets: >= 5,000 appends/s (batched) with a checkpoint every 1,000; verify 100k "
+        f"entries < 10 s with workers={workers}: {verdict}; load average "
+        f"{os.getloadavg()[0]:.1f} on {workers} cores"
+    )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from audits import (
     Event,
     EventKind,
     Ledger,
+    RdpEpsilonAccount,
     SignedCheckpoint,
     VerificationReport,
     load_bundle,
@@ -42,7 +44,6 @@ from dp.accounting import (
     PrivacyAttestation,
     PrivacyBudget,
     check_attestation,
-    recompute_epsilon,
     verify_attestation,
 )
 from dp.errors import AttestationError, InvalidAttestationSignature, PrivacyError
@@ -51,7 +52,6 @@ from secagg import Advertisement, Roster
 __all__ = [
     "AuditTrail",
     "attest_contribution",
-    "epsilon_recomputer",
     "export_bundle",
     "ledger_origin",
     "open_audit_trail",
@@ -243,20 +243,6 @@ def export_bundle(config: ServeConfig, out: Path) -> SignedCheckpoint:
         trail.close()
 
 
-def epsilon_recomputer() -> Callable[[str, Sequence[Mapping[str, Any]]], float]:
-    """The verifier's hook: a silo's epsilon after its attestations so far, by the RDP accountant.
-
-    The same accountant and summation the coordinator used when it accepted each attestation
-    (``dp.accounting.check_attestation``), so an honest ledger recomputes exactly.
-    """
-
-    def recompute(silo: str, attestations: Sequence[Mapping[str, Any]]) -> float:
-        steps = [PrivacyAttestation.from_dict(a).mechanism_step for a in attestations]
-        return recompute_epsilon(steps, float(attestations[-1]["delta"]))
-
-    return recompute
-
-
 def verify_bundle_dir(
     bundle: Path,
     *,
@@ -300,7 +286,8 @@ def verify_bundle_dir(
         loaded,
         silo_keys={member: roster.key(member) for member in roster.members},
         audit_public_key=audit_public_key,
-        recompute_epsilon=epsilon_recomputer(),
+        epsilon_accounts=RdpEpsilonAccount,  # the coordinator's accountant, running per silo
+        workers=os.cpu_count() or 1,
         checkpoints=checkpoints,
     )
     return report, warnings

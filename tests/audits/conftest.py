@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from dp_accounting.rdp import RdpAccountant
 
 from audits import CheckpointSigner, Event, EventKind, Ledger, write_bundle
+from dp.accounting import DP_SGD_MECHANISM, MechanismStep, recompute_epsilon
 
 ORIGIN = "secagg.test/audit/fed-1"
 FEDERATION = "fed-1"
@@ -35,6 +36,17 @@ def rdp_epsilon(silo: str, attestations: Sequence[Mapping[str, Any]]) -> float:
     return float(accountant.get_epsilon(attestations[-1]["delta"]))
 
 
+def secagg_rdp_epsilon(silo: str, attestations: Sequence[Mapping[str, Any]]) -> float:
+    """The coordinator's recomputation (dp.accounting's RDP accountant) over the whole history."""
+    steps = [
+        MechanismStep(
+            noise_multiplier=a["noise_multiplier"], sample_rate=a["sample_rate"], steps=a["steps"]
+        )
+        for a in attestations
+    ]
+    return recompute_epsilon(steps, attestations[-1]["delta"])
+
+
 class Clock:
     def __init__(self) -> None:
         self.t = 0
@@ -52,6 +64,8 @@ class Federation:
     silo_keys: dict[str, bytes]
     roster: bytes
     clock: Clock
+    epsilon: Callable[[str, Sequence[Mapping[str, Any]]], float] = rdp_epsilon
+    mechanism: str = "dp-sgd"
 
     def event(self, kind: EventKind, round: int | None, body: Mapping[str, Any]) -> Event:
         return Event.now(kind, federation=FEDERATION, round=round, body=body, clock=self.clock)
@@ -65,14 +79,14 @@ class Federation:
             "federation": FEDERATION,
             "library_versions": {"dp-accounting": "0.6.0"},
             "max_grad_norm": 1.0,
-            "mechanism": "dp-sgd",
+            "mechanism": self.mechanism,
             "noise_multiplier": 1.1 + 0.1 * SILOS.index(silo),
             "round": rnd,
             "sample_rate": 0.02,
             "silo": silo,
             "steps": 50,
         }
-        att["epsilon"] = rdp_epsilon(silo, [*history, att])
+        att["epsilon"] = self.epsilon(silo, [*history, att])
         att.update(override)
         history.append(att)
         payload = PREFIX + json.dumps(att, sort_keys=True, separators=(",", ":")).encode()
@@ -82,7 +96,7 @@ class Federation:
             "attestation": att,
             "signature": signature.hex(),
             "signing_payload": payload.hex(),
-            "recomputed_epsilon": rdp_epsilon(silo, history),
+            "recomputed_epsilon": self.epsilon(silo, history),
             "accountant": "rdp",
         }
         return self.event(EventKind.PRIVACY_ATTESTATION, rnd, body)
@@ -92,13 +106,19 @@ def _raw(key: Ed25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
-def build_federation(path: Path | str, rounds: int = 3) -> Federation:
+def build_federation(
+    path: Path | str, rounds: int = 3, *, secagg_accountant: bool = False
+) -> Federation:
+    """A federation's ledger; ``secagg_accountant``: epsilons as the coordinator computes them
+    (dp.accounting RDP, DP-SGD mechanism label) instead of Google's dp_accounting."""
     ledger = Ledger(path, origin=ORIGIN)
     signer = CheckpointSigner.generate(key_name=ORIGIN)
     private = {s: Ed25519PrivateKey.generate() for s in SILOS}
     keys = {s: _raw(k) for s, k in private.items()}
     roster = json.dumps({"silos": {s: k.hex() for s, k in keys.items()}}, sort_keys=True).encode()
     fed = Federation(ledger, signer, private, keys, roster, Clock())
+    if secagg_accountant:
+        fed.epsilon, fed.mechanism = secagg_rdp_epsilon, DP_SGD_MECHANISM
     ledger.append(
         fed.event(
             EventKind.FEDERATION_CREATED,

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Callable
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from audits import canonical
 from audits.canonical import canonical_json, es_number, parse_canonical
 
 # RFC 8785 Appendix B: IEEE-754 bit patterns and their canonical text.
@@ -141,3 +143,93 @@ def test_number_text_round_trips_exactly(x: float) -> None:
     text = es_number(x)
     assert float(text) == x or (x == 0 and float(text) == 0)
     assert not math.isnan(float(text))
+
+
+# ------------------------------------------- the fast parse path agrees with the reference
+
+
+def _outcome(parse: Callable[[bytes], object], data: bytes) -> tuple[str, str]:
+    try:
+        return ("ok", repr(parse(data)))  # repr keeps 1 and 1.0 and True apart
+    except ValueError:
+        return ("rejected", "")
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b'{"a":0.00001}', 1e-05),
+        (b'{"a":1e-7}', 1e-07),
+        (b'{"a":-2.5e-7}', -2.5e-07),
+        (b'{"a":1e+21}', 1e21),
+        (b'{"a":9007199254740994}', 9007199254740994.0),  # beyond 2**53: that double
+        (b'{"a":"v1.2.3e-5"}', "v1.2.3e-5"),
+        (b'{"a":"1e-05","b":0.00001}', "1e-05"),  # the repr text inside a string
+        (b'{"\xc3\xa9":1}', 1),  # non-ASCII: decided by the reference path
+        (b'{"a":1e-05}', None),
+        (b'{"a":1.0}', None),
+        (b'{"a":1e+16}', None),
+        (b'{"a":1E-7}', None),
+        (b'{"a":-0}', None),
+        (b'{"a":-0.0}', None),
+        (b'{"a":1e400}', None),
+        (b'{"a":NaN}', None),
+        (b'{"a":9007199254740993}', None),
+        (b'{"a":"\\u0041"}', None),
+        (b'{"a":"\\ud800"}', None),
+        (b'{"a":1,"a":1}', None),
+        (b'{"b":1,"a":1}', None),
+        (b'{"a":1} ', None),
+    ],
+)
+def test_number_and_structure_forms(data: bytes, expected: object) -> None:
+    if expected is None:
+        with pytest.raises(ValueError, match=r"canonical|duplicate|JSON|NaN|surrogate"):
+            parse_canonical(data)
+        assert _outcome(canonical._parse_checked, data)[0] == "rejected"
+    else:
+        value = parse_canonical(data)
+        first = value[next(iter(value))]
+        assert repr(first) == repr(expected)
+        assert _outcome(parse_canonical, data) == _outcome(canonical._parse_checked, data)
+
+
+def _variants(value: object) -> list[bytes]:
+    """Ways a producer might (mis)encode a value: all must be judged like the reference."""
+    return [
+        canonical_json(value),
+        json.dumps(value).encode(),
+        json.dumps(value, separators=(",", ":")).encode(),
+        json.dumps(value, sort_keys=True, separators=(",", ":")).encode(),
+        json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+            "utf-8", "surrogatepass"
+        ),
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(json_values, st.data())
+def test_fast_path_agrees_with_reference(value: object, data: st.DataObject) -> None:
+    for encoded in _variants(value):
+        assert _outcome(parse_canonical, encoded) == _outcome(canonical._parse_checked, encoded)
+    # Single-byte edits of canonical bytes: a different value, non-canonical text or garbage.
+    raw = bytearray(canonical_json(value))
+    at = data.draw(st.integers(0, len(raw) - 1))
+    raw[at] = data.draw(st.sampled_from(b'0159.e-+E" :,{}[]\\tfnua'))
+    edited = bytes(raw)
+    assert _outcome(parse_canonical, edited) == _outcome(canonical._parse_checked, edited)
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False, width=64))
+def test_every_float_round_trips_through_the_fast_path(x: float) -> None:
+    data = canonical_json({"x": x, "y": [x, -x], "s": repr(x)})
+    reference = repr(canonical._parse_checked(data))
+    assert repr(parse_canonical(data)) == reference
+    try:
+        fast = repr(canonical._parse_fast(data))
+    except canonical._NotFast:
+        # Only integral doubles between 2**53 and 1e21 print as integers the exact-range
+        # check sends to the reference path (and "e-" inside the "s" string).
+        assert 2**53 < abs(x) < 1e21 or "e-" in repr(x)
+    else:
+        assert fast == reference

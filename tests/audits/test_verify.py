@@ -2,25 +2,41 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from audits import (
     AuditBundle,
     CheckpointSigner,
     EventKind,
+    RdpEpsilonAccount,
     VerificationError,
+    VerificationReport,
     load_bundle,
     verify_bundle,
     write_bundle,
 )
-from audits.canonical import canonical_json
+from audits.canonical import canonical_json, parse_canonical
+from audits.events import _freeze
+from audits.verify import _same_json, _signed_matches
+from dp.accounting import DP_SGD_MECHANISM
 
-from .conftest import ORIGIN, Federation, build_federation, rdp_epsilon
+from .conftest import (
+    ORIGIN,
+    PREFIX,
+    Federation,
+    build_federation,
+    rdp_epsilon,
+    secagg_rdp_epsilon,
+)
 
 
 @pytest.fixture(scope="module")
@@ -246,3 +262,368 @@ def test_wrong_pinned_audit_key(pristine: tuple[Path, Federation, str]) -> None:
             silo_keys=fed.silo_keys,
             audit_public_key=CheckpointSigner.generate(key_name="x").public_key,
         )
+
+
+# --------------------------------------------------------------- epsilon: claim direction
+
+
+def _history(fed: Federation, silo: str) -> list[dict[str, object]]:
+    return [
+        dict(json.loads(e)["body"]["attestation"])
+        for e in fed.ledger.entries()
+        if f'"silo":"{silo}"'.encode() in e and b'"privacy_attestation"' in e
+    ]
+
+
+def _export(fed: Federation, out: Path) -> AuditBundle:
+    fed.ledger.checkpoint(fed.signer)
+    return load_bundle(
+        write_bundle(
+            fed.ledger, out, roster_bytes=fed.roster, audit_public_key=fed.signer.public_key
+        )
+    )
+
+
+def _claiming(tmp_path: Path, factor: float) -> tuple[Federation, AuditBundle]:
+    """One round, then hospital-a signs a round-2 claim of ``factor`` x its true epsilon."""
+    fed = build_federation(tmp_path / "l.sqlite", rounds=1, secagg_accountant=True)
+    history = _history(fed, "hospital-a")
+    true = secagg_rdp_epsilon("hospital-a", [*history, dict(history[-1], round=2)])
+    fed.ledger.append(fed.attestation_event("hospital-a", 2, history, epsilon=true * factor))
+    return fed, _export(fed, tmp_path / "b")
+
+
+def _verify_running(bundle: AuditBundle, fed: Federation, **kw: object) -> VerificationReport:
+    return verify_bundle(
+        bundle,
+        silo_keys=fed.silo_keys,
+        audit_public_key=fed.signer.public_key,
+        epsilon_accounts=RdpEpsilonAccount,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize("factor", [1.5, 1 + 1e-9, 1 - 1e-7])
+def test_over_reported_epsilon_is_accepted(tmp_path: Path, factor: float) -> None:
+    # A silo may count a round whose upload never reached the ledger: a higher claim is fine,
+    # and so is one below by less than the relative tolerance (another library's last digits).
+    fed, bundle = _claiming(tmp_path, factor)
+    report = _verify_running(bundle, fed)
+    assert report.epsilons_recomputed == report.attestations_checked == 4
+    fed.ledger.close()
+
+
+@pytest.mark.parametrize("factor", [1 - 1e-5, 0.5, 0.0])
+def test_under_reported_epsilon_is_rejected(tmp_path: Path, factor: float) -> None:
+    fed, bundle = _claiming(tmp_path, factor)
+    index = len(bundle.entries) - 1
+    with pytest.raises(
+        VerificationError, match=rf"^entry {index}: silo 'hospital-a' under-reports epsilon"
+    ):
+        _verify_running(bundle, fed)
+    # The whole-history hook applies the same rule.
+    with pytest.raises(VerificationError, match="under-reports epsilon"):
+        verify_bundle(
+            bundle,
+            silo_keys=fed.silo_keys,
+            audit_public_key=fed.signer.public_key,
+            recompute_epsilon=secagg_rdp_epsilon,
+        )
+    fed.ledger.close()
+
+
+@pytest.mark.parametrize("factor", [1.01, 0.99])
+def test_recorded_epsilon_must_match_in_both_directions(tmp_path: Path, factor: float) -> None:
+    fed = build_federation(tmp_path / "l.sqlite", rounds=1, secagg_accountant=True)
+    event = fed.attestation_event("hospital-a", 2, _history(fed, "hospital-a"))
+    body = dict(event.to_json()["body"])  # type: ignore[arg-type]
+    body["recomputed_epsilon"] = float(body["recomputed_epsilon"]) * factor  # type: ignore[arg-type]
+    fed.ledger.append(fed.event(EventKind.PRIVACY_ATTESTATION, 2, body))
+    bundle = _export(fed, tmp_path / "b")
+    for hook in (
+        {"epsilon_accounts": RdpEpsilonAccount},
+        {"recompute_epsilon": secagg_rdp_epsilon},
+    ):
+        with pytest.raises(VerificationError, match="but the coordinator recorded"):
+            verify_bundle(
+                bundle,
+                silo_keys=fed.silo_keys,
+                audit_public_key=fed.signer.public_key,
+                **hook,  # type: ignore[arg-type]
+            )
+    fed.ledger.close()
+
+
+# ------------------------------------------------------- epsilon: running per-silo account
+
+
+@pytest.fixture(scope="module")
+def secagg_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[AuditBundle, Federation]:
+    base = tmp_path_factory.mktemp("secagg")
+    fed = build_federation(base / "ledger.sqlite", secagg_accountant=True)
+    bundle = load_bundle(
+        write_bundle(
+            fed.ledger,
+            base / "bundle",
+            roster_bytes=fed.roster,
+            audit_public_key=fed.signer.public_key,
+        )
+    )
+    return bundle, fed
+
+
+def test_running_account_equals_whole_history_recomputation(
+    secagg_bundle: tuple[AuditBundle, Federation],
+) -> None:
+    bundle, fed = secagg_bundle
+    common = {"silo_keys": fed.silo_keys, "audit_public_key": fed.signer.public_key}
+    running = verify_bundle(bundle, epsilon_accounts=RdpEpsilonAccount, **common)  # type: ignore[arg-type]
+    whole = verify_bundle(bundle, recompute_epsilon=secagg_rdp_epsilon, **common)  # type: ignore[arg-type]
+    assert running.epsilons_recomputed == whole.epsilons_recomputed == 8
+    assert running.entries == whole.entries
+
+
+def test_rdp_account_matches_recompute_epsilon_exactly() -> None:
+    account = RdpEpsilonAccount("silo-a")
+    history: list[dict[str, object]] = []
+    for i, (sigma, q, steps) in enumerate([(1.1, 0.02, 50), (0.8, 0.05, 10), (1.1, 0.02, 50)]):
+        att = {
+            "mechanism": DP_SGD_MECHANISM,
+            "noise_multiplier": sigma,
+            "sample_rate": q,
+            "steps": steps,
+            "delta": 1e-5,
+            "round": i,
+        }
+        history.append(att)
+        assert account.add(att) == secagg_rdp_epsilon("silo-a", history)
+    assert "silo-a" in repr(account)
+
+
+def test_rdp_account_refuses_mechanisms_it_cannot_recompute(
+    pristine: tuple[Path, Federation, str],
+) -> None:
+    bundle, fed, _ = pristine  # labelled "dp-sgd", not dp.accounting's DP-SGD mechanism
+    with pytest.raises(
+        VerificationError, match=r"recomputing epsilon of silo .* cannot recompute epsilon"
+    ):
+        verify_bundle(
+            bundle,
+            silo_keys=fed.silo_keys,
+            audit_public_key=fed.signer.public_key,
+            epsilon_accounts=RdpEpsilonAccount,
+        )
+    with pytest.raises(ValueError, match="no 'noise_multiplier'"):
+        RdpEpsilonAccount("x").add({"mechanism": DP_SGD_MECHANISM, "delta": 1e-5})
+
+
+def test_running_account_catches_a_lying_coordinator(tmp_path: Path) -> None:
+    fed = build_federation(tmp_path / "l.sqlite", rounds=2, secagg_accountant=True)
+    event = fed.attestation_event("hospital-b", 3, _history(fed, "hospital-b"))
+    body = dict(event.to_json()["body"])  # type: ignore[arg-type]
+    body["recomputed_epsilon"] = 0.01
+    fed.ledger.append(fed.event(EventKind.PRIVACY_ATTESTATION, 3, body))
+    fed.ledger.checkpoint(fed.signer)
+    bundle = write_bundle(
+        fed.ledger, tmp_path / "b", roster_bytes=fed.roster, audit_public_key=fed.signer.public_key
+    )
+    with pytest.raises(VerificationError, match=r"coordinator recorded 0\.01"):
+        verify_bundle(
+            bundle,
+            silo_keys=fed.silo_keys,
+            audit_public_key=fed.signer.public_key,
+            epsilon_accounts=RdpEpsilonAccount,
+        )
+    fed.ledger.close()
+
+
+def test_a_failing_account_is_reported_not_raised(
+    secagg_bundle: tuple[AuditBundle, Federation],
+) -> None:
+    bundle, fed = secagg_bundle
+
+    class Broken:
+        def __init__(self, silo: str) -> None:
+            self.silo = silo
+
+        def add(self, attestation: object) -> float:
+            raise RuntimeError("accountant exploded")
+
+    with pytest.raises(VerificationError, match=r"failed: accountant exploded"):
+        verify_bundle(
+            bundle,
+            silo_keys=fed.silo_keys,
+            audit_public_key=fed.signer.public_key,
+            epsilon_accounts=Broken,
+        )
+
+
+def test_bad_arguments(secagg_bundle: tuple[AuditBundle, Federation]) -> None:
+    bundle, fed = secagg_bundle
+    common = {"silo_keys": fed.silo_keys, "audit_public_key": fed.signer.public_key}
+    with pytest.raises(ValueError, match="not both"):
+        verify_bundle(
+            bundle,
+            recompute_epsilon=secagg_rdp_epsilon,
+            epsilon_accounts=RdpEpsilonAccount,
+            **common,  # type: ignore[arg-type]
+        )
+    for workers in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="workers"):
+            verify_bundle(bundle, workers=workers, **common)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- signatures on a thread pool
+
+
+def _forged_signatures(base: Path, bad: set[int]) -> tuple[Federation, AuditBundle, list[int]]:
+    """A self-consistent log (a dishonest coordinator re-signed it) whose attestations at the
+    ``bad`` positions (0-based, among those appended here) carry a silo signature over other
+    bytes."""
+    fed = build_federation(base / "l.sqlite", rounds=1, secagg_accountant=True)
+    histories = {s: _history(fed, s) for s in ("hospital-a", "hospital-b", "hospital-c")}
+    positions = []
+    for rnd in range(2, 6):
+        for silo, history in histories.items():
+            event = fed.attestation_event(silo, rnd, history)
+            body = dict(event.to_json()["body"])  # type: ignore[arg-type]
+            if len(positions) in bad:
+                body["signature"] = fed.silo_private[silo].sign(b"something else").hex()
+            positions.append(fed.ledger.append(fed.event(EventKind.PRIVACY_ATTESTATION, rnd, body)))
+    return fed, _export(fed, base / "b"), positions
+
+
+@pytest.fixture(scope="module")
+def forged(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Federation, AuditBundle, list[int]]]:
+    fed, bundle, positions = _forged_signatures(tmp_path_factory.mktemp("forged"), bad={4, 9})
+    yield fed, bundle, positions
+    fed.ledger.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_earliest_bad_signature_is_named_with_any_pool(
+    forged: tuple[Federation, AuditBundle, list[int]],
+    monkeypatch: pytest.MonkeyPatch,
+    workers: int,
+) -> None:
+    # Tiny chunks so the pool gets many tasks and finishes them in any order.
+    monkeypatch.setattr("audits.verify._SIGNATURE_CHUNK", 2)
+    fed, bundle, positions = forged
+    with pytest.raises(
+        VerificationError,
+        match=rf"^entry {positions[4]}: attestation signature of silo 'hospital-b' is invalid",
+    ):
+        _verify_running(bundle, fed, workers=workers)
+
+
+def test_pool_and_inline_give_the_same_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("audits.verify._SIGNATURE_CHUNK", 3)
+    fed, bundle, _ = _forged_signatures(tmp_path, bad=set())
+    inline = _verify_running(bundle, fed)
+    pooled = _verify_running(bundle, fed, workers=2)
+    assert inline == pooled
+    assert pooled.attestations_checked == pooled.epsilons_recomputed == 15
+    fed.ledger.close()
+
+
+# ------------------------------------------------- what the silo signed vs what was logged
+
+
+@pytest.mark.parametrize(
+    ("signed", "logged", "ok"),
+    [
+        (1.0, 1, True),  # JSON numbers by value: the silo's 1.0 is the canonical 1
+        (True, 1, False),  # but a bool is not a number
+        (1, True, False),
+        (False, 0, False),
+        ([1, 2], [1, 2], True),
+        ({"a": 1}, [1], False),
+        ("1", 1, False),
+    ],
+)
+def test_signed_and_logged_attestation_must_be_the_same_json(
+    tmp_path: Path, signed: object, logged: object, ok: bool
+) -> None:
+    fed = build_federation(tmp_path / "l.sqlite", rounds=1, secagg_accountant=True)
+    event = fed.attestation_event("hospital-a", 2, _history(fed, "hospital-a"))
+    body = dict(event.to_json()["body"])  # type: ignore[arg-type]
+    attestation = dict(body["attestation"])  # type: ignore[arg-type]
+    attestation["extra"] = signed
+    payload = PREFIX + json.dumps(attestation, sort_keys=True, separators=(",", ":")).encode()
+    body["signing_payload"] = payload.hex()
+    body["signature"] = fed.silo_private["hospital-a"].sign(payload).hex()
+    body["attestation"] = dict(attestation, extra=logged)
+    fed.ledger.append(fed.event(EventKind.PRIVACY_ATTESTATION, 2, body))
+    bundle = _export(fed, tmp_path / "b")
+    if ok:
+        _verify_running(bundle, fed)
+    else:
+        with pytest.raises(VerificationError, match="differs from what the silo signed"):
+            _verify_running(bundle, fed)
+    fed.ledger.close()
+
+
+_leaf = st.one_of(
+    st.booleans(),
+    st.integers(-2, 2),
+    st.sampled_from([0.0, 1.0, 2.0, 0.5, 1e-05]),
+    st.none(),
+    st.sampled_from(["", "1", "true"]),
+)
+_values = st.recursive(
+    _leaf,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from("abc"), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(signed=st.dictionaries(st.sampled_from("abcd"), _values, max_size=4), data=st.data())
+def test_signed_matches_agrees_with_json_equality(
+    signed: dict[str, object], data: st.DataObject
+) -> None:
+    # The logged side as the verifier sees it: canonical bytes, decoded and frozen.
+    logged = data.draw(
+        st.one_of(st.just(signed), st.dictionaries(st.sampled_from("abcd"), _values, max_size=4))
+    )
+    entry = canonical_json(logged)
+    frozen_logged = _freeze(parse_canonical(entry))
+    payload = PREFIX + json.dumps(signed, sort_keys=True, separators=(",", ":")).encode()
+    assert _signed_matches(payload, frozen_logged, entry) == _same_json(signed, frozen_logged)
+
+
+def test_pool_started_beside_other_threads(
+    forged: tuple[Federation, AuditBundle, list[int]],
+) -> None:
+    # Another thread is running: no fork (it could copy a held lock); forkserver instead.
+    fed, bundle, positions = forged
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)
+    other.start()
+    try:
+        with pytest.raises(VerificationError, match=rf"^entry {positions[4]}: attestation sig"):
+            _verify_running(bundle, fed, workers=2)
+    finally:
+        release.set()
+        other.join()
+
+
+def test_verification_leaves_the_garbage_collector_as_it_was(
+    secagg_bundle: tuple[AuditBundle, Federation],
+) -> None:
+    bundle, fed = secagg_bundle
+    assert gc.isenabled()
+    _verify_running(bundle, fed)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        _verify_running(bundle, fed)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -22,7 +22,7 @@ import numpy.typing as npt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from audits import EventKind, LedgerEntry, VerificationError, build_report, write_bundle
+from audits import EventKind, LedgerEntry, build_report, write_bundle
 from coordinator.audit import verify_bundle_dir
 from coordinator.client import PrivateUpdate, RoundContext, RoundReport
 from coordinator.config import PrivacyConfig
@@ -469,13 +469,6 @@ def test_attestation_over_the_ceiling_is_flagged_when_configured(
     assert logged["d"].event.body["recomputed_epsilon"] > CEILING.epsilon
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=VerificationError,
-    reason="BUG: with on_violation='flag' the coordinator accepts an under-reported attestation (and records "
-    "the incident), but audits/verify.py _AttestationChecker.check fails the whole bundle on it, so the "
-    "honest ledger of a flag-mode federation can never be verified or reported",
-)
 def test_flagged_under_report_is_accepted_and_the_ledger_still_verifies(
     consortium: Consortium, tmp_path: Path
 ) -> None:
