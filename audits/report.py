@@ -70,6 +70,7 @@ def build_report(verified: VerificationReport) -> dict[str, Any]:
     silos: dict[str, dict[str, Any]] = {}
     accountants: dict[tuple[str, str], None] = {}
     incidents: list[dict[str, Any]] = []
+    silo_level: list[dict[str, Any]] = []  # silo-level distributed DP, per completed round
 
     def silo_row(silo: str) -> dict[str, Any]:
         return silos.setdefault(
@@ -115,6 +116,8 @@ def build_report(verified: VerificationReport) -> dict[str, Any]:
                     silo_row(silo)
             elif event.kind is EventKind.GLOBAL_MODEL:
                 info["model_hash"] = body["model_hash"]
+            if event.kind is EventKind.ROUND_CLOSED and "silo_level_dp" in body:
+                silo_level.append({"round": rnd, **_plain(body["silo_level_dp"])})
         if event.kind is EventKind.PRIVACY_ATTESTATION:
             att = body["attestation"]
             row = silo_row(body["silo"])
@@ -194,6 +197,12 @@ def build_report(verified: VerificationReport) -> dict[str, Any]:
         "trust_model": _plain(created.get("threat_model", {})),
         "roster_fingerprint": created.get("roster_fingerprint"),
         "mechanism_parameters": mechanism,
+        "silo_level_dp": {
+            "configuration": _plain(privacy.get("silo_level")),
+            "per_round": silo_level,
+        }
+        if silo_level or "silo_level" in privacy
+        else None,
         "rounds": [rounds[r] for r in sorted(rounds)],
         "silos": silo_list,
         "incidents": incidents,

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from audits import build_report, write_bundle
+from coordinator.audit import verify_bundle_dir
 from coordinator.client import RoundReport
 from coordinator.config import SiloDPConfig, SiloPolicy
 from coordinator.errors import Unauthorized
@@ -55,6 +57,20 @@ def test_aggregate_noise_has_the_configured_variance(trio: Consortium, tmp_path:
         records = coord.rounds()
         models = [coord.model(r).astype(np.float64) for r in range(ROUNDS + 1)]
         entries = [e.event for e in coord.service.audit.ledger.decoded()]
+        audit = coord.service.audit
+        audit.checkpoint()
+        write_bundle(
+            audit.ledger,
+            tmp_path / "bundle",
+            roster_bytes=trio.paths.roster.read_bytes(),
+            audit_public_key=audit.signer.public_key,
+        )
+    verified, _ = verify_bundle_dir(
+        tmp_path / "bundle",
+        audit_public_key=audit.signer.public_key,
+        consortium_public_key=trio.consortium_key,
+    )
+    report = build_report(verified)
 
     assert all(r.status is RoundStatus.COMPLETED for rs in reports for r in rs)
     assert [r.status for r in records] == [RoundStatus.COMPLETED] * ROUNDS
@@ -83,7 +99,11 @@ def test_aggregate_noise_has_the_configured_variance(trio: Consortium, tmp_path:
     assert all(e.body["silo_level_dp"]["wraps"] == 0 for e in closed)
     created = entries[0].body["privacy"]["silo_level"]
     assert created["noise_multiplier"] == pytest.approx(NOISE)
-    json.dumps([dict(e.body) for e in closed], default=list)  # the facts are plain JSON
+    # the regulator report shows it per round, next to (not mixed with) the record-level epsilon
+    per_round = report["silo_level_dp"]["per_round"]
+    assert [r["epsilon"] for r in per_round] == epsilons
+    assert report["silo_level_dp"]["configuration"]["noise_multiplier"] == pytest.approx(NOISE)
+    json.dumps(report)  # plain JSON
 
 
 def test_a_dropout_beyond_the_tolerance_aborts_instead_of_releasing_too_little_noise(
