@@ -220,6 +220,8 @@ def running_coordinator(
     )
     server.start()
     service.start()
+    # round 0 opens at once; wait for it so that a test's "store unchanged" baseline is not taken mid-opening
+    service.view(after=0, wait=WAIT)
     try:
         yield Coordinator(service, server, port, store)
     finally:
