@@ -45,7 +45,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +71,7 @@ from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from coordinator.proto.v1 import paillier_pb2 as ppb
 from coordinator.proto.v1 import paillier_pb2_grpc as ppb_grpc
-from coordinator.rounds import FederationSettings, RoundOutcome, RoundService
+from coordinator.rounds import FederationSettings, RoundDriver, RoundOutcome, RoundService
 from coordinator.service import MAX_WAIT_SECONDS, AuditServicer, TlsFiles, _DecodeGuard, _Servicer
 from coordinator.store import FloatVector, RoundStatus, SQLiteStore, Store
 from secagg import Quantizer, Roster
@@ -276,8 +276,10 @@ class ContributionUpload:
             self._service._abandon_upload(self._state, self.silo)
 
 
-class PaillierRoundService:
+class PaillierRoundService(RoundDriver):
     """Runs a Paillier-mode federation's rounds and answers the silos' calls. Thread-safe.
+
+    The driver lifecycle and the audit record of outcomes come from :class:`~coordinator.rounds.RoundDriver`.
 
     Args:
         settings: the federation parameters; ``threshold`` must equal the joint key's ``t``.
@@ -292,6 +294,8 @@ class PaillierRoundService:
         clock: wall-clock source, injectable for tests.
         rng: randomness for session ids.
     """
+
+    _THREAD_NAME = "paillier-driver"
 
     def __init__(
         self,
@@ -389,87 +393,6 @@ class PaillierRoundService:
             },
             privacy=privacy,
         )
-
-    def _reconcile_ledger(self) -> None:
-        """Record the end of any round the store finished but the ledger missed (a crash between the two)."""
-        recorded = self.audit.closed_rounds()
-        for record in self.store.rounds(self.settings.federation):
-            if record.status is RoundStatus.OPEN or record.round in recorded:
-                continue
-            outcome = RoundOutcome(
-                record.round,
-                record.status,
-                record.survivors,
-                record.dropped,
-                record.new_model_hash,
-                record.reason,
-            )
-            self._record_outcome(outcome, stage=None, restart=True)
-
-    def _record_outcome(
-        self,
-        outcome: RoundOutcome,
-        *,
-        stage: str | None,
-        restart: bool,
-        extra_participants: Mapping[str, Any] | None = None,
-    ) -> None:
-        extra: dict[str, Any] = {"recorded_at_restart": True} if restart else {}
-        r = outcome.round
-        if outcome.status is RoundStatus.COMPLETED:
-            digest = outcome.new_model_hash.hex()
-            self.audit.record_many(
-                [
-                    (
-                        EventKind.PARTICIPANTS,
-                        r,
-                        {"survivors": list(outcome.survivors), "dropped": list(outcome.dropped)}
-                        | dict(extra_participants or {})
-                        | extra,
-                    ),
-                    (EventKind.GLOBAL_MODEL, r, {"model_hash": digest}),
-                    (EventKind.ROUND_CLOSED, r, {"global_model_hash": digest} | extra),
-                ]
-            )
-        else:
-            body: dict[str, Any] = {"reason": outcome.reason or "aborted"} | extra
-            if stage is not None:
-                body["stage"] = stage
-            self.audit.record(EventKind.ROUND_ABORTED, r, body)
-        self.audit.checkpoint()
-
-    # Lifecycle -----------------------------------------------------------------------------------------
-    def start(self) -> None:
-        """Start the driver thread."""
-        self._thread = threading.Thread(target=self._drive, name="paillier-driver", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop after waking every waiter; an open round stays open in the store (aborted on restart)."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    @property
-    def finished(self) -> bool:
-        """True once every planned round has run."""
-        return self._next >= self.settings.rounds and self._round is None
-
-    def wait_finished(self, timeout: float | None = None) -> bool:
-        """Block until every planned round has run."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self.finished or self._stopping, timeout)
-
-    def _drive(self) -> None:
-        while True:
-            with self._cond:
-                if self._stopping or self._next >= self.settings.rounds:
-                    self._cond.notify_all()
-                    return
-                round_ = self._next
-            self._run_round(round_)
 
     def _config(self, round_: int, session_id: bytes) -> PaillierRoundConfig:
         s = self.settings

@@ -67,7 +67,7 @@ from secagg import (
     UnmaskResponse,
 )
 
-__all__ = ["FederationSettings", "RoundOutcome", "RoundService", "RoundView"]
+__all__ = ["FederationSettings", "RoundDriver", "RoundOutcome", "RoundService", "RoundView"]
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,124 @@ class Upload:
             self._spool.close()
 
 
-class RoundService:
+class RoundDriver:
+    """What both aggregation modes share: the driver thread's lifecycle and the audit record of round outcomes.
+
+    A subclass sets ``settings``, ``store``, ``audit``, ``_cond``, ``_round``, ``_next``, ``_stopping`` and
+    ``_thread`` and implements :meth:`_run_round`.
+    """
+
+    _THREAD_NAME = "round-driver"
+    settings: FederationSettings
+    store: Store
+    audit: AuditTrail
+    _cond: threading.Condition
+    _round: object | None
+    _next: int
+    _stopping: bool
+    _thread: threading.Thread | None
+
+    def _run_round(self, round_: int) -> None:
+        raise NotImplementedError
+
+    # Lifecycle -----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the driver thread."""
+        self._thread = threading.Thread(target=self._drive, name=self._THREAD_NAME, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop after waking every waiter; an open round stays open in the store (aborted on restart)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def finished(self) -> bool:
+        """True once every planned round has run."""
+        return self._next >= self.settings.rounds and self._round is None
+
+    def wait_finished(self, timeout: float | None = None) -> bool:
+        """Block until every planned round has run."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.finished or self._stopping, timeout)
+
+    def _drive(self) -> None:
+        while True:
+            with self._cond:
+                if self._stopping or self._next >= self.settings.rounds:
+                    self._cond.notify_all()
+                    return
+                round_ = self._next
+            self._run_round(round_)
+
+    # Audit ---------------------------------------------------------------------------------------------
+    def _reconcile_ledger(self) -> None:
+        """Record the end of any round the store finished but the ledger missed (a crash between the two)."""
+        recorded = self.audit.closed_rounds()
+        for record in self.store.rounds(self.settings.federation):
+            if record.status is RoundStatus.OPEN or record.round in recorded:
+                continue
+            outcome = RoundOutcome(
+                record.round,
+                record.status,
+                record.survivors,
+                record.dropped,
+                record.new_model_hash,
+                record.reason,
+            )
+            self._record_outcome(outcome, stage=None, restart=True)
+
+    def _record_outcome(
+        self,
+        outcome: RoundOutcome,
+        *,
+        stage: str | None,
+        restart: bool,
+        extra_participants: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record how a round ended (participants, model, closing or abort) and sign a checkpoint."""
+        extra: dict[str, Any] = {"recorded_at_restart": True} if restart else {}
+        r = outcome.round
+        if outcome.status is RoundStatus.COMPLETED:
+            digest = outcome.new_model_hash.hex()
+            closed: dict[str, Any] = {"global_model_hash": digest} | extra
+            if outcome.silo_dp is not None:
+                closed["silo_level_dp"] = dict(outcome.silo_dp)
+                if outcome.silo_dp["wraps"]:
+                    self.audit.record(
+                        EventKind.INCIDENT,
+                        r,
+                        {
+                            "severity": "warning",
+                            "description": f"{outcome.silo_dp['wraps']} coordinates of the distributed-DP "
+                            "sum wrapped around the modulus",
+                        },
+                    )
+            self.audit.record_many(
+                [
+                    (
+                        EventKind.PARTICIPANTS,
+                        r,
+                        {"survivors": list(outcome.survivors), "dropped": list(outcome.dropped)}
+                        | dict(extra_participants or {})
+                        | extra,
+                    ),
+                    (EventKind.GLOBAL_MODEL, r, {"model_hash": digest}),
+                    (EventKind.ROUND_CLOSED, r, closed),
+                ]
+            )
+        else:
+            body: dict[str, Any] = {"reason": outcome.reason or "aborted"} | extra
+            if stage is not None:
+                body["stage"] = stage
+            self.audit.record(EventKind.ROUND_ABORTED, r, body)
+        self.audit.checkpoint()
+
+
+class RoundService(RoundDriver):
     """Runs a federation's rounds and answers the silos' calls. Thread-safe.
 
     Args:
@@ -307,92 +424,6 @@ class RoundService:
             },
             privacy=privacy,
         )
-
-    def _reconcile_ledger(self) -> None:
-        """Record the end of any round the store finished but the ledger missed (a crash between the two)."""
-        recorded = self.audit.closed_rounds()
-        for record in self.store.rounds(self.settings.federation):
-            if record.status is RoundStatus.OPEN or record.round in recorded:
-                continue
-            outcome = RoundOutcome(
-                record.round,
-                record.status,
-                record.survivors,
-                record.dropped,
-                record.new_model_hash,
-                record.reason,
-            )
-            self._record_outcome(outcome, stage=None, restart=True)
-
-    def _record_outcome(self, outcome: RoundOutcome, *, stage: str | None, restart: bool) -> None:
-        extra: dict[str, Any] = {"recorded_at_restart": True} if restart else {}
-        r = outcome.round
-        if outcome.status is RoundStatus.COMPLETED:
-            digest = outcome.new_model_hash.hex()
-            closed: dict[str, Any] = {"global_model_hash": digest} | extra
-            if outcome.silo_dp is not None:
-                closed["silo_level_dp"] = dict(outcome.silo_dp)
-                if outcome.silo_dp["wraps"]:
-                    self.audit.record(
-                        EventKind.INCIDENT,
-                        r,
-                        {
-                            "severity": "warning",
-                            "description": f"{outcome.silo_dp['wraps']} coordinates of the distributed-DP "
-                            "sum wrapped around the modulus",
-                        },
-                    )
-            self.audit.record_many(
-                [
-                    (
-                        EventKind.PARTICIPANTS,
-                        r,
-                        {"survivors": list(outcome.survivors), "dropped": list(outcome.dropped)}
-                        | extra,
-                    ),
-                    (EventKind.GLOBAL_MODEL, r, {"model_hash": digest}),
-                    (EventKind.ROUND_CLOSED, r, closed),
-                ]
-            )
-        else:
-            body: dict[str, Any] = {"reason": outcome.reason or "aborted"} | extra
-            if stage is not None:
-                body["stage"] = stage
-            self.audit.record(EventKind.ROUND_ABORTED, r, body)
-        self.audit.checkpoint()
-
-    # Lifecycle -----------------------------------------------------------------------------------------
-    def start(self) -> None:
-        """Start the driver thread."""
-        self._thread = threading.Thread(target=self._drive, name="round-driver", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop after waking every waiter; an open round stays open in the store (aborted on restart)."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    @property
-    def finished(self) -> bool:
-        """True once every planned round has run."""
-        return self._next >= self.settings.rounds and self._round is None
-
-    def wait_finished(self, timeout: float | None = None) -> bool:
-        """Block until every planned round has run."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self.finished or self._stopping, timeout)
-
-    def _drive(self) -> None:
-        while True:
-            with self._cond:
-                if self._stopping or self._next >= self.settings.rounds:
-                    self._cond.notify_all()
-                    return
-                round_ = self._next
-            self._run_round(round_)
 
     def _config(self, round_: int, start_hash: bytes) -> RoundConfig:
         s = self.settings
