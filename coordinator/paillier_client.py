@@ -37,7 +37,6 @@ import json
 import logging
 import os
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -76,6 +75,7 @@ from coordinator.pki import load_ed25519_private
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import paillier_pb2 as ppb
 from coordinator.proto.v1 import paillier_pb2_grpc as ppb_grpc
+from coordinator.runner import run_example_task
 from coordinator.service import TlsFiles
 from coordinator.store import RoundStatus, model_hash
 from secagg import Quantizer, Roster, RoundAborted, SecAggError
@@ -106,8 +106,6 @@ _POLL_SECONDS = 20.0
 _CHUNK_HEADROOM = (
     16 * 1024
 )  # protobuf framing, ids, the commitment, the attestation and its signature
-EVENT_PREFIX = "SECAGG-EVENT "
-"""Silo processes started with ``events`` print one JSON object per line behind this prefix (as the demo's)."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -675,79 +673,13 @@ class PaillierSilo:
 # The demo's silo process
 
 
-def _emit(enabled: bool, **event: Any) -> None:
-    if enabled:
-        sys.stdout.write(EVENT_PREFIX + json.dumps(event, sort_keys=True) + "\n")
-        sys.stdout.flush()
-
-
 def run_example_paillier_silo(
     config: SiloConfig, *, events: bool = False, files: PaillierFiles | None = None
 ) -> list[dict[str, Any]]:
     """Run one Paillier-mode silo of the built-in example task until the federation ends.
 
-    Mirrors :func:`coordinator.runner.run_example_silo` (DP-SGD on the silo's breast-cancer shard); only the
-    aggregation differs. Returns one summary per round; with ``events`` also prints them for the demo.
+    The same task as :func:`coordinator.runner.run_example_silo` (DP-SGD on the silo's breast-cancer shard);
+    only the aggregation differs. Returns one summary per round; with ``events`` also prints them for the demo.
     """
-    # torch is imported only here: the coordinator and the CLI's other commands never load it
-    from dp.accounting import PrivacyBudget
-    from dp.training import PrivateTrainer
-    from dp.training.example import (
-        DEMO_MAX_GRAD_NORM,
-        load_breast_cancer_silos,
-        make_model,
-        silo_dataset,
-    )
-
-    task = config.task
-    split = load_breast_cancer_silos(n_silos=task.num_shards, seed=task.seed)
-    features, labels = split.silos[task.shard]
-    config.state_dir.mkdir(parents=True, exist_ok=True)
     with PaillierSilo.from_config(config, files=files) as silo:
-        joined = silo.join()
-        trainer = PrivateTrainer(
-            model=make_model(split.n_features),
-            data=silo_dataset(features, labels),
-            budget=PrivacyBudget(epsilon=task.epsilon, delta=task.delta),
-            planned_rounds=joined.rounds,
-            local_epochs=task.local_epochs,
-            max_grad_norm=DEMO_MAX_GRAD_NORM,
-            lr=task.lr,
-            batch_size=task.batch_size,
-            state_path=config.state_dir / "accountant.json",
-        )
-        _emit(events, kind="joined", silo=config.silo, records=len(labels), rounds=joined.rounds)
-
-        def train(ctx: PaillierRoundContext) -> PrivateUpdate:
-            _emit(events, kind="training", silo=config.silo, round=ctx.round)
-            started = time.perf_counter()
-            result = trainer.train_round(ctx.weights)
-            _emit(
-                events,
-                kind="trained",
-                silo=config.silo,
-                round=ctx.round,
-                seconds=round(time.perf_counter() - started, 3),
-                epsilon=result.epsilon_spent,
-            )
-            return result
-
-        summaries: list[dict[str, Any]] = []
-        for report in silo.run(train):
-            summary = {
-                "kind": "round",
-                "silo": config.silo,
-                "round": report.round,
-                "status": report.status.value,
-                "survivors": list(report.survivors),
-                "dropped": list(report.dropped),
-                "reason": report.reason,
-                "epsilon": trainer.epsilon_spent,
-                "delta": task.delta,
-                "budget": task.epsilon,
-                "mode": "paillier",
-            }
-            summaries.append(summary)
-            _emit(events, **summary)
-        _emit(events, kind="done", silo=config.silo, epsilon=trainer.epsilon_spent)
-        return summaries
+        return run_example_task(config, silo, events=events)

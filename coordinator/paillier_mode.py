@@ -72,7 +72,15 @@ from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from coordinator.proto.v1 import paillier_pb2 as ppb
 from coordinator.proto.v1 import paillier_pb2_grpc as ppb_grpc
 from coordinator.rounds import FederationSettings, RoundDriver, RoundOutcome, RoundService
-from coordinator.service import MAX_WAIT_SECONDS, AuditServicer, TlsFiles, _DecodeGuard, _Servicer
+from coordinator.service import (
+    MAX_WAIT_SECONDS,
+    AuditServicer,
+    TlsFiles,
+    _DecodeGuard,
+    _Servicer,
+    drain_upload,
+    model_chunks,
+)
 from coordinator.store import FloatVector, RoundStatus, SQLiteStore, Store
 from secagg import Quantizer, Roster
 from secagg.errors import ProtocolError, RoundAborted, SecAggError
@@ -565,10 +573,6 @@ class PaillierRoundService(RoundDriver):
         )
 
     # Silo-facing API -----------------------------------------------------------------------------------
-    def _member(self, silo: str) -> None:
-        if silo not in self.roster.members:
-            raise Unauthorized(f"{silo!r} is not a member of federation {self.settings.federation}")
-
     def _current(self, round_: int, stage: PaillierStage) -> _PaillierRound:
         state = self._round
         if state is None or state.config.round_number != round_:
@@ -620,10 +624,6 @@ class PaillierRoundService(RoundDriver):
                 state.deadline,
                 False,
             )
-
-    def model(self, round_: int) -> tuple[FloatVector, bytes]:
-        """The global model round ``round_`` starts from."""
-        return self.store.model(self.settings.federation, round_)
 
     def contribution(
         self,
@@ -795,27 +795,6 @@ class PaillierRoundService(RoundDriver):
                 },
             )
             self._cond.notify_all()
-
-    def result(self, round_: int, wait: float) -> RoundOutcome:
-        """The outcome of a round (from memory, or from the store for earlier rounds)."""
-        if round_ >= self.settings.rounds:
-            raise NotFound(f"round {round_} is beyond the {self.settings.rounds} planned rounds")
-        with self._cond:
-            self._cond.wait_for(lambda: self._stopping or round_ < self._next, wait)
-            state = self._state(round_)
-            if state is not None and state.outcome is not None:
-                return state.outcome
-        for record in self.store.rounds(self.settings.federation):
-            if record.round == round_ and record.status is not RoundStatus.OPEN:
-                return RoundOutcome(
-                    round_,
-                    record.status,
-                    record.survivors,
-                    record.dropped,
-                    record.new_model_hash,
-                    record.reason,
-                )
-        raise TimeoutError(f"round {round_} has not finished")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1109,18 +1088,13 @@ class PaillierServicer(_Servicer, ppb_grpc.PaillierFederationServicer):
     def DownloadModel(
         self, request: pb.DownloadModelRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ModelChunk]:
-        def run() -> tuple[bytes, bytes, int]:
+        def run() -> tuple[bytes, bytes]:
             self._caller(context)
             self._federation(request.federation)
-            model, digest = self._service.model(request.round)
-            return model.astype("<f4").tobytes(), digest, int(model.shape[0])
+            return self._service.model_bytes(request.round)
 
-        data, digest, total = self._call(context, run)
-        step = chunk_words(self._max_message_bytes) * 4
-        for start in range(0, max(len(data), 1), step):
-            yield pb.ModelChunk(
-                offset=start // 4, values=data[start : start + step], total=total, model_hash=digest
-            )
+        data, digest = self._call(context, run)
+        yield from model_chunks(data, digest, self._max_message_bytes)
 
     def UploadContribution(
         self, request_iterator: Iterable[ppb.ContributionChunk], context: grpc.ServicerContext
@@ -1141,25 +1115,13 @@ class PaillierServicer(_Servicer, ppb_grpc.PaillierFederationServicer):
                 attestation=bytes(first.attestation),
                 signature=bytes(first.attestation_signature),
             ) as upload:
-                chunk: ppb.ContributionChunk | None = first
-                while chunk is not None:
-                    if (chunk.silo, chunk.round, chunk.federation) != (
-                        silo,
-                        first.round,
-                        first.federation,
-                    ):
-                        raise InvalidInput(
-                            "every chunk of an upload must name the same silo, round and federation"
-                        )
-                    upload.add(int(chunk.chunk_index), bytes(chunk.ciphertexts))
-                    if chunk.last:
-                        if next(chunks, None) is not None:
-                            raise InvalidInput("chunks after the last one")
-                        upload.finish()
-                        break
-                    chunk = next(chunks, None)
-                else:
-                    raise InvalidInput("upload ended without its last chunk")
+                drain_upload(
+                    first,
+                    chunks,
+                    silo,
+                    lambda c: upload.add(int(c.chunk_index), bytes(c.ciphertexts)),
+                    upload.finish,
+                )
             return pb.Ack()
 
         return self._call(context, run)

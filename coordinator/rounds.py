@@ -218,9 +218,59 @@ class RoundDriver:
     _next: int
     _stopping: bool
     _thread: threading.Thread | None
+    roster: Roster
+    _model_cache: tuple[int, bytes, bytes] | None = None  # (round, float32 bytes, hash)
 
     def _run_round(self, round_: int) -> None:
         raise NotImplementedError
+
+    def _state(self, round_: int) -> Any:
+        """The in-memory state of round ``round_`` (open, or one of the last finished), or ``None``."""
+        raise NotImplementedError
+
+    # Shared silo-facing calls ---------------------------------------------------------------------------
+    def _member(self, silo: str) -> None:
+        if silo not in self.roster.members:
+            raise Unauthorized(f"{silo!r} is not a member of federation {self.settings.federation}")
+
+    def model_bytes(self, round_: int) -> tuple[bytes, bytes]:
+        """The global model round ``round_`` starts from, as float32 little-endian bytes, and its hash.
+
+        The latest model is kept in memory once, so N silos downloading it at the same time share one copy
+        instead of each holding their own (coordinator memory must not grow with the number of silos).
+        """
+        with self._cond:
+            cached = self._model_cache
+            if cached is not None and cached[0] == round_:
+                return cached[1], cached[2]
+        model, digest = self.store.model(self.settings.federation, round_)
+        data = model.astype("<f4").tobytes()
+        with self._cond:
+            if round_ >= (self._model_cache[0] if self._model_cache else -1):
+                self._model_cache = (round_, data, digest)
+        return data, digest
+
+    def result(self, round_: int, wait: float) -> RoundOutcome:
+        """The outcome of a round (from memory, or from the store for earlier rounds)."""
+        if round_ >= self.settings.rounds:
+            raise NotFound(f"round {round_} is beyond the {self.settings.rounds} planned rounds")
+        with self._cond:
+            self._cond.wait_for(lambda: self._stopping or round_ < self._next, wait)
+            state = self._state(round_)
+            if state is not None and state.outcome is not None:
+                outcome: RoundOutcome = state.outcome
+                return outcome
+        for record in self.store.rounds(self.settings.federation):
+            if record.round == round_ and record.status is not RoundStatus.OPEN:
+                return RoundOutcome(
+                    round_,
+                    record.status,
+                    record.survivors,
+                    record.dropped,
+                    record.new_model_hash,
+                    record.reason,
+                )
+        raise TimeoutError(f"round {round_} has not finished")
 
     # Lifecycle -----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -351,7 +401,6 @@ class RoundService(RoundDriver):
         self._cond = threading.Condition(threading.RLock())
         self._round: _Round | None = None
         self._finished_rounds: dict[int, _Round] = {}  # the last two, for late long polls
-        self._model_cache: tuple[int, bytes, bytes] | None = None  # (round, float32 bytes, hash)
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._quantizer = Quantizer(
@@ -591,10 +640,6 @@ class RoundService(RoundDriver):
         return estimate / count, facts
 
     # Silo-facing API -----------------------------------------------------------------------------------
-    def _member(self, silo: str) -> None:
-        if silo not in self.roster.members:
-            raise Unauthorized(f"{silo!r} is not a member of federation {self.settings.federation}")
-
     def _current(self, round_: int, stage: Stage) -> _Round:
         state = self._round
         if state is None or state.config.round != round_:
@@ -632,23 +677,6 @@ class RoundService(RoundDriver):
                 state.deadline,
                 False,
             )
-
-    def model_bytes(self, round_: int) -> tuple[bytes, bytes]:
-        """The global model round ``round_`` starts from, as float32 little-endian bytes, and its hash.
-
-        The latest model is kept in memory once, so N silos downloading it at the same time share one copy
-        instead of each holding their own (coordinator memory must not grow with the number of silos).
-        """
-        with self._cond:
-            cached = self._model_cache
-            if cached is not None and cached[0] == round_:
-                return cached[1], cached[2]
-        model, digest = self.store.model(self.settings.federation, round_)
-        data = model.astype("<f4").tobytes()
-        with self._cond:
-            if round_ >= (self._model_cache[0] if self._model_cache else -1):
-                self._model_cache = (round_, data, digest)
-        return data, digest
 
     def advertise(self, silo: str, round_: int, ad: Advertisement) -> None:
         """Stage 1 submission."""
@@ -854,24 +882,3 @@ class RoundService(RoundDriver):
         request = self._wait_past(round_, Stage.CONSISTENCY_CHECK, wait).request
         assert request is not None
         return request
-
-    def result(self, round_: int, wait: float) -> RoundOutcome:
-        """The outcome of a round (from memory, or from the store for earlier rounds)."""
-        if round_ >= self.settings.rounds:
-            raise NotFound(f"round {round_} is beyond the {self.settings.rounds} planned rounds")
-        with self._cond:
-            self._cond.wait_for(lambda: self._stopping or round_ < self._next, wait)
-            state = self._state(round_)
-            if state is not None and state.outcome is not None:
-                return state.outcome
-        for record in self.store.rounds(self.settings.federation):
-            if record.round == round_ and record.status is not RoundStatus.OPEN:
-                return RoundOutcome(
-                    round_,
-                    record.status,
-                    record.survivors,
-                    record.dropped,
-                    record.new_model_hash,
-                    record.reason,
-                )
-        raise TimeoutError(f"round {round_} has not finished")

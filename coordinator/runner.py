@@ -11,9 +11,10 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import numpy as np
@@ -25,7 +26,13 @@ from coordinator.rounds import FederationSettings, RoundService
 from coordinator.service import TlsFiles, create_server
 from coordinator.store import SQLiteStore
 
-__all__ = ["Coordinator", "run_example_silo", "start_coordinator"]
+__all__ = [
+    "Coordinator",
+    "ExampleClient",
+    "run_example_silo",
+    "run_example_task",
+    "start_coordinator",
+]
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +128,26 @@ def run_example_silo(config: SiloConfig, *, events: bool = False) -> list[dict[s
 
     Returns one summary per round; with ``events`` also prints them as machine-readable lines for the demo.
     """
+    with Silo.from_config(config) as silo:
+        return run_example_task(config, silo, events=events)
+
+
+class ExampleClient(Protocol):
+    """What the example task needs from a connected silo SDK (masking or Paillier mode)."""
+
+    def join(self) -> Any:
+        """Join; the answer's ``rounds`` is the planned number of rounds."""
+        ...
+
+    def run(self, train: Any) -> Iterator[Any]:
+        """Take part in every round; yields one report per round."""
+        ...
+
+
+def run_example_task(
+    config: SiloConfig, silo: ExampleClient, *, events: bool = False
+) -> list[dict[str, Any]]:
+    """The example task over an already connected SDK client, whatever its aggregation mode."""
     # torch is imported only here: the coordinator and the CLI's other commands never load it
     from dp.accounting import PrivacyBudget
     from dp.training import PrivateTrainer
@@ -135,53 +162,53 @@ def run_example_silo(config: SiloConfig, *, events: bool = False) -> list[dict[s
     split = load_breast_cancer_silos(n_silos=task.num_shards, seed=task.seed)
     features, labels = split.silos[task.shard]
     config.state_dir.mkdir(parents=True, exist_ok=True)
-    with Silo.from_config(config) as silo:
-        joined = silo.join()
-        trainer = PrivateTrainer(
-            model=make_model(split.n_features),
-            data=silo_dataset(features, labels),
-            budget=PrivacyBudget(epsilon=task.epsilon, delta=task.delta),
-            planned_rounds=joined.rounds,
-            local_epochs=task.local_epochs,
-            max_grad_norm=DEMO_MAX_GRAD_NORM,
-            lr=task.lr,
-            batch_size=task.batch_size,
-            state_path=config.state_dir / "accountant.json",
+    joined = silo.join()
+    trainer = PrivateTrainer(
+        model=make_model(split.n_features),
+        data=silo_dataset(features, labels),
+        budget=PrivacyBudget(epsilon=task.epsilon, delta=task.delta),
+        planned_rounds=joined.rounds,
+        local_epochs=task.local_epochs,
+        max_grad_norm=DEMO_MAX_GRAD_NORM,
+        lr=task.lr,
+        batch_size=task.batch_size,
+        state_path=config.state_dir / "accountant.json",
+    )
+    _emit(events, kind="joined", silo=config.silo, records=len(labels), rounds=joined.rounds)
+
+    def train(ctx: RoundContext) -> PrivateUpdate:
+        _emit(events, kind="training", silo=config.silo, round=ctx.round)
+        started = time.perf_counter()
+        result = trainer.train_round(ctx.weights)
+        _emit(
+            events,
+            kind="trained",
+            silo=config.silo,
+            round=ctx.round,
+            seconds=round(time.perf_counter() - started, 3),
+            epsilon=result.epsilon_spent,
         )
-        _emit(events, kind="joined", silo=config.silo, records=len(labels), rounds=joined.rounds)
+        return result
 
-        def train(ctx: RoundContext) -> PrivateUpdate:
-            _emit(events, kind="training", silo=config.silo, round=ctx.round)
-            started = time.perf_counter()
-            result = trainer.train_round(ctx.weights)
-            _emit(
-                events,
-                kind="trained",
-                silo=config.silo,
-                round=ctx.round,
-                seconds=round(time.perf_counter() - started, 3),
-                epsilon=result.epsilon_spent,
-            )
-            return result
-
-        summaries: list[dict[str, Any]] = []
-        for report in silo.run(train):
-            summary = {
-                "kind": "round",
-                "silo": config.silo,
-                "round": report.round,
-                "status": report.status.value,
-                "survivors": list(report.survivors),
-                "dropped": list(report.dropped),
-                "reason": report.reason,
-                "epsilon": trainer.epsilon_spent,
-                "delta": task.delta,
-                "budget": task.epsilon,
-            }
-            summaries.append(summary)
-            _emit(events, **summary)
-        _emit(events, kind="done", silo=config.silo, epsilon=trainer.epsilon_spent)
-        return summaries
+    summaries: list[dict[str, Any]] = []
+    for report in silo.run(train):
+        summary = {
+            "kind": "round",
+            "silo": config.silo,
+            "round": report.round,
+            "status": report.status.value,
+            "survivors": list(report.survivors),
+            "dropped": list(report.dropped),
+            "reason": report.reason,
+            "epsilon": trainer.epsilon_spent,
+            "delta": task.delta,
+            "budget": task.epsilon,
+            "mode": config.mode,
+        }
+        summaries.append(summary)
+        _emit(events, **summary)
+    _emit(events, kind="done", silo=config.silo, epsilon=trainer.epsilon_spent)
+    return summaries
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -83,6 +83,47 @@ def _abort(context: grpc.ServicerContext, exc: Exception) -> NoReturn:
 R = TypeVar("R")
 
 
+def model_chunks(data: bytes, digest: bytes, max_message_bytes: int) -> Iterator[pb.ModelChunk]:
+    """A model (float32 little-endian bytes) as download chunks below the message limit."""
+    step = chunk_words(max_message_bytes) * 4
+    view = memoryview(data)
+    for start in range(0, max(len(data), 1), step):
+        yield pb.ModelChunk(
+            offset=start // 4,
+            values=bytes(view[start : start + step]),
+            total=len(data) // 4,
+            model_hash=digest,
+        )
+
+
+def drain_upload(
+    first: Any,
+    rest: Iterator[Any],
+    silo: str,
+    add: Callable[[Any], None],
+    finish: Callable[[], None],
+) -> None:
+    """Feed a client-streamed upload to ``add`` chunk by chunk and ``finish`` at its last chunk.
+
+    Every chunk must name the same silo, round and federation as the first; nothing may follow the last one,
+    and a stream that ends without a last chunk is refused (the caller's upload context then rolls back).
+    """
+    chunk: Any = first
+    while chunk is not None:
+        if (chunk.silo, chunk.round, chunk.federation) != (silo, first.round, first.federation):
+            raise InvalidInput(
+                "every chunk of an upload must name the same silo, round and federation"
+            )
+        add(chunk)
+        if chunk.last:
+            if next(rest, None) is not None:
+                raise InvalidInput("chunks after the last one")
+            finish()
+            return
+        chunk = next(rest, None)
+    raise InvalidInput("upload ended without its last chunk")
+
+
 class _Servicer:
     """Caller identity, federation check and error mapping shared by the coordinator's services."""
 
@@ -177,16 +218,7 @@ class FederationServicer(_Servicer, pb_grpc.FederationServicer):
             return self._rounds.model_bytes(request.round)
 
         data, digest = self._call(context, run)
-        total = len(data) // 4
-        step = chunk_words(self._max_message_bytes) * 4
-        view = memoryview(data)
-        for start in range(0, max(len(data), 1), step):
-            yield pb.ModelChunk(
-                offset=start // 4,
-                values=bytes(view[start : start + step]),
-                total=total,
-                model_hash=digest,
-            )
+        yield from model_chunks(data, digest, self._max_message_bytes)
 
     def AdvertiseKeys(
         self, request: pb.AdvertiseKeysRequest, context: grpc.ServicerContext
@@ -246,25 +278,13 @@ class FederationServicer(_Servicer, pb_grpc.FederationServicer):
                 attestation=bytes(first.attestation),
                 signature=bytes(first.attestation_signature),
             ) as upload:
-                chunk: pb.MaskedChunk | None = first
-                while chunk is not None:
-                    if (chunk.silo, chunk.round, chunk.federation) != (
-                        silo,
-                        first.round,
-                        first.federation,
-                    ):
-                        raise InvalidInput(
-                            "every chunk of an upload must name the same silo, round and federation"
-                        )
-                    upload.add(chunk.offset, u32_from_bytes(chunk.values))
-                    if chunk.last:
-                        if next(chunks, None) is not None:
-                            raise InvalidInput("chunks after the last one")
-                        upload.finish()
-                        break
-                    chunk = next(chunks, None)
-                else:
-                    raise InvalidInput("upload ended without its last chunk")
+                drain_upload(
+                    first,
+                    chunks,
+                    silo,
+                    lambda c: upload.add(c.offset, u32_from_bytes(c.values)),
+                    upload.finish,
+                )
             return pb.Ack()
 
         return self._call(context, run)
