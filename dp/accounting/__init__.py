@@ -29,6 +29,7 @@ from dp.accounting.rdp import (
     MAX_NOISE_MULTIPLIER,
     RdpAccountant,
     calibrate_noise_multiplier,
+    epsilon_trajectory,
     recompute_epsilon,
 )
 from dp.accounting.tight import PLD_CONVERSION, EpsilonReport, tight_epsilon
@@ -53,6 +54,7 @@ __all__ = [
     "check_attestation",
     "check_ceiling",
     "check_delta_for_records",
+    "epsilon_trajectory",
     "library_versions",
     "recompute_epsilon",
     "tight_epsilon",

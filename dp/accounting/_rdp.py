@@ -29,6 +29,7 @@ from dp.errors import AccountingError
 __all__ = [
     "CONVERSION",
     "DEFAULT_ORDERS",
+    "conversion_offsets",
     "epsilon_from_rdp",
     "per_step_rdp",
 ]
@@ -155,7 +156,7 @@ def per_step_rdp(
 
 
 @lru_cache(maxsize=64)
-def _conversion_offsets(orders: tuple[float, ...], delta: float) -> np.ndarray:
+def conversion_offsets(orders: tuple[float, ...], delta: float) -> np.ndarray:
     """The rdp-independent part of Theorem 21: eps(alpha) = rdp(alpha) + offset(alpha)."""
     alphas = np.asarray(orders, dtype=np.float64)
     offsets: np.ndarray = -(np.log(delta) + np.log(alphas)) / (alphas - 1) + np.log(
@@ -173,7 +174,7 @@ def epsilon_from_rdp(
     Returns ``(inf, nan)`` when every order is infinite (no privacy); the caller validates.
     """
     orders_key = orders if isinstance(orders, tuple) else tuple(orders)
-    offsets = _conversion_offsets(orders_key, float(delta))
+    offsets = conversion_offsets(orders_key, float(delta))
     if offsets.shape != rdp.shape:
         raise AccountingError("RDP vector and orders differ in length")
     with np.errstate(invalid="ignore"):

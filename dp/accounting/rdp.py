@@ -23,7 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from dp.accounting._rdp import CONVERSION, DEFAULT_ORDERS, epsilon_from_rdp, per_step_rdp
+from dp.accounting._rdp import (
+    CONVERSION,
+    DEFAULT_ORDERS,
+    conversion_offsets,
+    epsilon_from_rdp,
+    per_step_rdp,
+)
 from dp.accounting._versions import accountant_id
 from dp.accounting.mechanism import MechanismStep, validate_delta, validate_epsilon
 from dp.errors import AccountingError, BudgetExceeded, InvalidPrivacyParameters
@@ -32,6 +38,7 @@ __all__ = [
     "MAX_NOISE_MULTIPLIER",
     "RdpAccountant",
     "calibrate_noise_multiplier",
+    "epsilon_trajectory",
     "recompute_epsilon",
 ]
 
@@ -212,6 +219,92 @@ def recompute_epsilon(history: Iterable[MechanismStep], delta: float) -> float:
     one curve per distinct parameter pair.
     """
     return RdpAccountant(history=history).epsilon(delta)
+
+
+#: Rounds converted per block by :func:`epsilon_trajectory`: bounds its memory (a block is
+#: ``rows x orders`` doubles, about 5 MB) whatever the history length.
+_TRAJECTORY_BLOCK = 4096
+
+
+def epsilon_trajectory(
+    history: Sequence[MechanismStep],
+    deltas: Sequence[float],
+    *,
+    orders: Sequence[float] = DEFAULT_ORDERS,
+) -> np.ndarray:
+    """Cumulative epsilon after each round of a history, each at its own delta, in bulk.
+
+    Element ``i`` is what an :class:`RdpAccountant` that recorded ``history[: i + 1]``
+    reports as ``epsilon(deltas[i])``, bit for bit, but a whole history costs a few array
+    operations instead of one conversion per round (the auditor recomputes every
+    attestation of a federation: 60,000 conversions took 4 s one by one).
+
+    Args:
+        history: the rounds, oldest first.
+        deltas: one delta per round (each validated).
+        orders: RDP orders, as for :class:`RdpAccountant`.
+
+    Returns:
+        A float64 array of ``len(history)`` epsilons: clamped at 0 like
+        :meth:`RdpAccountant.epsilon`, and ``inf`` where the history has no privacy at all
+        (where the accountant would raise): the caller decides what that means.
+
+    Raises:
+        InvalidPrivacyParameters: a delta is invalid, or the lengths differ.
+        TypeError: an item of ``history`` is not a :class:`MechanismStep`.
+
+    Notes:
+        The running sum is a cumulative sum in recording order (``np.cumsum`` adds
+        sequentially, and each block starts from the previous block's last row), so every
+        partial RDP vector is the accountant's running vector exactly; the conversion is the
+        same Balle et al. (2020, Theorem 21) minimum over orders of ``rdp + offset(delta)``.
+    """
+    if len(history) != len(deltas):
+        raise InvalidPrivacyParameters("epsilon_trajectory needs one delta per round")
+    order_key = _validate_orders(orders)
+    count = len(history)
+    result = np.empty(count, dtype=np.float64)
+    curves: dict[tuple[float, float], int] = {}
+    curve_rows: list[np.ndarray] = []
+    curve_index = np.empty(count, dtype=np.intp)
+    steps = np.empty(count, dtype=np.float64)
+    offset_index: dict[float, int] = {}
+    offset_rows: list[np.ndarray] = []
+    delta_index = np.empty(count, dtype=np.intp)
+    for i, (step, delta) in enumerate(zip(history, deltas, strict=True)):
+        if not isinstance(step, MechanismStep):
+            raise TypeError("epsilon_trajectory() takes MechanismSteps")
+        key = (step.noise_multiplier, step.sample_rate)
+        if key not in curves:
+            curves[key] = len(curve_rows)
+            curve_rows.append(
+                per_step_rdp(noise_multiplier=key[0], sample_rate=key[1], orders=order_key)
+            )
+        curve_index[i] = curves[key]
+        steps[i] = step.steps
+        delta = validate_delta(delta)
+        if delta not in offset_index:
+            offset_index[delta] = len(offset_rows)
+            offset_rows.append(conversion_offsets(order_key, delta))
+        delta_index[i] = offset_index[delta]
+    if not count:
+        return result
+    curve_table = np.stack(curve_rows)
+    offset_table = np.stack(offset_rows)
+    carry = np.zeros(len(order_key), dtype=np.float64)
+    for start in range(0, count, _TRAJECTORY_BLOCK):
+        block = slice(start, min(start + _TRAJECTORY_BLOCK, count))
+        rdp = curve_table[curve_index[block]] * steps[block, None]
+        rdp[0] = carry + rdp[0]
+        np.cumsum(rdp, axis=0, out=rdp)
+        carry = rdp[-1].copy()
+        with np.errstate(invalid="ignore"):
+            eps = rdp + offset_table[delta_index[block]]
+        eps[np.isnan(eps)] = np.inf  # an order without a finite bound bounds nothing
+        values = eps.min(axis=1)
+        values[~rdp.any(axis=1)] = 0.0  # no spend yet: the accountant reports 0
+        result[block] = np.maximum(values, 0.0)
+    return result
 
 
 def calibrate_noise_multiplier(

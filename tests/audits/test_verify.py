@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from audits import (
     AuditBundle,
     CheckpointSigner,
+    Event,
     EventKind,
     RdpEpsilonAccount,
     VerificationError,
@@ -396,7 +397,9 @@ def test_rdp_account_matches_recompute_epsilon_exactly() -> None:
             "round": i,
         }
         history.append(att)
-        assert account.add(att) == secagg_rdp_epsilon("silo-a", history)
+        account.add(att)
+        assert account.epsilons()[-1] == secagg_rdp_epsilon("silo-a", history)
+    assert len(account.epsilons()) == 3
     assert "silo-a" in repr(account)
 
 
@@ -415,6 +418,10 @@ def test_rdp_account_refuses_mechanisms_it_cannot_recompute(
         )
     with pytest.raises(ValueError, match="no 'noise_multiplier'"):
         RdpEpsilonAccount("x").add({"mechanism": DP_SGD_MECHANISM, "delta": 1e-5})
+    step = {"mechanism": DP_SGD_MECHANISM, "noise_multiplier": 1.0, "sample_rate": 0.1}
+    for delta in (0.0, 1.0, "1e-5", None):
+        with pytest.raises(ValueError, match="delta"):
+            RdpEpsilonAccount("x").add(step | {"steps": 3, "delta": delta})
 
 
 def test_running_account_catches_a_lying_coordinator(tmp_path: Path) -> None:
@@ -441,21 +448,79 @@ def test_a_failing_account_is_reported_not_raised(
     secagg_bundle: tuple[AuditBundle, Federation],
 ) -> None:
     bundle, fed = secagg_bundle
+    first = next(
+        i
+        for i, e in enumerate(bundle.entries)
+        if b'"privacy_attestation"' in e and b'"silo":"hospital-a"' in e
+    )
 
     class Broken:
+        """Fails where the test says: in add, in the bulk conversion, or by miscounting."""
+
+        fail_in = "add"
+
         def __init__(self, silo: str) -> None:
-            self.silo = silo
+            self.count = 0
 
-        def add(self, attestation: object) -> float:
-            raise RuntimeError("accountant exploded")
+        def add(self, attestation: object) -> None:
+            if self.fail_in == "add":
+                raise RuntimeError("accountant exploded")
+            self.count += 1
 
-    with pytest.raises(VerificationError, match=r"failed: accountant exploded"):
+        def epsilons(self) -> list[float]:
+            if self.fail_in == "epsilons":
+                raise RuntimeError("conversion exploded")
+            return [1.0] * (self.count - 1)
+
+    for fail_in, message in [
+        ("add", "failed: accountant exploded"),
+        ("epsilons", "failed: conversion exploded"),
+        ("count", r"failed: \d+ epsilons for \d+ attestations"),
+    ]:
+        Broken.fail_in = fail_in
+        # Every silo's account fails: the earliest entry is named, with its silo.
+        with pytest.raises(VerificationError, match=rf"^entry {first}: .*'hospital-a' {message}"):
+            verify_bundle(
+                bundle,
+                silo_keys=fed.silo_keys,
+                audit_public_key=fed.signer.public_key,
+                epsilon_accounts=Broken,
+            )
+
+
+def test_the_earliest_refuted_epsilon_is_named_before_a_later_failure(tmp_path: Path) -> None:
+    # Two silos under-report in different rounds (their claims are validly signed), and a
+    # later entry is out of place: the bulk epsilon check still names the earliest entry.
+    fed = build_federation(tmp_path / "l.sqlite", rounds=1, secagg_accountant=True)
+    bad: list[int] = []
+    for silo, rnd in (("hospital-b", 2), ("hospital-a", 3)):
+        history = _history(fed, silo)
+        event = fed.attestation_event(silo, rnd, history, epsilon=1e-3)
+        body = dict(event.to_json()["body"])  # type: ignore[arg-type]
+        bad.append(fed.ledger.size)
+        fed.ledger.append(fed.event(EventKind.PRIVACY_ATTESTATION, rnd, body))
+    stray = Event.now(
+        EventKind.ROUND_OPENED,
+        federation="another-federation",
+        round=4,
+        body={"model_hash": "ab" * 32},
+        clock=fed.clock,
+    )
+    fed.ledger.append(stray)
+    fed.ledger.checkpoint(fed.signer)
+    bundle = write_bundle(
+        fed.ledger, tmp_path / "b", roster_bytes=fed.roster, audit_public_key=fed.signer.public_key
+    )
+    with pytest.raises(
+        VerificationError, match=rf"^entry {bad[0]}: silo 'hospital-b' under-reports"
+    ):
         verify_bundle(
             bundle,
             silo_keys=fed.silo_keys,
             audit_public_key=fed.signer.public_key,
-            epsilon_accounts=Broken,
+            epsilon_accounts=RdpEpsilonAccount,
         )
+    fed.ledger.close()
 
 
 def test_bad_arguments(secagg_bundle: tuple[AuditBundle, Federation]) -> None:

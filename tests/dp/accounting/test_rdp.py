@@ -16,8 +16,10 @@ from dp.accounting import (
     MechanismStep,
     RdpAccountant,
     calibrate_noise_multiplier,
+    epsilon_trajectory,
     recompute_epsilon,
 )
+from dp.accounting import rdp as rdp_module
 from dp.errors import AccountingError, BudgetExceeded, InvalidPrivacyParameters
 
 SIGMAS = [0.6, 0.8, 1.0, 1.3, 2.0, 4.5]
@@ -81,6 +83,48 @@ def test_arbitrary_float_parameters_equal_opacus(sigma: float, rate: float, step
     assert recompute_epsilon(history, 1e-5) == pytest.approx(
         opacus_epsilon(history, 1e-5), abs=1e-9, rel=0
     )
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    rounds=st.lists(
+        st.tuples(
+            st.builds(
+                MechanismStep,
+                noise_multiplier=st.sampled_from(SIGMAS),
+                sample_rate=st.sampled_from(RATES),
+                steps=st.integers(min_value=1, max_value=5_000),
+            ),
+            st.sampled_from(DELTAS),
+        ),
+        max_size=12,
+    ),
+    block=st.integers(min_value=1, max_value=5),
+)
+def test_trajectory_equals_the_running_accountant_bit_for_bit(
+    rounds: list[tuple[MechanismStep, float]], block: int
+) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        # Small blocks exercise the carry from one block to the next.
+        patch.setattr(rdp_module, "_TRAJECTORY_BLOCK", block)
+        trajectory = epsilon_trajectory([s for s, _ in rounds], [d for _, d in rounds])
+    accountant = RdpAccountant()
+    expected = []
+    for step, delta in rounds:
+        accountant.record(step)
+        expected.append(accountant.epsilon(delta))
+    assert trajectory.tolist() == expected
+
+
+def test_trajectory_rejects_bad_input() -> None:
+    step = MechanismStep(noise_multiplier=1.0, sample_rate=0.01, steps=10)
+    with pytest.raises(InvalidPrivacyParameters, match="one delta per round"):
+        epsilon_trajectory([step], [])
+    with pytest.raises(InvalidPrivacyParameters):
+        epsilon_trajectory([step], [1.5])
+    with pytest.raises(TypeError, match="MechanismStep"):
+        epsilon_trajectory([(1.0, 0.01, 10)], [1e-5])  # type: ignore[list-item]
+    assert epsilon_trajectory([], []).shape == (0,)
 
 
 def test_projection_equals_later_spend_bit_for_bit() -> None:
