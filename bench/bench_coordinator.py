@@ -33,23 +33,27 @@ The baseline ("same transport carrying unmasked vectors") is built here only, on
 coordinator process, with the same generated ``coordinator.proto.v1`` service and the same message limits;
 it runs after the secure rounds with the same silo processes (for the memory scenario, in processes of its
 own so that its memory is measured alone). Its silos use the SDK's channel, ``Silo.download_model`` and
-``Silo._chunks`` (the SDK's chunk size, :func:`coordinator.config.chunk_words`). A plain round: the silo
-long-polls ``GetRound``, downloads the model from a SQLite store exactly as the secure coordinator serves it,
+``Silo._chunks`` (the SDK's chunk size, :func:`coordinator.config.chunk_words`); its server has the same gRPC
+options (:func:`coordinator.service.server_options`) and its process the same allocator settings
+(:func:`coordinator._malloc.tune_allocator`). A plain round: the silo long-polls ``GetRound``, downloads the
+model (loaded once per round from a SQLite store and shared by every download, as the secure coordinator does),
 quantizes the same update with the same ``Quantizer``, streams the *unmasked* uint32 vector through
 ``UploadMaskedInput`` (the server checks the caller's certificate identity and the offsets, adds each chunk
 into one running sum as it arrives and spools it to a temporary file, like the secure coordinator's rollback
 spool) and long-polls ``GetResult``; when all N vectors have arrived the server decodes the sum, applies FedAvg
-and commits the new model to SQLite. It therefore *includes* transport, TLS, model download, quantization,
+(:func:`coordinator.rounds.fedavg`) and commits the new model to SQLite. It therefore *includes* transport, TLS, model download, quantization,
 streaming summation, decoding and persistence, and *excludes* key advertisement and agreement (X25519),
 signatures (Ed25519), Shamir sharing and AES-GCM share routing, the pairwise and self masks, the consistency
 check, unmasking, the four extra round trips those stages need, and the audit ledger. The ratio secure /
 baseline is the price of secure aggregation (and of its audit trail) on this transport.
 
-Memory. The coordinator's idle RSS is read from ``/proc/self/status`` once it serves and before any silo has
-connected; its peak is ``getrusage(RUSAGE_SELF).ru_maxrss`` at the end of the secure rounds (a high-water mark
-over the process's whole life, so it can only overstate). Silo memory is not counted: silos are other
-processes. A sampling thread (every 10 ms) also records the largest RSS seen during each stage, to say where a
-peak comes from; short spikes between samples are missed by the sampler but not by ``ru_maxrss``.
+Memory. The coordinator's idle RSS is read from ``/proc/self/status`` once it serves and round 0 is open (its
+global model loaded, as in any idle coordinator between rounds), before any silo has connected; its peak is
+``getrusage(RUSAGE_SELF).ru_maxrss`` at the end of the secure rounds (a high-water mark over the process's whole
+life, so it can only overstate). Silo memory is not counted: silos are other processes. A sampling thread
+(every 10 ms) also records the largest RSS seen during each stage and, at that moment, glibc's ``mallinfo2``
+(bytes in use in malloc's heaps, free but still resident in them, and in separate mappings), to say where a peak
+comes from; short spikes between samples are missed by the sampler but not by ``ru_maxrss``.
 
 ``--profile`` runs cProfile with a per-thread CPU clock (``time.thread_time``) in every Python thread of the
 coordinator and of silo-00 (gRPC's C-core threads, where TLS and HTTP/2 run, are invisible to it) and prints
@@ -66,6 +70,8 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import ctypes
+import ctypes.util
 import functools
 import gc
 import io
@@ -90,6 +96,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
+from coordinator._malloc import tune_allocator
 from coordinator.client import RoundContext, Silo
 from coordinator.config import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -98,15 +105,14 @@ from coordinator.config import (
     RoundsConfig,
     ServeConfig,
     TLSPaths,
-    chunk_words,
 )
 from coordinator.pki import ConsortiumPaths, create_consortium, load_ed25519_private, silo_identity
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
-from coordinator.rounds import RoundService
+from coordinator.rounds import RoundService, fedavg
 from coordinator.runner import start_coordinator
 from coordinator.serde import config_from_pb, config_to_pb, u32_from_bytes
-from coordinator.service import TlsFiles
+from coordinator.service import TlsFiles, model_chunks, server_options
 from coordinator.store import RoundStatus, SQLiteStore
 from secagg import Roster, RoundConfig, Stage
 
@@ -192,12 +198,50 @@ def load_roster(paths: ConsortiumPaths) -> tuple[Roster, bytes]:
 
 
 # == coordinator process ===========================================================================
+class _MallInfo2(ctypes.Structure):
+    """``struct mallinfo2`` of glibc >= 2.33 (``mallinfo(3)``)."""
+
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def _mallinfo() -> Callable[[], dict[str, int]] | None:
+    """A reader of glibc's allocator statistics, or ``None`` where there is no ``mallinfo2``."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        call = libc.mallinfo2
+    except (OSError, AttributeError):
+        return None
+    call.restype = _MallInfo2
+
+    def read() -> dict[str, int]:
+        info = call()
+        return {"in_use": info.uordblks + info.hblkhd, "free": info.fordblks}
+
+    return read
+
+
 class RssSampler:
     """Records the largest RSS seen while each label was current (a 10 ms sampling thread)."""
 
     def __init__(self) -> None:
         self.label = "idle"
         self.peaks: dict[str, int] = {}
+        self.malloc: dict[str, dict[str, int]] = {}  # allocator statistics at each label's peak
+        self._mallinfo = _mallinfo()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
@@ -213,6 +257,8 @@ class RssSampler:
             rss, label = rss_bytes(), self.label
             if rss > self.peaks.get(label, 0):
                 self.peaks[label] = rss
+                if self._mallinfo is not None:
+                    self.malloc[label] = self._mallinfo()
 
 
 class ThreadProfiles:
@@ -330,6 +376,8 @@ class PlainRounds:
         self.arrived: set[str] = set()
         self.outcomes: dict[int, bytes] = {}
         self.finished = False
+        self.model_load = threading.Lock()  # single-flight, as RoundDriver.model_bytes
+        self.model_cache: tuple[int, bytes, bytes] | None = None
         store.init_federation(
             self.federation,
             settings=json.dumps({"baseline": True, "length": self.length}),
@@ -349,6 +397,15 @@ class PlainRounds:
             collusion=r.collusion,
             min_cohort=r.min_cohort,
         )
+
+    def model_bytes(self, round_: int) -> tuple[bytes, bytes]:
+        """The model round ``round_`` starts from as float32 bytes: loaded once, shared by every download."""
+        with self.model_load:
+            if self.model_cache is None or self.model_cache[0] != round_:
+                self.model_cache = None
+                model, digest = self.store.model(self.federation, round_)
+                self.model_cache = (round_, model.astype("<f4").tobytes(), digest)
+            return self.model_cache[1], self.model_cache[2]
 
     def finish(self) -> None:
         """No (more) rounds: every long poll answers FINISHED."""
@@ -372,8 +429,7 @@ class PlainRounds:
                 self.cond.notify_all()
                 self.cond.wait_for(lambda: len(self.arrived) == n)
                 total, survivors = self.total, sorted(self.arrived)
-            mean = self.quantizer.decode_sum(total, count=len(survivors)) / len(survivors)
-            new_model = (start.astype(np.float64) + mean).astype(np.float32)
+            new_model = fedavg(self.quantizer, start, total, len(survivors))
             digest = self.store.complete_round(
                 fed, r, survivors=survivors, dropped=(), new_model=new_model
             )
@@ -437,15 +493,10 @@ class PlainServicer(pb_grpc.FederationServicer):
     def DownloadModel(
         self, request: pb.DownloadModelRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ModelChunk]:
-        # exactly what the secure servicer does: read the model from the store and stream 1 MiB chunks
+        # exactly what the secure servicer does: one cached copy per round, streamed by the same chunker
         self._caller(context)
-        model, digest = self._rounds.store.model(self._rounds.federation, request.round)
-        data, total = model.astype("<f4").tobytes(), int(model.shape[0])
-        step = chunk_words(DEFAULT_MAX_MESSAGE_BYTES) * 4
-        for start in range(0, max(len(data), 1), step):
-            yield pb.ModelChunk(
-                offset=start // 4, values=data[start : start + step], total=total, model_hash=digest
-            )
+        data, digest = self._rounds.model_bytes(request.round)
+        yield from model_chunks(data, digest, DEFAULT_MAX_MESSAGE_BYTES)
 
     def UploadMaskedInput(
         self, request_iterator: Iterable[pb.MaskedChunk], context: grpc.ServicerContext
@@ -526,14 +577,10 @@ def serve_config(args: argparse.Namespace, paths: ConsortiumPaths, n: int) -> Se
 
 
 def plain_server(plain: PlainRounds, tls: TlsFiles) -> tuple[grpc.Server, int]:
-    """The baseline's gRPC server: same generated service, same message limits, same mTLS requirements."""
-    limit = DEFAULT_MAX_MESSAGE_BYTES
+    """The baseline's gRPC server: same generated service, same gRPC options, same mTLS requirements."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=64),
-        options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
-        ],
+        options=server_options(DEFAULT_MAX_MESSAGE_BYTES),
     )
     pb_grpc.add_FederationServicer_to_server(PlainServicer(plain), server)  # type: ignore[abstract]
     credentials = grpc.ssl_server_credentials(
@@ -555,6 +602,7 @@ def run_coordinator(args: argparse.Namespace) -> int:
     profiles = ThreadProfiles() if args.profile else None
     if profiles is not None:
         profiles.install()  # before any server thread exists, so every handler thread is profiled
+    tune_allocator()  # what start_coordinator does, so that a baseline-only process has it too
 
     plain_store = SQLiteStore(args.work / "baseline.sqlite")
     plain = PlainRounds(config=config, roster=roster, store=plain_store)
@@ -562,8 +610,12 @@ def run_coordinator(args: argparse.Namespace) -> int:
     baseline.start()
     # exactly what `secagg serve` starts; round 0 opens at once and waits (hour-long deadlines) for the silos
     coordinator = start_coordinator(config) if args.secure else None
+    if coordinator is not None:
+        coordinator.service.view(after=0, wait=LONG)  # round 0 is open: its model is loaded
+    elif args.baseline:
+        plain.model_bytes(0)  # the same state for the baseline
     gc.collect()
-    idle = rss_bytes()  # serving, no silo connected yet, nothing received
+    idle = rss_bytes()  # serving, round 0 open, no silo connected yet, nothing received
     sampler = RssSampler()
     sampler.start()
     print(f"PORTS {coordinator.port if coordinator else 0} {plain_port}", flush=True)
@@ -583,6 +635,7 @@ def run_coordinator(args: argparse.Namespace) -> int:
         "peak_rss": peak,  # at the end of the secure rounds
         "peak_rss_end": peak_rss_bytes(),  # after the baseline rounds too
         "stage_rss": sampler.peaks,
+        "stage_malloc": sampler.malloc,
         "secure": secure,
         "baseline": plain_records,
         "profile": profile,
@@ -612,7 +665,7 @@ def long_poll(call: Callable[[], T]) -> T:
 def plain_rounds(sdk: Silo, update: F64) -> list[float]:
     """Baseline rounds through the SDK's own channel, model download and chunker; returns CPU s per round."""
     # Private SDK members on purpose: the baseline's bytes must take exactly the SDK's path (same channel
-    # options, same credentials, same 1 MiB chunk messages); only the protocol stages differ.
+    # options, same credentials, same chunk messages); only the protocol stages differ.
     stub, metadata, fed = sdk._stub, sdk._metadata, sdk.federation
     cpu: list[float] = []
     after = 0
@@ -982,6 +1035,14 @@ def report(figures: Sequence[Figures], *, quick: bool) -> None:
         if f.plain is not None:
             peaks["baseline"] = f.plain.coordinator["stage_rss"].get("baseline", 0)
         print(f"{f.scenario.name:<30} " + ", ".join(f"{k} {mb(v)}" for k, v in peaks.items()))
+        malloc = dict(f.coordinator.get("stage_malloc", {}))
+        if f.plain is not None and "baseline" in f.plain.coordinator.get("stage_malloc", {}):
+            malloc["baseline"] = f.plain.coordinator["stage_malloc"]["baseline"]
+        if malloc:
+            print(
+                f"{'  malloc in use / free MB':<30} "
+                + ", ".join(f"{k} {mb(v['in_use'])} / {mb(v['free'])}" for k, v in malloc.items())
+            )
         biggest = max(int(s["peak_rss"]) for s in f.silos)
         print(f"{'':<30} largest silo process: {mb(biggest)} MB")
 

@@ -68,7 +68,14 @@ _MAX_MESSAGE_BYTES = 2**31 - 1  # gRPC channel options are C ints
 _CHUNK_HEADROOM = (
     16 * 1024
 )  # protobuf framing, ids, the attestation and signatures travelling with a chunk
-_MAX_CHUNK_WORDS = 1 << 18  # 1 MiB per chunk: large enough to amortize per-message cost
+_MAX_CHUNK_WORDS = 1 << 14
+"""64 KiB per streamed chunk (upload and download).
+
+With N silos streaming at once, the coordinator holds a few copies of one chunk per stream (gRPC's receive
+buffer, the Python bytes, the parsed protobuf message), so its peak memory grows with N x chunk size: 1 MiB
+chunks cost about 40 vectors of 1M parameters at N = 50 (``bench/bench_coordinator.py``), 64 KiB chunks a few.
+Smaller chunks cost per-message CPU: 16 KiB doubled the 50-silo round time on two cores.
+"""
 _LOOPBACK_NAMES = frozenset({"localhost"})
 
 
@@ -580,7 +587,7 @@ class SiloConfig:
 
 
 def chunk_words(max_message_bytes: int) -> int:
-    """4-byte words per streamed chunk so a chunk message stays below ``max_message_bytes`` (at most 1 MiB)."""
+    """4-byte words per streamed chunk so a chunk message stays below ``max_message_bytes`` (at most 64 KiB)."""
     return max(1, min(_MAX_CHUNK_WORDS, (max_message_bytes - _CHUNK_HEADROOM) // 4))
 
 

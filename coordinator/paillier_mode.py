@@ -57,6 +57,7 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from audits import CheckpointSigner, EventKind
+from coordinator._malloc import tune_allocator
 from coordinator.audit import AuditTrail, attest_contribution, ledger_origin
 from coordinator.config import DEFAULT_MAX_MESSAGE_BYTES, ServeConfig, chunk_words
 from coordinator.errors import (
@@ -80,6 +81,7 @@ from coordinator.service import (
     _Servicer,
     drain_upload,
     model_chunks,
+    server_options,
 )
 from coordinator.store import FloatVector, RoundStatus, SQLiteStore, Store
 from secagg import Quantizer, Roster
@@ -1218,13 +1220,9 @@ def create_paillier_server(
     consortium CA. It also serves the read-only ``Audit`` service (for silos witnessing checkpoints) and
     standard health checking. ``servicer`` replaces the default one (tests substitute a lying coordinator).
     """
-    options = [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-    ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
-        options=options,
+        options=server_options(max_message_bytes),  # the masking-mode server's options (see there)
         interceptors=[_DecodeGuard()],
     )
     refused = frozenset(revoked)
@@ -1291,6 +1289,7 @@ def start_paillier_coordinator(
     """
     if config.tls is None:
         raise ValueError("Paillier mode requires mTLS; insecure_debug_no_tls is not supported")
+    tune_allocator()  # before the gRPC server's threads exist (see coordinator._malloc)
     public_key = ThresholdPublicKey.from_json(paillier_public_key.read_bytes())
     roster = config.load_roster()
     r = config.rounds

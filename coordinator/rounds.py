@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from audits import EventKind
+from coordinator._malloc import release_free_memory
 from coordinator.audit import AuditTrail, attest_contribution
 from coordinator.config import Deadlines, PrivacyConfig, SiloDPConfig
 from coordinator.errors import (
@@ -127,12 +128,40 @@ _STAGE_ORDER = (
 )
 
 
+DECODE_BLOCK = 1 << 16
+"""Coordinates decoded at a time by :func:`fedavg` (its float64 temporaries are 512 KiB each)."""
+
+
+def fedavg(
+    quantizer: Quantizer,
+    start: FloatVector,
+    total: npt.NDArray[np.uint32],
+    count: int,
+    *,
+    block: int = DECODE_BLOCK,
+) -> FloatVector:
+    """FedAvg: ``start + decode(total) / count`` as float32, computed ``block`` coordinates at a time.
+
+    Equal, bit for bit, to ``(start.astype(float64) + quantizer.decode_sum(total, count=count) / count)
+    .astype(float32)``: every step is element-wise. Decoding the whole vector at once would hold five float64
+    and int64 temporaries of twice the vector's size at the same time (the coordinator's peak memory).
+    """
+    if block < 1:
+        raise ValueError("block must be positive")
+    new_model: FloatVector = np.empty(start.shape[0], dtype=np.float32)
+    for lo in range(0, start.shape[0], block):
+        hi = lo + block
+        mean = quantizer.decode_sum(total[lo:hi], count=count) / count
+        new_model[lo:hi] = start[lo:hi].astype(np.float64) + mean
+    return new_model
+
+
 class _Round:
     """In-memory state of the open round."""
 
     def __init__(self, config: RoundConfig, roster: Roster, start: FloatVector) -> None:
         self.config = config
-        self.server = SecAggServer(config=config, roster=roster)
+        self._server: SecAggServer | None = SecAggServer(config=config, roster=roster)
         self.start = start
         self.stage = Stage.ADVERTISE_KEYS
         self.deadline = 0.0
@@ -145,6 +174,23 @@ class _Round:
         self.survivors: tuple[str, ...] = ()
         self.request: UnmaskRequest | None = None
         self.outcome: RoundOutcome | None = None
+
+    @property
+    def server(self) -> SecAggServer:
+        """The ``secagg`` server role of this round, until the round ends."""
+        if self._server is None:
+            raise StageError(f"round {self.config.round} is over")
+        return self._server
+
+    def release(self) -> None:
+        """Drop what only the open round needs: the protocol state (with its running sum) and the start model.
+
+        A finished round stays in memory for late long polls, which read only the stage results kept here;
+        without this, the last finished round would hold two more vectors for the whole next round.
+        """
+        self._server = None
+        self.start = np.empty(0, dtype=np.float32)
+        self.uploads.clear()
 
 
 class Upload:
@@ -176,7 +222,7 @@ class Upload:
     def _spool_chunk(self, values: npt.NDArray[np.uint32]) -> int:
         """Write a chunk to the spool before it is added; returns its position in the spool."""
         position = self._spool.seek(0, 2)
-        self._spool.write(values.tobytes())
+        self._spool.write(np.ascontiguousarray(values).data)  # the chunk's own buffer, not a copy
         return position
 
     def _rollback(self) -> None:
@@ -220,6 +266,9 @@ class RoundDriver:
     _thread: threading.Thread | None
     roster: Roster
     _model_cache: tuple[int, bytes, bytes] | None = None  # (round, float32 bytes, hash)
+    # One lock for every driver in the process (a class attribute, so neither mode's constructor has to make
+    # it): model loads are rare (once per round) and short, so sharing it costs nothing.
+    _model_load = threading.Lock()
 
     def _run_round(self, round_: int) -> None:
         raise NotImplementedError
@@ -233,22 +282,49 @@ class RoundDriver:
         if silo not in self.roster.members:
             raise Unauthorized(f"{silo!r} is not a member of federation {self.settings.federation}")
 
+    def _start_model(self, round_: int) -> tuple[FloatVector, bytes]:
+        """The model round ``round_`` starts from, as a read-only view of the cached download bytes.
+
+        The round keeps it until FedAvg; sharing the download cache's memory saves one vector per round.
+        """
+        data, digest = self.model_bytes(round_)
+        model: FloatVector = np.frombuffer(data, dtype="<f4")
+        return model, digest
+
+    def _remember_model(self, round_: int, model: FloatVector, digest: bytes) -> None:
+        """Cache the model round ``round_`` starts from (just stored under ``digest``) for its downloads."""
+        data = np.ascontiguousarray(model, dtype="<f4").tobytes()
+        with self._cond:
+            if round_ >= (self._model_cache[0] if self._model_cache else -1):
+                self._model_cache = (round_, data, digest)
+
+    def _forget_model(self, round_: int) -> None:
+        """Drop the cached model of round ``round_`` (a late download reads it from the store again)."""
+        with self._cond:
+            if self._model_cache is not None and self._model_cache[0] == round_:
+                self._model_cache = None
+
     def model_bytes(self, round_: int) -> tuple[bytes, bytes]:
         """The global model round ``round_`` starts from, as float32 little-endian bytes, and its hash.
 
         The latest model is kept in memory once, so N silos downloading it at the same time share one copy
-        instead of each holding their own (coordinator memory must not grow with the number of silos).
+        instead of each holding their own (coordinator memory must not grow with the number of silos). Loads
+        are single-flight: the N requests that arrive together when a round opens all miss the cache, and if
+        each loaded the model itself (the SQLite blob, the array, its bytes: three vectors each) the
+        coordinator's peak memory would be N times that.
         """
-        with self._cond:
-            cached = self._model_cache
+        with self._model_load:
+            with self._cond:
+                cached = self._model_cache
             if cached is not None and cached[0] == round_:
                 return cached[1], cached[2]
-        model, digest = self.store.model(self.settings.federation, round_)
-        data = model.astype("<f4").tobytes()
-        with self._cond:
-            if round_ >= (self._model_cache[0] if self._model_cache else -1):
-                self._model_cache = (round_, data, digest)
-        return data, digest
+            model, digest = self.store.model(self.settings.federation, round_)
+            data = model.astype("<f4").tobytes()
+            del model  # one vector less while the bytes exist (the array is not needed any more)
+            with self._cond:
+                if round_ >= (self._model_cache[0] if self._model_cache else -1):
+                    self._model_cache = (round_, data, digest)
+            return data, digest
 
     def result(self, round_: int, wait: float) -> RoundOutcome:
         """The outcome of a round (from memory, or from the store for earlier rounds)."""
@@ -492,7 +568,7 @@ class RoundService(RoundDriver):
 
     def _run_round(self, round_: int) -> None:
         fed = self.settings.federation
-        start, start_hash = self.store.model(fed, round_)
+        start, start_hash = self._start_model(round_)
         state = _Round(self._config(round_, start_hash), self.roster, start)
         self.store.open_round(fed, round_, start_hash)
         s = self.settings
@@ -545,6 +621,7 @@ class RoundService(RoundDriver):
             self._finished_rounds = {
                 r: s for r, s in self._finished_rounds.items() if r >= round_ - 1
             }
+            state.release()
             self._finished_rounds[round_] = state
             self._cond.notify_all()
 
@@ -568,6 +645,7 @@ class RoundService(RoundDriver):
                 state.uploads.clear()
             self._close_stage(state, stage)
             self._cond.notify_all()
+        release_free_memory()  # outside the lock: handler threads need not wait for it
 
     def _close_stage(self, state: _Round, stage: Stage) -> None:
         server = state.server
@@ -586,26 +664,35 @@ class RoundService(RoundDriver):
             state.expected = frozenset(sig.silo for sig in state.request.signatures)
         elif stage is Stage.UNMASK:
             result = server.close_unmask()
-            count = len(result.survivors)
+            survivors = result.survivors
+            count = len(survivors)
             silo_dp = None
             if self.silo_dp_plan is None:
-                mean = self._quantizer.decode_sum(result.total, count=count) / count
+                new_model = fedavg(self._quantizer, state.start, result.total, count)
             else:
                 mean, silo_dp = self._decode_silo_dp(state, result.total, count)
-            new_model = (state.start.astype(np.float64) + mean).astype(np.float32)
+                new_model = (state.start.astype(np.float64) + mean).astype(np.float32)
+                del mean
+            # The running sum and the start model (with its download cache) are not needed any more: free them
+            # before the store makes its copies of the new model, or they would all be resident together.
+            del result, server
+            state.release()
+            self._forget_model(state.config.round)
             # everyone on the roster who did not contribute, whether they dropped mid-round or never came
-            dropped = tuple(m for m in self.roster.members if m not in result.survivors)
+            dropped = tuple(m for m in self.roster.members if m not in survivors)
             digest = self.store.complete_round(
                 self.settings.federation,
                 state.config.round,
-                survivors=result.survivors,
+                survivors=survivors,
                 dropped=dropped,
                 new_model=new_model,
             )
+            # the next round starts from this model: serve it from memory rather than reading it back
+            self._remember_model(state.config.round + 1, new_model, digest)
             state.outcome = RoundOutcome(
                 state.config.round,
                 RoundStatus.COMPLETED,
-                result.survivors,
+                survivors,
                 dropped,
                 digest,
                 silo_dp=silo_dp,

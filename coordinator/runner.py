@@ -5,8 +5,6 @@ Kept apart from the command-line parsing so tests and the demo can start the sam
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import logging
 import sys
@@ -19,6 +17,7 @@ from typing import Any, Protocol
 import grpc
 import numpy as np
 
+from coordinator._malloc import tune_allocator
 from coordinator.audit import open_audit_trail
 from coordinator.client import PrivateUpdate, RoundContext, Silo
 from coordinator.config import ServeConfig, SiloConfig, TLSPaths
@@ -63,23 +62,9 @@ class Coordinator:
         self.service.audit.close()
 
 
-def _limit_malloc_arenas(arenas: int = 2) -> None:
-    """Cap glibc's per-thread malloc arenas (M_ARENA_MAX).
-
-    Each of the server's handler threads otherwise gets its own arena, and freed upload buffers stay mapped in
-    them, so the coordinator's resident memory would grow with the number of concurrent silos. No effect on
-    other C libraries.
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(ctypes.c_int(-8), ctypes.c_int(arenas))  # -8 = M_ARENA_MAX in <malloc.h>
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        pass
-
-
 def start_coordinator(config: ServeConfig) -> Coordinator:
     """Build and start the coordinator described by ``config`` (rounds begin at once)."""
-    _limit_malloc_arenas()
+    tune_allocator()  # before the gRPC server's threads exist (see coordinator._malloc)
     roster = config.load_roster()
     r = config.rounds
     settings = FederationSettings(

@@ -33,8 +33,13 @@ FloatVector = npt.NDArray[np.float32]
 
 
 def model_hash(model: FloatVector) -> bytes:
-    """SHA-256 of the model's float32 little-endian bytes."""
-    return hashlib.sha256(np.ascontiguousarray(model, dtype="<f4").tobytes()).digest()
+    """SHA-256 of the model's float32 little-endian bytes (hashed in place, not copied)."""
+    return hashlib.sha256(_blob(model)).digest()
+
+
+def _blob(model: FloatVector) -> memoryview:
+    """The model's float32 little-endian bytes as a view: no vector-sized copy to hash or store it."""
+    return np.ascontiguousarray(model, dtype="<f4").data.cast("B")
 
 
 class RoundStatus(StrEnum):
@@ -110,7 +115,12 @@ class SQLiteStore:
         self.path = str(path)
         self._lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            # No statement cache: a cached INSERT keeps its last bound model (SQLite's own copy of the
+            # blob) until the statement runs again, one more vector resident for a whole round. The
+            # store runs a few statements per round, so re-preparing them costs nothing measurable.
+            self._db = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None, cached_statements=0
+            )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
@@ -156,10 +166,10 @@ class SQLiteStore:
                 "INSERT INTO federations (id, settings, created) VALUES (?, ?, ?)",
                 (federation, settings, time.time()),
             )
-            vec = np.ascontiguousarray(initial_model, dtype="<f4")
+            blob = _blob(initial_model)
             db.execute(
                 "INSERT INTO models (federation, round, hash, data) VALUES (?, 0, ?, ?)",
-                (federation, model_hash(vec), vec.tobytes()),
+                (federation, hashlib.sha256(blob).digest(), blob),
             )
 
     def settings(self, federation: str) -> str:
@@ -190,12 +200,12 @@ class SQLiteStore:
         new_model: FloatVector,
     ) -> bytes:
         """Atomically store the next global model and mark the round completed; returns the model hash."""
-        vec = np.ascontiguousarray(new_model, dtype="<f4")
-        digest = model_hash(vec)
+        blob = _blob(new_model)
+        digest = hashlib.sha256(blob).digest()
         with self._tx() as db:
             db.execute(
                 "INSERT INTO models (federation, round, hash, data) VALUES (?, ?, ?, ?)",
-                (federation, round_ + 1, digest, vec.tobytes()),
+                (federation, round_ + 1, digest, blob),
             )
             updated = db.execute(
                 "UPDATE rounds SET status='completed', survivors=?, dropped=?, new_model_hash=? "

@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from coordinator.errors import StageError
 from coordinator.proto.v1 import coordinator_pb2 as pb
+from coordinator.store import model_hash
 from tests.e2e.harness import (
     Consortium,
     ManualSilo,
@@ -73,6 +75,16 @@ def test_running_sum_is_one_vector_whatever_the_number_of_silos(
             silo.unmask()
         assert silos[0].result().state == pb.ROUND_STATE_COMPLETED
         new_model = coord.model(1)
+
+        # the finished round keeps only what late long polls read: no running sum, no start model
+        finished = coord.service._finished_rounds[0]
+        with pytest.raises(StageError):
+            finished.server  # noqa: B018 - the property raises once the round is over
+        assert finished.start.size == 0
+        # the next round's model is served from memory, byte for byte what the store holds
+        data, digest = coord.service.model_bytes(1)
+        assert data == new_model.astype("<f4").tobytes()
+        assert digest == model_hash(new_model)
         for silo in silos:
             silo.close()
     assert np.array_equal(
