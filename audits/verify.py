@@ -131,7 +131,7 @@ class _SignatureChecks:
         self._workers = workers
         self._silo: dict[int, str] = {}
         self._pending: list[_SigJob] = []
-        self._futures: list[Future[list[int]]] = []
+        self._submitted: list[tuple[list[_SigJob], Future[list[int]]]] = []
 
     @property
     def count(self) -> int:
@@ -142,23 +142,27 @@ class _SignatureChecks:
         self._silo[job[0]] = job[1]
         self._pending.append(job)
         if self._pool is not None and len(self._pending) >= _SIGNATURE_CHUNK:
-            self._futures.append(self._pool.submit(_bad_signatures, self._pending))
+            self._submitted.append(
+                (self._pending, self._pool.submit(_bad_signatures, self._pending))
+            )
             self._pending = []
 
     def first_bad(self) -> tuple[int, str] | None:
         """The earliest attestation whose signature fails, as (index, silo), or ``None``."""
-        pending = self._pending
-        self._pending = []
-        if self._pool is None:
-            bad = _bad_signatures(pending)
-        else:
-            # Split the tail so every worker takes a share of the last (unoverlapped) stretch.
-            step = max(1, -(-len(pending) // self._workers))
-            for start in range(0, len(pending), step):
-                self._futures.append(
-                    self._pool.submit(_bad_signatures, pending[start : start + step])
-                )
-            bad = [index for future in self._futures for index in future.result()]
+        # This process is done decoding: it takes its share of the backlog no worker has
+        # started (from the end), so it works while the workers finish theirs.
+        mine = self._pending
+        share = -(-sum(not f.done() for _, f in self._submitted) // (self._workers + 1))
+        running: list[Future[list[int]]] = []
+        for jobs, future in reversed(self._submitted):
+            if share > 0 and future.cancel():
+                mine = jobs + mine
+                share -= 1
+            else:
+                running.append(future)
+        self._pending, self._submitted = [], []
+        bad = _bad_signatures(mine)
+        bad += [index for future in running for index in future.result()]
         if not bad:
             return None
         first = min(bad)
@@ -685,7 +689,7 @@ def verify_bundle(
         # This process decodes: one worker fewer keeps one busy process per core.
         pool = stack.enter_context(_signature_pool(workers - 1)) if workers > 1 else None
         stack.enter_context(_gc_paused())
-        signatures = _SignatureChecks(pool, max(1, workers - 1))
+        signatures = _SignatureChecks(pool, workers - 1)
         attestations = _AttestationChecker(
             silo_keys, recompute_epsilon, epsilon_accounts, signatures
         )

@@ -7,9 +7,12 @@ import json
 import shutil
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,7 +30,7 @@ from audits import (
 )
 from audits.canonical import canonical_json, parse_canonical
 from audits.events import _freeze
-from audits.verify import _same_json, _signed_matches
+from audits.verify import _same_json, _SignatureChecks, _signed_matches
 from dp.accounting import DP_SGD_MECHANISM
 
 from .conftest import (
@@ -581,6 +584,31 @@ def test_earliest_bad_signature_is_named_with_any_pool(
         match=rf"^entry {positions[4]}: attestation signature of silo 'hospital-b' is invalid",
     ):
         _verify_running(bundle, fed, workers=workers)
+
+
+def test_the_decoding_process_takes_its_share_of_an_unstarted_backlog(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("audits.verify._SIGNATURE_CHUNK", 2)
+    key = Ed25519PrivateKey.generate()
+    raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    jobs = [
+        (i, "a", raw, key.sign(b"other" if i in (3, 6) else b"x%d" % i), b"x%d" % i)
+        for i in range(9)
+    ]
+    gate = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(gate.wait)  # the only worker is busy: nothing submitted below starts
+        checks = _SignatureChecks(pool, 1)
+        for job in jobs:
+            checks.add(job)
+        submitted = list(checks._submitted)  # four chunks of two; job 8 is still pending
+        assert len(submitted) == 4
+        threading.Timer(0.2, gate.set).start()  # the worker frees up while this process works
+        assert checks.first_bad() == (3, "a")
+    # this process took half of the unstarted backlog, from the end; the worker the rest
+    assert [f.cancelled() for _, f in submitted] == [False, False, True, True]
+    assert checks.first_bad() is None  # everything was consumed
 
 
 def test_pool_and_inline_give_the_same_report(
