@@ -364,11 +364,17 @@ class Silo:
 
     def download_model(self, round_: int, expected_hash: bytes) -> npt.NDArray[np.float32]:
         """Stream the global model of a round and check its hash."""
+        return self._download_model_from(self._stub, round_, expected_hash)
+
+    def _download_model_from(
+        self, stub: Any, round_: int, expected_hash: bytes
+    ) -> npt.NDArray[np.float32]:
+        """:meth:`download_model` through ``stub``: either mode's service streams the same chunks."""
 
         def fetch() -> npt.NDArray[np.float32]:
             parts: list[bytes] = []
             total = 0
-            for chunk in self._stub.DownloadModel(
+            for chunk in stub.DownloadModel(
                 pb.DownloadModelRequest(federation=self.federation, round=round_),
                 metadata=self._metadata,
             ):

@@ -77,7 +77,7 @@ from coordinator.proto.v1 import paillier_pb2 as ppb
 from coordinator.proto.v1 import paillier_pb2_grpc as ppb_grpc
 from coordinator.runner import run_example_task
 from coordinator.service import TlsFiles
-from coordinator.store import RoundStatus, model_hash
+from coordinator.store import RoundStatus
 from secagg import Quantizer, Roster, RoundAborted, SecAggError
 from secagg.errors import ProtocolViolation
 from secagg.hazmat.keys import RandomSource
@@ -443,22 +443,7 @@ class PaillierSilo:
 
     def download_model(self, round_: int, expected_hash: bytes) -> npt.NDArray[np.float32]:
         """Stream the global model of a round and check its hash."""
-
-        def fetch() -> npt.NDArray[np.float32]:
-            parts: list[bytes] = []
-            total = 0
-            for chunk in self._stub.DownloadModel(
-                pb.DownloadModelRequest(federation=self.federation, round=round_),
-                metadata=self._md,
-            ):
-                parts.append(chunk.values)
-                total = chunk.total
-            return np.frombuffer(b"".join(parts), dtype="<f4").astype(np.float32)[:total]
-
-        weights = self._transport._rpc(fetch)
-        if model_hash(weights) != expected_hash:
-            raise InvalidInput("the downloaded model does not match the round's model hash")
-        return weights
+        return self._transport._download_model_from(self._stub, round_, expected_hash)
 
     def run(
         self, train: PaillierTrainFn, *, max_rounds: int | None = None
