@@ -8,9 +8,9 @@
 What runs. The script mints a throwaway consortium (CA, certificates, roster, keys) with
 :func:`coordinator.pki.create_consortium` in a temporary directory that is deleted at the end. For each
 scenario it starts the coordinator as its own OS process (a sub-mode of this script that builds a
-:class:`~coordinator.config.ServeConfig` and calls :func:`coordinator.runner.start_coordinator`, i.e. exactly
+:class:`~coordinator.config.ServeConfig` and calls :func:`coordinator.server.app.start_coordinator`, i.e. exactly
 what ``secagg serve`` runs: round service, SQLite store, audit ledger, mTLS gRPC server on 127.0.0.1 port 0)
-and one OS process per silo (another sub-mode: the real SDK :class:`coordinator.client.Silo`, whose training
+and one OS process per silo (another sub-mode: the real SDK :class:`coordinator.sdk.masking.Silo`, whose training
 function returns a fixed random update; torch is never imported). The coordinator opens round 0 as soon as it
 serves; every silo process starts, joins and then waits at a barrier, and all are released together. Stage
 deadlines are an hour, so a stage closes only when every silo has answered and no timing contains a deadline
@@ -34,7 +34,7 @@ coordinator process, with the same generated ``coordinator.proto.v1`` service an
 it runs after the secure rounds with the same silo processes (for the memory scenario, in processes of its
 own so that its memory is measured alone). Its silos use the SDK's channel, ``Silo.download_model`` and
 ``Silo._chunks`` (the SDK's chunk size, :func:`coordinator.config.chunk_words`); its server has the same gRPC
-options (:func:`coordinator.service.server_options`) and its process the same allocator settings
+options (:func:`coordinator.server.app.server_options`) and its process the same allocator settings
 (:func:`coordinator._malloc.tune_allocator`). A plain round: the silo long-polls ``GetRound``, downloads the
 model (loaded once per round from a SQLite store and shared by every download, as the secure coordinator does),
 quantizes the same update with the same ``Quantizer``, streams the *unmasked* uint32 vector through
@@ -97,23 +97,17 @@ import numpy as np
 import numpy.typing as npt
 
 from coordinator._malloc import tune_allocator
-from coordinator.client import RoundContext, Silo
-from coordinator.config import (
-    DEFAULT_MAX_MESSAGE_BYTES,
-    Deadlines,
-    ModelConfig,
-    RoundsConfig,
-    ServeConfig,
-    TLSPaths,
-)
+from coordinator.common import DEFAULT_MAX_MESSAGE_BYTES, RoundStatus, TlsFiles
+from coordinator.config import Deadlines, ModelConfig, RoundsConfig, ServeConfig, TLSPaths
 from coordinator.pki import ConsortiumPaths, create_consortium, load_ed25519_private, silo_identity
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
-from coordinator.rounds import RoundService, fedavg
-from coordinator.runner import start_coordinator
-from coordinator.serde import config_from_pb, config_to_pb, u32_from_bytes
-from coordinator.service import TlsFiles, model_chunks, server_options
-from coordinator.store import RoundStatus, SQLiteStore
+from coordinator.rounds.driver import RoundService, fedavg
+from coordinator.sdk.masking import RoundContext, Silo
+from coordinator.server.app import server_options, start_coordinator
+from coordinator.server.base import model_chunks
+from coordinator.store import SQLiteStore
+from coordinator.wire.masking import config_from_pb, config_to_pb, u32_from_bytes
 from secagg import Roster, RoundConfig, Stage
 
 FEDERATION = "bench"

@@ -16,14 +16,13 @@
     ├── Unavailable          the coordinator could not be reached, even after retries
     └── AuditFailure         the coordinator's audit log failed a silo's witness check (history rewritten)
 
-The silo SDK raises the same types: it maps each gRPC status back to the class the server's catalog
-mapped it from, so code on both sides catches one tree.
+The silo SDK raises the same types: :mod:`coordinator.wire.errors` is the one two-way table between these
+classes and gRPC status codes, so code on both sides catches one tree.
 """
 
 from __future__ import annotations
 
 __all__ = [
-    "PRIVACY_REFUSED_PREFIX",
     "Aborted",
     "AuditFailure",
     "ConfigError",
@@ -70,10 +69,6 @@ class DuplicateSubmission(CoordinatorError):
 
 class Unauthorized(CoordinatorError):
     """The caller is not who it claims to be, or not on the roster."""
-
-
-PRIVACY_REFUSED_PREFIX = "privacy attestation refused: "
-"""Public message prefix of a privacy refusal, so the SDK can raise :class:`PrivacyRefused` for it."""
 
 
 class PrivacyRefused(Unauthorized):

@@ -20,18 +20,14 @@ import hashlib
 import numpy as np
 import numpy.typing as npt
 
-from coordinator.proto.v1 import coordinator_pb2 as pb
 from dp.distributed import (
-    DistributedDPConfig,
     DistributedDPPlan,
-    Mechanism,
     decode,
     encode,
-    plan,
 )
 from secagg import RoundConfig
 
-__all__ = ["decode_sum", "encode_update", "plan_from_pb", "plan_to_pb", "rotation_seed"]
+__all__ = ["decode_sum", "encode_update", "rotation_seed"]
 
 _SEED_DOMAIN = b"secagg/silo-dp/rotation-seed/v1\n"
 
@@ -43,45 +39,6 @@ def rotation_seed(config: RoundConfig) -> bytes:
     digest.update(config.round.to_bytes(8, "big"))
     digest.update(config.model_hash)
     return digest.digest()
-
-
-def plan_to_pb(p: DistributedDPPlan) -> pb.SiloDP:
-    """The announced parameters of a plan."""
-    c = p.config
-    assert c.noise_multiplier is not None
-    return pb.SiloDP(
-        mechanism=c.mechanism,
-        l2_norm_clip=c.l2_norm_clip,
-        noise_multiplier=c.noise_multiplier,
-        bits=c.bits,
-        dropouts_tolerated=c.dropouts_tolerated,
-        collusion_bound=c.collusion_bound,
-        rotation=c.rotation,
-        rounds=c.rounds,
-        n_silos=c.n_silos,
-        target_delta=c.target_delta,
-        model_length=p.dimension,
-    )
-
-
-def plan_from_pb(message: pb.SiloDP) -> DistributedDPPlan:
-    """Rebuild the plan from announced parameters (raises ``dp.errors.PrivacyError`` on invalid ones)."""
-    mechanism: Mechanism = "ddg" if message.mechanism == "ddg" else "skellam"
-    if message.mechanism != mechanism:
-        raise ValueError(f"unknown distributed-DP mechanism {message.mechanism!r}")
-    config = DistributedDPConfig(
-        mechanism=mechanism,
-        l2_norm_clip=message.l2_norm_clip,
-        rounds=message.rounds,
-        n_silos=message.n_silos,
-        noise_multiplier=message.noise_multiplier,
-        target_delta=message.target_delta,
-        bits=message.bits,
-        dropouts_tolerated=message.dropouts_tolerated,
-        collusion_bound=message.collusion_bound,
-        rotation=message.rotation,
-    )
-    return plan(config, int(message.model_length))
 
 
 def encode_update(

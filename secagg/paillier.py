@@ -1047,3 +1047,19 @@ def _randbelow(rng: RandomSource, bound: int) -> int:
         candidate = int.from_bytes(rng(nbytes), "big") >> (8 * nbytes - bits)
         if candidate < bound:
             return candidate
+
+
+SESSION_NONCE_BYTES = 16
+"""Random bytes that, with the round's starting model hash, determine the session id (:func:`session_id_for`)."""
+
+
+def session_id_for(nonce: bytes, model_hash: bytes) -> bytes:
+    """The round's 32-byte session id: SHA-256 over a label, the coordinator's nonce and the model hash.
+
+    Notes:
+        Binding the model hash into the session id (which every commitment signature and proof covers) is what
+        lets each silo check that all contributors were served the same model: a silo recomputes the id from
+        the nonce and the hash of the model it downloaded, and decrypters accept only commitments bound to
+        their own context.
+    """
+    return hashlib.sha256(encode_fields("secagg/paillier/session/v1", nonce, model_hash)).digest()

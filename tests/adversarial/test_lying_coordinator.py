@@ -18,13 +18,14 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from coordinator.client import RoundReport, SiloPolicy
+from coordinator.common import RoundStatus
 from coordinator.errors import InvalidInput, Unauthorized
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
-from coordinator.rounds import RoundService
-from coordinator.service import FederationServicer
-from coordinator.store import RoundStatus, SQLiteStore
+from coordinator.rounds.driver import RoundService
+from coordinator.sdk.masking import RoundReport, SiloPolicy
+from coordinator.server.masking import FederationServicer
+from coordinator.store import SQLiteStore
 from tests.e2e.harness import (
     Consortium,
     audit_trail,

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from coordinator.common import DEFAULT_MAX_MESSAGE_BYTES
 from coordinator.config import (
-    DEFAULT_MAX_MESSAGE_BYTES,
     Deadlines,
     ModelConfig,
     RoundsConfig,

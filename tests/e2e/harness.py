@@ -27,14 +27,17 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audits import CheckpointSigner
-from coordinator.audit import AuditTrail, ledger_origin
-from coordinator.client import RetryPolicy, Silo, SiloPolicy
+from coordinator.common import RoundStatus, TlsFiles, ledger_origin
 from coordinator.config import Deadlines
 from coordinator.pki import ConsortiumPaths, create_consortium, load_ed25519_private
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
-from coordinator.rounds import FederationSettings, RoundService
-from coordinator.serde import (
+from coordinator.rounds.audit import AuditTrail
+from coordinator.rounds.driver import FederationSettings, RoundService
+from coordinator.sdk.masking import RetryPolicy, Silo, SiloPolicy
+from coordinator.server.app import create_server
+from coordinator.store import RoundRecord, SQLiteStore
+from coordinator.wire.masking import (
     advertisement_from_pb,
     advertisement_to_pb,
     config_from_pb,
@@ -43,8 +46,6 @@ from coordinator.serde import (
     unmask_request_from_pb,
     unmask_response_to_pb,
 )
-from coordinator.service import TlsFiles, create_server
-from coordinator.store import RoundRecord, RoundStatus, SQLiteStore
 from secagg import Roster, RoundConfig, SecAggClient, Stage
 
 T = TypeVar("T")

@@ -11,8 +11,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from coordinator.client import RoundContext, RoundReport
-from coordinator.store import RoundStatus, model_hash
+from coordinator.common import RoundStatus, model_hash
+from coordinator.sdk.masking import RoundContext, RoundReport
 from tests.e2e.harness import (
     SCALE,
     Consortium,

@@ -2,7 +2,7 @@
 
 The module's bundle comes from a federation run exactly as an operator runs it: TOML files written by
 :func:`coordinator.config.write_demo_configs` (with a ``[privacy]`` table), the coordinator started by
-:func:`coordinator.runner.start_coordinator`, three silos built by ``Silo.from_config`` (so each one witnesses
+:func:`coordinator.server.app.start_coordinator`, three silos built by ``Silo.from_config`` (so each one witnesses
 the coordinator's checkpoints), and ``secagg audit export|verify|report`` invoked through the real CLI. Every
 tamper case edits a copy of that bundle the way an attacker with write access to the files would, and the
 verifier must name the problem.
@@ -39,16 +39,17 @@ from audits import (
     verify_inclusion,
     write_bundle,
 )
-from coordinator.audit import ledger_origin, verify_bundle_dir
 from coordinator.cli import app
-from coordinator.client import PrivateUpdate, RoundContext, RoundReport, Silo
+from coordinator.common import RoundStatus, ledger_origin
 from coordinator.config import PrivacyConfig, ServeConfig, SiloConfig, write_demo_configs
 from coordinator.errors import AuditFailure
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
-from coordinator.rounds import RoundService
-from coordinator.runner import start_coordinator
-from coordinator.store import RoundStatus, SQLiteStore
+from coordinator.rounds.audit import verify_bundle_dir
+from coordinator.rounds.driver import RoundService
+from coordinator.sdk.masking import PrivateUpdate, RoundContext, RoundReport, Silo
+from coordinator.server.app import start_coordinator
+from coordinator.store import SQLiteStore
 from dp.accounting import (
     DP_SGD_MECHANISM,
     MechanismStep,
@@ -89,7 +90,7 @@ def units(silo: str, round_: int) -> npt.NDArray[np.int64]:
 
 @dataclass(frozen=True)
 class DpUpdate:
-    """A silo's private round without torch (satisfies ``coordinator.client.PrivateUpdate``).
+    """A silo's private round without torch (satisfies ``coordinator.sdk.masking.PrivateUpdate``).
 
     The epsilon it attests is the real RDP accountant's over the silo's whole history, this round last.
     """

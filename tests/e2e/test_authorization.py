@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from coordinator.common import TlsFiles
 from coordinator.pki import (
     certificate_fingerprint,
     issue_certificate,
@@ -21,8 +22,7 @@ from coordinator.pki import (
 )
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
-from coordinator.serde import advertisement_to_pb
-from coordinator.service import TlsFiles
+from coordinator.wire.masking import advertisement_to_pb
 from secagg import Advertisement, SecAggClient
 from secagg.hazmat.keys import sign
 from secagg.messages import advertisement_payload

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from coordinator.proto.v1 import coordinator_pb2 as pb
-from coordinator.serde import (
+from coordinator.wire.masking import (
     advertisement_from_pb,
     advertisement_to_pb,
     share_to_pb,

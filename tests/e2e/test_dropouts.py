@@ -17,8 +17,8 @@ import grpc
 import numpy as np
 import pytest
 
-from coordinator.client import RoundReport
-from coordinator.store import RoundStatus
+from coordinator.common import RoundStatus
+from coordinator.sdk.masking import RoundReport
 from secagg import Stage
 from tests.e2e.harness import (
     SHORT,

@@ -17,25 +17,20 @@ import numpy.typing as npt
 import pytest
 
 from audits import CheckpointSigner, EventKind, verify_bundle, write_bundle
-from coordinator.audit import ledger_origin
-from coordinator.client import RetryPolicy, RoundReport, SiloPolicy
+from coordinator.common import RoundStatus, ledger_origin, model_hash
 from coordinator.config import PrivacyConfig
 from coordinator.errors import PKIError, Unauthorized
-from coordinator.paillier_client import PaillierFiles, PaillierRoundContext, PaillierSilo
-from coordinator.paillier_mode import (
-    PaillierRoundService,
-    PaillierServicer,
-    create_paillier_server,
-    openings_to_pb,
-    request_from_pb,
-    request_to_pb,
-)
-from coordinator.paillier_pki import create_paillier_keys
 from coordinator.pki import load_ed25519_private
+from coordinator.pki.paillier import PaillierFiles, create_paillier_keys
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import paillier_pb2 as ppb
-from coordinator.rounds import FederationSettings
-from coordinator.store import RoundRecord, RoundStatus, SQLiteStore, model_hash
+from coordinator.rounds.driver import FederationSettings
+from coordinator.rounds.paillier import PaillierRoundService
+from coordinator.sdk.masking import RetryPolicy, RoundReport, SiloPolicy
+from coordinator.sdk.paillier import PaillierRoundContext, PaillierSilo
+from coordinator.server.paillier import PaillierServicer, create_paillier_server
+from coordinator.store import RoundRecord, SQLiteStore
+from coordinator.wire.paillier import openings_to_pb, request_from_pb, request_to_pb
 from dp.accounting import (
     DP_SGD_MECHANISM,
     MechanismStep,
@@ -383,7 +378,7 @@ def test_a_silo_refuses_a_second_aggregate_for_a_round_it_already_checked(
     trio3: Consortium, tmp_path: Path
 ) -> None:
     """The decryption history persists: a restarted silo still refuses another request for the same round."""
-    from coordinator.paillier_client import SQLiteDecryptionHistory
+    from coordinator.sdk.paillier import SQLiteDecryptionHistory
     from secagg.errors import ProtocolViolation
 
     path = tmp_path / "history.sqlite"
@@ -468,7 +463,7 @@ DELTA = 1e-5
 
 @dataclass(frozen=True)
 class DpUpdate:
-    """A private round without torch: satisfies ``coordinator.client.PrivateUpdate``."""
+    """A private round without torch: satisfies ``coordinator.sdk.masking.PrivateUpdate``."""
 
     update: npt.NDArray[np.float64]
     step: MechanismStep

@@ -23,13 +23,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audits import EventKind, LedgerEntry, build_report, write_bundle
-from coordinator.audit import verify_bundle_dir
-from coordinator.client import PrivateUpdate, RoundContext, RoundReport
+from coordinator.common import RoundStatus
 from coordinator.config import PrivacyConfig
 from coordinator.errors import PrivacyRefused, Unauthorized
 from coordinator.proto.v1 import coordinator_pb2 as pb
-from coordinator.rounds import FederationSettings
-from coordinator.store import RoundStatus
+from coordinator.rounds.audit import verify_bundle_dir
+from coordinator.rounds.driver import FederationSettings
+from coordinator.sdk.masking import PrivateUpdate, RoundContext, RoundReport
 from dp.accounting import (
     DP_SGD_MECHANISM,
     MechanismStep,
@@ -73,7 +73,7 @@ def units(silo: str, round_: int) -> npt.NDArray[np.int64]:
 
 @dataclass(frozen=True)
 class DpUpdate:
-    """A silo's private round without torch: satisfies ``coordinator.client.PrivateUpdate``.
+    """A silo's private round without torch: satisfies ``coordinator.sdk.masking.PrivateUpdate``.
 
     Attributes:
         update: the (exactly quantizable) model update.

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coordinator.client import RoundReport
+from coordinator.common import RoundStatus, model_hash
 from coordinator.config import Deadlines, write_demo_configs
-from coordinator.store import RoundRecord, RoundStatus, SQLiteStore, model_hash
+from coordinator.sdk.masking import RoundReport
+from coordinator.store import RoundRecord, SQLiteStore
 from secagg import Stage
 from tests.e2e.harness import (
     EXACT_BITS,

@@ -18,11 +18,11 @@ import pytest
 from scipy import stats
 
 from audits import build_report, write_bundle
-from coordinator.audit import verify_bundle_dir
-from coordinator.client import RoundReport
+from coordinator.common import RoundStatus
 from coordinator.config import SiloDPConfig, SiloPolicy
 from coordinator.errors import Unauthorized
-from coordinator.store import RoundStatus
+from coordinator.rounds.audit import verify_bundle_dir
+from coordinator.sdk.masking import RoundReport
 from tests.e2e.harness import (
     SHORT,
     Consortium,

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from coordinator.common import model_hash
 from coordinator.errors import StageError
 from coordinator.proto.v1 import coordinator_pb2 as pb
-from coordinator.store import model_hash
 from tests.e2e.harness import (
     Consortium,
     ManualSilo,

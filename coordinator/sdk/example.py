@@ -1,105 +1,18 @@
-"""What the ``serve``, ``silo`` and ``demo`` commands run: build a coordinator or a silo from its configuration.
-
-Kept apart from the command-line parsing so tests and the demo can start the same things in-process.
-"""
+"""The built-in example task (DP-SGD on a breast-cancer shard) over either mode's silo SDK."""
 
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
-import grpc
-import numpy as np
-
-from coordinator._malloc import tune_allocator
-from coordinator.audit import open_audit_trail
-from coordinator.client import PrivateUpdate, RoundContext, Silo
-from coordinator.config import ServeConfig, SiloConfig, TLSPaths
-from coordinator.rounds import FederationSettings, RoundService
-from coordinator.service import TlsFiles, create_server
-from coordinator.store import SQLiteStore
-
-__all__ = [
-    "Coordinator",
-    "ExampleClient",
-    "run_example_silo",
-    "run_example_task",
-    "start_coordinator",
-]
-
-log = logging.getLogger(__name__)
+from coordinator.config import SiloConfig
+from coordinator.sdk.masking import PrivateUpdate, RoundContext, Silo
 
 EVENT_PREFIX = "SECAGG-EVENT "
 """Silo processes started with ``--events`` print one JSON object per line behind this prefix."""
-
-
-def _tls(paths: TLSPaths | None) -> TlsFiles | None:
-    if paths is None:
-        return None
-    return TlsFiles(paths.ca.read_bytes(), paths.cert.read_bytes(), paths.key.read_bytes())
-
-
-@dataclass
-class Coordinator:
-    """A running coordinator: the round service, the gRPC server, its port and its store."""
-
-    service: RoundService
-    server: grpc.Server
-    port: int
-    store: SQLiteStore
-
-    def stop(self, grace: float = 1.0) -> None:
-        """Stop serving and close the store and the ledger."""
-        self.service.stop()
-        self.server.stop(grace).wait()
-        self.store.close()
-        self.service.audit.close()
-
-
-def start_coordinator(config: ServeConfig) -> Coordinator:
-    """Build and start the coordinator described by ``config`` (rounds begin at once)."""
-    tune_allocator()  # before the gRPC server's threads exist (see coordinator._malloc)
-    roster = config.load_roster()
-    r = config.rounds
-    settings = FederationSettings(
-        federation=config.federation,
-        rounds=r.count,
-        vector_length=config.model.size,
-        clip=r.clip,
-        bits=r.bits,
-        threshold=r.threshold,
-        collusion=r.collusion,
-        min_cohort=r.min_cohort,
-        deadlines=config.deadlines,
-        privacy=config.privacy,
-        silo_dp=config.silo_dp,
-    )
-    if config.model.initial is not None:
-        initial = np.load(config.model.initial, allow_pickle=False).astype(np.float32)
-    else:
-        initial = np.zeros(config.model.size, dtype=np.float32)
-    store = SQLiteStore(config.storage)
-    audit = open_audit_trail(config)
-    service = RoundService(
-        settings=settings, roster=roster, store=store, initial_model=initial, audit=audit
-    )
-    server, port = create_server(
-        service,
-        config.listen,
-        tls=_tls(config.tls),
-        revoked=config.revoked_certificates,
-        max_message_bytes=config.max_message_bytes,
-        insecure_debug_no_tls=config.insecure_debug_no_tls,
-    )
-    server.start()
-    service.start()
-    return Coordinator(service, server, port, store)
 
 
 def _emit(enabled: bool, **event: Any) -> None:
@@ -194,8 +107,3 @@ def run_example_task(
         _emit(events, **summary)
     _emit(events, kind="done", silo=config.silo, epsilon=trainer.epsilon_spent)
     return summaries
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON with a trailing newline."""
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -18,36 +18,15 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import numpy.typing as npt
 
+from coordinator.common import FloatVector, RoundStatus, model_bytes_view, model_hash
 from coordinator.errors import NotFound, StoreError
 
 __all__ = ["RoundRecord", "RoundStatus", "SQLiteStore", "Store", "model_hash"]
-
-FloatVector = npt.NDArray[np.float32]
-
-
-def model_hash(model: FloatVector) -> bytes:
-    """SHA-256 of the model's float32 little-endian bytes (hashed in place, not copied)."""
-    return hashlib.sha256(_blob(model)).digest()
-
-
-def _blob(model: FloatVector) -> memoryview:
-    """The model's float32 little-endian bytes as a view: no vector-sized copy to hash or store it."""
-    return np.ascontiguousarray(model, dtype="<f4").data.cast("B")
-
-
-class RoundStatus(StrEnum):
-    """Where a round ended up."""
-
-    OPEN = "open"
-    COMPLETED = "completed"
-    ABORTED = "aborted"
 
 
 @dataclass(frozen=True)
@@ -166,7 +145,7 @@ class SQLiteStore:
                 "INSERT INTO federations (id, settings, created) VALUES (?, ?, ?)",
                 (federation, settings, time.time()),
             )
-            blob = _blob(initial_model)
+            blob = model_bytes_view(initial_model)
             db.execute(
                 "INSERT INTO models (federation, round, hash, data) VALUES (?, 0, ?, ?)",
                 (federation, hashlib.sha256(blob).digest(), blob),
@@ -200,7 +179,7 @@ class SQLiteStore:
         new_model: FloatVector,
     ) -> bytes:
         """Atomically store the next global model and mark the round completed; returns the model hash."""
-        blob = _blob(new_model)
+        blob = model_bytes_view(new_model)
         digest = hashlib.sha256(blob).digest()
         with self._tx() as db:
             db.execute(

@@ -119,8 +119,8 @@ def _pki_paillier(
     ] = 2048,
 ) -> None:
     from coordinator.errors import PKIError
-    from coordinator.paillier_pki import create_paillier_keys
     from coordinator.pki import ConsortiumPaths
+    from coordinator.pki.paillier import create_paillier_keys
 
     if key_bits not in (2048, 3072):
         raise typer.BadParameter("--key-bits must be 2048 or 3072")
@@ -172,7 +172,7 @@ def _verified(
     bundle: Path, audit_key: str | None, consortium_key: str | None, checkpoints: list[Path]
 ) -> VerificationReport:
     from audits import VerificationError
-    from coordinator.audit import verify_bundle_dir
+    from coordinator.rounds.audit import verify_bundle_dir
     from secagg import SecAggError
 
     try:
@@ -208,8 +208,8 @@ def _audit_export(
 ) -> None:
     """Write the audit bundle (entries, latest checkpoint, roster, audit public key) from the coordinator's store."""
     from audits import AuditError
-    from coordinator.audit import export_bundle
     from coordinator.config import ServeConfig
+    from coordinator.rounds.audit import export_bundle
 
     settings = _load_or_exit(ServeConfig.load, config)
     try:
@@ -274,8 +274,8 @@ def _serve(
 ) -> None:
     """Run the coordinator until every planned round has run."""
     from coordinator.config import ServeConfig
-    from coordinator.paillier_mode import start_paillier_coordinator
-    from coordinator.runner import start_coordinator
+    from coordinator.server.app import start_coordinator
+    from coordinator.server.paillier import start_paillier_coordinator
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -310,8 +310,8 @@ def _silo(
 ) -> None:
     """Run a silo of the built-in example task (DP-SGD on its breast-cancer shard)."""
     from coordinator.config import SiloConfig
-    from coordinator.paillier_client import run_example_paillier_silo
-    from coordinator.runner import run_example_silo
+    from coordinator.sdk.example import run_example_silo
+    from coordinator.sdk.paillier import run_example_paillier_silo
 
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -1,6 +1,6 @@
 """The Paillier-mode key ceremony on a consortium directory (``secagg pki paillier DIR --threshold t``).
 
-Files, next to the consortium's other keys (see :class:`coordinator.paillier_client.PaillierFiles`)::
+Files, next to the consortium's other keys (see :class:`PaillierFiles`)::
 
     paillier.pub.json                   joint public key (coordinator and every silo; 0644)
     silos/<id>/paillier-x25519.key      the silo's X25519 key the share is sealed to (PEM PKCS#8, 0600)
@@ -20,20 +20,27 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from coordinator.config import SiloConfig
 from coordinator.errors import PKIError
-from coordinator.paillier_client import PaillierFiles
 from coordinator.pki import ConsortiumPaths
-from secagg.errors import InvalidParameters
+from secagg.errors import InvalidParameters, SecAggError
 from secagg.hazmat.keys import RandomSource, new_x25519, public_bytes
-from secagg.hazmat.paillier import DEFAULT_KEY_BITS, SUPPORTED_KEY_BITS
-from secagg.paillier import run_key_ceremony
+from secagg.hazmat.paillier import (
+    DEFAULT_KEY_BITS,
+    SUPPORTED_KEY_BITS,
+    KeyShare,
+    SealedShare,
+    ThresholdPublicKey,
+)
+from secagg.paillier import open_key_share, run_key_ceremony
 
-__all__ = ["create_paillier_keys"]
+__all__ = ["PaillierFiles", "create_paillier_keys"]
 
 _PRIVATE_MODE = 0o600
 _PUBLIC_MODE = 0o644
@@ -121,3 +128,63 @@ def create_paillier_keys(
         _write(files[silo].share, sealed, private=True)
     _write(public_path, result.public_key.to_bytes(), private=False)
     return public_path
+
+
+@dataclass(frozen=True)
+class PaillierFiles:
+    """Where Paillier-mode key material lives in a consortium directory (written by ``create_paillier_keys``).
+
+    Attributes:
+        public_key: the joint public key (JSON), for the coordinator and every silo.
+        share: ``silos/<id>/paillier-share.json``: the silo's key share sealed to its X25519 key.
+        x25519_key: ``silos/<id>/paillier-x25519.key``: the silo's X25519 private key (PEM, mode 0600).
+    """
+
+    public_key: Path
+    share: Path
+    x25519_key: Path
+
+    @classmethod
+    def for_silo(cls, root: Path, silo: str) -> PaillierFiles:
+        """The standard layout under consortium directory ``root``."""
+        directory = root / "silos" / silo
+        return cls(
+            public_key=root / "paillier.pub.json",
+            share=directory / "paillier-share.json",
+            x25519_key=directory / "paillier-x25519.key",
+        )
+
+    @classmethod
+    def from_silo_config(cls, config: SiloConfig) -> PaillierFiles:
+        """Derived from a silo configuration: the roster sits at the consortium root, the signing key in the
+        silo's own directory (the layout ``create_consortium`` writes)."""
+        directory = config.signing_key.parent
+        return cls(
+            public_key=config.roster.parent / "paillier.pub.json",
+            share=directory / "paillier-share.json",
+            x25519_key=directory / "paillier-x25519.key",
+        )
+
+    def load(self, *, federation: str) -> tuple[ThresholdPublicKey, KeyShare]:
+        """Read the public key and open this silo's sealed share.
+
+        Raises:
+            PKIError: a file is missing or malformed, or the share does not open with this silo's key.
+        """
+        try:
+            public_key = ThresholdPublicKey.from_json(self.public_key.read_bytes())
+            sealed = SealedShare.from_json(self.share.read_bytes())
+            private = serialization.load_pem_private_key(
+                self.x25519_key.read_bytes(), password=None
+            )
+        except (OSError, ValueError, SecAggError) as exc:
+            raise PKIError(f"cannot load the Paillier key material: {type(exc).__name__}") from exc
+        if not isinstance(private, X25519PrivateKey):
+            raise PKIError(f"{self.x25519_key} is not an X25519 private key")
+        try:
+            share = open_key_share(sealed, private, federation_id=federation, public_key=public_key)
+        except SecAggError as exc:
+            raise PKIError(
+                "the sealed Paillier key share does not open with this silo's key"
+            ) from exc
+        return public_key, share

@@ -2,7 +2,7 @@
 
 A complete silo::
 
-    from coordinator.client import Silo
+    from coordinator.sdk.masking import Silo
 
     def train(ctx):  # ctx.weights: the global model (float32); return the update (new - old)
         return trainer.train_round(ctx.weights)  # a dp.training.PrivateTrainer: update + privacy facts
@@ -45,17 +45,21 @@ import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audits import CheckpointWitness, VerificationError
-from coordinator.audit import ledger_origin
-from coordinator.config import DEFAULT_MAX_MESSAGE_BYTES, SiloConfig, SiloPolicy, chunk_words
+from coordinator.common import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    INSECURE_SILO_HEADER,
+    RoundStatus,
+    TlsFiles,
+    chunk_words,
+    ledger_origin,
+    model_hash,
+)
+from coordinator.config import SiloConfig, SiloPolicy
 from coordinator.errors import (
-    PRIVACY_REFUSED_PREFIX,
     Aborted,
     AuditFailure,
     CoordinatorError,
-    DuplicateSubmission,
     InvalidInput,
-    NotFound,
-    PrivacyRefused,
     StageError,
     Unauthorized,
     Unavailable,
@@ -63,7 +67,9 @@ from coordinator.errors import (
 from coordinator.pki import load_ed25519_private
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
-from coordinator.serde import (
+from coordinator.silo_dp import encode_update
+from coordinator.wire.errors import from_rpc_error
+from coordinator.wire.masking import (
     advertisement_from_pb,
     advertisement_to_pb,
     config_from_pb,
@@ -72,9 +78,7 @@ from coordinator.serde import (
     unmask_request_from_pb,
     unmask_response_to_pb,
 )
-from coordinator.service import INSECURE_SILO_HEADER, TlsFiles
-from coordinator.silo_dp import encode_update, plan_from_pb
-from coordinator.store import RoundStatus, model_hash
+from coordinator.wire.silo_dp import plan_from_pb
 from dp.accounting import PrivacyAttestation
 from secagg import Roster, RoundAborted, RoundConfig, SecAggClient, SecAggError
 from secagg.hazmat.keys import RandomSource
@@ -85,16 +89,6 @@ log = logging.getLogger(__name__)
 
 _POLL_SECONDS = 20.0
 _TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
-_STATUS_TO_ERROR: dict[grpc.StatusCode, type[CoordinatorError]] = {
-    grpc.StatusCode.PERMISSION_DENIED: Unauthorized,
-    grpc.StatusCode.UNAUTHENTICATED: Unauthorized,
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.FAILED_PRECONDITION: StageError,
-    grpc.StatusCode.ALREADY_EXISTS: DuplicateSubmission,
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
-    grpc.StatusCode.ABORTED: Aborted,
-    grpc.StatusCode.UNAVAILABLE: Unavailable,
-}
 T = TypeVar("T")
 
 
@@ -270,7 +264,6 @@ class Silo:
                 return call()
             except grpc.RpcError as exc:
                 code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-                details = (exc.details() if isinstance(exc, grpc.Call) else "") or str(code)
                 if submission and attempt > 0 and code == grpc.StatusCode.ALREADY_EXISTS:
                     return None  # type: ignore[return-value]  # delivered by an earlier attempt
                 if code in _TRANSIENT and attempt + 1 < self._retry.attempts:
@@ -278,10 +271,7 @@ class Silo:
                     time.sleep(delay * (0.5 + random.random()))  # noqa: S311
                     delay = min(delay * 2, self._retry.maximum)
                     continue
-                kind = _STATUS_TO_ERROR.get(code, CoordinatorError)
-                if kind is Unauthorized and details.startswith(PRIVACY_REFUSED_PREFIX):
-                    kind = PrivacyRefused
-                raise kind(details) from exc
+                raise from_rpc_error(exc) from exc
         raise Unavailable(
             "coordinator unreachable"
         )  # pragma: no cover - loop always returns or raises

@@ -12,7 +12,7 @@ Notes:
     open when the masked-input deadline passes is rolled back by the driver itself, so a silo that stalls
     mid-stream counts as dropped instead of holding the round hostage.
 
-    Every privacy-relevant fact goes to the audit ledger (:class:`~coordinator.audit.AuditTrail`) before the
+    Every privacy-relevant fact goes to the audit ledger (:class:`~coordinator.rounds.audit.AuditTrail`) before the
     silos can observe it: the round opening, key fingerprints, each privacy attestation with the coordinator's
     own epsilon recomputation (or the refusal), participants, the new global model, the closing, and a signed
     checkpoint after every round.
@@ -36,7 +36,7 @@ import numpy.typing as npt
 
 from audits import EventKind
 from coordinator._malloc import release_free_memory
-from coordinator.audit import AuditTrail, attest_contribution
+from coordinator.common import FloatVector, RoundStatus
 from coordinator.config import Deadlines, PrivacyConfig, SiloDPConfig
 from coordinator.errors import (
     DuplicateSubmission,
@@ -45,8 +45,9 @@ from coordinator.errors import (
     StageError,
     Unauthorized,
 )
+from coordinator.rounds.audit import AuditTrail, attest_contribution
 from coordinator.silo_dp import decode_sum
-from coordinator.store import FloatVector, RoundStatus, Store
+from coordinator.store import Store
 from dp.distributed import UNIT_OF_PRIVACY, DistributedDPConfig, DistributedDPPlan, plan
 from dp.errors import (
     TooFewContributors,

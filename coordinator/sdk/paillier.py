@@ -2,7 +2,7 @@
 
 A complete silo::
 
-    from coordinator.paillier_client import PaillierSilo
+    from coordinator.sdk.paillier import PaillierSilo
 
     with PaillierSilo.from_config(SiloConfig.load("silo-hospital-a.toml")) as silo:
         for report in silo.run(lambda ctx: trainer.train_round(ctx.weights)):
@@ -25,7 +25,7 @@ Notes:
       for the same round or fish for new positions.
     - The silo insists on at least ``min_spot_checks`` positions (default 16) whatever the coordinator's
       round parameters say: the coordinator chooses the parameter but must not be able to weaken the check.
-    - Transport, retries, long polls and checkpoint witnessing are those of :class:`coordinator.client.Silo`,
+    - Transport, retries, long polls and checkpoint witnessing are those of :class:`coordinator.sdk.masking.Silo`,
       which this class drives (same channel, same error mapping).
 """
 
@@ -46,42 +46,33 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from coordinator.client import PrivateUpdate, RetryPolicy, RoundReport, Silo
-from coordinator.config import (
-    DEFAULT_MAX_MESSAGE_BYTES,
-    SiloConfig,
-    SiloPolicy,
-    chunk_words,
-)
+from coordinator.common import DEFAULT_MAX_MESSAGE_BYTES, RoundStatus, TlsFiles, chunk_words
+from coordinator.config import SiloConfig, SiloPolicy
 from coordinator.errors import (
     Aborted,
     InvalidInput,
-    PKIError,
     StageError,
     Unauthorized,
 )
-from coordinator.paillier_mode import (
+from coordinator.pki import load_ed25519_private
+from coordinator.pki.paillier import PaillierFiles
+from coordinator.proto.v1 import coordinator_pb2 as pb
+from coordinator.proto.v1 import paillier_pb2 as ppb
+from coordinator.proto.v1 import paillier_pb2_grpc as ppb_grpc
+from coordinator.sdk.example import run_example_task
+from coordinator.sdk.masking import PrivateUpdate, RetryPolicy, RoundReport, Silo
+from coordinator.wire.paillier import (
     commitment_to_pb,
     openings_from_pb,
     partial_to_pb,
     request_from_pb,
-    session_id_for,
 )
-from coordinator.pki import load_ed25519_private
-from coordinator.proto.v1 import coordinator_pb2 as pb
-from coordinator.proto.v1 import paillier_pb2 as ppb
-from coordinator.proto.v1 import paillier_pb2_grpc as ppb_grpc
-from coordinator.runner import run_example_task
-from coordinator.service import TlsFiles
-from coordinator.store import RoundStatus
 from secagg import Quantizer, Roster, RoundAborted, SecAggError
 from secagg.errors import ProtocolViolation
 from secagg.hazmat.keys import RandomSource
-from secagg.hazmat.paillier import KeyShare, ObfuscatorPool, SealedShare, ThresholdPublicKey
+from secagg.hazmat.paillier import KeyShare, ObfuscatorPool, ThresholdPublicKey
 from secagg.paillier import (
     DEFAULT_SPOT_CHECKS,
     CiphertextChunk,
@@ -89,7 +80,7 @@ from secagg.paillier import (
     PaillierRoundConfig,
     PartialDecrypter,
     SignedCommitment,
-    open_key_share,
+    session_id_for,
 )
 
 __all__ = [
@@ -110,66 +101,6 @@ _CHUNK_HEADROOM = (
 
 # ----------------------------------------------------------------------------------------------------------------
 # Key material on disk
-
-
-@dataclass(frozen=True)
-class PaillierFiles:
-    """Where Paillier-mode key material lives in a consortium directory (written by ``create_paillier_keys``).
-
-    Attributes:
-        public_key: the joint public key (JSON), for the coordinator and every silo.
-        share: ``silos/<id>/paillier-share.json``: the silo's key share sealed to its X25519 key.
-        x25519_key: ``silos/<id>/paillier-x25519.key``: the silo's X25519 private key (PEM, mode 0600).
-    """
-
-    public_key: Path
-    share: Path
-    x25519_key: Path
-
-    @classmethod
-    def for_silo(cls, root: Path, silo: str) -> PaillierFiles:
-        """The standard layout under consortium directory ``root``."""
-        directory = root / "silos" / silo
-        return cls(
-            public_key=root / "paillier.pub.json",
-            share=directory / "paillier-share.json",
-            x25519_key=directory / "paillier-x25519.key",
-        )
-
-    @classmethod
-    def from_silo_config(cls, config: SiloConfig) -> PaillierFiles:
-        """Derived from a silo configuration: the roster sits at the consortium root, the signing key in the
-        silo's own directory (the layout ``create_consortium`` writes)."""
-        directory = config.signing_key.parent
-        return cls(
-            public_key=config.roster.parent / "paillier.pub.json",
-            share=directory / "paillier-share.json",
-            x25519_key=directory / "paillier-x25519.key",
-        )
-
-    def load(self, *, federation: str) -> tuple[ThresholdPublicKey, KeyShare]:
-        """Read the public key and open this silo's sealed share.
-
-        Raises:
-            PKIError: a file is missing or malformed, or the share does not open with this silo's key.
-        """
-        try:
-            public_key = ThresholdPublicKey.from_json(self.public_key.read_bytes())
-            sealed = SealedShare.from_json(self.share.read_bytes())
-            private = serialization.load_pem_private_key(
-                self.x25519_key.read_bytes(), password=None
-            )
-        except (OSError, ValueError, SecAggError) as exc:
-            raise PKIError(f"cannot load the Paillier key material: {type(exc).__name__}") from exc
-        if not isinstance(private, X25519PrivateKey):
-            raise PKIError(f"{self.x25519_key} is not an X25519 private key")
-        try:
-            share = open_key_share(sealed, private, federation_id=federation, public_key=public_key)
-        except SecAggError as exc:
-            raise PKIError(
-                "the sealed Paillier key share does not open with this silo's key"
-            ) from exc
-        return public_key, share
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -663,7 +594,7 @@ def run_example_paillier_silo(
 ) -> list[dict[str, Any]]:
     """Run one Paillier-mode silo of the built-in example task until the federation ends.
 
-    The same task as :func:`coordinator.runner.run_example_silo` (DP-SGD on the silo's breast-cancer shard);
+    The same task as :func:`coordinator.sdk.example.run_example_silo` (DP-SGD on the silo's breast-cancer shard);
     only the aggregation differs. Returns one summary per round; with ``events`` also prints them for the demo.
     """
     with PaillierSilo.from_config(config, files=files) as silo:

@@ -22,7 +22,7 @@ from rich.live import Live
 from rich.table import Table
 
 from audits import build_report, write_report
-from coordinator.audit import export_bundle, verify_bundle_dir
+from coordinator.common import RoundStatus
 from coordinator.config import (
     Deadlines,
     PrivacyConfig,
@@ -30,11 +30,12 @@ from coordinator.config import (
     SiloDPConfig,
     write_demo_configs,
 )
-from coordinator.paillier_mode import start_paillier_coordinator
-from coordinator.paillier_pki import create_paillier_keys
 from coordinator.pki import create_consortium
-from coordinator.runner import EVENT_PREFIX, start_coordinator, write_json
-from coordinator.store import RoundStatus
+from coordinator.pki.paillier import create_paillier_keys
+from coordinator.rounds.audit import export_bundle, verify_bundle_dir
+from coordinator.sdk.example import EVENT_PREFIX
+from coordinator.server.app import start_coordinator
+from coordinator.server.paillier import start_paillier_coordinator
 
 __all__ = ["DemoOptions", "run_demo"]
 
@@ -295,3 +296,8 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
 
 def _hex_file(path: Path) -> bytes:
     return bytes.fromhex(path.read_text(encoding="utf-8").strip())
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON with a trailing newline."""
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -36,8 +36,9 @@ from audits import (
     write_bundle,
 )
 from audits.events import utc_now
+from coordinator.common import ledger_origin
 from coordinator.config import PrivacyConfig, ServeConfig
-from coordinator.errors import PRIVACY_REFUSED_PREFIX, InvalidInput, PrivacyRefused
+from coordinator.errors import InvalidInput, PrivacyRefused
 from coordinator.pki import load_ed25519_private
 from dp.accounting import (
     MechanismStep,
@@ -59,11 +60,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-def ledger_origin(federation: str) -> str:
-    """The ledger origin (checkpoint first line) of a federation."""
-    return f"secagg/federation/{federation}"
 
 
 def key_fingerprint(ad: Advertisement) -> str:
@@ -339,7 +335,7 @@ def attest_contribution(
                 "the upload carries no signed privacy attestation, which this federation requires"
             )
             audit.record(EventKind.BUDGET_REFUSAL, round_, {"silo": silo, "reason": reason})
-            raise PrivacyRefused(f"{PRIVACY_REFUSED_PREFIX}{reason}")
+            raise PrivacyRefused(f"privacy attestation refused: {reason}")
         return
     previous = attested.get(silo)
     if previous is not None:
@@ -391,7 +387,7 @@ def attest_contribution(
                 round_,
                 {"silo": silo, "reason": reason, "check": check.to_dict()},
             )
-            raise PrivacyRefused(f"{PRIVACY_REFUSED_PREFIX}{reason}")
+            raise PrivacyRefused(f"privacy attestation refused: {reason}")
         flagged = {"flagged": reason}
         audit.record(
             EventKind.INCIDENT,

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from coordinator.common import DEFAULT_MAX_MESSAGE_BYTES, chunk_words
 from coordinator.errors import ConfigError, Unauthorized
 from coordinator.pki import ConsortiumPaths
 from secagg import (
@@ -60,22 +61,8 @@ __all__ = [
     "write_demo_configs",
 ]
 
-DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-"""gRPC's default receive limit; vectors are streamed in chunks that stay below it."""
-
 _MIN_MESSAGE_BYTES = 64 * 1024
 _MAX_MESSAGE_BYTES = 2**31 - 1  # gRPC channel options are C ints
-_CHUNK_HEADROOM = (
-    16 * 1024
-)  # protobuf framing, ids, the attestation and signatures travelling with a chunk
-_MAX_CHUNK_WORDS = 1 << 14
-"""64 KiB per streamed chunk (upload and download).
-
-With N silos streaming at once, the coordinator holds a few copies of one chunk per stream (gRPC's receive
-buffer, the Python bytes, the parsed protobuf message), so its peak memory grows with N x chunk size: 1 MiB
-chunks cost about 40 vectors of 1M parameters at N = 50 (``bench/bench_coordinator.py``), 64 KiB chunks a few.
-Smaller chunks cost per-message CPU: 16 KiB doubled the 50-silo round time on two cores.
-"""
 _LOOPBACK_NAMES = frozenset({"localhost"})
 
 
@@ -584,11 +571,6 @@ class SiloConfig:
             ConfigError: unreadable, malformed, wrongly signed, or for another federation.
         """
         return _verified_roster(self.roster, self.consortium_public_key, self.federation)
-
-
-def chunk_words(max_message_bytes: int) -> int:
-    """4-byte words per streamed chunk so a chunk message stays below ``max_message_bytes`` (at most 64 KiB)."""
-    return max(1, min(_MAX_CHUNK_WORDS, (max_message_bytes - _CHUNK_HEADROOM) // 4))
 
 
 def write_demo_configs(

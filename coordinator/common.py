@@ -1,0 +1,81 @@
+"""What the coordinator's server side and the silo SDK agree on, with no grpc: round status, model hash, chunk
+sizes, TLS material, the insecure-debug identity header and the ledger origin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "INSECURE_SILO_HEADER",
+    "FloatVector",
+    "RoundStatus",
+    "TlsFiles",
+    "chunk_words",
+    "ledger_origin",
+    "model_bytes_view",
+    "model_hash",
+]
+
+FloatVector = npt.NDArray[np.float32]
+
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+"""gRPC's default receive limit; vectors are streamed in chunks that stay below it."""
+
+CHUNK_HEADROOM = 16 * 1024
+"""Bytes kept free in a chunk message for protobuf framing, ids, the attestation and signatures."""
+
+MAX_CHUNK_WORDS = 1 << 14
+"""64 KiB per streamed chunk (upload and download).
+
+With N silos streaming at once, the coordinator holds a few copies of one chunk per stream (gRPC's receive
+buffer, the Python bytes, the parsed protobuf message), so its peak memory grows with N x chunk size: 1 MiB
+chunks cost about 40 vectors of 1M parameters at N = 50 (``bench/bench_coordinator.py``), 64 KiB chunks a few.
+Smaller chunks cost per-message CPU: 16 KiB doubled the 50-silo round time on two cores.
+"""
+
+INSECURE_SILO_HEADER = "x-secagg-insecure-debug-silo"
+"""With ``insecure_debug_no_tls`` only, the header that names the caller (anyone can set it: debug only)."""
+
+
+def chunk_words(max_message_bytes: int) -> int:
+    """4-byte words per streamed chunk so a chunk message stays below ``max_message_bytes`` (at most 64 KiB)."""
+    return max(1, min(MAX_CHUNK_WORDS, (max_message_bytes - CHUNK_HEADROOM) // 4))
+
+
+def model_bytes_view(model: FloatVector) -> memoryview:
+    """The model's float32 little-endian bytes as a view: no vector-sized copy to hash or store it."""
+    return np.ascontiguousarray(model, dtype="<f4").data.cast("B")
+
+
+def model_hash(model: FloatVector) -> bytes:
+    """SHA-256 of the model's float32 little-endian bytes (hashed in place, not copied)."""
+    return hashlib.sha256(model_bytes_view(model)).digest()
+
+
+def ledger_origin(federation: str) -> str:
+    """The ledger origin (checkpoint first line) of a federation."""
+    return f"secagg/federation/{federation}"
+
+
+class RoundStatus(StrEnum):
+    """Where a round ended up."""
+
+    OPEN = "open"
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM bytes of the consortium CA and this endpoint's certificate and private key."""
+
+    ca: bytes
+    cert: bytes
+    key: bytes

@@ -1,0 +1,172 @@
+"""Server construction: gRPC options, the masking-mode server, and a running coordinator built from ``serve.toml``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from coordinator._malloc import tune_allocator
+from coordinator.common import TlsFiles
+from coordinator.config import ServeConfig, TLSPaths
+from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
+from coordinator.rounds.audit import open_audit_trail
+from coordinator.rounds.driver import FederationSettings, RoundService
+from coordinator.server.audit import AuditServicer
+from coordinator.server.interceptors import _DecodeGuard
+from coordinator.server.masking import FederationServicer
+from coordinator.store import SQLiteStore
+
+log = logging.getLogger(__name__)
+
+
+STREAM_LOOKAHEAD_BYTES = 16 * 1024
+"""HTTP/2 receive window of a stream before the application asks for its next message (gRPC's default: 64 KiB)."""
+
+
+def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """gRPC core channel arguments of the coordinator's server (see ``grpc_types.h`` in gRPC core).
+
+    - ``grpc.max_receive_message_length`` / ``grpc.max_send_message_length``: the configured message limit.
+    - ``grpc.http2.bdp_probe`` = 0: fixed flow-control windows. With bandwidth-delay-product probing every
+      concurrent upload stream grows its window to megabytes of chunks buffered in the coordinator, so its
+      memory would grow with the number of silos.
+    - ``grpc.http2.lookahead_bytes`` = :data:`STREAM_LOOKAHEAD_BYTES`: how much of an upload stream gRPC
+      buffers ahead of the handler. The window opens by one message when the handler asks for it, so a
+      smaller lookahead only lowers what waits per stream while the handler is busy (a few vectors at 50
+      silos) and leaves throughput unchanged.
+    """
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.lookahead_bytes", STREAM_LOOKAHEAD_BYTES),
+    ]
+
+
+def create_server(
+    rounds: RoundService,
+    address: str,
+    *,
+    tls: TlsFiles | None,
+    revoked: Iterable[str] = (),
+    max_message_bytes: int = 4 << 20,
+    insecure_debug_no_tls: bool = False,
+    max_workers: int = 64,
+) -> tuple[grpc.Server, int]:
+    """Build (without starting) the coordinator's gRPC server; returns it and the bound port.
+
+    mTLS is mandatory: the server requires a client certificate chained to the consortium CA. The only way
+    around it is ``insecure_debug_no_tls=True``, for local debugging, which identifies callers by a header
+    anyone can set.
+    """
+    if tls is None and not insecure_debug_no_tls:
+        raise ValueError(
+            "TLS material is required (insecure_debug_no_tls is for local debugging only)"
+        )
+    options = server_options(max_message_bytes)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        options=options,
+        interceptors=[_DecodeGuard()],
+    )
+    refused = frozenset(revoked)
+    insecure = tls is None
+    pb_grpc.add_FederationServicer_to_server(
+        FederationServicer(
+            rounds, revoked=refused, insecure=insecure, max_message_bytes=max_message_bytes
+        ),
+        server,
+    )
+    pb_grpc.add_AuditServicer_to_server(
+        AuditServicer(
+            rounds, revoked=refused, insecure=insecure, max_message_bytes=max_message_bytes
+        ),
+        server,
+    )
+    health_servicer = health.HealthServicer()
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set("coordinator.proto.v1.Federation", health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set("coordinator.proto.v1.Audit", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if tls is None:
+        log.warning(
+            "INSECURE: serving without TLS; silo identities are unauthenticated (debug only)"
+        )
+        port = server.add_insecure_port(address)
+    else:
+        credentials = grpc.ssl_server_credentials(
+            [(tls.key, tls.cert)], root_certificates=tls.ca, require_client_auth=True
+        )
+        port = server.add_secure_port(address, credentials)
+    if port == 0:
+        raise OSError(f"cannot bind {address}")
+    return server, port
+
+
+def _tls(paths: TLSPaths | None) -> TlsFiles | None:
+    if paths is None:
+        return None
+    return TlsFiles(paths.ca.read_bytes(), paths.cert.read_bytes(), paths.key.read_bytes())
+
+
+@dataclass
+class Coordinator:
+    """A running coordinator: the round service, the gRPC server, its port and its store."""
+
+    service: RoundService
+    server: grpc.Server
+    port: int
+    store: SQLiteStore
+
+    def stop(self, grace: float = 1.0) -> None:
+        """Stop serving and close the store and the ledger."""
+        self.service.stop()
+        self.server.stop(grace).wait()
+        self.store.close()
+        self.service.audit.close()
+
+
+def start_coordinator(config: ServeConfig) -> Coordinator:
+    """Build and start the coordinator described by ``config`` (rounds begin at once)."""
+    tune_allocator()  # before the gRPC server's threads exist (see coordinator._malloc)
+    roster = config.load_roster()
+    r = config.rounds
+    settings = FederationSettings(
+        federation=config.federation,
+        rounds=r.count,
+        vector_length=config.model.size,
+        clip=r.clip,
+        bits=r.bits,
+        threshold=r.threshold,
+        collusion=r.collusion,
+        min_cohort=r.min_cohort,
+        deadlines=config.deadlines,
+        privacy=config.privacy,
+        silo_dp=config.silo_dp,
+    )
+    if config.model.initial is not None:
+        initial = np.load(config.model.initial, allow_pickle=False).astype(np.float32)
+    else:
+        initial = np.zeros(config.model.size, dtype=np.float32)
+    store = SQLiteStore(config.storage)
+    audit = open_audit_trail(config)
+    service = RoundService(
+        settings=settings, roster=roster, store=store, initial_model=initial, audit=audit
+    )
+    server, port = create_server(
+        service,
+        config.listen,
+        tls=_tls(config.tls),
+        revoked=config.revoked_certificates,
+        max_message_bytes=config.max_message_bytes,
+        insecure_debug_no_tls=config.insecure_debug_no_tls,
+    )
+    server.start()
+    service.start()
+    return Coordinator(service, server, port, store)

@@ -1,0 +1,168 @@
+"""What every servicer shares: caller identity from the mTLS certificate, the federation check, error
+translation, stream draining and model download chunks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, NoReturn, TypeVar, cast
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from coordinator.common import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    INSECURE_SILO_HEADER,
+    chunk_words,
+)
+from coordinator.errors import (
+    InvalidInput,
+    NotFound,
+    Unauthorized,
+)
+from coordinator.pki import silo_identity
+from coordinator.proto.v1 import coordinator_pb2 as pb
+from coordinator.rounds.driver import RoundService
+from coordinator.wire.errors import to_status
+
+log = logging.getLogger(__name__)
+
+MAX_WAIT_SECONDS = 60.0
+MAX_ENTRIES_PER_CALL = 1000
+
+
+def _abort(context: grpc.ServicerContext, exc: Exception) -> NoReturn:
+    status = to_status(exc)
+    if status is None:
+        log.exception("internal error while serving a request")
+        context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    code, message, trailer = status
+    context.set_trailing_metadata(trailer)
+    context.abort(code, message)
+
+
+R = TypeVar("R")
+
+
+def model_chunks(data: bytes, digest: bytes, max_message_bytes: int) -> Iterator[pb.ModelChunk]:
+    """A model (float32 little-endian bytes) as download chunks below the message limit."""
+    step = chunk_words(max_message_bytes) * 4
+    view = memoryview(data)
+    for start in range(0, max(len(data), 1), step):
+        yield pb.ModelChunk(
+            offset=start // 4,
+            values=bytes(view[start : start + step]),
+            total=len(data) // 4,
+            model_hash=digest,
+        )
+
+
+def u32_view(data: bytes) -> npt.NDArray[np.uint32]:
+    """A read-only uint32 view of a chunk's little-endian bytes (no copy); refuses a ragged length.
+
+    :func:`~coordinator.wire.masking.u32_from_bytes` returns a writable copy; an upload chunk is only read (added into
+    the running sum and spooled), and with every silo streaming at once each copy is one more chunk per stream.
+    """
+    if len(data) % 4:
+        raise InvalidInput("vector chunk length is not a multiple of 4 bytes")
+    view: npt.NDArray[np.uint32] = np.frombuffer(data, dtype="<u4")
+    return view
+
+
+def drain_upload(
+    first: Any,
+    rest: Iterator[Any],
+    silo: str,
+    add: Callable[[Any], None],
+    finish: Callable[[], None],
+) -> None:
+    """Feed a client-streamed upload to ``add`` chunk by chunk and ``finish`` at its last chunk.
+
+    Every chunk must name the same silo, round and federation as the first; nothing may follow the last one,
+    and a stream that ends without a last chunk is refused (the caller's upload context then rolls back).
+    """
+    round_, federation = first.round, first.federation
+    drain_chunks(_prepend([first], rest), silo, round_, federation, add, finish)
+
+
+def _prepend(pending: list[Any], rest: Iterator[Any]) -> Iterator[Any]:
+    """The items of ``pending``, then those of ``rest``; nothing here keeps an item once it is handed over."""
+    while pending:
+        yield pending.pop()
+    yield from rest
+
+
+def drain_chunks(
+    chunks: Iterator[Any],
+    silo: str,
+    round_: int,
+    federation: str,
+    add: Callable[[Any], None],
+    finish: Callable[[], None],
+) -> None:
+    """:func:`drain_upload` over an iterator of every chunk, each released before the next one is received.
+
+    With N silos streaming at once, holding the previous chunk while gRPC receives and parses the next would
+    keep two chunks per stream in memory instead of one.
+    """
+    chunk: Any = next(chunks, None)
+    while chunk is not None:
+        if (chunk.silo, chunk.round, chunk.federation) != (silo, round_, federation):
+            raise InvalidInput(
+                "every chunk of an upload must name the same silo, round and federation"
+            )
+        add(chunk)
+        last = bool(chunk.last)
+        chunk = None  # released before the next receive
+        if last:
+            if next(chunks, None) is not None:
+                raise InvalidInput("chunks after the last one")
+            finish()
+            return
+        chunk = next(chunks, None)
+    raise InvalidInput("upload ended without its last chunk")
+
+
+class _Servicer:
+    """Caller identity, federation check and error mapping shared by the coordinator's services."""
+
+    def __init__(
+        self,
+        rounds: RoundService,
+        *,
+        revoked: frozenset[str],
+        insecure: bool,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        self._rounds = rounds
+        self._revoked = revoked
+        self._insecure = insecure
+        self._max_message_bytes = max_message_bytes
+
+    # identity --------------------------------------------------------------------------------------
+    def _caller(self, context: grpc.ServicerContext, claimed: str | None = None) -> str:
+        if self._insecure:
+            metadata = dict(context.invocation_metadata())
+            silo = str(metadata.get(INSECURE_SILO_HEADER, ""))
+        else:
+            # grpc-stubs types this as Mapping[str, bytes]; gRPC actually returns lists of bytes
+            auth = cast(Mapping[str, Sequence[bytes]], context.auth_context())
+            silo = silo_identity(
+                auth, federation=self._rounds.settings.federation, revoked=self._revoked
+            )
+        if silo not in self._rounds.roster.members:
+            raise Unauthorized(f"{silo!r} is not on the roster")
+        if claimed is not None and claimed != silo:
+            raise Unauthorized(f"the certificate identifies {silo}; it cannot act as {claimed!r}")
+        return silo
+
+    def _federation(self, federation: str) -> None:
+        if federation != self._rounds.settings.federation:
+            raise NotFound(f"unknown federation {federation!r}")
+
+    def _call(self, context: grpc.ServicerContext, fn: Callable[[], R]) -> R:
+        try:
+            return fn()
+        except Exception as exc:
+            _abort(context, exc)

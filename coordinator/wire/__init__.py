@@ -1,0 +1,1 @@
+"""The only protobuf <-> dataclass translation, and the one two-way exception <-> gRPC status table."""
