@@ -102,7 +102,8 @@ from coordinator.config import Deadlines, ModelConfig, RoundsConfig, ServeConfig
 from coordinator.pki import ConsortiumPaths, create_consortium, load_ed25519_private, silo_identity
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
-from coordinator.rounds.driver import RoundService, fedavg
+from coordinator.rounds.fedavg import fedavg
+from coordinator.rounds.masking import MaskingRounds
 from coordinator.sdk.masking import RoundContext, Silo
 from coordinator.server.app import server_options, start_coordinator
 from coordinator.server.base import model_chunks
@@ -304,7 +305,7 @@ class _Snapshot:
 
 
 def secure_rounds(
-    service: RoundService, rounds: int, first_silo: str, sampler: RssSampler
+    service: MaskingRounds, rounds: int, first_silo: str, sampler: RssSampler
 ) -> list[dict[str, Any]]:
     """Stamp the opening, every stage close and the completion of each round from the service's own events."""
     records = []

@@ -275,17 +275,12 @@ def _serve(
     """Run the coordinator until every planned round has run."""
     from coordinator.config import ServeConfig
     from coordinator.server.app import start_coordinator
-    from coordinator.server.paillier import start_paillier_coordinator
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = _load_or_exit(ServeConfig.load, config)
-    coordinator = (
-        start_paillier_coordinator(settings, settings.paillier_public_key)
-        if settings.paillier_public_key is not None
-        else start_coordinator(settings)
-    )
+    coordinator = start_coordinator(settings)
     typer.echo(
         f"coordinator for {settings.federation!r} listening on port {coordinator.port}", err=True
     )
@@ -309,15 +304,14 @@ def _silo(
     ] = False,
 ) -> None:
     """Run a silo of the built-in example task (DP-SGD on its breast-cancer shard)."""
+    from coordinator import modes
     from coordinator.config import SiloConfig
-    from coordinator.sdk.example import run_example_silo
-    from coordinator.sdk.paillier import run_example_paillier_silo
 
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = _load_or_exit(SiloConfig.load, config)
-    run = run_example_paillier_silo if settings.mode == "paillier" else run_example_silo
+    run = modes.load(settings.mode, "silo")
     summaries = run(settings, events=events)
     if not events:
         for summary in summaries:

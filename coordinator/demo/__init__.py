@@ -35,7 +35,6 @@ from coordinator.pki.paillier import create_paillier_keys
 from coordinator.rounds.audit import export_bundle, verify_bundle_dir
 from coordinator.sdk.example import EVENT_PREFIX
 from coordinator.server.app import start_coordinator
-from coordinator.server.paillier import start_paillier_coordinator
 
 __all__ = ["DemoOptions", "run_demo"]
 
@@ -156,11 +155,7 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
         ),
     )
     serve = ServeConfig.load(serve_path)
-    coordinator = (
-        start_paillier_coordinator(serve, paillier_key)
-        if paillier_key is not None
-        else start_coordinator(serve)
-    )
+    coordinator = start_coordinator(serve)
     aggregation = {
         "paillier": "threshold Paillier aggregation",
         "masking": "masked secure aggregation" + (" + silo-level DP" if options.silo_dp else ""),

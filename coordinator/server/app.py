@@ -1,28 +1,38 @@
-"""Server construction: gRPC options, the masking-mode server, and a running coordinator built from ``serve.toml``."""
+"""Server construction for every mode: gRPC options, binding with mTLS, and a running coordinator from ``serve.toml``.
+
+The mode's own servicer comes from the mode registry (:mod:`coordinator.modes`); everything around it (the
+``Audit`` service, health checking, the decode guard, message limits, mTLS) is built here once.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent import futures
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from coordinator import modes
 from coordinator._malloc import tune_allocator
 from coordinator.common import TlsFiles
 from coordinator.config import ServeConfig, TLSPaths
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from coordinator.rounds.audit import open_audit_trail
-from coordinator.rounds.driver import FederationSettings, RoundService
+from coordinator.rounds.driver import FederationSettings, RoundDriver
 from coordinator.server.audit import AuditServicer
-from coordinator.server.interceptors import _DecodeGuard
-from coordinator.server.masking import FederationServicer
+from coordinator.server.interceptors import DecodeGuard
 from coordinator.store import SQLiteStore
 
+__all__ = ["Coordinator", "bind_server", "server_options", "start_coordinator", "tls_files"]
+
 log = logging.getLogger(__name__)
+
+AddServicer = Callable[[grpc.Server, dict[str, Any]], str]
+"""Registers a mode's servicer on a server (given the shared servicer options); returns its service name."""
 
 
 STREAM_LOOKAHEAD_BYTES = 16 * 1024
@@ -49,9 +59,10 @@ def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
-def create_server(
-    rounds: RoundService,
+def bind_server(
+    rounds: RoundDriver,
     address: str,
+    add_mode_servicer: AddServicer,
     *,
     tls: TlsFiles | None,
     revoked: Iterable[str] = (),
@@ -59,40 +70,32 @@ def create_server(
     insecure_debug_no_tls: bool = False,
     max_workers: int = 64,
 ) -> tuple[grpc.Server, int]:
-    """Build (without starting) the coordinator's gRPC server; returns it and the bound port.
+    """Build (without starting) a coordinator's gRPC server for any mode; returns it and the bound port.
 
     mTLS is mandatory: the server requires a client certificate chained to the consortium CA. The only way
     around it is ``insecure_debug_no_tls=True``, for local debugging, which identifies callers by a header
-    anyone can set.
+    anyone can set. Besides the mode's servicer the server answers the read-only ``Audit`` service (silos
+    witness checkpoints through it) and standard health checking.
     """
     if tls is None and not insecure_debug_no_tls:
         raise ValueError(
             "TLS material is required (insecure_debug_no_tls is for local debugging only)"
         )
-    options = server_options(max_message_bytes)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
-        options=options,
-        interceptors=[_DecodeGuard()],
+        options=server_options(max_message_bytes),
+        interceptors=[DecodeGuard()],
     )
-    refused = frozenset(revoked)
-    insecure = tls is None
-    pb_grpc.add_FederationServicer_to_server(
-        FederationServicer(
-            rounds, revoked=refused, insecure=insecure, max_message_bytes=max_message_bytes
-        ),
-        server,
-    )
-    pb_grpc.add_AuditServicer_to_server(
-        AuditServicer(
-            rounds, revoked=refused, insecure=insecure, max_message_bytes=max_message_bytes
-        ),
-        server,
-    )
+    shared: dict[str, Any] = {
+        "revoked": frozenset(revoked),
+        "insecure": tls is None,
+        "max_message_bytes": max_message_bytes,
+    }
+    name = add_mode_servicer(server, shared)
+    pb_grpc.add_AuditServicer_to_server(AuditServicer(rounds, **shared), server)
     health_servicer = health.HealthServicer()
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    health_servicer.set("coordinator.proto.v1.Federation", health_pb2.HealthCheckResponse.SERVING)
-    health_servicer.set("coordinator.proto.v1.Audit", health_pb2.HealthCheckResponse.SERVING)
+    for service in ("", name, "coordinator.proto.v1.Audit"):
+        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if tls is None:
         log.warning(
@@ -109,7 +112,8 @@ def create_server(
     return server, port
 
 
-def _tls(paths: TLSPaths | None) -> TlsFiles | None:
+def tls_files(paths: TLSPaths | None) -> TlsFiles | None:
+    """The PEM bytes of a configuration's ``[tls]`` files (``None`` without TLS)."""
     if paths is None:
         return None
     return TlsFiles(paths.ca.read_bytes(), paths.cert.read_bytes(), paths.key.read_bytes())
@@ -117,9 +121,9 @@ def _tls(paths: TLSPaths | None) -> TlsFiles | None:
 
 @dataclass
 class Coordinator:
-    """A running coordinator: the round service, the gRPC server, its port and its store."""
+    """A running coordinator (any mode): the round driver, the gRPC server, its port and its store."""
 
-    service: RoundService
+    service: RoundDriver
     server: grpc.Server
     port: int
     store: SQLiteStore
@@ -133,9 +137,14 @@ class Coordinator:
 
 
 def start_coordinator(config: ServeConfig) -> Coordinator:
-    """Build and start the coordinator described by ``config`` (rounds begin at once)."""
+    """Build and start the coordinator described by ``config`` in its mode (rounds begin at once).
+
+    Raises:
+        ConfigError: the mode's optional dependencies are missing.
+        ValueError: the mode refuses the configuration (Paillier mode without TLS).
+    """
+    build = modes.load(config.mode, "server")
     tune_allocator()  # before the gRPC server's threads exist (see coordinator._malloc)
-    roster = config.load_roster()
     r = config.rounds
     settings = FederationSettings(
         federation=config.federation,
@@ -155,18 +164,15 @@ def start_coordinator(config: ServeConfig) -> Coordinator:
     else:
         initial = np.zeros(config.model.size, dtype=np.float32)
     store = SQLiteStore(config.storage)
-    audit = open_audit_trail(config)
-    service = RoundService(
-        settings=settings, roster=roster, store=store, initial_model=initial, audit=audit
-    )
-    server, port = create_server(
-        service,
-        config.listen,
-        tls=_tls(config.tls),
-        revoked=config.revoked_certificates,
-        max_message_bytes=config.max_message_bytes,
-        insecure_debug_no_tls=config.insecure_debug_no_tls,
+    driver: RoundDriver
+    driver, server, port = build(
+        config,
+        settings=settings,
+        roster=config.load_roster(),
+        store=store,
+        initial_model=initial,
+        audit=open_audit_trail(config),
     )
     server.start()
-    service.start()
-    return Coordinator(service, server, port, store)
+    driver.start()
+    return Coordinator(driver, server, port, store)

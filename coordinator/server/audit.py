@@ -13,10 +13,10 @@ from coordinator.errors import (
 )
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
-from coordinator.server.base import MAX_ENTRIES_PER_CALL, R, _Servicer
+from coordinator.server.base import MAX_ENTRIES_PER_CALL, R, ServicerBase
 
 
-class AuditServicer(_Servicer, pb_grpc.AuditServicer):
+class AuditServicer(ServicerBase, pb_grpc.AuditServicer):
     """Read-only access to the audit ledger for roster members (live monitoring and checkpoint witnessing)."""
 
     def _ledger_call(

@@ -23,8 +23,9 @@ from coordinator.errors import (
 )
 from coordinator.pki import silo_identity
 from coordinator.proto.v1 import coordinator_pb2 as pb
-from coordinator.rounds.driver import RoundService
+from coordinator.rounds.driver import RoundDriver
 from coordinator.wire.errors import to_status
+from coordinator.wire.rounds import outcome_to_pb
 
 log = logging.getLogger(__name__)
 
@@ -124,12 +125,12 @@ def drain_chunks(
     raise InvalidInput("upload ended without its last chunk")
 
 
-class _Servicer:
-    """Caller identity, federation check and error mapping shared by the coordinator's services."""
+class ServicerBase:
+    """Caller identity, federation check, error mapping and the calls every mode's service answers alike."""
 
     def __init__(
         self,
-        rounds: RoundService,
+        rounds: RoundDriver,
         *,
         revoked: frozenset[str],
         insecure: bool,
@@ -166,3 +167,28 @@ class _Servicer:
             return fn()
         except Exception as exc:
             _abort(context, exc)
+
+    @staticmethod
+    def _wait(seconds: float) -> float:
+        return max(0.0, min(seconds, MAX_WAIT_SECONDS))
+
+    def DownloadModel(
+        self, request: pb.DownloadModelRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ModelChunk]:
+        def run() -> tuple[bytes, bytes]:
+            self._caller(context)
+            self._federation(request.federation)
+            return self._rounds.model_bytes(request.round)
+
+        data, digest = self._call(context, run)
+        yield from model_chunks(data, digest, self._max_message_bytes)
+
+    def GetResult(self, request: pb.StageRequest, context: grpc.ServicerContext) -> pb.RoundResult:
+        def run() -> pb.RoundResult:
+            self._caller(context, request.silo)
+            self._federation(request.federation)
+            return outcome_to_pb(
+                self._rounds.result(request.round, self._wait(request.wait_seconds))
+            )
+
+        return self._call(context, run)

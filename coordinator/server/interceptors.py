@@ -9,7 +9,7 @@ import grpc
 
 
 class _Undecodable:
-    """Stands in for a request whose bytes are not a valid protobuf message (see :class:`_DecodeGuard`)."""
+    """Stands in for a request whose bytes are not a valid protobuf message (see :class:`DecodeGuard`)."""
 
 
 def _lenient(deserialize: Callable[[bytes], object] | None) -> Callable[[bytes], object] | None:
@@ -32,7 +32,7 @@ def _refuse_undecodable(request: object, context: grpc.ServicerContext) -> None:
         )
 
 
-class _DecodeGuard(grpc.ServerInterceptor):  # type: ignore[type-arg]
+class DecodeGuard(grpc.ServerInterceptor):  # type: ignore[type-arg]
     """Answers INVALID_ARGUMENT for undecodable requests (grpc itself would answer INTERNAL)."""
 
     def intercept_service(

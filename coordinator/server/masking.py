@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
+from typing import Any
 
 import grpc
 
-from coordinator.common import RoundStatus
+from coordinator.common import DEFAULT_MAX_MESSAGE_BYTES, TlsFiles
+from coordinator.config import ServeConfig
 from coordinator.errors import (
     InvalidInput,
 )
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
+from coordinator.rounds.masking import MaskingRounds
+from coordinator.server.app import bind_server, tls_files
 from coordinator.server.base import (
-    MAX_WAIT_SECONDS,
+    ServicerBase,
     _prepend,
-    _Servicer,
     drain_chunks,
-    model_chunks,
     u32_view,
 )
 from coordinator.wire.masking import (
@@ -33,12 +35,12 @@ from coordinator.wire.silo_dp import plan_to_pb
 from secagg import SurvivorSignature
 
 
-class FederationServicer(_Servicer, pb_grpc.FederationServicer):
-    """Thin adapter from gRPC calls to the round service."""
+class FederationServicer(ServicerBase, pb_grpc.FederationServicer):
+    """Thin adapter from gRPC calls to :class:`~coordinator.rounds.masking.MaskingRounds`."""
 
-    @staticmethod
-    def _wait(seconds: float) -> float:
-        return max(0.0, min(seconds, MAX_WAIT_SECONDS))
+    def __init__(self, rounds: MaskingRounds, **options: Any) -> None:
+        super().__init__(rounds, **options)
+        self._masking = rounds
 
     # rpcs ------------------------------------------------------------------------------------------
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinResponse:
@@ -68,22 +70,11 @@ class FederationServicer(_Servicer, pb_grpc.FederationServicer):
                 stage_deadline_unix=view.stage_deadline,
             )
             config_to_pb(view.config, info)
-            if self._rounds.silo_dp_plan is not None:
-                info.silo_dp.CopyFrom(plan_to_pb(self._rounds.silo_dp_plan))
+            if self._masking.silo_dp_plan is not None:
+                info.silo_dp.CopyFrom(plan_to_pb(self._masking.silo_dp_plan))
             return info
 
         return self._call(context, run)
-
-    def DownloadModel(
-        self, request: pb.DownloadModelRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.ModelChunk]:
-        def run() -> tuple[bytes, bytes]:
-            self._caller(context)
-            self._federation(request.federation)
-            return self._rounds.model_bytes(request.round)
-
-        data, digest = self._call(context, run)
-        yield from model_chunks(data, digest, self._max_message_bytes)
 
     def AdvertiseKeys(
         self, request: pb.AdvertiseKeysRequest, context: grpc.ServicerContext
@@ -91,7 +82,7 @@ class FederationServicer(_Servicer, pb_grpc.FederationServicer):
         def run() -> pb.Ack:
             silo = self._caller(context, request.advertisement.silo)
             self._federation(request.federation)
-            self._rounds.advertise(
+            self._masking.advertise(
                 silo, request.round, advertisement_from_pb(request.advertisement)
             )
             return pb.Ack()
@@ -104,7 +95,7 @@ class FederationServicer(_Servicer, pb_grpc.FederationServicer):
         def run() -> pb.AdvertisementSet:
             self._caller(context, request.silo)
             self._federation(request.federation)
-            ads = self._rounds.advertisements(request.round, self._wait(request.wait_seconds))
+            ads = self._masking.advertisements(request.round, self._wait(request.wait_seconds))
             return pb.AdvertisementSet(advertisements=[advertisement_to_pb(a) for a in ads])
 
         return self._call(context, run)
@@ -113,7 +104,7 @@ class FederationServicer(_Servicer, pb_grpc.FederationServicer):
         def run() -> pb.Ack:
             silo = self._caller(context, request.sender)
             self._federation(request.federation)
-            self._rounds.share_keys(silo, request.round, share_keys_from_pb(request))
+            self._masking.share_keys(silo, request.round, share_keys_from_pb(request))
             return pb.Ack()
 
         return self._call(context, run)
@@ -122,7 +113,7 @@ class FederationServicer(_Servicer, pb_grpc.FederationServicer):
         def run() -> pb.Inbox:
             silo = self._caller(context, request.silo)
             self._federation(request.federation)
-            shares = self._rounds.inbox(silo, request.round, self._wait(request.wait_seconds))
+            shares = self._masking.inbox(silo, request.round, self._wait(request.wait_seconds))
             return pb.Inbox(shares=[share_to_pb(s) for s in shares])
 
         return self._call(context, run)
@@ -143,7 +134,7 @@ class FederationServicer(_Servicer, pb_grpc.FederationServicer):
             signature = bytes(first.attestation_signature)
             # from here on only ``pending`` holds the first chunk, until drain_chunks takes it
             del first
-            with self._rounds.upload(
+            with self._masking.upload(
                 silo, round_, attestation=attestation, signature=signature
             ) as upload:
                 drain_chunks(
@@ -166,7 +157,7 @@ class FederationServicer(_Servicer, pb_grpc.FederationServicer):
             self._federation(request.federation)
             return pb.SurvivorSet(
                 survivors=list(
-                    self._rounds.survivors(request.round, self._wait(request.wait_seconds))
+                    self._masking.survivors(request.round, self._wait(request.wait_seconds))
                 )
             )
 
@@ -178,7 +169,7 @@ class FederationServicer(_Servicer, pb_grpc.FederationServicer):
         def run() -> pb.Ack:
             silo = self._caller(context, request.silo)
             self._federation(request.federation)
-            self._rounds.sign_survivors(
+            self._masking.sign_survivors(
                 silo, request.round, SurvivorSignature(silo, bytes(request.signature))
             )
             return pb.Ack()
@@ -192,7 +183,7 @@ class FederationServicer(_Servicer, pb_grpc.FederationServicer):
             self._caller(context, request.silo)
             self._federation(request.federation)
             return unmask_request_to_pb(
-                self._rounds.unmask_request(request.round, self._wait(request.wait_seconds))
+                self._masking.unmask_request(request.round, self._wait(request.wait_seconds))
             )
 
         return self._call(context, run)
@@ -201,27 +192,50 @@ class FederationServicer(_Servicer, pb_grpc.FederationServicer):
         def run() -> pb.Ack:
             silo = self._caller(context, request.silo)
             self._federation(request.federation)
-            self._rounds.unmask(silo, request.round, unmask_response_from_pb(request))
+            self._masking.unmask(silo, request.round, unmask_response_from_pb(request))
             return pb.Ack()
 
         return self._call(context, run)
 
-    def GetResult(self, request: pb.StageRequest, context: grpc.ServicerContext) -> pb.RoundResult:
-        def run() -> pb.RoundResult:
-            self._caller(context, request.silo)
-            self._federation(request.federation)
-            outcome = self._rounds.result(request.round, self._wait(request.wait_seconds))
-            state = {
-                RoundStatus.COMPLETED: pb.ROUND_STATE_COMPLETED,
-                RoundStatus.ABORTED: pb.ROUND_STATE_ABORTED,
-            }.get(outcome.status, pb.ROUND_STATE_OPEN)
-            return pb.RoundResult(
-                round=outcome.round,
-                state=state,
-                survivors=list(outcome.survivors),
-                dropped=list(outcome.dropped),
-                new_model_hash=outcome.new_model_hash,
-                reason=outcome.reason,
-            )
 
-        return self._call(context, run)
+def create_server(
+    rounds: MaskingRounds,
+    address: str,
+    *,
+    tls: TlsFiles | None,
+    revoked: Iterable[str] = (),
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    insecure_debug_no_tls: bool = False,
+    max_workers: int = 64,
+) -> tuple[grpc.Server, int]:
+    """Build (without starting) the masking-mode gRPC server; returns it and the bound port (see
+    :func:`~coordinator.server.app.bind_server`)."""
+
+    def add(server: grpc.Server, shared: dict[str, Any]) -> str:
+        pb_grpc.add_FederationServicer_to_server(FederationServicer(rounds, **shared), server)
+        return "coordinator.proto.v1.Federation"
+
+    return bind_server(
+        rounds,
+        address,
+        add,
+        tls=tls,
+        revoked=revoked,
+        max_message_bytes=max_message_bytes,
+        insecure_debug_no_tls=insecure_debug_no_tls,
+        max_workers=max_workers,
+    )
+
+
+def build(config: ServeConfig, **driver: Any) -> tuple[MaskingRounds, grpc.Server, int]:
+    """The masking-mode driver and its server for ``secagg serve`` (the registry's ``server`` plug-in)."""
+    rounds = MaskingRounds(**driver)
+    server, port = create_server(
+        rounds,
+        config.listen,
+        tls=tls_files(config.tls),
+        revoked=config.revoked_certificates,
+        max_message_bytes=config.max_message_bytes,
+        insecure_debug_no_tls=config.insecure_debug_no_tls,
+    )
+    return rounds, server, port

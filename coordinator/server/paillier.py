@@ -2,42 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Iterator
-from concurrent import futures
-from dataclasses import dataclass
-from pathlib import Path
-from typing import cast
+from typing import Any
 
 import grpc
-import numpy as np
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from audits import CheckpointSigner
-from coordinator._malloc import tune_allocator
 from coordinator.common import (
     DEFAULT_MAX_MESSAGE_BYTES,
-    RoundStatus,
     TlsFiles,
-    ledger_origin,
 )
 from coordinator.config import ServeConfig
 from coordinator.errors import (
     InvalidInput,
 )
-from coordinator.pki import load_ed25519_private
 from coordinator.proto.v1 import coordinator_pb2 as pb
-from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from coordinator.proto.v1 import paillier_pb2 as ppb
 from coordinator.proto.v1 import paillier_pb2_grpc as ppb_grpc
-from coordinator.rounds.audit import AuditTrail
-from coordinator.rounds.driver import FederationSettings, RoundService
-from coordinator.rounds.paillier import PaillierRoundService
-from coordinator.server.app import server_options
-from coordinator.server.audit import AuditServicer
-from coordinator.server.base import MAX_WAIT_SECONDS, _Servicer, drain_upload, model_chunks
-from coordinator.server.interceptors import _DecodeGuard
-from coordinator.store import SQLiteStore
+from coordinator.rounds.paillier import PaillierRounds
+from coordinator.server.app import bind_server, tls_files
+from coordinator.server.base import ServicerBase, drain_upload
 from coordinator.wire.paillier import (
     commitment_from_pb,
     openings_to_pb,
@@ -54,39 +39,25 @@ from secagg.paillier import (
 log = logging.getLogger(__name__)
 
 
-_STAGE_STATE = {
-    RoundStatus.COMPLETED: pb.ROUND_STATE_COMPLETED,
-    RoundStatus.ABORTED: pb.ROUND_STATE_ABORTED,
-}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Servicer
-
-
-class PaillierServicer(_Servicer, ppb_grpc.PaillierFederationServicer):
-    """Thin adapter from gRPC calls to :class:`PaillierRoundService` (identity and errors from ``_Servicer``)."""
+class PaillierServicer(ServicerBase, ppb_grpc.PaillierFederationServicer):
+    """Thin adapter from gRPC calls to :class:`PaillierRounds` (identity and errors from ``ServicerBase``)."""
 
     def __init__(
         self,
-        service: PaillierRoundService,
+        service: PaillierRounds,
         *,
         revoked: frozenset[str] = frozenset(),
         insecure: bool = False,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
-        # _Servicer reads only ``settings.federation`` and ``roster`` from the service it is given
+        # ServicerBase reads only ``settings.federation`` and ``roster`` from the service it is given
         super().__init__(
-            cast(RoundService, service),
+            service,
             revoked=revoked,
             insecure=insecure,
             max_message_bytes=max_message_bytes,
         )
         self._service = service
-
-    @staticmethod
-    def _wait(seconds: float) -> float:
-        return max(0.0, min(seconds, MAX_WAIT_SECONDS))
 
     @property
     def _width(self) -> int:
@@ -143,17 +114,6 @@ class PaillierServicer(_Servicer, ppb_grpc.PaillierFederationServicer):
             )
 
         return self._call(context, run)
-
-    def DownloadModel(
-        self, request: pb.DownloadModelRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.ModelChunk]:
-        def run() -> tuple[bytes, bytes]:
-            self._caller(context)
-            self._federation(request.federation)
-            return self._service.model_bytes(request.round)
-
-        data, digest = self._call(context, run)
-        yield from model_chunks(data, digest, self._max_message_bytes)
 
     def UploadContribution(
         self, request_iterator: Iterable[ppb.ContributionChunk], context: grpc.ServicerContext
@@ -244,25 +204,9 @@ class PaillierServicer(_Servicer, ppb_grpc.PaillierFederationServicer):
 
         return self._call(context, run)
 
-    def GetResult(self, request: pb.StageRequest, context: grpc.ServicerContext) -> pb.RoundResult:
-        def run() -> pb.RoundResult:
-            self._caller(context, request.silo)
-            self._federation(request.federation)
-            outcome = self._service.result(request.round, self._wait(request.wait_seconds))
-            return pb.RoundResult(
-                round=outcome.round,
-                state=_STAGE_STATE.get(outcome.status, pb.ROUND_STATE_OPEN),
-                survivors=list(outcome.survivors),
-                dropped=list(outcome.dropped),
-                new_model_hash=outcome.new_model_hash,
-                reason=outcome.reason,
-            )
-
-        return self._call(context, run)
-
 
 def create_paillier_server(
-    service: PaillierRoundService,
+    service: PaillierRounds,
     address: str,
     *,
     tls: TlsFiles,
@@ -273,70 +217,29 @@ def create_paillier_server(
 ) -> tuple[grpc.Server, int]:
     """Build (without starting) the Paillier-mode gRPC server; returns it and the bound port.
 
-    mTLS is mandatory (no insecure variant): the server requires a client certificate chained to the
-    consortium CA. It also serves the read-only ``Audit`` service (for silos witnessing checkpoints) and
-    standard health checking. ``servicer`` replaces the default one (tests substitute a lying coordinator).
+    mTLS is mandatory (no insecure variant). ``servicer`` replaces the default one (tests substitute a lying
+    coordinator). See :func:`~coordinator.server.app.bind_server`.
     """
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers),
-        options=server_options(max_message_bytes),  # the masking-mode server's options (see there)
-        interceptors=[_DecodeGuard()],
+
+    def add(server: grpc.Server, shared: dict[str, Any]) -> str:
+        ppb_grpc.add_PaillierFederationServicer_to_server(
+            servicer or PaillierServicer(service, **shared), server
+        )
+        return "coordinator.proto.v1.PaillierFederation"
+
+    return bind_server(
+        service,
+        address,
+        add,
+        tls=tls,
+        revoked=revoked,
+        max_message_bytes=max_message_bytes,
+        max_workers=max_workers,
     )
-    refused = frozenset(revoked)
-    ppb_grpc.add_PaillierFederationServicer_to_server(
-        servicer or PaillierServicer(service, revoked=refused, max_message_bytes=max_message_bytes),
-        server,
-    )
-    pb_grpc.add_AuditServicer_to_server(
-        AuditServicer(
-            cast(RoundService, service),  # reads only ``audit`` and ``settings.federation``
-            revoked=refused,
-            insecure=False,
-            max_message_bytes=max_message_bytes,
-        ),
-        server,
-    )
-    health_servicer = health.HealthServicer()
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    health_servicer.set(
-        "coordinator.proto.v1.PaillierFederation", health_pb2.HealthCheckResponse.SERVING
-    )
-    health_servicer.set("coordinator.proto.v1.Audit", health_pb2.HealthCheckResponse.SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    credentials = grpc.ssl_server_credentials(
-        [(tls.key, tls.cert)], root_certificates=tls.ca, require_client_auth=True
-    )
-    port = server.add_secure_port(address, credentials)
-    if port == 0:
-        raise OSError(f"cannot bind {address}")
-    return server, port
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Runner
-
-
-@dataclass
-class PaillierCoordinator:
-    """A running Paillier-mode coordinator: the round service, the gRPC server, its port and its store."""
-
-    service: PaillierRoundService
-    server: grpc.Server
-    port: int
-    store: SQLiteStore
-
-    def stop(self, grace: float = 1.0) -> None:
-        """Stop serving and close the store and the ledger."""
-        self.service.stop()
-        self.server.stop(grace).wait()
-        self.store.close()
-        self.service.audit.close()
-
-
-def start_paillier_coordinator(
-    config: ServeConfig, paillier_public_key: Path
-) -> PaillierCoordinator:
-    """Build and start the Paillier-mode coordinator described by ``config`` (rounds begin at once).
+def build(config: ServeConfig, **driver: Any) -> tuple[PaillierRounds, grpc.Server, int]:
+    """The Paillier-mode driver and its server for ``secagg serve`` (the registry's ``server`` plug-in).
 
     The federation's threshold is the key's ``t`` (``[rounds] threshold`` is the masking-mode Shamir threshold
     and is not used here). ``insecure_debug_no_tls`` is refused: Paillier mode always uses mTLS.
@@ -344,43 +247,18 @@ def start_paillier_coordinator(
     Raises:
         ValueError: the configuration asks for no TLS.
     """
-    if config.tls is None:
+    tls = tls_files(config.tls)
+    if tls is None or config.paillier_public_key is None:
         raise ValueError("Paillier mode requires mTLS; insecure_debug_no_tls is not supported")
-    tune_allocator()  # before the gRPC server's threads exist (see coordinator._malloc)
-    public_key = ThresholdPublicKey.from_json(paillier_public_key.read_bytes())
-    roster = config.load_roster()
-    r = config.rounds
-    settings = FederationSettings(
-        federation=config.federation,
-        rounds=r.count,
-        vector_length=config.model.size,
-        clip=r.clip,
-        bits=r.bits,
-        threshold=public_key.threshold,
-        collusion=r.collusion,
-        min_cohort=r.min_cohort,
-        deadlines=config.deadlines,
-        privacy=config.privacy,
+    public_key = ThresholdPublicKey.from_json(config.paillier_public_key.read_bytes())
+    settings = dataclasses.replace(
+        driver.pop("settings"), threshold=public_key.threshold, silo_dp=None
     )
-    if config.model.initial is not None:
-        initial = np.load(config.model.initial, allow_pickle=False).astype(np.float32)
-    else:
-        initial = np.zeros(config.model.size, dtype=np.float32)
-    store = SQLiteStore(config.storage)
-    origin = ledger_origin(config.federation)
-    signer = CheckpointSigner(load_ed25519_private(config.audit_key), key_name=origin)
-    audit = AuditTrail.open(config.storage, federation=config.federation, signer=signer)
-    service = PaillierRoundService(
+    service = PaillierRounds(
         settings=settings,
-        roster=roster,
-        store=store,
-        initial_model=initial,
-        audit=audit,
         public_key=public_key,
         max_message_bytes=config.max_message_bytes,
-    )
-    tls = TlsFiles(
-        config.tls.ca.read_bytes(), config.tls.cert.read_bytes(), config.tls.key.read_bytes()
+        **driver,
     )
     server, port = create_paillier_server(
         service,
@@ -389,6 +267,4 @@ def start_paillier_coordinator(
         revoked=config.revoked_certificates,
         max_message_bytes=config.max_message_bytes,
     )
-    server.start()
-    service.start()
-    return PaillierCoordinator(service, server, port, store)
+    return service, server, port

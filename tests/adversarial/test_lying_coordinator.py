@@ -1,6 +1,6 @@
 """A lying coordinator over the wire: the real SDK (``Silo.run``) must refuse before revealing anything.
 
-The coordinator here is the real one (``RoundService`` behind the real ``FederationServicer``, mTLS with the
+The coordinator here is the real one (``MaskingRounds`` behind the real ``FederationServicer``, mTLS with the
 consortium's own coordinator certificate) with one method overridden to lie, which is exactly what an actively
 malicious operator controls. Every lie is recorded against what the silos then send: a silo that refuses sends
 nothing more for that round.
@@ -22,7 +22,7 @@ from coordinator.common import RoundStatus
 from coordinator.errors import InvalidInput, Unauthorized
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
-from coordinator.rounds.driver import RoundService
+from coordinator.rounds.masking import MaskingRounds
 from coordinator.sdk.masking import RoundReport, SiloPolicy
 from coordinator.server.masking import FederationServicer
 from coordinator.store import SQLiteStore
@@ -43,7 +43,7 @@ LENGTH = 300
 class Liar(FederationServicer):
     """The honest servicer, plus a log of the submissions that reached it (by rpc name and silo)."""
 
-    def __init__(self, rounds: RoundService) -> None:
+    def __init__(self, rounds: MaskingRounds) -> None:
         super().__init__(rounds, revoked=frozenset(), insecure=False)
         self.received: list[tuple[str, str]] = []
 
@@ -119,7 +119,7 @@ def lying_coordinator(
     consortium: Consortium, db: Path, liar: type[Liar]
 ) -> Iterator[tuple[Liar, str, SQLiteStore]]:
     store = SQLiteStore(db)
-    rounds = RoundService(
+    rounds = MaskingRounds(
         settings=settings(n=3, length=LENGTH, threshold=2, min_cohort=3),
         roster=consortium.roster,
         store=store,

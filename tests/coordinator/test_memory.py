@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from coordinator._malloc import release_free_memory, tune_allocator
 from coordinator.common import model_hash
 from coordinator.errors import InvalidInput
-from coordinator.rounds.driver import fedavg
+from coordinator.rounds.fedavg import fedavg
 from coordinator.server.base import drain_chunks, drain_upload, u32_view
 from coordinator.store import SQLiteStore
 from secagg import Quantizer

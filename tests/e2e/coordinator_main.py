@@ -1,6 +1,6 @@
 """A coordinator as a separate process, for the restart tests: ``python -m tests.e2e.coordinator_main ...``.
 
-Builds a :class:`RoundService` on a SQLite file and an mTLS gRPC server on 127.0.0.1 port 0, prints
+Builds a :class:`MaskingRounds` on a SQLite file and an mTLS gRPC server on 127.0.0.1 port 0, prints
 ``PORT <n>`` on stdout once it serves, and runs until it is killed. Restarting it with the same arguments on
 the same file is a coordinator restart (the settings must match the stored federation's).
 """

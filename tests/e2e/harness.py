@@ -1,7 +1,7 @@
 """Real coordinators and real silos for end-to-end tests: mTLS gRPC on 127.0.0.1, nothing mocked.
 
 - :class:`Consortium` wraps a development consortium written by :func:`coordinator.pki.create_consortium`.
-- :func:`running_coordinator` starts an in-process :class:`RoundService` and gRPC server on port 0.
+- :func:`running_coordinator` starts an in-process :class:`MaskingRounds` and gRPC server on port 0.
 - :class:`ManualSilo` drives one silo through a round by hand, one stage per method, with the generated stub and
   the real :class:`secagg.SecAggClient`; stopping between two calls is how a test makes a silo vanish at a stage.
 - Exact quantization: with ``clip = EXACT_CLIP`` and ``bits = EXACT_BITS`` the quantizer's scale is exactly
@@ -33,9 +33,10 @@ from coordinator.pki import ConsortiumPaths, create_consortium, load_ed25519_pri
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from coordinator.rounds.audit import AuditTrail
-from coordinator.rounds.driver import FederationSettings, RoundService
+from coordinator.rounds.driver import FederationSettings
+from coordinator.rounds.masking import MaskingRounds
 from coordinator.sdk.masking import RetryPolicy, Silo, SiloPolicy
-from coordinator.server.app import create_server
+from coordinator.server.masking import create_server
 from coordinator.store import RoundRecord, SQLiteStore
 from coordinator.wire.masking import (
     advertisement_from_pb,
@@ -174,7 +175,7 @@ def deadlines_with(**short: float) -> Deadlines:
 class Coordinator:
     """An in-process coordinator: round service, started gRPC server and its SQLite store."""
 
-    service: RoundService
+    service: MaskingRounds
     server: grpc.Server
     port: int
     store: SQLiteStore
@@ -205,7 +206,7 @@ def running_coordinator(
     roster = consortium.roster
     if initial_model is None:
         initial_model = np.zeros(federation_settings.vector_length, np.float32)
-    service = RoundService(
+    service = MaskingRounds(
         settings=federation_settings,
         roster=roster,
         store=store,
@@ -242,13 +243,12 @@ def audit_trail(consortium: Consortium, db: Path) -> AuditTrail:
 def received_words(coordinator: Coordinator, silo: str) -> int:
     """How many masked coordinates of ``silo``'s upload the open round has added so far.
 
-    Reads the round service's private state: the only way to know that a chunk has *arrived* (not merely been
-    sent) before a test breaks the stream, which is what makes the rollback check meaningful.
+    Knowing that a chunk has *arrived* (not merely been sent) before a test breaks the stream is what makes
+    the rollback check meaningful.
     """
-    state = coordinator.service._round
-    if state is None:
-        return 0
-    return int(state.server._received.get(silo, 0))
+    service = coordinator.service
+    assert isinstance(service, MaskingRounds)
+    return service.received(silo)
 
 
 def snapshot(coord: Coordinator) -> tuple[object, ...]:

@@ -46,7 +46,7 @@ from coordinator.errors import AuditFailure
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from coordinator.rounds.audit import verify_bundle_dir
-from coordinator.rounds.driver import RoundService
+from coordinator.rounds.masking import MaskingRounds
 from coordinator.sdk.masking import PrivateUpdate, RoundContext, RoundReport, Silo
 from coordinator.server.app import start_coordinator
 from coordinator.store import SQLiteStore
@@ -557,7 +557,7 @@ def test_roster_of_another_consortium_is_refused(
 
 # -- 3 and 6. the gRPC Audit service -------------------------------------------------------------------------
 @pytest.fixture
-def monitored(trio: Consortium, tmp_path: Path) -> Iterator[tuple[ManualSilo, RoundService]]:
+def monitored(trio: Consortium, tmp_path: Path) -> Iterator[tuple[ManualSilo, MaskingRounds]]:
     """A coordinator after one completed round, and a roster member's channel to it."""
     with running_coordinator(
         trio, tmp_path / "c.db", settings(n=3, rounds=1, length=LENGTH)
@@ -579,7 +579,7 @@ def _status(call: Callable[[], object]) -> grpc.StatusCode:
 
 
 def test_audit_service_serves_verifiable_checkpoints_entries_and_proofs(
-    monitored: tuple[ManualSilo, RoundService], trio: Consortium
+    monitored: tuple[ManualSilo, MaskingRounds], trio: Consortium
 ) -> None:
     silo, service = monitored
     audit = pb_grpc.AuditStub(silo.channel)
@@ -643,7 +643,7 @@ def test_audit_service_serves_verifiable_checkpoints_entries_and_proofs(
     "method", ["GetCheckpoint", "GetEntries", "GetInclusionProof", "GetConsistencyProof"]
 )
 def test_undecodable_audit_request_is_invalid_argument(
-    monitored: tuple[ManualSilo, RoundService], method: str
+    monitored: tuple[ManualSilo, MaskingRounds], method: str
 ) -> None:
     silo, service = monitored
     before = service.audit.ledger.size
@@ -745,7 +745,7 @@ def test_rounds_missing_from_the_ledger_are_recorded_at_restart(
     # the store knows both rounds; this ledger file has never seen them (lost, or a crash between the two)
     fresh = tmp_path / "fresh-ledger.db"
     store = SQLiteStore(db)
-    service = RoundService(
+    service = MaskingRounds(
         settings=config,
         roster=trio.roster,
         store=store,

@@ -252,7 +252,9 @@ def test_stalled_upload_counts_as_a_dropout(consortium: Consortium, tmp_path: Pa
                 None
             ):  # hold the stream open until the round has ended one way or the other
                 wait_until(
-                    lambda: coord.service._round is None, timeout=30, what="the round to end"
+                    lambda: coord.service.open_round_number() is None,
+                    timeout=30,
+                    what="the round to end",
                 )
 
             return staller.broken_upload(

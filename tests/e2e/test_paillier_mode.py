@@ -25,7 +25,7 @@ from coordinator.pki.paillier import PaillierFiles, create_paillier_keys
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import paillier_pb2 as ppb
 from coordinator.rounds.driver import FederationSettings
-from coordinator.rounds.paillier import PaillierRoundService
+from coordinator.rounds.paillier import PaillierRounds
 from coordinator.sdk.masking import RetryPolicy, RoundReport, SiloPolicy
 from coordinator.sdk.paillier import PaillierRoundContext, PaillierSilo
 from coordinator.server.paillier import PaillierServicer, create_paillier_server
@@ -90,7 +90,7 @@ def public_key(consortium: Consortium) -> ThresholdPublicKey:
 # -- coordinator ------------------------------------------------------------------------------------------------
 @dataclass
 class Running:
-    service: PaillierRoundService
+    service: PaillierRounds
     port: int
     store: SQLiteStore
 
@@ -114,7 +114,7 @@ def running(
     liar: type[PaillierServicer] | None = None,
 ) -> Iterator[Running]:
     store = SQLiteStore(db)
-    service = PaillierRoundService(
+    service = PaillierRounds(
         settings=federation_settings,
         roster=consortium.roster,
         store=store,
@@ -276,7 +276,7 @@ class OracleLiar(PaillierServicer):
     only_a_listed = False
     honest_digest = b""
 
-    def __init__(self, service: PaillierRoundService) -> None:
+    def __init__(self, service: PaillierRounds) -> None:
         super().__init__(service)
         self.a_ciphertexts: list[bytes] = []
         self.partials: list[str] = []
@@ -346,7 +346,7 @@ def test_a_lying_coordinator_cannot_use_the_silos_as_a_decryption_oracle(
     units = updates(trio3.silos, 1)
     servicers: list[OracleLiar] = []
 
-    def make(service: PaillierRoundService) -> OracleLiar:
+    def make(service: PaillierRounds) -> OracleLiar:
         servicers.append(liar(service))
         return servicers[-1]
 

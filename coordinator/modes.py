@@ -1,0 +1,67 @@
+"""The mode registry: an aggregation mode's name -> its plug-ins, found by import path.
+
+Each layer looks up only its own part (the round driver, the server builder, the silo SDK), and only when a
+federation uses that mode: the masking path never imports ``phe``, ``gmpy2`` or ``secagg.paillier``, so the
+``paillier`` extra stays optional (``tests/coordinator/test_modes.py`` blocks them and runs the masking path).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from coordinator.errors import ConfigError
+
+__all__ = ["MODES", "Mode", "load"]
+
+Part = Literal["rounds", "server", "silo"]
+
+
+@dataclass(frozen=True)
+class Mode:
+    """Where one mode's plug-ins live (``module:attribute``) and the extra its dependencies come in."""
+
+    name: str
+    rounds: str
+    server: str
+    silo: str
+    extra: str | None = None
+
+
+MODES: dict[str, Mode] = {
+    "masking": Mode(
+        name="masking",
+        rounds="coordinator.rounds.masking:MaskingRounds",
+        server="coordinator.server.masking:build",
+        silo="coordinator.sdk.example:run_example_silo",
+    ),
+    "paillier": Mode(
+        name="paillier",
+        rounds="coordinator.rounds.paillier:PaillierRounds",
+        server="coordinator.server.paillier:build",
+        silo="coordinator.sdk.paillier:run_example_paillier_silo",
+        extra="paillier",
+    ),
+}
+
+
+def load(mode: str, part: Part) -> Any:
+    """The plug-in ``part`` of ``mode``, imported now.
+
+    Raises:
+        ConfigError: the mode is unknown, or its optional dependencies are not installed.
+    """
+    spec = MODES.get(mode)
+    if spec is None:
+        raise ConfigError(f"unknown aggregation mode {mode!r}; known: {', '.join(sorted(MODES))}")
+    module, _, attribute = getattr(spec, part).partition(":")
+    try:
+        return getattr(importlib.import_module(module), attribute)
+    except ModuleNotFoundError as exc:
+        if spec.extra is None or (exc.name or "").startswith("coordinator"):
+            raise
+        raise ConfigError(
+            f"the {mode} mode needs the {spec.extra!r} extra: pip install 'secagg[{spec.extra}]' "
+            f"({exc.name} is missing)"
+        ) from exc

@@ -1,0 +1,419 @@
+"""The silo SDK's one seam to the coordinator: channel, retries, error mapping, long polls, downloads, witness.
+
+Both silo kinds (:class:`coordinator.sdk.masking.Silo`, :class:`coordinator.sdk.paillier.PaillierSilo`) hold a
+:class:`Transport` and make every call through it, each with its own service stub built on the transport's
+channel (:meth:`Transport.stub`). Only this module turns a ``grpc.RpcError`` into an SDK exception, and it does
+so with the one two-way table of :mod:`coordinator.wire.errors`, so callers catch the
+:class:`coordinator.errors.CoordinatorError` tree and never a gRPC type.
+
+Notes:
+    - Retries: UNAVAILABLE and RESOURCE_EXHAUSTED are transient (the coordinator restarts, or sheds load);
+      they are retried with exponential backoff and jitter (:class:`RetryPolicy`). Every other failure is
+      final. A submission retried after a lost answer may be refused with ALREADY_EXISTS because the first
+      attempt did reach the coordinator: after a retry that counts as delivered, on the first attempt it is a
+      real duplicate and raises :class:`~coordinator.errors.DuplicateSubmission`.
+    - Long polls (:meth:`Transport.poll`): the coordinator answers a "Get" call when the stage closes, or with
+      DEADLINE_EXCEEDED when the wait the silo asked for runs out; the silo then asks again, until well past
+      the stage's own deadline (a coordinator that never closes a stage must not hold a silo forever).
+    - Model download: the round's model is accepted only if its SHA-256 equals the hash the round announced
+      (the hash every silo binds into its session), so a coordinator cannot train silos on a model other than
+      the one it committed to.
+    - Witness: with a pinned audit key the transport keeps an :class:`audits.witness.CheckpointWitness` and
+      accepts a new signed checkpoint only with a valid RFC 9162 consistency proof from the last one it
+      accepted (RFC 9162 section 8.1.4, the silos as witnesses).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, TypeVar
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from audits.errors import VerificationError
+from audits.witness import CheckpointWitness
+from coordinator.common import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    INSECURE_SILO_HEADER,
+    TlsFiles,
+    chunk_words,
+    ledger_origin,
+    model_hash,
+)
+from coordinator.errors import AuditFailure, CoordinatorError, InvalidInput, Unavailable
+from coordinator.proto.v1 import coordinator_pb2 as pb
+from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
+from coordinator.wire.errors import from_rpc_error
+
+__all__ = ["POLL_SECONDS", "RetryPolicy", "Transport"]
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS: Final = 20.0
+"""How long one long-poll call asks the coordinator to block (the server caps it too)."""
+
+ROUND_WAIT_SECONDS: Final = 3600.0
+"""How long :meth:`Transport.poll` waits for a round to open when the call has no stage deadline."""
+
+POLL_MARGIN_SECONDS: Final = 300.0
+"""How long past a stage's deadline a silo keeps asking before it calls the coordinator unavailable."""
+
+_TRANSIENT: Final = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+
+T = TypeVar("T")
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+Stub = TypeVar("Stub")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetryPolicy:
+    """Exponential backoff with jitter for transient failures (UNAVAILABLE, RESOURCE_EXHAUSTED).
+
+    Args:
+        attempts: calls made in all, the first included (at least 1).
+        initial: seconds before the first retry, before jitter.
+        maximum: the longest wait between two attempts, before jitter.
+    """
+
+    attempts: int = 6
+    initial: float = 0.2
+    maximum: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError("attempts must be >= 1")
+        if self.initial < 0 or self.maximum < self.initial:
+            raise ValueError("need 0 <= initial <= maximum")
+
+    def delay(self, retry: int, *, jitter: float) -> float:
+        """Seconds to wait before retry number ``retry`` (0 for the first), for ``jitter`` in ``[0, 1)``.
+
+        The wait doubles from ``initial`` up to ``maximum`` and is then scaled by ``0.5 + jitter``, so silos
+        that lost the coordinator at the same moment do not all come back at the same moment.
+        """
+        return min(self.initial * 2.0**retry, self.maximum) * (0.5 + jitter)
+
+
+class Transport:
+    """One silo's connection to the coordinator: every call a silo makes goes through here.
+
+    Args:
+        address: the coordinator's ``host:port``.
+        federation: federation id (set on the requests this transport builds).
+        silo: this silo's id (its certificate's common name; the insecure debug header otherwise).
+        tls: the consortium CA, this silo's certificate and key (PEM). ``None`` only with
+            ``insecure_debug_no_tls=True``.
+        max_message_bytes: the largest gRPC message this silo sends or accepts; lowered to the coordinator's
+            own limit by :meth:`negotiate`.
+        retry: backoff for transient failures.
+        audit_public_key: the coordinator's pinned audit key; with ``witness_path`` the transport witnesses
+            the coordinator's ledger checkpoints (:meth:`witness_checkpoint`).
+        witness_path: the SQLite file of the silo's witness and local ledger.
+        insecure_debug_no_tls: plaintext channel, the caller named by a header anyone can set (debug only).
+        clock: unix time, for poll deadlines (tests inject one).
+        sleep: how to wait between retries (tests inject one).
+        poll_seconds: how long one long-poll call asks the coordinator to block.
+
+    Raises:
+        ValueError: no TLS material and no explicit ``insecure_debug_no_tls``.
+    """
+
+    def __init__(
+        self,
+        *,
+        address: str,
+        federation: str,
+        silo: str,
+        tls: TlsFiles | None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        retry: RetryPolicy | None = None,
+        audit_public_key: bytes | None = None,
+        witness_path: Path | None = None,
+        insecure_debug_no_tls: bool = False,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        poll_seconds: float = POLL_SECONDS,
+    ) -> None:
+        if max_message_bytes < 1:
+            raise ValueError("max_message_bytes must be >= 1")
+        self.federation: Final = federation
+        self.silo: Final = silo
+        self._retry = retry or RetryPolicy()
+        self._clock = clock
+        self._sleep = sleep
+        self._poll_seconds = poll_seconds
+        self._max_message_bytes = max_message_bytes
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        if tls is not None:
+            credentials = grpc.ssl_channel_credentials(tls.ca, tls.key, tls.cert)
+            self._channel = grpc.secure_channel(address, credentials, options=options)
+            self._metadata: tuple[tuple[str, str], ...] = ()
+        elif insecure_debug_no_tls:
+            self._channel = grpc.insecure_channel(address, options=options)
+            self._metadata = ((INSECURE_SILO_HEADER, silo),)
+        else:
+            raise ValueError(
+                "TLS material is required (insecure_debug_no_tls is for local debugging only)"
+            )
+        self._audit = pb_grpc.AuditStub(self._channel)
+        self._witness: CheckpointWitness | None = None
+        if audit_public_key is not None and witness_path is not None:
+            witness_path.parent.mkdir(parents=True, exist_ok=True)
+            self._witness = CheckpointWitness(
+                witness_path, audit_public_key=audit_public_key, origin=ledger_origin(federation)
+            )
+
+    def __repr__(self) -> str:
+        return f"Transport(silo={self.silo!r}, federation={self.federation!r})"
+
+    # lifetime ----------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the channel (and the witness database)."""
+        self._channel.close()
+        if self._witness is not None:
+            self._witness.close()
+
+    def __enter__(self) -> Transport:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # message sizes -----------------------------------------------------------------------------------
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest message both sides accept (this silo's limit until :meth:`negotiate`)."""
+        return self._max_message_bytes
+
+    @property
+    def chunk_words(self) -> int:
+        """4-byte words per streamed chunk, so a chunk message stays below :attr:`max_message_bytes`."""
+        return chunk_words(self._max_message_bytes)
+
+    def negotiate(self, coordinator_max_message_bytes: int) -> None:
+        """Size chunks below the smaller of this silo's limit and the coordinator's (announced in Join).
+
+        Only ever lowers the limit: a coordinator cannot make a silo send or accept more than it agreed to.
+        ``0`` (a coordinator that announces nothing) changes nothing.
+        """
+        if coordinator_max_message_bytes > 0:
+            self._max_message_bytes = min(self._max_message_bytes, coordinator_max_message_bytes)
+
+    # calls -------------------------------------------------------------------------------------------
+    def stub(self, factory: Callable[[grpc.Channel], Stub]) -> Stub:
+        """A service stub on this transport's channel (e.g. ``transport.stub(FederationStub)``).
+
+        Call its methods through :meth:`call`, :meth:`read`, :meth:`submit` or :meth:`upload`, never directly:
+        those add the caller's metadata, the retries and the error mapping.
+        """
+        return factory(self._channel)
+
+    def stage_request(self, round_: int, wait: float) -> pb.StageRequest:
+        """The request naming this silo's wait on a stage of ``round_`` (blocking at most ``wait`` seconds)."""
+        return pb.StageRequest(
+            federation=self.federation, round=round_, silo=self.silo, wait_seconds=wait
+        )
+
+    def call(
+        self, method: grpc.UnaryUnaryMultiCallable[Request, Response], request: Request
+    ) -> Response:
+        """A unary call, retried on transient failures.
+
+        Raises:
+            CoordinatorError: the subclass the error table names for the final status.
+        """
+        return self._retrying(lambda: method(request, metadata=self._metadata))
+
+    def read(
+        self,
+        method: grpc.UnaryStreamMultiCallable[Request, Response],
+        request: Request,
+        collect: Callable[[Iterator[Response]], T],
+    ) -> T:
+        """A server-streaming call, consumed by ``collect``; a stream broken off is retried from the start.
+
+        Raises:
+            CoordinatorError: the subclass the error table names for the final status.
+        """
+        return self._retrying(lambda: collect(iter(method(request, metadata=self._metadata))))
+
+    def submit(self, method: grpc.UnaryUnaryMultiCallable[Request, Any], request: Request) -> None:
+        """A unary submission; ALREADY_EXISTS after a retry means an earlier attempt was delivered.
+
+        Raises:
+            DuplicateSubmission: ALREADY_EXISTS on the first attempt (this silo submitted twice).
+            CoordinatorError: the subclass the error table names for the final status.
+        """
+        self._retrying(
+            lambda: _discard(method(request, metadata=self._metadata)), delivered=_discard
+        )
+
+    def upload(
+        self,
+        method: grpc.StreamUnaryMultiCallable[Request, Any],
+        messages: Callable[[], Iterator[Request]],
+    ) -> None:
+        """A client-streamed submission; each attempt streams a fresh ``messages()`` from its start.
+
+        Raises:
+            DuplicateSubmission: ALREADY_EXISTS on the first attempt.
+            CoordinatorError: the subclass the error table names for the final status.
+        """
+        self._retrying(
+            lambda: _discard(method(messages(), metadata=self._metadata)), delivered=_discard
+        )
+
+    def poll(self, fetch: Callable[[float], T], *, deadline: float | None = None) -> T:
+        """Long-poll: ``fetch(wait)`` until the coordinator answers instead of running out the wait.
+
+        Args:
+            fetch: makes one call through this transport (:meth:`call` or :meth:`read`) that blocks at most
+                ``wait`` seconds on the coordinator.
+            deadline: unix time the awaited stage closes at the latest; ``None`` while waiting for a round
+                to open (then an hour from now).
+
+        Raises:
+            Unavailable: still no answer a margin past ``deadline``.
+            CoordinatorError: any other failure of ``fetch``, at once.
+        """
+        limit = (self._clock() + ROUND_WAIT_SECONDS if deadline is None else deadline) + (
+            POLL_MARGIN_SECONDS
+        )
+        while True:
+            try:
+                return fetch(self._poll_seconds)
+            except CoordinatorError as exc:
+                if not _wait_ran_out(exc):
+                    raise
+                if self._clock() > limit:
+                    raise Unavailable("the coordinator never closed the stage") from exc
+
+    def poll_stage(
+        self,
+        method: grpc.UnaryUnaryMultiCallable[pb.StageRequest, Response],
+        round_: int,
+        *,
+        deadline: float,
+    ) -> Response:
+        """:meth:`poll` a unary stage result of ``round_`` (the stage closes by ``deadline``)."""
+        return self.poll(
+            lambda wait: self.call(method, self.stage_request(round_, wait)), deadline=deadline
+        )
+
+    def download_model(
+        self,
+        method: grpc.UnaryStreamMultiCallable[pb.DownloadModelRequest, pb.ModelChunk],
+        round_: int,
+        expected_hash: bytes,
+    ) -> npt.NDArray[np.float32]:
+        """Stream the global model ``round_`` starts from through ``method`` and check it against its hash.
+
+        Both modes' services stream the same ``ModelChunk`` messages, so ``method`` is either one's
+        ``DownloadModel``.
+
+        Raises:
+            InvalidInput: the model's SHA-256 is not ``expected_hash`` (the round's announced model hash).
+        """
+        request = pb.DownloadModelRequest(federation=self.federation, round=round_)
+        weights = self.read(method, request, _join_model)
+        if model_hash(weights) != expected_hash:
+            raise InvalidInput("the downloaded model does not match the round's model hash")
+        return weights
+
+    # witness -----------------------------------------------------------------------------------------
+    @property
+    def witnessing(self) -> bool:
+        """Whether this transport witnesses the coordinator's ledger (an audit key and a witness file)."""
+        return self._witness is not None
+
+    def witness_checkpoint(self) -> None:
+        """Accept the coordinator's latest checkpoint only if it extends the last one this silo accepted.
+
+        Does nothing without a pinned audit key.
+
+        Raises:
+            AuditFailure: the checkpoint's signature does not verify, or it is not consistent with what this
+                silo accepted before (the coordinator rewrote history).
+        """
+        witness = self._witness
+        if witness is None:
+            return
+        checkpoint = self.call(
+            self._audit.GetCheckpoint, pb.CheckpointRequest(federation=self.federation)
+        )
+        latest = witness.latest()
+        proof: list[bytes] = []
+        if latest is not None and 0 < latest.size < checkpoint.size:
+            request = pb.ConsistencyProofRequest(
+                federation=self.federation, old_size=latest.size, new_size=checkpoint.size
+            )
+            proof = [bytes(h) for h in self.call(self._audit.GetConsistencyProof, request).hashes]
+        try:
+            witness.update(checkpoint.note, proof)
+        except VerificationError as exc:
+            log.error("audit checkpoint refused: %s", exc)
+            raise AuditFailure(
+                f"the coordinator's audit log failed this silo's check: {exc}"
+            ) from exc
+
+    def record(self, kind: str, body: Mapping[str, Any]) -> None:
+        """Append a fact (what this silo sent or spent) to the local ledger; nothing without a witness."""
+        if self._witness is not None:
+            self._witness.record(kind, body)
+
+    # plumbing ----------------------------------------------------------------------------------------
+    def _retrying(self, attempt: Callable[[], T], *, delivered: Callable[[], T] | None = None) -> T:
+        """``attempt()`` with backoff on transient codes and the one error mapping.
+
+        ``delivered`` marks a submission: ALREADY_EXISTS after a retry returns ``delivered()`` instead of
+        raising, because the attempt whose answer was lost did reach the coordinator.
+        """
+        for number in range(self._retry.attempts):
+            try:
+                return attempt()
+            except grpc.RpcError as exc:
+                code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+                if delivered is not None and number > 0 and code == grpc.StatusCode.ALREADY_EXISTS:
+                    return delivered()
+                if code in _TRANSIENT and number + 1 < self._retry.attempts:
+                    # jitter only spreads retries in time; it needs no cryptographic randomness
+                    self._sleep(self._retry.delay(number, jitter=random.random()))  # noqa: S311
+                    continue
+                raise from_rpc_error(exc) from exc
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _discard(_: object = None) -> None:
+    """Drop a submission's empty ``Ack``."""
+
+
+def _wait_ran_out(exc: CoordinatorError) -> bool:
+    """Whether a long-poll call ended because the wait it asked for ran out (DEADLINE_EXCEEDED)."""
+    cause = exc.__cause__
+    return isinstance(cause, grpc.Call) and cause.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def _join_model(chunks: Iterator[pb.ModelChunk]) -> npt.NDArray[np.float32]:
+    parts: list[bytes] = []
+    total = 0
+    for chunk in chunks:
+        parts.append(chunk.values)
+        total = chunk.total
+    return np.frombuffer(b"".join(parts), dtype="<f4").astype(np.float32)[:total]
