@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test check lint types contracts proto proto-check pytest bench clean
+.PHONY: setup demo test check lint types contracts proto proto-check config-docs config-docs-check pytest bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found; this project needs Python 3.11"; exit 1; }
@@ -23,7 +23,7 @@ demo: $(STAMP)
 
 test: check pytest
 
-check: lint types contracts proto-check
+check: lint types contracts proto-check config-docs-check
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -40,6 +40,13 @@ proto: $(STAMP)
 
 proto-check: $(STAMP)
 	$(BIN)/python scripts/protoc.py --check
+
+# docs/configuration.md and docs/{serve,silo}.schema.json, generated from the models in coordinator/config
+config-docs: $(STAMP)
+	$(BIN)/python scripts/config_reference.py
+
+config-docs-check: $(STAMP)
+	$(BIN)/python scripts/config_reference.py --check
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest

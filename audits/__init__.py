@@ -1,35 +1,44 @@
 """Tamper-evident audit ledger, its verifier and the regulator reports.
 
 Exceptions are drawn in :mod:`audits.errors` (root: :class:`AuditError`).
+
+Names are imported on first use (PEP 562), so ``from audits import CheckpointWitness`` or
+``import audits.witness`` (what a silo needs) does not load the ledger, the verifier or the report.
 """
 
-from audits.canonical import canonical_json
-from audits.checkpoint import CheckpointSigner, SignedCheckpoint, key_id, verify_checkpoint
-from audits.errors import AuditError, LedgerError, VerificationError
-from audits.events import Event, EventKind, LedgerEntry, SchemaError
-from audits.ledger import Ledger
-from audits.merkle import (
-    CompactRange,
-    MerkleTree,
-    leaf_hash,
-    merkle_root,
-    node_hash,
-    verify_consistency,
-    verify_inclusion,
-)
-from audits.report import build_report, render_html, write_report
-from audits.verify import (
-    AuditBundle,
-    EpsilonAccountFactory,
-    EpsilonRecomputer,
-    RdpEpsilonAccount,
-    SiloEpsilonAccount,
-    VerificationReport,
-    load_bundle,
-    verify_bundle,
-    write_bundle,
-)
-from audits.witness import CheckpointWitness, LocalRecord
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from audits.canonical import canonical_json
+    from audits.checkpoint import CheckpointSigner, SignedCheckpoint, key_id, verify_checkpoint
+    from audits.errors import AuditError, LedgerError, VerificationError
+    from audits.events import Event, EventKind, LedgerEntry, SchemaError
+    from audits.ledger import Ledger
+    from audits.merkle import (
+        CompactRange,
+        MerkleTree,
+        leaf_hash,
+        merkle_root,
+        node_hash,
+        verify_consistency,
+        verify_inclusion,
+    )
+    from audits.report import build_report, render_html, write_report
+    from audits.verify import (
+        AuditBundle,
+        EpsilonAccountFactory,
+        EpsilonRecomputer,
+        RdpEpsilonAccount,
+        SiloEpsilonAccount,
+        VerificationReport,
+        load_bundle,
+        verify_bundle,
+        write_bundle,
+    )
+    from audits.witness import CheckpointWitness, LocalRecord
 
 __all__ = [
     "AuditBundle",
@@ -67,3 +76,52 @@ __all__ = [
     "write_bundle",
     "write_report",
 ]
+
+_EXPORTS: Final = {
+    "canonical": ("canonical_json",),
+    "checkpoint": ("CheckpointSigner", "SignedCheckpoint", "key_id", "verify_checkpoint"),
+    "errors": ("AuditError", "LedgerError", "VerificationError"),
+    "events": ("Event", "EventKind", "LedgerEntry", "SchemaError"),
+    "ledger": ("Ledger",),
+    "merkle": (
+        "CompactRange",
+        "MerkleTree",
+        "leaf_hash",
+        "merkle_root",
+        "node_hash",
+        "verify_consistency",
+        "verify_inclusion",
+    ),
+    "report": ("build_report", "render_html", "write_report"),
+    "verify": (
+        "AuditBundle",
+        "EpsilonAccountFactory",
+        "EpsilonRecomputer",
+        "RdpEpsilonAccount",
+        "SiloEpsilonAccount",
+        "VerificationReport",
+        "load_bundle",
+        "verify_bundle",
+        "write_bundle",
+    ),
+    "witness": ("CheckpointWitness", "LocalRecord"),
+}
+"""Which module defines each public name (the TYPE_CHECKING imports above say the same to mypy)."""
+
+_MODULE_OF: Final = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+if not TYPE_CHECKING:  # mypy resolves the names through the imports above, and flags unknown ones
+
+    def __getattr__(name: str) -> Any:
+        """Import the module that defines ``name`` on first access and keep the name here (PEP 562)."""
+        module = _MODULE_OF.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+        globals()[name] = value
+        return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

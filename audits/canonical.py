@@ -20,7 +20,7 @@ from decimal import Decimal
 from json.encoder import encode_basestring  # the C-accelerated escaper when available
 from typing import Any
 
-__all__ = ["MAX_EXACT_INT", "canonical_json", "es_number", "parse_canonical"]
+__all__ = ["MAX_EXACT_INT", "canonical_json", "es_number", "fast_path_decides", "parse_canonical"]
 
 #: Largest magnitude of an integer that every IEEE-754 double (and so every JCS peer) holds exactly.
 MAX_EXACT_INT = 2**53
@@ -306,11 +306,13 @@ def _parse_fast(data: bytes) -> Any:
     return value
 
 
-def parse_canonical(data: bytes) -> Any:
+def parse_canonical(data: bytes, *, fast_path: bool = True) -> Any:
     """Parse bytes that must already be canonical JSON, and return the value.
 
     Args:
         data: the bytes.
+        fast_path: decide ASCII bytes with the C codec first (the default). ``False`` decides with the
+            reference parse-and-re-encode check alone: slower, and by design the same result.
 
     Returns:
         The decoded value (dicts, lists, str, int, float, bool, None).
@@ -327,7 +329,22 @@ def parse_canonical(data: bytes) -> Any:
         error message. Both accept exactly the same bytes and return the same value (a
         hypothesis test compares them).
     """
+    if fast_path:
+        try:
+            return _parse_fast(data)
+        except _NotFast:
+            pass
+    return _parse_checked(data)
+
+
+def fast_path_decides(data: bytes) -> bool:
+    """Whether :func:`parse_canonical` decides ``data`` on its fast path (speed only: the result is the same).
+
+    For tests and benchmarks of the fast path's coverage; it never raises for bad input (the reference
+    check decides that, and this returns ``False``).
+    """
     try:
-        return _parse_fast(data)
+        _parse_fast(data)
     except _NotFast:
-        return _parse_checked(data)
+        return False
+    return True

@@ -4,13 +4,14 @@ Notes:
     Contents follow NIST SP 800-226 (Guidelines for Evaluating Differential Privacy
     Guarantees, 2025): the unit of privacy, epsilon and delta per silo, the accountant and its
     version, the mechanism parameters, the trust model, who took part, and every incident.
-    The HTML loads nothing from the network (inline CSS and an SVG drawn here), so it can be
-    archived with the bundle and opened offline; every value is HTML-escaped.
+    The HTML loads nothing from the network (inline CSS and an inline SVG chart drawn with
+    matplotlib), so it can be archived with the bundle and opened offline; every value is
+    HTML-escaped.
 """
 
 from __future__ import annotations
 
-import html
+import io
 import json
 import math
 from collections.abc import Mapping
@@ -214,102 +215,133 @@ def build_report(verified: VerificationReport) -> dict[str, Any]:
     }
 
 
-_PALETTE: Final = ("#1b6ca8", "#d1495b", "#2e933c", "#8e44ad", "#e08a00", "#00798c", "#6d4c41")
+# Colour, marker and line style all change from silo to silo, so series stay apart where they
+# overlap, in greyscale and for colour-blind readers (Okabe-Ito colours).
+_COLOURS: Final = ("#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9", "#000000")
+_MARKERS: Final = ("o", "s", "^", "D", "v", "P", "X", "*", "h")
+_LINESTYLES: Final = ("solid", "dotted", "dashdot", (0, (5, 1, 1, 1, 1, 1)))  # "--" is the budget's
+_BUDGET_COLOUR: Final = "#555555"
+
+
+def _mathtext_free(text: str) -> str:
+    """A label matplotlib draws literally: ``$`` would start math mode."""
+    return text.replace("$", r"\$")
 
 
 def _epsilon_plot(report: Mapping[str, Any]) -> str:
-    """An inline SVG: cumulative epsilon per silo per round, budgets as dashed lines."""
-    width, height, left, right, top, bottom = 860, 380, 64, 170, 20, 48
+    """Inline SVG: cumulative epsilon per silo per round, the budget(s) as dashed, labelled lines.
+
+    Drawn with matplotlib on its SVG canvas (no pyplot, no global backend or style changes) and
+    deterministic: fixed hash salt, no date or creator metadata. Each silo's line is the SVG group
+    ``epsilon-silo-<i>`` (in report order), each budget line ``epsilon-budget-<j>``.
+
+    Raises:
+        ModuleNotFoundError: matplotlib is not installed (``pip install secagg[report]``).
+    """
+    import matplotlib  # optional dependency (the "report" extra): imported only when rendering
+    from matplotlib.backends.backend_svg import FigureCanvasSVG
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
     silos = report["silos"]
-    points = [p for s in silos for p in s["epsilon_by_round"]]
-    budgets = [float(s["budget"]["epsilon"]) for s in silos if s.get("budget")]
-    rounds = [p["round"] for p in points] or [0]
-    x_min, x_max = min(rounds), max(rounds)
-    y_max = float(max([p["epsilon"] for p in points] + budgets + [1e-9])) * 1.1
-    plot_w, plot_h = width - left - right, height - top - bottom
-
-    def sx(r: float) -> float:
-        return left + (plot_w * (r - x_min) / (x_max - x_min) if x_max > x_min else plot_w / 2)
-
-    def sy(e: float) -> float:
-        return top + plot_h * (1 - e / y_max)
-
-    esc = html.escape
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" id="epsilon-plot" role="img" '
-        f'width="{width}" height="{height}" viewBox="0 0 {width} {height}">',
-        "<title>Cumulative epsilon per silo per round against the budget</title>",
-        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fafafa" '
-        'stroke="#999"/>',
-    ]
-    for i in range(6):
-        e = y_max * i / 5
-        y = sy(e)
-        parts.append(
-            f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#e3e3e3"/>'
-        )
-        parts.append(
-            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11">{e:.3g}</text>'
-        )
-    for r in sorted(set(rounds)):
-        parts.append(
-            f'<text x="{sx(r):.1f}" y="{top + plot_h + 16}" text-anchor="middle" '
-            f'font-size="11">{r}</text>'
-        )
-    parts.append(
-        f'<text x="{left + plot_w / 2:.1f}" y="{height - 8}" text-anchor="middle" '
-        'font-size="12">round</text>'
-    )
-    parts.append(
-        f'<text x="14" y="{top + plot_h / 2:.1f}" text-anchor="middle" font-size="12" '
-        f'transform="rotate(-90 14 {top + plot_h / 2:.1f})">epsilon (cumulative)</text>'
-    )
-    legend_y = top + 10
-    for i, silo in enumerate(silos):
-        color = _PALETTE[i % len(_PALETTE)]
-        series = sorted(silo["epsilon_by_round"], key=lambda p: p["round"])
-        if series:
-            coords = " ".join(f"{sx(p['round']):.1f},{sy(p['epsilon']):.1f}" for p in series)
-            parts.append(
-                f'<polyline class="silo-line" fill="none" stroke="{color}" '
-                f'stroke-width="2" points="{coords}"/>'
-            )
-            for p in series:
-                parts.append(
-                    f'<circle cx="{sx(p["round"]):.1f}" cy="{sy(p["epsilon"]):.1f}" '
-                    f'r="3" fill="{color}"/>'
-                )
+    budgets: dict[float, list[str]] = {}
+    for silo in silos:
         if silo.get("budget"):
-            y = sy(float(silo["budget"]["epsilon"]))
-            parts.append(
-                f'<line class="budget-line" x1="{left}" y1="{y:.1f}" '
-                f'x2="{left + plot_w}" y2="{y:.1f}" stroke="{color}" '
-                'stroke-dasharray="6 4" stroke-width="1.5"/>'
+            budgets.setdefault(float(silo["budget"]["epsilon"]), []).append(str(silo["id"]))
+    with matplotlib.rc_context(
+        {
+            "svg.hashsalt": "secagg-audit-report",  # fixed ids of clip paths and markers: same bytes
+            "svg.fonttype": "none",  # text stays text (searchable, smaller), not glyph outlines
+            "font.family": "DejaVu Sans",  # ships with matplotlib: layout independent of the machine
+            "font.size": 9.0,
+        }
+    ):
+        figure = Figure(figsize=(8.6, 3.8))
+        FigureCanvasSVG(figure)
+        axes = figure.add_subplot()
+        handles: list[Line2D] = []
+        labels: list[str] = []
+        for i, silo in enumerate(silos):
+            series = sorted(silo["epsilon_by_round"], key=lambda p: p["round"])
+            colour = _COLOURS[i % len(_COLOURS)]
+            hollow = i % 2 == 1
+            (line,) = axes.plot(
+                [p["round"] for p in series],
+                [p["epsilon"] for p in series],
+                color=colour,
+                marker=_MARKERS[i % len(_MARKERS)],
+                linestyle=_LINESTYLES[i % len(_LINESTYLES)],
+                # later silos are drawn thinner and smaller, every other one hollow: a silo whose
+                # points coincide with an earlier one's still shows around or inside them
+                linewidth=2.4 - 0.6 * (i % 3),
+                markersize=8.0 - 1.5 * (i % 3),
+                markerfacecolor="none" if hollow else colour,
+                markeredgecolor=colour if hollow else "white",
+                markeredgewidth=1.4 if hollow else 0.6,
+                gid=f"epsilon-silo-{i}",
             )
-        lx = left + plot_w + 14
-        parts.append(
-            f'<line x1="{lx}" y1="{legend_y}" x2="{lx + 22}" y2="{legend_y}" '
-            f'stroke="{color}" stroke-width="2"/>'
+            handles.append(line)
+            labels.append(_mathtext_free(str(silo["id"])))
+        for j, (epsilon, owners) in enumerate(sorted(budgets.items())):
+            label = f"budget {epsilon:g}"
+            if len(budgets) > 1:
+                label += f" ({', '.join(owners)})"
+            line = axes.axhline(
+                epsilon,
+                color=_BUDGET_COLOUR,
+                linestyle="--",
+                linewidth=1.2,
+                gid=f"epsilon-budget-{j}",
+            )
+            axes.annotate(
+                _mathtext_free(label),
+                xy=(1.0, epsilon),
+                xycoords=("axes fraction", "data"),
+                xytext=(-4, 3),
+                textcoords="offset points",
+                ha="right",
+                va="bottom",
+                color=_BUDGET_COLOUR,
+            )
+            handles.append(line)
+            labels.append(_mathtext_free(label))
+        axes.set_xlabel("round")
+        axes.set_ylabel("epsilon (cumulative)")
+        points = [float(p["epsilon"]) for silo in silos for p in silo["epsilon_by_round"]]
+        highest = max([*points, *budgets], default=0.0)
+        axes.set_ylim(0.0, 1.12 * highest if highest > 0 else 1.0)  # room for the budget label
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.grid(True, color="#e3e3e3", linewidth=0.8)
+        axes.set_axisbelow(True)
+        if (
+            handles
+        ):  # explicit labels: shown as given (an auto legend would drop ids starting with "_")
+            axes.legend(
+                handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False
+            )
+        out = io.StringIO()
+        figure.savefig(
+            out,
+            format="svg",
+            bbox_inches="tight",
+            metadata={"Date": None, "Creator": None, "Format": None, "Type": None},
         )
-        parts.append(
-            f'<text x="{lx + 28}" y="{legend_y + 4}" font-size="12">{esc(silo["id"])}</text>'
-        )
-        legend_y += 18
-    lx = left + plot_w + 14
-    parts.append(
-        f'<line x1="{lx}" y1="{legend_y}" x2="{lx + 22}" y2="{legend_y}" '
-        'stroke="#555" stroke-dasharray="6 4"/>'
+    svg = out.getvalue()
+    svg = svg[svg.index("<svg") :]  # no XML declaration or DOCTYPE inside HTML
+    return svg.replace(
+        "<svg ",
+        '<svg id="epsilon-plot" role="img" '
+        'aria-label="Cumulative epsilon per silo per round against the budget" ',
+        1,
     )
-    parts.append(f'<text x="{lx + 28}" y="{legend_y + 4}" font-size="12">budget</text>')
-    parts.append("</svg>")
-    return "".join(parts)
 
 
 def render_html(report: Mapping[str, Any]) -> str:
     """Render the report as one self-contained HTML page (inline CSS and SVG, no network).
 
     Raises:
-        ModuleNotFoundError: jinja2 is not installed (``pip install secagg[report]``).
+        ModuleNotFoundError: jinja2 or matplotlib is not installed (``pip install secagg[report]``).
     """
     import jinja2  # optional dependency (the "report" extra): imported only when rendering
     import markupsafe
@@ -321,7 +353,7 @@ def render_html(report: Mapping[str, Any]) -> str:
     template = env.from_string(template_text)
     return template.render(
         report=report,
-        plot=markupsafe.Markup(_epsilon_plot(report)),  # noqa: S704 - our SVG; labels escaped
+        plot=markupsafe.Markup(_epsilon_plot(report)),  # noqa: S704 - matplotlib's SVG escapes its text
         report_json=json.dumps(report, indent=2, sort_keys=True),
     )
 

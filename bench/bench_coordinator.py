@@ -98,7 +98,14 @@ import numpy.typing as npt
 
 from coordinator._malloc import tune_allocator
 from coordinator.common import DEFAULT_MAX_MESSAGE_BYTES, RoundStatus, TlsFiles
-from coordinator.config import Deadlines, ModelConfig, RoundsConfig, ServeConfig, TLSPaths
+from coordinator.config import (
+    Deadlines,
+    MaskingDeadlines,
+    ModelConfig,
+    RoundsConfig,
+    ServeConfig,
+    TLSPaths,
+)
 from coordinator.pki import ConsortiumPaths, create_consortium, load_ed25519_private, silo_identity
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
@@ -561,12 +568,9 @@ def serve_config(args: argparse.Namespace, paths: ConsortiumPaths, n: int) -> Se
             bits=BITS,
         ),
         deadlines=Deadlines(
-            advertise=LONG,
-            share_keys=LONG,
-            masked_input=LONG,
-            consistency=LONG,
-            unmask=LONG,
-            round_start=LONG,
+            masking=MaskingDeadlines(
+                advertise=LONG, share_keys=LONG, masked_input=LONG, consistency=LONG, unmask=LONG
+            )
         ),
     )
 

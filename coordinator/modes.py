@@ -34,7 +34,7 @@ MODES: dict[str, Mode] = {
         name="masking",
         rounds="coordinator.rounds.masking:MaskingRounds",
         server="coordinator.server.masking:build",
-        silo="coordinator.sdk.example:run_example_silo",
+        silo="coordinator.sdk.masking:run_example_silo",
     ),
     "paillier": Mode(
         name="paillier",

@@ -1,10 +1,9 @@
-"""Secure aggregation for cross-silo federated learning: the masking protocol, its primitives and roles.
+"""Secure aggregation for cross-silo federated learning: the masking protocol's public surface.
 
-Dangerous primitives live in :mod:`secagg.hazmat`; the protocol roles here are built on them.
+Dangerous primitives live in :mod:`secagg.hazmat`; the roles are built on them in :mod:`secagg.masking` and
+:mod:`secagg.paillier` (the latter needs the ``paillier`` extra and is never imported from here).
 """
 
-from secagg.client import SecAggClient
-from secagg.config import PROTOCOL_VERSION, RoundConfig, check_threshold, minimum_threshold
 from secagg.errors import (
     DecryptionError,
     InvalidParameters,
@@ -15,7 +14,14 @@ from secagg.errors import (
     SecAggError,
 )
 from secagg.hazmat.quantize import Quantizer
-from secagg.messages import (
+from secagg.masking.client import SecAggClient
+from secagg.masking.config import (
+    PROTOCOL_VERSION,
+    RoundConfig,
+    check_threshold,
+    minimum_threshold,
+)
+from secagg.masking.messages import (
     Advertisement,
     EncryptedShare,
     ShareKeys,
@@ -24,8 +30,8 @@ from secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
+from secagg.masking.server import AggregateResult, SecAggServer
 from secagg.roster import Roster
-from secagg.server import AggregateResult, SecAggServer
 
 __all__ = [
     "PROTOCOL_VERSION",

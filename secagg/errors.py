@@ -8,7 +8,8 @@
     ├── DecryptionError         an AEAD ciphertext does not open (opaque on purpose, like Fernet's InvalidToken)
     ├── ProtocolError           a message is out of order, from the wrong session, or malformed
     │   └── ProtocolViolation   evidence that the server (or a peer) is lying: refuse and stop
-    │       └── InvalidProof    a zero-knowledge proof (Paillier partial decryption) does not verify
+    │       ├── InvalidProof    a zero-knowledge proof (Paillier partial decryption) does not verify
+    │       └── InvalidMerkleProof  an RFC 6962 inclusion or consistency proof does not verify
     └── RoundAborted            too few participants remain to finish the round safely
 
 Notes:
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 __all__ = [
     "DecryptionError",
+    "InvalidMerkleProof",
     "InvalidParameters",
     "InvalidProof",
     "InvalidSignature",
@@ -61,3 +63,7 @@ class RoundAborted(SecAggError):
 
 class InvalidProof(ProtocolViolation):
     """A zero-knowledge proof (e.g. of a correct Paillier partial decryption) does not verify."""
+
+
+class InvalidMerkleProof(ProtocolViolation):
+    """An RFC 6962 Merkle inclusion or consistency proof does not verify against the expected root."""

@@ -25,13 +25,13 @@ from audits import build_report, write_report
 from coordinator.common import RoundStatus
 from coordinator.config import (
     Deadlines,
+    MaskingDeadlines,
     PrivacyConfig,
     ServeConfig,
     SiloDPConfig,
     write_demo_configs,
 )
 from coordinator.pki import create_consortium
-from coordinator.pki.paillier import create_paillier_keys
 from coordinator.rounds.audit import export_bundle, verify_bundle_dir
 from coordinator.sdk.example import EVENT_PREFIX
 from coordinator.server.app import start_coordinator
@@ -123,6 +123,8 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
     paillier_key = None
     if options.mode == "paillier":
         # any two silos can decrypt an aggregate; min_cohort 3 still refuses to decrypt fewer contributions
+        from coordinator.pki.paillier import create_paillier_keys  # the paillier extra, only here
+
         paillier_key = create_paillier_keys(consortium, threshold=2)
     split = load_breast_cancer_silos(n_silos=len(silos), seed=0)
     n_params = split.n_features * 2 + 2
@@ -136,8 +138,12 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
         min_cohort=3,
         model_size=n_params,
         listen=f"127.0.0.1:{port}",
+        # silo processes import torch before they advertise; Paillier's defaults (collect 150 s, decrypt 60 s)
+        # equal the sums of these stages
         deadlines=Deadlines(
-            advertise=120, share_keys=30, masked_input=30, consistency=30, unmask=30
+            masking=MaskingDeadlines(
+                advertise=120, share_keys=30, masked_input=30, consistency=30, unmask=30
+            )
         ),
         task={
             "epsilon": epsilon,

@@ -22,11 +22,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from coordinator.config import SiloConfig
 from coordinator.errors import PKIError
 from coordinator.pki import ConsortiumPaths
 from secagg.errors import InvalidParameters, SecAggError
@@ -39,6 +39,9 @@ from secagg.hazmat.paillier import (
     ThresholdPublicKey,
 )
 from secagg.paillier import open_key_share, run_key_ceremony
+
+if TYPE_CHECKING:  # config and pki are peers (DESIGN 3): a type only, no import at run time
+    from coordinator.config import SiloConfig
 
 __all__ = ["PaillierFiles", "create_paillier_keys"]
 

@@ -164,6 +164,11 @@ class RoundState:
         self.aggregate: Aggregate | None = None
         self.outcome: RoundOutcome | None = None
 
+    @property
+    def session_id(self) -> bytes:
+        """The round's session id, which every attestation of the round must be bound to."""
+        raise NotImplementedError
+
     def held_bytes(self) -> int:
         """Bytes of vectors this round still holds (the start model; a mode adds its aggregate)."""
         return int(self.start.nbytes)
@@ -197,6 +202,10 @@ class RoundDriver:
     """The mode's stages, in order; each closes at its deadline (:meth:`stage_deadlines`) at the latest."""
     done: ClassVar[enum.StrEnum]
     aborted: ClassVar[enum.StrEnum]
+    upload_stage: ClassVar[enum.StrEnum]
+    """The stage in which silos stream their (masked or encrypted) update."""
+    uploaded: ClassVar[str]
+    """What a silo did once its upload is in, for the duplicate refusal ("submitted its masked input")."""
     _thread_name: ClassVar[str] = "round-driver"
     # One lock for every driver in the process: model loads are rare (once per round) and short.
     _model_load = threading.Lock()
@@ -350,23 +359,22 @@ class RoundDriver:
         self,
         silo: str,
         round_: int,
-        stage: enum.StrEnum,
         sink: Callable[[RoundState], UploadSink],
         *,
-        session_id: Callable[[RoundState], bytes],
         attestation: bytes = b"",
         signature: bytes = b"",
-        already: str,
     ) -> Upload:
-        """Start a streamed submission (a context manager), after its privacy attestation is checked.
+        """Start a streamed submission in the mode's :attr:`upload_stage` (a context manager), after its
+        privacy attestation (bound to the round's session id) is checked and recorded.
 
         Raises:
             DuplicateSubmission: the silo already submitted (or is submitting) this round.
-            StageError: the stage deadline has passed, or an earlier upload broke off where the mode allows
-                no restart.
+            StageError: the stage deadline has passed, the silo is not expected in this stage, or an earlier
+                upload broke off where the mode allows no restart.
             PrivacyRefused, InvalidInput: see :func:`~coordinator.rounds.audit.attest_contribution`, or the
                 mode's sink refused the stream's header.
         """
+        stage, already = self.upload_stage, self.uploaded
         self.member(silo)
         with self.cond:
             state = self.current(round_, stage)
@@ -378,7 +386,7 @@ class RoundDriver:
                 )
             if silo not in state.expected:
                 raise StageError(f"{silo} may not submit in stage {stage.value} of round {round_}")
-            if state.deadline < self.clock():
+            if state.deadline <= self.clock():
                 raise StageError(f"the {stage.value} deadline of round {round_} has passed")
             attest_contribution(
                 self.audit,
@@ -386,7 +394,7 @@ class RoundDriver:
                 roster=self.roster,
                 federation=self.settings.federation,
                 round_=round_,
-                session_id=session_id(state),
+                session_id=state.session_id,
                 silo=silo,
                 payload=attestation,
                 signature=signature,
@@ -407,7 +415,7 @@ class RoundDriver:
                 f"the {stage.value} stage of round {state.number} has closed; "
                 "this upload was discarded"
             )
-        if state.deadline < self.clock():
+        if state.deadline <= self.clock():
             raise StageError(f"the {stage.value} deadline of round {state.number} has passed")
 
     def wait_past(self, round_: int, stage: enum.StrEnum, wait: float) -> RoundState:
@@ -440,6 +448,8 @@ class RoundDriver:
             ):
                 reason = state.outcome.reason if state.outcome is not None else "aborted"
                 raise RoundAborted(f"round {round_} was aborted: {reason}")
+            if self._stopping and order.get(state.stage, len(order)) <= order[stage]:
+                raise RoundAborted(f"round {round_} was interrupted: the coordinator is stopping")
             return state
 
     # Shared silo-facing calls ----------------------------------------------------------------------------
@@ -539,6 +549,11 @@ class RoundDriver:
             self.cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def wake(self) -> None:
+        """Re-check the open stage's deadline now (after an injected clock moved on; tests use it)."""
+        with self.cond:
+            self.cond.notify_all()
 
     @property
     def finished(self) -> bool:

@@ -65,6 +65,10 @@ class _Round(RoundState):
             raise StageError(f"round {self.number} is over")
         return self._server
 
+    @property
+    def session_id(self) -> bytes:
+        return self.server.session_id
+
     def held_bytes(self) -> int:
         """The start model and, until the round ends, the running sum of masked vectors."""
         running_sum = 0 if self._server is None else 4 * self.config.vector_length
@@ -124,6 +128,8 @@ class MaskingRounds(RoundDriver):
     )
     done = Stage.DONE
     aborted = Stage.ABORTED
+    upload_stage = Stage.MASKED_INPUT
+    uploaded = "submitted its masked input"
 
     def __init__(self, *, store: Store, **kwargs: Any) -> None:
         super().__init__(store=store, **kwargs)
@@ -292,16 +298,7 @@ class MaskingRounds(RoundDriver):
             assert isinstance(state, _Round)
             return _MaskedSink(state, silo)
 
-        return self.open_upload(
-            silo,
-            round_,
-            Stage.MASKED_INPUT,
-            sink,
-            session_id=lambda state: _round(state).server.session_id,
-            attestation=attestation,
-            signature=signature,
-            already="submitted its masked input",
-        )
+        return self.open_upload(silo, round_, sink, attestation=attestation, signature=signature)
 
     def sign_survivors(self, silo: str, round_: int, signature: SurvivorSignature) -> None:
         """Stage 4 submission."""

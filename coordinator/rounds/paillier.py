@@ -103,6 +103,10 @@ class _PaillierRound(RoundState):
         self.refusals: dict[str, str] = {}
         self.combined = 0  # partial decryptions in the last combination tried
 
+    @property
+    def session_id(self) -> bytes:
+        return bytes(self.config.session_id)
+
 
 class _ContributionSink:
     """One silo's ciphertext chunks, multiplied into the aggregate as they arrive."""
@@ -144,6 +148,8 @@ class PaillierRounds(RoundDriver):
     stages = (PaillierStage.COLLECT, PaillierStage.DECRYPT)
     done = PaillierStage.DONE
     aborted = PaillierStage.ABORTED
+    upload_stage = PaillierStage.COLLECT
+    uploaded = "contributed"
     _thread_name = "paillier-driver"
 
     def __init__(
@@ -306,16 +312,7 @@ class PaillierRounds(RoundDriver):
             p.aggregator.accept_commitment(commitment)
             return _ContributionSink(p, silo)
 
-        return self.open_upload(
-            silo,
-            round_,
-            PaillierStage.COLLECT,
-            sink,
-            session_id=lambda state: _round(state).config.session_id,
-            attestation=attestation,
-            signature=signature,
-            already="contributed",
-        )
+        return self.open_upload(silo, round_, sink, attestation=attestation, signature=signature)
 
     def decryption_request(self, silo: str, round_: int, wait: float) -> DecryptionRequest:
         """Stage decrypt: the request every key holder is asked to check and partially decrypt."""

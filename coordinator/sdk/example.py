@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any
 
 from coordinator.config import SiloConfig
-from coordinator.sdk.masking import PrivateUpdate, RoundContext, Silo
+from coordinator.sdk.loop import PrivateUpdate, RoundContext, SiloClient
 
 EVENT_PREFIX = "SECAGG-EVENT "
 """Silo processes started with ``--events`` print one JSON object per line behind this prefix."""
@@ -21,29 +20,8 @@ def _emit(enabled: bool, **event: Any) -> None:
         sys.stdout.flush()
 
 
-def run_example_silo(config: SiloConfig, *, events: bool = False) -> list[dict[str, Any]]:
-    """Run one silo of the built-in example task (DP-SGD on its breast-cancer shard) until the federation ends.
-
-    Returns one summary per round; with ``events`` also prints them as machine-readable lines for the demo.
-    """
-    with Silo.from_config(config) as silo:
-        return run_example_task(config, silo, events=events)
-
-
-class ExampleClient(Protocol):
-    """What the example task needs from a connected silo SDK (masking or Paillier mode)."""
-
-    def join(self) -> Any:
-        """Join; the answer's ``rounds`` is the planned number of rounds."""
-        ...
-
-    def run(self, train: Any) -> Iterator[Any]:
-        """Take part in every round; yields one report per round."""
-        ...
-
-
 def run_example_task(
-    config: SiloConfig, silo: ExampleClient, *, events: bool = False
+    config: SiloConfig, silo: SiloClient[Any, Any, Any], *, events: bool = False
 ) -> list[dict[str, Any]]:
     """The example task over an already connected SDK client, whatever its aggregation mode."""
     # torch is imported only here: the coordinator and the CLI's other commands never load it
@@ -74,7 +52,7 @@ def run_example_task(
     )
     _emit(events, kind="joined", silo=config.silo, records=len(labels), rounds=joined.rounds)
 
-    def train(ctx: RoundContext) -> PrivateUpdate:
+    def train(ctx: RoundContext[Any]) -> PrivateUpdate:
         _emit(events, kind="training", silo=config.silo, round=ctx.round)
         started = time.perf_counter()
         result = trainer.train_round(ctx.weights)

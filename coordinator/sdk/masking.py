@@ -16,59 +16,49 @@ Notes:
     additionally: the coordinator's roster fingerprint equals the pinned roster, the round's parameters meet the
     silo's own policy (minimum cohort, collusion bound, threshold rule), and the downloaded model matches the hash
     every silo signs into its advertisement. Transient gRPC failures are retried with exponential backoff; a
-    submission the server already holds (ALREADY_EXISTS after a retry) counts as delivered.
+    submission the server already holds (ALREADY_EXISTS after a retry) counts as delivered
+    (:class:`~coordinator.sdk.transport.Transport`).
 
     When the training function returns a private update (anything with ``update`` and ``attestation(...)``,
     such as ``dp.training.RoundResult``), the SDK binds its privacy attestation to the round's session id, signs
     it with the silo's roster key and sends it with the first chunk of the masked upload. With a pinned audit
     key the silo also witnesses the coordinator's ledger: after every round it accepts the new signed checkpoint
     only with a valid RFC 9162 consistency proof from the last one it accepted, and keeps a local record of what
-    it sent and spent (``audits.CheckpointWitness``), so a coordinator that rewrites history is caught.
+    it sent and spent (``audits.witness.CheckpointWitness``), so a coordinator that rewrites history is caught.
+    The round loop itself is :class:`coordinator.sdk.loop.SiloClient`; this module adds the five stages.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import logging
-import os
-import random
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, TypeAlias, Unpack
 
-import grpc
 import numpy as np
 import numpy.typing as npt
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from audits import CheckpointWitness, VerificationError
-from coordinator.common import (
-    DEFAULT_MAX_MESSAGE_BYTES,
-    INSECURE_SILO_HEADER,
-    RoundStatus,
-    TlsFiles,
-    chunk_words,
-    ledger_origin,
-    model_hash,
-)
+from coordinator.common import TlsFiles
 from coordinator.config import SiloConfig, SiloPolicy
-from coordinator.errors import (
-    Aborted,
-    AuditFailure,
-    CoordinatorError,
-    InvalidInput,
-    StageError,
-    Unauthorized,
-    Unavailable,
-)
-from coordinator.pki import load_ed25519_private
+from coordinator.errors import InvalidInput
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
+from coordinator.sdk import loop
+from coordinator.sdk.example import run_example_task
+from coordinator.sdk.loop import (
+    Attestation,
+    Member,
+    PrivateUpdate,
+    RoundMode,
+    RoundReport,
+    RoundStages,
+    SiloClient,
+    SiloConnection,
+    connection_from_config,
+    tls_from_config,
+)
+from coordinator.sdk.transport import RetryPolicy, Transport
 from coordinator.silo_dp import encode_update
-from coordinator.wire.errors import from_rpc_error
 from coordinator.wire.masking import (
     advertisement_from_pb,
     advertisement_to_pb,
@@ -79,70 +69,27 @@ from coordinator.wire.masking import (
     unmask_response_to_pb,
 )
 from coordinator.wire.silo_dp import plan_from_pb
-from dp.accounting import PrivacyAttestation
-from secagg import Roster, RoundAborted, RoundConfig, SecAggClient, SecAggError
-from secagg.hazmat.keys import RandomSource
+from dp.distributed import DistributedDPPlan
+from secagg import RoundConfig, SecAggClient, Stage
 
-__all__ = ["PrivateUpdate", "RetryPolicy", "RoundContext", "RoundReport", "Silo", "SiloPolicy"]
+__all__ = [
+    "PrivateUpdate",
+    "RetryPolicy",
+    "RoundContext",
+    "RoundReport",
+    "Silo",
+    "SiloPolicy",
+    "run_example_silo",
+]
 
-log = logging.getLogger(__name__)
+RoundContext: TypeAlias = loop.RoundContext[RoundConfig]
+"""What the training function receives in masking mode: the round, its global model and its parameters."""
 
-_POLL_SECONDS = 20.0
-_TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
-T = TypeVar("T")
-
-
-@dataclass(frozen=True, kw_only=True)
-class RetryPolicy:
-    """Exponential backoff with jitter for transient failures (UNAVAILABLE, RESOURCE_EXHAUSTED)."""
-
-    attempts: int = 6
-    initial: float = 0.2
-    maximum: float = 5.0
+MaskedVector = npt.NDArray[np.uint32]
 
 
-@dataclass(frozen=True)
-class RoundContext:
-    """What the training function receives."""
-
-    round: int
-    weights: npt.NDArray[np.float32] = field(repr=False)
-    config: RoundConfig
-
-
-@dataclass(frozen=True)
-class RoundReport:
-    """How a round ended, from this silo's point of view."""
-
-    round: int
-    status: RoundStatus
-    survivors: tuple[str, ...] = ()
-    dropped: tuple[str, ...] = ()
-    new_model_hash: bytes = b""
-    reason: str = ""
-
-
-@runtime_checkable
-class PrivateUpdate(Protocol):
-    """A training result that carries its privacy facts (``dp.training.RoundResult`` is one)."""
-
-    @property
-    def update(self) -> npt.NDArray[Any]:
-        """The model update (new - old weights), flat."""
-        ...
-
-    def attestation(
-        self, *, federation: str, round: int, session_id: str, silo: str
-    ) -> PrivacyAttestation:
-        """The round's privacy attestation, bound to the round's session (unsigned)."""
-        ...
-
-
-TrainFn = Callable[[RoundContext], "npt.ArrayLike | PrivateUpdate"]
-
-
-class Silo:
-    """One silo's connection to a federation.
+class Silo(SiloClient[pb.JoinResponse, pb.RoundInfo, RoundConfig]):
+    """One silo's connection to a masking-mode federation.
 
     Args:
         address: the coordinator's ``host:port``.
@@ -161,401 +108,163 @@ class Silo:
         audit_public_key: the coordinator's pinned audit key; with ``witness_path``, the silo witnesses the
             coordinator's ledger checkpoints after every round.
         witness_path: the SQLite file of the silo's witness and local ledger.
+        insecure_debug_no_tls: plaintext channel for local debugging (anyone can claim any silo).
+
+    The arguments shared with Paillier mode are declared once, in :class:`~coordinator.sdk.loop.SiloConnection`.
     """
 
     def __init__(
         self,
         *,
-        address: str,
-        federation: str,
-        silo: str,
-        signing_key: Ed25519PrivateKey,
-        roster: Roster,
-        consortium_key: bytes,
         tls: TlsFiles | None,
-        policy: SiloPolicy | None = None,
-        retry: RetryPolicy | None = None,
-        rng: RandomSource = os.urandom,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        audit_public_key: bytes | None = None,
         witness_path: Path | None = None,
         insecure_debug_no_tls: bool = False,
+        **connection: Unpack[SiloConnection],
     ) -> None:
-        roster.verify(consortium_key)
-        if roster.federation != federation:
-            raise Unauthorized(f"the pinned roster is for {roster.federation}, not {federation}")
-        self.silo = silo
-        self.federation = federation
-        self._key = signing_key
-        self._roster = roster
-        self._policy = policy or SiloPolicy()
-        self._retry = retry or RetryPolicy()
-        self._rng = rng
-        self._max_message_bytes = max_message_bytes
-        self._chunk_words = chunk_words(max_message_bytes)
-        options = [
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-        ]
-        if tls is not None:
-            credentials = grpc.ssl_channel_credentials(tls.ca, tls.key, tls.cert)
-            self._channel = grpc.secure_channel(address, credentials, options=options)
-            self._metadata: tuple[tuple[str, str], ...] = ()
-        elif insecure_debug_no_tls:
-            self._channel = grpc.insecure_channel(address, options=options)
-            self._metadata = ((INSECURE_SILO_HEADER, silo),)
-        else:
-            raise ValueError(
-                "TLS material is required (insecure_debug_no_tls is for local debugging only)"
-            )
-        self._stub = pb_grpc.FederationStub(self._channel)
-        self._audit = pb_grpc.AuditStub(self._channel)
-        self._witness: CheckpointWitness | None = None
-        if audit_public_key is not None and witness_path is not None:
-            witness_path.parent.mkdir(parents=True, exist_ok=True)
-            self._witness = CheckpointWitness(
-                witness_path, audit_public_key=audit_public_key, origin=ledger_origin(federation)
-            )
+        super().__init__(
+            connection,
+            tls=tls,
+            witness_path=witness_path,
+            insecure_debug_no_tls=insecure_debug_no_tls,
+            mode=_MaskingMode,
+        )
 
     @classmethod
     def from_config(cls, config: SiloConfig, **overrides: Any) -> Silo:
         """Connect as described by a silo's TOML configuration (``secagg silo --config``)."""
-        tls = None
-        if config.tls is not None:
-            tls = TlsFiles(
-                config.tls.ca.read_bytes(),
-                config.tls.cert.read_bytes(),
-                config.tls.key.read_bytes(),
-            )
         arguments: dict[str, Any] = {
-            "address": config.coordinator,
-            "federation": config.federation,
-            "silo": config.silo,
-            "signing_key": load_ed25519_private(config.signing_key),
-            "roster": config.load_roster(),
-            "consortium_key": config.consortium_public_key,
-            "tls": tls,
-            "policy": config.policy,
-            "max_message_bytes": config.max_message_bytes,
-            "audit_public_key": config.audit_public_key,
+            **connection_from_config(config),
+            "tls": tls_from_config(config),
             "witness_path": config.state_dir / "witness.sqlite",
             "insecure_debug_no_tls": config.insecure_debug_no_tls,
         }
         return cls(**(arguments | overrides))
 
-    def close(self) -> None:
-        """Close the channel (and the witness database)."""
-        self._channel.close()
-        if self._witness is not None:
-            self._witness.close()
 
-    def __enter__(self) -> Silo:
-        return self
+class _MaskingMode(RoundMode[pb.JoinResponse, pb.RoundInfo, RoundConfig]):
+    """Masking mode in the shared loop: rounds checked against the silo policy, then the five stages."""
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    first_stage = Stage.ADVERTISE_KEYS.value
 
-    # plumbing ----------------------------------------------------------------------------------------
-    def _rpc(self, call: Callable[[], T], *, submission: bool = False) -> T:
-        """Run ``call`` with retries; map gRPC errors to SDK exceptions."""
-        delay = self._retry.initial
-        for attempt in range(self._retry.attempts):
-            try:
-                return call()
-            except grpc.RpcError as exc:
-                code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-                if submission and attempt > 0 and code == grpc.StatusCode.ALREADY_EXISTS:
-                    return None  # type: ignore[return-value]  # delivered by an earlier attempt
-                if code in _TRANSIENT and attempt + 1 < self._retry.attempts:
-                    # jitter only spreads retries in time; it needs no cryptographic randomness
-                    time.sleep(delay * (0.5 + random.random()))  # noqa: S311
-                    delay = min(delay * 2, self._retry.maximum)
-                    continue
-                raise from_rpc_error(exc) from exc
-        raise Unavailable(
-            "coordinator unreachable"
-        )  # pragma: no cover - loop always returns or raises
+    def __init__(self, transport: Transport, member: Member) -> None:
+        self.stub = transport.stub(pb_grpc.FederationStub)
+        super().__init__(transport, member, self.stub)
 
-    def _poll(self, call: Callable[[float], T], deadline: float) -> T:
-        """Long-poll a stage result until it is ready or ``deadline`` (unix time, plus a margin) passes."""
-        while True:
-            try:
-                return self._rpc(lambda: call(_POLL_SECONDS))
-            except CoordinatorError as exc:
-                if not isinstance(exc.__cause__, grpc.Call) or exc.__cause__.code() != (
-                    grpc.StatusCode.DEADLINE_EXCEEDED
-                ):
-                    raise
-                if time.time() > deadline + 300:
-                    raise Unavailable("the coordinator never closed the stage") from exc
+    def accept(self, info: pb.RoundInfo) -> _MaskingRound:
+        config = config_from_pb(info)
+        silo_dp = plan_from_pb(info.silo_dp) if info.HasField("silo_dp") else None
+        policy = self.member.policy
+        policy.check_round(config, self.member.roster)
+        policy.check_silo_dp(silo_dp.noise_multiplier if silo_dp else None)
+        if silo_dp is not None and silo_dp.padded_dimension != config.vector_length:
+            raise InvalidInput("the announced silo-level DP plan does not fit the round's vector")
+        return _MaskingRound(config, silo_dp, self, deadline=float(info.stage_deadline_unix))
 
-    def _get_round(self, request: pb.GetRoundRequest, wait: float) -> pb.RoundInfo:
-        request.wait_seconds = wait
-        info: pb.RoundInfo = self._stub.GetRound(request, metadata=self._metadata)
-        return info
 
-    def _stage(self, round_: int, wait: float) -> pb.StageRequest:
-        return pb.StageRequest(
-            federation=self.federation, round=round_, silo=self.silo, wait_seconds=wait
-        )
+class _MaskingRound(RoundStages[RoundConfig, MaskedVector]):
+    """One masking round: encode (quantizer or silo-level DP plan), then the five protocol stages."""
 
-    # public API ----------------------------------------------------------------------------------------
-    def join(self) -> pb.JoinResponse:
-        """Check membership and that the coordinator serves the same roster this silo pinned."""
-        response: pb.JoinResponse = self._rpc(
-            lambda: self._stub.Join(
-                pb.JoinRequest(federation=self.federation, silo=self.silo), metadata=self._metadata
-            )
-        )
-        if response.roster_fingerprint != self._roster.fingerprint():
-            raise Unauthorized("the coordinator serves a different roster than the pinned one")
-        if response.max_message_bytes:
-            limit = min(self._max_message_bytes, response.max_message_bytes)
-            self._chunk_words = chunk_words(limit)
-        return response
-
-    def witness_checkpoint(self) -> None:
-        """Accept the coordinator's latest checkpoint only if it extends the last one this silo accepted.
-
-        Raises:
-            AuditFailure: the checkpoint's signature does not verify, or it is not consistent with what this
-                silo accepted before (the coordinator rewrote history).
-        """
-        witness = self._witness
-        if witness is None:
-            return
-        md = self._metadata
-        checkpoint: pb.Checkpoint = self._rpc(
-            lambda: self._audit.GetCheckpoint(
-                pb.CheckpointRequest(federation=self.federation), metadata=md
-            )
-        )
-        latest = witness.latest()
-        proof: list[bytes] = []
-        if latest is not None and 0 < latest.size < checkpoint.size:
-            response: pb.Proof = self._rpc(
-                lambda: self._audit.GetConsistencyProof(
-                    pb.ConsistencyProofRequest(
-                        federation=self.federation,
-                        old_size=latest.size,
-                        new_size=checkpoint.size,
-                    ),
-                    metadata=md,
-                )
-            )
-            proof = [bytes(h) for h in response.hashes]
-        try:
-            witness.update(checkpoint.note, proof)
-        except VerificationError as exc:
-            log.error("audit checkpoint refused: %s", exc)
-            raise AuditFailure(
-                f"the coordinator's audit log failed this silo's check: {exc}"
-            ) from exc
-
-    def download_model(self, round_: int, expected_hash: bytes) -> npt.NDArray[np.float32]:
-        """Stream the global model of a round and check its hash."""
-        return self._download_model_from(self._stub, round_, expected_hash)
-
-    def _download_model_from(
-        self, stub: Any, round_: int, expected_hash: bytes
-    ) -> npt.NDArray[np.float32]:
-        """:meth:`download_model` through ``stub``: either mode's service streams the same chunks."""
-
-        def fetch() -> npt.NDArray[np.float32]:
-            parts: list[bytes] = []
-            total = 0
-            for chunk in stub.DownloadModel(
-                pb.DownloadModelRequest(federation=self.federation, round=round_),
-                metadata=self._metadata,
-            ):
-                parts.append(chunk.values)
-                total = chunk.total
-            return np.frombuffer(b"".join(parts), dtype="<f4").astype(np.float32)[:total]
-
-        weights = self._rpc(fetch)
-        if model_hash(weights) != expected_hash:
-            raise InvalidInput("the downloaded model does not match the round's model hash")
-        return weights
-
-    def run(self, train: TrainFn, *, max_rounds: int | None = None) -> Iterator[RoundReport]:
-        """Take part in every round until the federation finishes; yields one report per round joined."""
-        self.join()
-        next_round, done = 0, 0
-        while max_rounds is None or done < max_rounds:
-            request = pb.GetRoundRequest(federation=self.federation, after=next_round)
-            info: pb.RoundInfo = self._poll(
-                functools.partial(self._get_round, request), time.time() + 3600
-            )
-            if info.state == pb.ROUND_STATE_FINISHED:
-                return
-            config = config_from_pb(info)
-            silo_dp = plan_from_pb(info.silo_dp) if info.HasField("silo_dp") else None
-            next_round = config.round + 1
-            if info.stage != "advertise_keys":
-                log.info(
-                    "round %d is past key advertisement; waiting for the next one", config.round
-                )
-                continue
-            self._policy.check_round(config, self._roster)
-            self._policy.check_silo_dp(silo_dp.noise_multiplier if silo_dp else None)
-            if silo_dp is not None and silo_dp.padded_dimension != config.vector_length:
-                raise InvalidInput(
-                    "the announced silo-level DP plan does not fit the round's vector"
-                )
-            weights = self.download_model(config.round, config.model_hash)
-            trained = train(RoundContext(config.round, weights, config))
-            private = trained if isinstance(trained, PrivateUpdate) else None
-            update = np.asarray(
-                private.update if private is not None else trained, dtype=np.float64
-            )
-            encoded = (
-                encode_update(update, silo_dp, config)
-                if silo_dp is not None
-                else config.quantizer.encode(update, self._rng)
-            )
-            report = self._aggregate(config, encoded, private, info.stage_deadline_unix)
-            self.witness_checkpoint()
-            yield report
-            done += 1
-
-    def _sign(self, attestation: PrivacyAttestation) -> bytes:
-        return self._key.sign(attestation.signing_payload())
-
-    def _aggregate(
+    def __init__(
         self,
         config: RoundConfig,
-        encoded: npt.NDArray[np.uint32],
-        private: PrivateUpdate | None,
+        silo_dp: DistributedDPPlan | None,
+        mode: _MaskingMode,
+        *,
         deadline: float,
-    ) -> RoundReport:
-        """Run the five protocol stages for one round."""
-        r, md = config.round, self._metadata
-        client = SecAggClient(
-            silo=self.silo, signing_key=self._key, roster=self._roster, config=config, rng=self._rng
-        )
-        try:
-            ad = client.advertise()
-            self._rpc(
-                lambda: self._stub.AdvertiseKeys(
-                    pb.AdvertiseKeysRequest(
-                        federation=self.federation, round=r, advertisement=advertisement_to_pb(ad)
-                    ),
-                    metadata=md,
-                ),
-                submission=True,
-            )
-            ads = self._poll(
-                lambda w: self._stub.GetAdvertisements(self._stage(r, w), metadata=md), deadline
-            )
-            shares = client.share_keys([advertisement_from_pb(a) for a in ads.advertisements])
-            self._rpc(
-                lambda: self._stub.ShareKeys(
-                    pb.ShareKeysRequest(
-                        federation=self.federation,
-                        round=r,
-                        sender=self.silo,
-                        shares=[share_to_pb(s) for s in shares.shares],
-                    ),
-                    metadata=md,
-                ),
-                submission=True,
-            )
-            inbox = self._poll(
-                lambda w: self._stub.GetInbox(self._stage(r, w), metadata=md), deadline
-            )
-            masked = client.masked_input([share_from_pb(s) for s in inbox.shares], encoded)
-            attestation, attestation_signature = b"", b""
-            if private is not None:
-                facts = private.attestation(
-                    federation=self.federation,
-                    round=r,
-                    session_id=client.session_id.hex(),
-                    silo=self.silo,
-                )
-                attestation = json.dumps(facts.to_dict(), sort_keys=True).encode("utf-8")
-                attestation_signature = self._sign(facts)
-            self._rpc(
-                lambda: self._stub.UploadMaskedInput(
-                    self._chunks(r, masked, attestation, attestation_signature), metadata=md
-                ),
-                submission=True,
-            )
-            if self._witness is not None:
-                sent = {
-                    "round": r,
-                    "session_id": client.session_id.hex(),
-                    "model_hash": config.model_hash.hex(),
-                    "coordinates": int(masked.shape[0]),
-                }
-                if private is not None:
-                    sent["attestation"] = json.loads(attestation)
-                    sent["attestation_signature"] = attestation_signature.hex()
-                self._witness.record("sent", sent)
-            survivors = self._poll(
-                lambda w: self._stub.GetSurvivors(self._stage(r, w), metadata=md), deadline
-            )
-            signature = client.sign_survivors(list(survivors.survivors))
-            self._rpc(
-                lambda: self._stub.SignSurvivors(
-                    pb.SignSurvivorsRequest(
-                        federation=self.federation,
-                        round=r,
-                        silo=self.silo,
-                        signature=signature.signature,
-                    ),
-                    metadata=md,
-                ),
-                submission=True,
-            )
-            request = self._poll(
-                lambda w: self._stub.GetUnmaskRequest(self._stage(r, w), metadata=md), deadline
-            )
-            response = client.unmask(unmask_request_from_pb(request))
-            self._rpc(
-                lambda: self._stub.Unmask(
-                    unmask_response_to_pb(self.federation, r, response), metadata=md
-                ),
-                submission=True,
-            )
-        except (Aborted, RoundAborted, StageError) as exc:
-            return RoundReport(r, RoundStatus.ABORTED, reason=str(exc))
-        except SecAggError as exc:
-            # a protocol violation: refuse the round; the reason names the check that failed
-            log.error("round %d refused: %s", r, exc)
-            return RoundReport(r, RoundStatus.ABORTED, reason=f"refused: {exc}")
-        result: pb.RoundResult = self._poll(
-            lambda w: self._stub.GetResult(self._stage(r, w), metadata=md), deadline
-        )
-        status = (
-            RoundStatus.COMPLETED
-            if result.state == pb.ROUND_STATE_COMPLETED
-            else RoundStatus.ABORTED
-        )
-        return RoundReport(
-            r,
-            status,
-            tuple(result.survivors),
-            tuple(result.dropped),
-            bytes(result.new_model_hash),
-            result.reason,
-        )
+    ) -> None:
+        super().__init__(config)
+        self._silo_dp = silo_dp
+        self._transport = mode.transport
+        self._stub = mode.stub
+        self._member = mode.member
+        self._deadline = deadline
 
-    def _chunks(
-        self, round_: int, masked: npt.NDArray[np.uint32], attestation: bytes, signature: bytes
-    ) -> Iterator[pb.MaskedChunk]:
+    def encode(self, update: npt.NDArray[np.float64]) -> MaskedVector:
+        if self._silo_dp is not None:
+            return encode_update(update, self._silo_dp, self.config)
+        return self.config.quantizer.encode(update, self._member.rng)
+
+    def run(self, encoded: MaskedVector, attest: Callable[[str], Attestation]) -> None:
+        t, stub, member = self._transport, self._stub, self._member
+        r, deadline = self.config.round, self._deadline
+        client = SecAggClient(
+            silo=member.silo,
+            signing_key=member.signing_key,
+            roster=member.roster,
+            config=self.config,
+            rng=member.rng,
+        )
+        advertisement = advertisement_to_pb(client.advertise())
+        t.submit(
+            stub.AdvertiseKeys,
+            pb.AdvertiseKeysRequest(federation=t.federation, round=r, advertisement=advertisement),
+        )
+        ads = t.poll_stage(stub.GetAdvertisements, r, deadline=deadline)
+        shares = client.share_keys([advertisement_from_pb(a) for a in ads.advertisements])
+        t.submit(
+            stub.ShareKeys,
+            pb.ShareKeysRequest(
+                federation=t.federation,
+                round=r,
+                sender=t.silo,
+                shares=[share_to_pb(s) for s in shares.shares],
+            ),
+        )
+        inbox = t.poll_stage(stub.GetInbox, r, deadline=deadline)
+        masked = client.masked_input([share_from_pb(s) for s in inbox.shares], encoded)
+        session_id = client.session_id.hex()
+        attestation = attest(session_id)
+        t.upload(stub.UploadMaskedInput, lambda: self._chunks(masked, attestation))
+        self._record_sent(session_id, masked, attestation)
+        survivors = t.poll_stage(stub.GetSurvivors, r, deadline=deadline)
+        signature = client.sign_survivors(list(survivors.survivors)).signature
+        t.submit(
+            stub.SignSurvivors,
+            pb.SignSurvivorsRequest(
+                federation=t.federation, round=r, silo=t.silo, signature=signature
+            ),
+        )
+        request = t.poll_stage(stub.GetUnmaskRequest, r, deadline=deadline)
+        response = client.unmask(unmask_request_from_pb(request))
+        t.submit(stub.Unmask, unmask_response_to_pb(t.federation, r, response))
+
+    def _record_sent(self, session_id: str, masked: MaskedVector, attestation: Attestation) -> None:
+        """Keep this silo's own record of what it sent (and the privacy it claimed) in its local ledger."""
+        sent: dict[str, Any] = {
+            "round": self.config.round,
+            "session_id": session_id,
+            "model_hash": self.config.model_hash.hex(),
+            "coordinates": int(masked.shape[0]),
+        }
+        if attestation.payload:
+            sent["attestation"] = json.loads(attestation.payload)
+            sent["attestation_signature"] = attestation.signature.hex()
+        self._transport.record("sent", sent)
+
+    def _chunks(self, masked: MaskedVector, attestation: Attestation) -> Iterator[pb.MaskedChunk]:
+        t = self._transport
         data = masked.astype("<u4")
-        step = self._chunk_words
+        step = t.chunk_words
         for start in range(0, data.shape[0], step):
             end = min(start + step, data.shape[0])
             chunk = pb.MaskedChunk(
-                federation=self.federation,
-                round=round_,
-                silo=self.silo,
+                federation=t.federation,
+                round=self.config.round,
+                silo=t.silo,
                 offset=start,
                 values=data[start:end].tobytes(),
                 last=end == data.shape[0],
             )
             if start == 0:
-                chunk.attestation = attestation
-                chunk.attestation_signature = signature
+                chunk.attestation = attestation.payload
+                chunk.attestation_signature = attestation.signature
             yield chunk
+
+
+def run_example_silo(config: SiloConfig, *, events: bool = False) -> list[dict[str, Any]]:
+    """Run one silo of the built-in example task (DP-SGD on its breast-cancer shard) until the federation ends.
+
+    Returns one summary per round; with ``events`` also prints them as machine-readable lines for the demo.
+    """
+    with Silo.from_config(config) as silo:
+        return run_example_task(config, silo, events=events)

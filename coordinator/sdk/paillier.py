@@ -25,53 +25,56 @@ Notes:
       for the same round or fish for new positions.
     - The silo insists on at least ``min_spot_checks`` positions (default 16) whatever the coordinator's
       round parameters say: the coordinator chooses the parameter but must not be able to weaken the check.
-    - Transport, retries, long polls and checkpoint witnessing are those of :class:`coordinator.sdk.masking.Silo`,
-      which this class drives (same channel, same error mapping).
+    - The round loop (join, round checks, model download, training, result, checkpoint witnessing) is
+      :class:`coordinator.sdk.loop.SiloClient`, shared with masking mode; channel, retries, error mapping and
+      long polls are :class:`coordinator.sdk.transport.Transport`. This module adds the Paillier pins, round
+      checks and the two stages.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
 import json
-import logging
-import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, TypeAlias, Unpack
 
 import numpy as np
 import numpy.typing as npt
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from coordinator.common import DEFAULT_MAX_MESSAGE_BYTES, RoundStatus, TlsFiles, chunk_words
-from coordinator.config import SiloConfig, SiloPolicy
-from coordinator.errors import (
-    Aborted,
-    InvalidInput,
-    StageError,
-    Unauthorized,
-)
-from coordinator.pki import load_ed25519_private
+from coordinator.common import TlsFiles
+from coordinator.config import SiloConfig
+from coordinator.errors import Aborted, InvalidInput, StageError, Unauthorized
 from coordinator.pki.paillier import PaillierFiles
-from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import paillier_pb2 as ppb
 from coordinator.proto.v1 import paillier_pb2_grpc as ppb_grpc
 from coordinator.sdk.example import run_example_task
-from coordinator.sdk.masking import PrivateUpdate, RetryPolicy, RoundReport, Silo
+from coordinator.sdk.loop import (
+    Attestation,
+    Member,
+    RoundContext,
+    RoundMode,
+    RoundStages,
+    SiloClient,
+    SiloConnection,
+    TrainFn,
+    connection_from_config,
+    tls_from_config,
+)
+from coordinator.sdk.transport import Transport
 from coordinator.wire.paillier import (
     commitment_to_pb,
     openings_from_pb,
     partial_to_pb,
     request_from_pb,
 )
-from secagg import Quantizer, Roster, RoundAborted, SecAggError
+from secagg import Quantizer
 from secagg.errors import ProtocolViolation
-from secagg.hazmat.keys import RandomSource
 from secagg.hazmat.paillier import KeyShare, ObfuscatorPool, ThresholdPublicKey
 from secagg.paillier import (
     DEFAULT_SPOT_CHECKS,
@@ -91,16 +94,11 @@ __all__ = [
     "run_example_paillier_silo",
 ]
 
-log = logging.getLogger(__name__)
+COLLECT_STAGE: Final = "collect"
+"""The first stage of a Paillier round: a silo takes part only in a round still collecting."""
 
-_POLL_SECONDS = 20.0
-_CHUNK_HEADROOM = (
-    16 * 1024
-)  # protobuf framing, ids, the commitment, the attestation and its signature
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Key material on disk
+_CHUNK_HEADROOM: Final = 16 * 1024
+"""Bytes kept free in an upload chunk for protobuf framing, ids, the commitment and the attestation."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -171,34 +169,17 @@ class SQLiteDecryptionHistory:
 # ----------------------------------------------------------------------------------------------------------------
 # The SDK
 
+PaillierRoundContext: TypeAlias = RoundContext[PaillierRoundConfig]
+"""What the training function receives in Paillier mode."""
 
-@dataclass(frozen=True)
-class PaillierRoundContext:
-    """What the training function receives in Paillier mode."""
+PaillierTrainFn: TypeAlias = TrainFn[PaillierRoundConfig]
 
-    round: int
-    weights: npt.NDArray[np.float32] = field(repr=False)
-    config: PaillierRoundConfig
+Slots = npt.NDArray[np.int64]
 
 
-PaillierTrainFn = Callable[[PaillierRoundContext], "npt.ArrayLike | PrivateUpdate"]
-
-
-def _round_config(info: ppb.PaillierRoundInfo) -> PaillierRoundConfig:
-    return PaillierRoundConfig(
-        federation_id=info.federation,
-        round_number=info.round,
-        session_id=bytes(info.session_id),
-        vector_length=int(info.vector_length),
-        value_bits=int(info.quantization.bits),
-        max_contributors=int(info.quantization.max_silos),
-        min_cohort=int(info.min_cohort),
-        spot_checks=int(info.spot_checks),
-        chunk_ciphertexts=int(info.chunk_ciphertexts),
-    )
-
-
-class PaillierSilo:
+class PaillierSilo(
+    SiloClient[ppb.PaillierJoinResponse, ppb.PaillierRoundInfo, PaillierRoundConfig]
+):
     """One silo's connection to a Paillier-mode federation.
 
     Args:
@@ -219,147 +200,125 @@ class PaillierSilo:
         max_message_bytes: the largest gRPC message this silo sends or accepts.
         audit_public_key: the coordinator's pinned audit key; the silo then witnesses checkpoints every round.
         workers: threads for the partial decryption's exponentiations.
+
+    The arguments shared with masking mode are declared once, in :class:`~coordinator.sdk.loop.SiloConnection`.
+
+    Raises:
+        Unauthorized: the key share or the joint key does not belong to this silo and roster.
     """
 
     def __init__(
         self,
         *,
-        address: str,
-        federation: str,
-        silo: str,
-        signing_key: Ed25519PrivateKey,
-        roster: Roster,
-        consortium_key: bytes,
         tls: TlsFiles,
         public_key: ThresholdPublicKey,
         share: KeyShare,
         state_dir: Path,
-        policy: SiloPolicy | None = None,
         min_spot_checks: int = DEFAULT_SPOT_CHECKS,
-        retry: RetryPolicy | None = None,
-        rng: RandomSource = os.urandom,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        audit_public_key: bytes | None = None,
         workers: int = 1,
+        **connection: Unpack[SiloConnection],
     ) -> None:
         if share.key_fingerprint != public_key.fingerprint():
             raise Unauthorized("the key share does not belong to the pinned Paillier public key")
+        roster, silo = connection["roster"], connection["silo"]
         if public_key.parties != len(roster.members) or share.index != roster.index(silo):
             raise Unauthorized("the Paillier key was not dealt to this roster")
         if min_spot_checks < 1:
             raise ValueError("min_spot_checks must be >= 1")
         state_dir.mkdir(parents=True, exist_ok=True)
-        self._transport = Silo(
-            address=address,
-            federation=federation,
-            silo=silo,
-            signing_key=signing_key,
-            roster=roster,
-            consortium_key=consortium_key,
-            tls=tls,
-            policy=policy,
-            retry=retry,
-            rng=rng,
-            max_message_bytes=max_message_bytes,
-            audit_public_key=audit_public_key,
-            witness_path=state_dir / "witness.sqlite",
-        )
-        self.silo = silo
-        self.federation = federation
-        self._key = signing_key
-        self._roster = roster
-        self._policy = policy or SiloPolicy()
-        self._min_spot_checks = min_spot_checks
-        self._public_key = public_key
-        self._share = share
-        self._rng = rng
-        self._workers = workers
-        self._max_message_bytes = max_message_bytes
-        self._history = SQLiteDecryptionHistory(state_dir / "paillier-decryptions.sqlite")
-        self._stub = ppb_grpc.PaillierFederationStub(self._transport._channel)
-        self._md = self._transport._metadata
 
-    def __repr__(self) -> str:
-        return f"PaillierSilo(silo={self.silo!r}, federation={self.federation!r})"
+        def mode(transport: Transport, member: Member) -> _PaillierMode:
+            return _PaillierMode(
+                transport,
+                member,
+                public_key=public_key,
+                share=share,
+                history=SQLiteDecryptionHistory(state_dir / "paillier-decryptions.sqlite"),
+                min_spot_checks=min_spot_checks,
+                workers=workers,
+            )
+
+        super().__init__(connection, tls=tls, witness_path=state_dir / "witness.sqlite", mode=mode)
 
     @classmethod
     def from_config(
         cls, config: SiloConfig, *, files: PaillierFiles | None = None, **overrides: Any
     ) -> PaillierSilo:
         """Connect as described by a silo's TOML configuration, with the Paillier files next to its keys."""
-        if config.tls is None:
+        tls = tls_from_config(config)
+        if tls is None:
             raise Unauthorized("Paillier mode requires mTLS")
         files = files or PaillierFiles.from_silo_config(config)
         public_key, share = files.load(federation=config.federation)
         arguments: dict[str, Any] = {
-            "address": config.coordinator,
-            "federation": config.federation,
-            "silo": config.silo,
-            "signing_key": load_ed25519_private(config.signing_key),
-            "roster": config.load_roster(),
-            "consortium_key": config.consortium_public_key,
-            "tls": TlsFiles(
-                config.tls.ca.read_bytes(),
-                config.tls.cert.read_bytes(),
-                config.tls.key.read_bytes(),
-            ),
+            **connection_from_config(config),
+            "tls": tls,
             "public_key": public_key,
             "share": share,
             "state_dir": config.state_dir,
-            "policy": config.policy,
-            "max_message_bytes": config.max_message_bytes,
-            "audit_public_key": config.audit_public_key,
         }
         return cls(**(arguments | overrides))
 
+
+class _PaillierMode(
+    RoundMode[ppb.PaillierJoinResponse, ppb.PaillierRoundInfo, PaillierRoundConfig]
+):
+    """Paillier mode in the shared loop: the pinned joint key, the round checks, then collect and decrypt."""
+
+    first_stage = COLLECT_STAGE
+
+    def __init__(
+        self,
+        transport: Transport,
+        member: Member,
+        *,
+        public_key: ThresholdPublicKey,
+        share: KeyShare,
+        history: SQLiteDecryptionHistory,
+        min_spot_checks: int,
+        workers: int,
+    ) -> None:
+        self.stub = transport.stub(ppb_grpc.PaillierFederationStub)
+        super().__init__(transport, member, self.stub)
+        self._public_key = public_key
+        self._share = share
+        self._history = history
+        self._min_spot_checks = min_spot_checks
+        self._workers = workers
+
     def close(self) -> None:
-        """Close the channel, the witness and the decryption history."""
-        self._transport.close()
         self._history.close()
 
-    def __enter__(self) -> PaillierSilo:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # plumbing ----------------------------------------------------------------------------------------
-    def _stage(self, round_: int, wait: float) -> pb.StageRequest:
-        return pb.StageRequest(
-            federation=self.federation, round=round_, silo=self.silo, wait_seconds=wait
-        )
-
-    # public API ----------------------------------------------------------------------------------------
-    def join(self) -> ppb.PaillierJoinResponse:
-        """Check membership, the roster and the joint key the coordinator serves against the pinned ones."""
-        response: ppb.PaillierJoinResponse = self._transport._rpc(
-            lambda: self._stub.Join(
-                pb.JoinRequest(federation=self.federation, silo=self.silo), metadata=self._md
-            )
-        )
-        if response.roster_fingerprint != self._roster.fingerprint():
-            raise Unauthorized("the coordinator serves a different roster than the pinned one")
-        if bytes(response.key_fingerprint) != self._public_key.fingerprint():
+    def check_join(self, answer: ppb.PaillierJoinResponse) -> None:
+        if bytes(answer.key_fingerprint) != self._public_key.fingerprint():
             raise Unauthorized(
                 "the coordinator serves a different Paillier key than the pinned one"
             )
-        if response.max_message_bytes:
-            self._max_message_bytes = min(self._max_message_bytes, response.max_message_bytes)
-        return response
+
+    def accept(self, info: ppb.PaillierRoundInfo) -> _PaillierRound:
+        config = _round_config(info)
+        self._check_round(info, config)
+        quantizer = Quantizer(
+            clip=float(info.quantization.clip),
+            bits=config.value_bits,
+            max_silos=config.max_contributors,
+        )
+        return _PaillierRound(config, quantizer, self, deadline=float(info.stage_deadline_unix))
 
     def _check_round(self, info: ppb.PaillierRoundInfo, config: PaillierRoundConfig) -> None:
         """Refuse round parameters weaker than the pinned key, roster and this silo's policy."""
-        if config.federation_id != self.federation or info.n != len(self._roster.members):
+        roster, policy = self.member.roster, self.member.policy
+        if config.federation_id != self.member.federation or info.n != len(roster.members):
             raise Unauthorized("round parameters do not match the pinned roster")
-        if config.max_contributors != len(self._roster.members):
+        if config.max_contributors != len(roster.members):
             raise Unauthorized("the slots are not sized for the roster")
         if bytes(info.key_fingerprint) != self._public_key.fingerprint():
             raise Unauthorized("the round uses another Paillier key")
         if info.threshold != self._public_key.threshold:
             raise Unauthorized("the round states another threshold than the key's")
-        if config.min_cohort < self._policy.min_cohort:
+        if config.min_cohort < policy.min_cohort:
             raise Unauthorized(
-                f"round min_cohort {config.min_cohort} is below this silo's {self._policy.min_cohort}"
+                f"round min_cohort {config.min_cohort} is below this silo's {policy.min_cohort}"
             )
         if config.spot_checks < self._min_spot_checks:
             raise Unauthorized(
@@ -369,220 +328,165 @@ class PaillierSilo:
         if config.session_id != session_id_for(bytes(info.session_nonce), bytes(info.model_hash)):
             raise Unauthorized("the session id is not bound to the round's model")
         width = self._public_key.ciphertext_bytes
-        if config.chunk_ciphertexts * width + _CHUNK_HEADROOM > self._max_message_bytes:
+        limit = self.transport.max_message_bytes
+        if config.chunk_ciphertexts * width + _CHUNK_HEADROOM > limit:
             raise InvalidInput("the round's upload chunks exceed this silo's message size limit")
 
-    def download_model(self, round_: int, expected_hash: bytes) -> npt.NDArray[np.float32]:
-        """Stream the global model of a round and check its hash."""
-        return self._transport._download_model_from(self._stub, round_, expected_hash)
-
-    def run(
-        self, train: PaillierTrainFn, *, max_rounds: int | None = None
-    ) -> Iterator[RoundReport]:
-        """Take part in every round until the federation finishes; yields one report per round joined."""
-        self.join()
-        next_round, done = 0, 0
-        while max_rounds is None or done < max_rounds:
-            request = pb.GetRoundRequest(federation=self.federation, after=next_round)
-
-            def get_round(wait: float, request: pb.GetRoundRequest = request) -> Any:
-                request.wait_seconds = wait
-                return self._stub.GetRound(request, metadata=self._md)
-
-            info: ppb.PaillierRoundInfo = self._transport._poll(get_round, time.time() + 3600)
-            if info.state == pb.ROUND_STATE_FINISHED:
-                return
-            config = _round_config(info)
-            next_round = config.round_number + 1
-            if info.stage != "collect":
-                log.info(
-                    "round %d is past collection; waiting for the next one", config.round_number
-                )
-                continue
-            self._check_round(info, config)
-            weights = self.download_model(config.round_number, bytes(info.model_hash))
-            # offline work first: the obfuscators do not depend on the update
-            pool = ObfuscatorPool(self._public_key, rng=self._rng)
-            pool.fill(config.ciphertext_count(self._public_key))
-            trained = train(PaillierRoundContext(config.round_number, weights, config))
-            private = trained if isinstance(trained, PrivateUpdate) else None
-            update = np.asarray(
-                private.update if private is not None else trained, dtype=np.float64
-            )
-            report = self._round(config, info, update, private, pool)
-            self._transport.witness_checkpoint()
-            yield report
-            done += 1
-
-    def _round(
-        self,
-        config: PaillierRoundConfig,
-        info: ppb.PaillierRoundInfo,
-        update: npt.NDArray[np.float64],
-        private: PrivateUpdate | None,
-        pool: ObfuscatorPool,
-    ) -> RoundReport:
-        r = config.round_number
-        deadline = float(info.stage_deadline_unix)
-        quantizer = Quantizer(
-            clip=float(info.quantization.clip),
-            bits=config.value_bits,
-            max_silos=config.max_contributors,
+    def decrypter(self, config: PaillierRoundConfig) -> PartialDecrypter:
+        """This silo as a key holder of the round (checks the request before it decrypts anything)."""
+        return PartialDecrypter(
+            silo_id=self.member.silo,
+            share=self._share,
+            public_key=self._public_key,
+            config=config,
+            roster=self.member.roster.members,
+            history=self._history,
+            rng=self.member.rng,
+            workers=self._workers,
         )
-        # two's complement in the ring -> the signed integers the slots hold
-        values = quantizer.encode(update, self._rng).view(np.int32).astype(np.int64)
-        contributor = PaillierContributor(
-            silo_id=self.silo,
-            signing_key=self._key,
+
+    def contributor(self, config: PaillierRoundConfig, pool: ObfuscatorPool) -> PaillierContributor:
+        """This silo as a contributor of the round (encrypts and commits under the joint key)."""
+        return PaillierContributor(
+            silo_id=self.member.silo,
+            signing_key=self.member.signing_key,
             public_key=self._public_key,
             config=config,
             pool=pool,
         )
-        try:
-            chunks, commitment = contributor.encrypt_update(values)
-            attestation, attestation_signature = b"", b""
-            if private is not None:
-                facts = private.attestation(
-                    federation=self.federation,
-                    round=r,
-                    session_id=config.session_id.hex(),
-                    silo=self.silo,
-                )
-                attestation = json.dumps(facts.to_dict(), sort_keys=True).encode("utf-8")
-                attestation_signature = self._key.sign(facts.signing_payload())
-            self._transport._rpc(
-                lambda: self._stub.UploadContribution(
-                    self._upload(r, chunks, commitment, attestation, attestation_signature),
-                    metadata=self._md,
-                ),
-                submission=True,
-            )
-            refused = self._decrypt(config, deadline)
-        except (Aborted, RoundAborted, StageError) as exc:
-            return RoundReport(r, RoundStatus.ABORTED, reason=str(exc))
-        except SecAggError as exc:
-            log.error("round %d refused: %s", r, exc)
-            return RoundReport(r, RoundStatus.ABORTED, reason=f"refused: {exc}")
-        if refused is not None:
-            return RoundReport(r, RoundStatus.ABORTED, reason=f"refused: {refused}")
-        result: pb.RoundResult = self._transport._poll(
-            lambda w: self._stub.GetResult(self._stage(r, w), metadata=self._md), deadline
-        )
-        status = (
-            RoundStatus.COMPLETED
-            if result.state == pb.ROUND_STATE_COMPLETED
-            else RoundStatus.ABORTED
-        )
-        return RoundReport(
-            r,
-            status,
-            tuple(result.survivors),
-            tuple(result.dropped),
-            bytes(result.new_model_hash),
-            result.reason,
-        )
 
-    def _decrypt(self, config: PaillierRoundConfig, deadline: float) -> str | None:
+    def obfuscators(self, config: PaillierRoundConfig) -> ObfuscatorPool:
+        """A filled pool of the round's encryption obfuscators (offline work: independent of the update)."""
+        pool = ObfuscatorPool(self._public_key, rng=self.member.rng)
+        pool.fill(config.ciphertext_count(self._public_key))
+        return pool
+
+    @property
+    def ciphertext_bytes(self) -> int:
+        """Bytes of one ciphertext under the joint key."""
+        return self._public_key.ciphertext_bytes
+
+
+class _PaillierRound(RoundStages[PaillierRoundConfig, Slots]):
+    """One Paillier round: quantize into slots, encrypt and upload ("collect"), then check and decrypt."""
+
+    def __init__(
+        self,
+        config: PaillierRoundConfig,
+        quantizer: Quantizer,
+        mode: _PaillierMode,
+        *,
+        deadline: float,
+    ) -> None:
+        super().__init__(config)
+        self._quantizer = quantizer
+        self._mode = mode
+        self._transport = mode.transport
+        self._stub = mode.stub
+        self._deadline = deadline
+        self._pool: ObfuscatorPool | None = None
+
+    def prepare(self) -> None:
+        # offline work first: the obfuscators do not depend on the update
+        self._pool = self._mode.obfuscators(self.config)
+
+    def encode(self, update: npt.NDArray[np.float64]) -> Slots:
+        # two's complement in the ring -> the signed integers the slots hold
+        ring = self._quantizer.encode(update, self._mode.member.rng)
+        return ring.view(np.int32).astype(np.int64)
+
+    def run(self, encoded: Slots, attest: Callable[[str], Attestation]) -> str | None:
+        pool = self._pool if self._pool is not None else self._mode.obfuscators(self.config)
+        chunks, commitment = self._mode.contributor(self.config, pool).encrypt_update(encoded)
+        attestation = attest(self.config.session_id.hex())
+        self._transport.upload(
+            self._stub.UploadContribution, lambda: self._upload(chunks, commitment, attestation)
+        )
+        return self._decrypt()
+
+    def _decrypt(self) -> str | None:
         """Check and partially decrypt the round's aggregate; returns the refusal reason if it refused."""
-        r = config.round_number
-        width = self._public_key.ciphertext_bytes
-
-        def fetch(wait: float) -> Any:
-            return request_from_pb(
-                self._stub.GetDecryptionRequest(self._stage(r, wait), metadata=self._md),
-                width=width,
-            )
-
+        t, stub, r = self._transport, self._stub, self.config.round_number
+        width = self._mode.ciphertext_bytes
+        collect = functools.partial(request_from_pb, width=width)
         try:
-            request = self._transport._poll(fetch, deadline)
+            request = t.poll(
+                lambda wait: t.read(stub.GetDecryptionRequest, t.stage_request(r, wait), collect),
+                deadline=self._deadline,
+            )
         except InvalidInput as exc:
             return f"malformed decryption request: {exc}"
-        decrypter = PartialDecrypter(
-            silo_id=self.silo,
-            share=self._share,
-            public_key=self._public_key,
-            config=config,
-            roster=self._roster.members,
-            history=self._history,
-            rng=self._rng,
-            workers=self._workers,
-        )
+        decrypter = self._mode.decrypter(self.config)
         try:
             challenge = decrypter.challenge(request)
-            response = self._transport._rpc(
-                lambda: openings_from_pb(
-                    self._stub.OpenSpotChecks(
-                        ppb.SpotCheckChallenge(
-                            federation=self.federation,
-                            round=r,
-                            silo=self.silo,
-                            request_digest=challenge.request_digest,
-                            positions=list(challenge.positions),
-                        ),
-                        metadata=self._md,
-                    )
-                )
+            spot_checks = ppb.SpotCheckChallenge(
+                federation=t.federation,
+                round=r,
+                silo=t.silo,
+                request_digest=challenge.request_digest,
+                positions=list(challenge.positions),
             )
-            partial = decrypter.partially_decrypt(response)
+            partial = decrypter.partially_decrypt(
+                t.read(stub.OpenSpotChecks, spot_checks, openings_from_pb)
+            )
         except (ProtocolViolation, InvalidInput) as exc:
-            reason = str(exc)
-            log.error("round %d: decryption request refused: %s", r, reason)
+            refusal = ppb.DecryptionRefusal(
+                federation=t.federation,
+                round=r,
+                silo=t.silo,
+                request_digest=request.digest(),
+                reason=str(exc),
+            )
             # the stage may have closed meanwhile; the refusal stands locally either way
             with contextlib.suppress(StageError, Aborted):
-                self._transport._rpc(
-                    lambda: self._stub.RefuseDecryption(
-                        ppb.DecryptionRefusal(
-                            federation=self.federation,
-                            round=r,
-                            silo=self.silo,
-                            request_digest=request.digest(),
-                            reason=reason,
-                        ),
-                        metadata=self._md,
-                    ),
-                    submission=True,
-                )
-            return reason
-        per_part = max(1, (chunk_words(self._max_message_bytes) * 4) // width)
-        # StageError: t partial decryptions were combined before this one arrived
+                t.submit(stub.RefuseDecryption, refusal)
+            return str(exc)
+        per_part = max(1, (t.chunk_words * 4) // width)
+        # StageError: the threshold of partial decryptions was combined before this one arrived
         with contextlib.suppress(StageError):
-            self._transport._rpc(
-                lambda: self._stub.SubmitPartialDecryption(
-                    partial_to_pb(
-                        partial,
-                        federation=self.federation,
-                        round_=r,
-                        width=width,
-                        per_part=per_part,
-                    ),
-                    metadata=self._md,
+            t.upload(
+                stub.SubmitPartialDecryption,
+                lambda: partial_to_pb(
+                    partial, federation=t.federation, round_=r, width=width, per_part=per_part
                 ),
-                submission=True,
             )
         return None
 
     def _upload(
         self,
-        round_: int,
         chunks: tuple[CiphertextChunk, ...],
         commitment: SignedCommitment,
-        attestation: bytes,
-        signature: bytes,
+        attestation: Attestation,
     ) -> Iterator[ppb.ContributionChunk]:
+        t = self._transport
         for i, chunk in enumerate(chunks):
             message = ppb.ContributionChunk(
-                federation=self.federation,
-                round=round_,
-                silo=self.silo,
+                federation=t.federation,
+                round=self.config.round_number,
+                silo=t.silo,
                 chunk_index=chunk.chunk_index,
                 ciphertexts=chunk.data,
                 last=i == len(chunks) - 1,
             )
             if i == 0:
                 message.commitment.CopyFrom(commitment_to_pb(commitment))
-                message.attestation = attestation
-                message.attestation_signature = signature
+                message.attestation = attestation.payload
+                message.attestation_signature = attestation.signature
             yield message
+
+
+def _round_config(info: ppb.PaillierRoundInfo) -> PaillierRoundConfig:
+    return PaillierRoundConfig(
+        federation_id=info.federation,
+        round_number=info.round,
+        session_id=bytes(info.session_id),
+        vector_length=int(info.vector_length),
+        value_bits=int(info.quantization.bits),
+        max_contributors=int(info.quantization.max_silos),
+        min_cohort=int(info.min_cohort),
+        spot_checks=int(info.spot_checks),
+        chunk_ciphertexts=int(info.chunk_ciphertexts),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -594,7 +498,7 @@ def run_example_paillier_silo(
 ) -> list[dict[str, Any]]:
     """Run one Paillier-mode silo of the built-in example task until the federation ends.
 
-    The same task as :func:`coordinator.sdk.example.run_example_silo` (DP-SGD on the silo's breast-cancer shard);
+    The same task as :func:`coordinator.sdk.masking.run_example_silo` (DP-SGD on the silo's breast-cancer shard);
     only the aggregation differs. Returns one summary per round; with ``events`` also prints them for the demo.
     """
     with PaillierSilo.from_config(config, files=files) as silo:

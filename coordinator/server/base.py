@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, NoReturn, TypeVar, cast
+from typing import Any, Literal, NamedTuple, NoReturn, TypeVar, cast
 
 import grpc
 import numpy as np
@@ -125,6 +125,28 @@ def drain_chunks(
     raise InvalidInput("upload ended without its last chunk")
 
 
+class StreamHeader(NamedTuple):
+    """Who a client stream says it is from, kept so its first chunk need not be (one chunk per stream)."""
+
+    federation: str
+    silo: str
+
+
+def refuse_empty() -> pb.Ack:
+    """The answer to a client stream that sent no message at all."""
+    raise InvalidInput("empty upload")
+
+
+def acked(submit: Callable[[str], object]) -> Callable[[str], pb.Ack]:
+    """A submission handler that answers ``Ack`` once ``submit(caller)`` has returned."""
+
+    def run(silo: str) -> pb.Ack:
+        submit(silo)
+        return pb.Ack()
+
+    return run
+
+
 class ServicerBase:
     """Caller identity, federation check, error mapping and the calls every mode's service answers alike."""
 
@@ -162,6 +184,38 @@ class ServicerBase:
         if federation != self._rounds.settings.federation:
             raise NotFound(f"unknown federation {federation!r}")
 
+    def _serve(
+        self,
+        context: grpc.ServicerContext,
+        request: Any,
+        fn: Callable[[str], R],
+        *,
+        claimed: str | Literal["silo"] | None = "silo",
+    ) -> R:
+        """Identify the caller, check ``request.federation``, run ``fn(caller)`` and translate exceptions.
+
+        The caller must be the silo the request names (``request.silo`` by default, ``claimed`` where the
+        message names it elsewhere); ``claimed=None`` admits any roster member (reads that name no silo).
+        """
+
+        def run() -> R:
+            silo = self._caller(context, request.silo if claimed == "silo" else claimed)
+            self._federation(request.federation)
+            return fn(silo)
+
+        return self._call(context, run)
+
+    def _joined(self, federation: str) -> dict[str, Any]:
+        """The fields every mode's ``Join`` answers: roster fingerprint, planned rounds, progress, limits."""
+        r = self._rounds
+        return {
+            "federation": federation,
+            "roster_fingerprint": r.roster.fingerprint(),
+            "rounds": r.settings.rounds,
+            "current_round": len(r.store.rounds(federation)),
+            "max_message_bytes": self._max_message_bytes,
+        }
+
     def _call(self, context: grpc.ServicerContext, fn: Callable[[], R]) -> R:
         try:
             return fn()
@@ -175,20 +229,15 @@ class ServicerBase:
     def DownloadModel(
         self, request: pb.DownloadModelRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ModelChunk]:
-        def run() -> tuple[bytes, bytes]:
-            self._caller(context)
-            self._federation(request.federation)
-            return self._rounds.model_bytes(request.round)
-
-        data, digest = self._call(context, run)
+        data, digest = self._serve(
+            context, request, lambda _: self._rounds.model_bytes(request.round), claimed=None
+        )
         yield from model_chunks(data, digest, self._max_message_bytes)
 
     def GetResult(self, request: pb.StageRequest, context: grpc.ServicerContext) -> pb.RoundResult:
-        def run() -> pb.RoundResult:
-            self._caller(context, request.silo)
-            self._federation(request.federation)
-            return outcome_to_pb(
-                self._rounds.result(request.round, self._wait(request.wait_seconds))
-            )
-
-        return self._call(context, run)
+        wait = self._wait(request.wait_seconds)
+        return self._serve(
+            context,
+            request,
+            lambda _: outcome_to_pb(self._rounds.result(request.round, wait)),
+        )

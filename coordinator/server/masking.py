@@ -9,17 +9,17 @@ import grpc
 
 from coordinator.common import DEFAULT_MAX_MESSAGE_BYTES, TlsFiles
 from coordinator.config import ServeConfig
-from coordinator.errors import (
-    InvalidInput,
-)
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from coordinator.rounds.masking import MaskingRounds
 from coordinator.server.app import bind_server, tls_files
 from coordinator.server.base import (
     ServicerBase,
+    StreamHeader,
     _prepend,
+    acked,
     drain_chunks,
+    refuse_empty,
     u32_view,
 )
 from coordinator.wire.masking import (
@@ -42,26 +42,15 @@ class FederationServicer(ServicerBase, pb_grpc.FederationServicer):
         super().__init__(rounds, **options)
         self._masking = rounds
 
-    # rpcs ------------------------------------------------------------------------------------------
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinResponse:
-        def run() -> pb.JoinResponse:
-            self._caller(context, request.silo)
-            self._federation(request.federation)
-            view_round = len(self._rounds.store.rounds(request.federation))
-            return pb.JoinResponse(
-                federation=request.federation,
-                roster_fingerprint=self._rounds.roster.fingerprint(),
-                rounds=self._rounds.settings.rounds,
-                current_round=view_round,
-                max_message_bytes=self._max_message_bytes,
-            )
-
-        return self._call(context, run)
+        return self._serve(
+            context,
+            request,
+            lambda _: pb.JoinResponse(**self._joined(request.federation)),
+        )
 
     def GetRound(self, request: pb.GetRoundRequest, context: grpc.ServicerContext) -> pb.RoundInfo:
-        def run() -> pb.RoundInfo:
-            self._caller(context)
-            self._federation(request.federation)
+        def run(_: str) -> pb.RoundInfo:
             view = self._rounds.view(after=request.after, wait=self._wait(request.wait_seconds))
             info = pb.RoundInfo(
                 state=pb.ROUND_STATE_FINISHED if view.finished else pb.ROUND_STATE_OPEN,
@@ -74,66 +63,73 @@ class FederationServicer(ServicerBase, pb_grpc.FederationServicer):
                 info.silo_dp.CopyFrom(plan_to_pb(self._masking.silo_dp_plan))
             return info
 
-        return self._call(context, run)
+        return self._serve(context, request, run, claimed=None)
 
     def AdvertiseKeys(
         self, request: pb.AdvertiseKeysRequest, context: grpc.ServicerContext
     ) -> pb.Ack:
-        def run() -> pb.Ack:
-            silo = self._caller(context, request.advertisement.silo)
-            self._federation(request.federation)
-            self._masking.advertise(
-                silo, request.round, advertisement_from_pb(request.advertisement)
-            )
-            return pb.Ack()
-
-        return self._call(context, run)
+        ad = request.advertisement
+        return self._serve(
+            context,
+            request,
+            acked(
+                lambda silo: self._masking.advertise(silo, request.round, advertisement_from_pb(ad))
+            ),
+            claimed=ad.silo,
+        )
 
     def GetAdvertisements(
         self, request: pb.StageRequest, context: grpc.ServicerContext
     ) -> pb.AdvertisementSet:
-        def run() -> pb.AdvertisementSet:
-            self._caller(context, request.silo)
-            self._federation(request.federation)
-            ads = self._masking.advertisements(request.round, self._wait(request.wait_seconds))
-            return pb.AdvertisementSet(advertisements=[advertisement_to_pb(a) for a in ads])
-
-        return self._call(context, run)
+        wait = self._wait(request.wait_seconds)
+        return self._serve(
+            context,
+            request,
+            lambda _: pb.AdvertisementSet(
+                advertisements=map(
+                    advertisement_to_pb, self._masking.advertisements(request.round, wait)
+                )
+            ),
+        )
 
     def ShareKeys(self, request: pb.ShareKeysRequest, context: grpc.ServicerContext) -> pb.Ack:
-        def run() -> pb.Ack:
-            silo = self._caller(context, request.sender)
-            self._federation(request.federation)
-            self._masking.share_keys(silo, request.round, share_keys_from_pb(request))
-            return pb.Ack()
-
-        return self._call(context, run)
+        return self._serve(
+            context,
+            request,
+            acked(
+                lambda silo: self._masking.share_keys(
+                    silo, request.round, share_keys_from_pb(request)
+                )
+            ),
+            claimed=request.sender,
+        )
 
     def GetInbox(self, request: pb.StageRequest, context: grpc.ServicerContext) -> pb.Inbox:
-        def run() -> pb.Inbox:
-            silo = self._caller(context, request.silo)
-            self._federation(request.federation)
-            shares = self._masking.inbox(silo, request.round, self._wait(request.wait_seconds))
-            return pb.Inbox(shares=[share_to_pb(s) for s in shares])
-
-        return self._call(context, run)
+        wait = self._wait(request.wait_seconds)
+        return self._serve(
+            context,
+            request,
+            lambda silo: pb.Inbox(
+                shares=map(share_to_pb, self._masking.inbox(silo, request.round, wait))
+            ),
+        )
 
     def UploadMaskedInput(
         self, request_iterator: Iterable[pb.MaskedChunk], context: grpc.ServicerContext
     ) -> pb.Ack:
-        def run() -> pb.Ack:
-            chunks = iter(request_iterator)
-            pending = [next(chunks, None)]
-            first = pending[0]
-            if first is None:
-                raise InvalidInput("empty upload")
-            silo = self._caller(context, first.silo)
-            self._federation(first.federation)
-            round_, federation = first.round, first.federation
-            attestation = bytes(first.attestation)
-            signature = bytes(first.attestation_signature)
-            # from here on only ``pending`` holds the first chunk, until drain_chunks takes it
-            del first
+        chunks = iter(request_iterator)
+        pending = [next(chunks, None)]
+        first = pending[0]
+        if first is None:
+            return self._call(context, refuse_empty)
+        header = StreamHeader(first.federation, first.silo)
+        round_, federation = first.round, first.federation
+        attestation = bytes(first.attestation)
+        signature = bytes(first.attestation_signature)
+        # from here on only ``pending`` holds the first chunk, until drain_chunks takes it
+        del first
+
+        def run(silo: str) -> pb.Ack:
             with self._masking.upload(
                 silo, round_, attestation=attestation, signature=signature
             ) as upload:
@@ -147,55 +143,52 @@ class FederationServicer(ServicerBase, pb_grpc.FederationServicer):
                 )
             return pb.Ack()
 
-        return self._call(context, run)
+        return self._serve(context, header, run)
 
     def GetSurvivors(
         self, request: pb.StageRequest, context: grpc.ServicerContext
     ) -> pb.SurvivorSet:
-        def run() -> pb.SurvivorSet:
-            self._caller(context, request.silo)
-            self._federation(request.federation)
-            return pb.SurvivorSet(
-                survivors=list(
-                    self._masking.survivors(request.round, self._wait(request.wait_seconds))
-                )
-            )
-
-        return self._call(context, run)
+        wait = self._wait(request.wait_seconds)
+        return self._serve(
+            context,
+            request,
+            lambda _: pb.SurvivorSet(survivors=self._masking.survivors(request.round, wait)),
+        )
 
     def SignSurvivors(
         self, request: pb.SignSurvivorsRequest, context: grpc.ServicerContext
     ) -> pb.Ack:
-        def run() -> pb.Ack:
-            silo = self._caller(context, request.silo)
-            self._federation(request.federation)
-            self._masking.sign_survivors(
-                silo, request.round, SurvivorSignature(silo, bytes(request.signature))
-            )
-            return pb.Ack()
-
-        return self._call(context, run)
+        signature = bytes(request.signature)
+        return self._serve(
+            context,
+            request,
+            acked(
+                lambda silo: self._masking.sign_survivors(
+                    silo, request.round, SurvivorSignature(silo, signature)
+                )
+            ),
+        )
 
     def GetUnmaskRequest(
         self, request: pb.StageRequest, context: grpc.ServicerContext
     ) -> pb.UnmaskRequest:
-        def run() -> pb.UnmaskRequest:
-            self._caller(context, request.silo)
-            self._federation(request.federation)
-            return unmask_request_to_pb(
-                self._masking.unmask_request(request.round, self._wait(request.wait_seconds))
-            )
-
-        return self._call(context, run)
+        wait = self._wait(request.wait_seconds)
+        return self._serve(
+            context,
+            request,
+            lambda _: unmask_request_to_pb(self._masking.unmask_request(request.round, wait)),
+        )
 
     def Unmask(self, request: pb.UnmaskShares, context: grpc.ServicerContext) -> pb.Ack:
-        def run() -> pb.Ack:
-            silo = self._caller(context, request.silo)
-            self._federation(request.federation)
-            self._masking.unmask(silo, request.round, unmask_response_from_pb(request))
-            return pb.Ack()
-
-        return self._call(context, run)
+        return self._serve(
+            context,
+            request,
+            acked(
+                lambda silo: self._masking.unmask(
+                    silo, request.round, unmask_response_from_pb(request)
+                )
+            ),
+        )
 
 
 def create_server(

@@ -22,7 +22,7 @@ from coordinator.proto.v1 import paillier_pb2 as ppb
 from coordinator.proto.v1 import paillier_pb2_grpc as ppb_grpc
 from coordinator.rounds.paillier import PaillierRounds
 from coordinator.server.app import bind_server, tls_files
-from coordinator.server.base import ServicerBase, drain_upload
+from coordinator.server.base import ServicerBase, acked, drain_upload, refuse_empty
 from coordinator.wire.paillier import (
     commitment_from_pb,
     openings_to_pb,
@@ -31,9 +31,7 @@ from coordinator.wire.paillier import (
 )
 from secagg.hazmat.paillier import ThresholdPublicKey
 from secagg.paillier import (
-    DecryptionRequest,
     SpotCheckChallenge,
-    SpotCheckResponse,
 )
 
 log = logging.getLogger(__name__)
@@ -66,28 +64,21 @@ class PaillierServicer(ServicerBase, ppb_grpc.PaillierFederationServicer):
     def Join(
         self, request: pb.JoinRequest, context: grpc.ServicerContext
     ) -> ppb.PaillierJoinResponse:
-        def run() -> ppb.PaillierJoinResponse:
-            self._caller(context, request.silo)
-            self._federation(request.federation)
-            s = self._service
-            return ppb.PaillierJoinResponse(
-                federation=request.federation,
-                roster_fingerprint=s.roster.fingerprint(),
-                rounds=s.settings.rounds,
-                current_round=len(s.store.rounds(request.federation)),
-                max_message_bytes=self._max_message_bytes,
-                key_fingerprint=s.public_key.fingerprint(),
-                threshold=s.public_key.threshold,
-            )
-
-        return self._call(context, run)
+        key = self._service.public_key
+        return self._serve(
+            context,
+            request,
+            lambda _: ppb.PaillierJoinResponse(
+                **self._joined(request.federation),
+                key_fingerprint=key.fingerprint(),
+                threshold=key.threshold,
+            ),
+        )
 
     def GetRound(
         self, request: pb.GetRoundRequest, context: grpc.ServicerContext
     ) -> ppb.PaillierRoundInfo:
-        def run() -> ppb.PaillierRoundInfo:
-            self._caller(context)
-            self._federation(request.federation)
+        def run(_: str) -> ppb.PaillierRoundInfo:
             view = self._service.view(after=request.after, wait=self._wait(request.wait_seconds))
             s, c = self._service.settings, view.config
             return ppb.PaillierRoundInfo(
@@ -113,18 +104,17 @@ class PaillierServicer(ServicerBase, ppb_grpc.PaillierFederationServicer):
                 session_nonce=view.session_nonce,
             )
 
-        return self._call(context, run)
+        return self._serve(context, request, run, claimed=None)
 
     def UploadContribution(
         self, request_iterator: Iterable[ppb.ContributionChunk], context: grpc.ServicerContext
     ) -> pb.Ack:
-        def run() -> pb.Ack:
-            chunks = iter(request_iterator)
-            first = next(chunks, None)
-            if first is None:
-                raise InvalidInput("empty upload")
-            silo = self._caller(context, first.silo)
-            self._federation(first.federation)
+        chunks = iter(request_iterator)
+        first = next(chunks, None)
+        if first is None:
+            return self._call(context, refuse_empty)
+
+        def run(silo: str) -> pb.Ack:
             if not first.HasField("commitment"):
                 raise InvalidInput("the first chunk must carry the signed commitment")
             with self._service.contribution(
@@ -143,66 +133,57 @@ class PaillierServicer(ServicerBase, ppb_grpc.PaillierFederationServicer):
                 )
             return pb.Ack()
 
-        return self._call(context, run)
+        return self._serve(context, first, run)
 
     def GetDecryptionRequest(
         self, request: pb.StageRequest, context: grpc.ServicerContext
     ) -> Iterator[ppb.DecryptionRequestPart]:
-        def run() -> tuple[DecryptionRequest, int]:
-            silo = self._caller(context, request.silo)
-            self._federation(request.federation)
-            found = self._service.decryption_request(
-                silo, request.round, self._wait(request.wait_seconds)
-            )
-            return found, self._service.chunk_ciphertexts
-
-        decryption_request, per_part = self._call(context, run)
-        yield from request_to_pb(decryption_request, width=self._width, per_part=per_part)
+        wait = self._wait(request.wait_seconds)
+        found = self._serve(
+            context,
+            request,
+            lambda silo: self._service.decryption_request(silo, request.round, wait),
+        )
+        yield from request_to_pb(found, width=self._width, per_part=self._service.chunk_ciphertexts)
 
     def OpenSpotChecks(
         self, request: ppb.SpotCheckChallenge, context: grpc.ServicerContext
     ) -> Iterator[ppb.SpotCheckOpenings]:
-        def run() -> SpotCheckResponse:
-            silo = self._caller(context, request.silo)
-            self._federation(request.federation)
-            challenge = SpotCheckChallenge(
-                request_digest=bytes(request.request_digest),
-                positions=tuple(int(p) for p in request.positions),
-            )
-            return self._service.open_spot_checks(silo, request.round, challenge)
-
-        response = self._call(context, run)
+        challenge = SpotCheckChallenge(
+            request_digest=bytes(request.request_digest),
+            positions=tuple(int(p) for p in request.positions),
+        )
+        response = self._serve(
+            context,
+            request,
+            lambda silo: self._service.open_spot_checks(silo, request.round, challenge),
+        )
         yield from openings_to_pb(response, budget=self._max_message_bytes // 2)
 
     def SubmitPartialDecryption(
         self, request_iterator: Iterable[ppb.PartialDecryptionPart], context: grpc.ServicerContext
     ) -> pb.Ack:
-        def run() -> pb.Ack:
-            parts = iter(request_iterator)
-            first = next(parts, None)
-            if first is None:
-                raise InvalidInput("empty partial decryption")
-            silo = self._caller(context, first.silo)
-            self._federation(first.federation)
-            limit = (
-                self._service.settings.vector_length
-            )  # >= ciphertexts per silo; exact check below
+        parts = iter(request_iterator)
+        first = next(parts, None)
+        if first is None:
+            return self._call(context, refuse_empty)
+        # the settings' vector length bounds the ciphertexts per silo; the exact count is checked later
+        limit = self._service.settings.vector_length
+
+        def run(silo: str) -> None:
             message = partial_from_pb(first, parts, width=self._width, limit=limit)
             self._service.partial_decryption(silo, first.round, message)
-            return pb.Ack()
 
-        return self._call(context, run)
+        return self._serve(context, first, acked(run))
 
     def RefuseDecryption(
         self, request: ppb.DecryptionRefusal, context: grpc.ServicerContext
     ) -> pb.Ack:
-        def run() -> pb.Ack:
-            silo = self._caller(context, request.silo)
-            self._federation(request.federation)
-            self._service.refuse(silo, request.round, bytes(request.request_digest), request.reason)
-            return pb.Ack()
+        def refuse(silo: str) -> None:
+            digest = bytes(request.request_digest)
+            self._service.refuse(silo, request.round, digest, request.reason)
 
-        return self._call(context, run)
+        return self._serve(context, request, acked(refuse))
 
 
 def create_paillier_server(

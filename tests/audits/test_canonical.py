@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audits import canonical
-from audits.canonical import canonical_json, es_number, parse_canonical
+from audits.canonical import canonical_json, es_number, fast_path_decides, parse_canonical
 
 # RFC 8785 Appendix B: IEEE-754 bit patterns and their canonical text.
 APPENDIX_B = [
@@ -148,6 +147,11 @@ def test_number_text_round_trips_exactly(x: float) -> None:
 # ------------------------------------------- the fast parse path agrees with the reference
 
 
+def _reference(data: bytes) -> object:
+    """The reference check alone (parse strictly, re-encode, compare), without the fast path."""
+    return parse_canonical(data, fast_path=False)
+
+
 def _outcome(parse: Callable[[bytes], object], data: bytes) -> tuple[str, str]:
     try:
         return ("ok", repr(parse(data)))  # repr keeps 1 and 1.0 and True apart
@@ -186,12 +190,12 @@ def test_number_and_structure_forms(data: bytes, expected: object) -> None:
     if expected is None:
         with pytest.raises(ValueError, match=r"canonical|duplicate|JSON|NaN|surrogate"):
             parse_canonical(data)
-        assert _outcome(canonical._parse_checked, data)[0] == "rejected"
+        assert _outcome(_reference, data)[0] == "rejected"
     else:
         value = parse_canonical(data)
         first = value[next(iter(value))]
         assert repr(first) == repr(expected)
-        assert _outcome(parse_canonical, data) == _outcome(canonical._parse_checked, data)
+        assert _outcome(parse_canonical, data) == _outcome(_reference, data)
 
 
 def _variants(value: object) -> list[bytes]:
@@ -211,25 +215,29 @@ def _variants(value: object) -> list[bytes]:
 @given(json_values, st.data())
 def test_fast_path_agrees_with_reference(value: object, data: st.DataObject) -> None:
     for encoded in _variants(value):
-        assert _outcome(parse_canonical, encoded) == _outcome(canonical._parse_checked, encoded)
+        assert _outcome(parse_canonical, encoded) == _outcome(_reference, encoded)
     # Single-byte edits of canonical bytes: a different value, non-canonical text or garbage.
     raw = bytearray(canonical_json(value))
     at = data.draw(st.integers(0, len(raw) - 1))
     raw[at] = data.draw(st.sampled_from(b'0159.e-+E" :,{}[]\\tfnua'))
     edited = bytes(raw)
-    assert _outcome(parse_canonical, edited) == _outcome(canonical._parse_checked, edited)
+    assert _outcome(parse_canonical, edited) == _outcome(_reference, edited)
+
+
+def test_ascii_entries_are_decided_on_the_fast_path() -> None:
+    entry = canonical_json({"kind": "round_opened", "round": 3, "delta": 1e-05, "eps": [0.5, 1.25]})
+    assert fast_path_decides(entry)
+    # not canonical, or not ASCII: the reference check decides (and here refuses or accepts)
+    assert not fast_path_decides(b'{"a":1.0}')
+    assert not fast_path_decides(canonical_json({"name": "h\u00f4pital"}))
 
 
 @given(st.floats(allow_nan=False, allow_infinity=False, width=64))
 def test_every_float_round_trips_through_the_fast_path(x: float) -> None:
     data = canonical_json({"x": x, "y": [x, -x], "s": repr(x)})
-    reference = repr(canonical._parse_checked(data))
-    assert repr(parse_canonical(data)) == reference
-    try:
-        fast = repr(canonical._parse_fast(data))
-    except canonical._NotFast:
+    reference = repr(_reference(data))
+    assert repr(parse_canonical(data)) == reference  # the fast path's answer whenever it decides
+    if not fast_path_decides(data):
         # Only integral doubles between 2**53 and 1e21 print as integers the exact-range
         # check sends to the reference path (and "e-" inside the "s" string).
         assert 2**53 < abs(x) < 1e21 or "e-" in repr(x)
-    else:
-        assert fast == reference

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -59,15 +61,73 @@ def test_report_json_contents(report: dict[str, object], federation: Federation)
 def test_html_is_self_contained_and_escaped(report: dict[str, object]) -> None:
     report = dict(report)
     report["federation"] = "<script>alert(1)</script>"
+    silos = [dict(s) for s in report["silos"]]  # type: ignore[attr-defined]
+    silos[0]["id"] = "<img src=x onerror=alert(2)>$x$"
+    report["silos"] = silos
     page = render_html(report)
     assert "<script>alert" not in page
     assert "&lt;script&gt;" in page
-    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "<img" not in page  # neither in the table nor in the chart's legend
+    assert "&lt;img src=x onerror=alert(2)&gt;$x$" in _chart(page)  # drawn literally, not as math
+    namespaces = re.compile(r'\sxmlns(:\w+)?="[^"]*"')  # names, never fetched
+    assert "http://" not in namespaces.sub("", page)
     assert "https://" not in page
     assert "<link" not in page
-    assert "src=" not in page
+    assert "src=" not in page.replace("&lt;img src=x", "")
     assert 'id="silo-table"' in page
     assert "<svg" in page
+
+
+def _chart(page: str) -> str:
+    start = page.index('<svg id="epsilon-plot"')
+    return page[start : page.index("</svg>", start) + len("</svg>")]
+
+
+_SVG = "{http://www.w3.org/2000/svg}"
+_XLINK_HREF = "{http://www.w3.org/1999/xlink}href"
+
+
+def _marker_shape(root: ElementTree.Element, series: ElementTree.Element) -> str:
+    """The outline of the marker a series draws at its points (defined once, used per point)."""
+    use = series.find(f".//{_SVG}use")
+    assert use is not None
+    marker = root.find(f".//{_SVG}path[@id='{use.get(_XLINK_HREF, '')[1:]}']")
+    assert marker is not None
+    return marker.get("d", "")
+
+
+def test_epsilon_chart_has_one_distinguishable_series_per_silo(report: dict[str, object]) -> None:
+    silos: list[dict[str, object]] = report["silos"]  # type: ignore[assignment]
+    root = ElementTree.fromstring(_chart(render_html(report)))
+    groups = {g.get("id", ""): g for g in root.iter(f"{_SVG}g")}
+    series = [groups[f"epsilon-silo-{i}"] for i in range(len(silos))]
+    assert f"epsilon-silo-{len(silos)}" not in groups
+    for group, silo in zip(series, silos, strict=True):
+        rounds = silo["epsilon_by_round"]
+        assert isinstance(rounds, list)
+        assert len(group.findall(f".//{_SVG}use")) == len(rounds)  # one marker per round
+    # a different marker shape and line style for every silo, not only a different colour
+    assert len({_marker_shape(root, g) for g in series}) == len(silos)
+    line_styles = set()
+    for group in series:
+        line = group.find(f"{_SVG}path")
+        assert line is not None
+        line_styles.add(re.sub(r"stroke: #\w+;", "", line.get("style", "")))
+    assert len(line_styles) == len(silos)
+    budget = groups["epsilon-budget-0"].find(f"{_SVG}path")
+    assert budget is not None
+    assert "stroke-dasharray" in budget.get("style", "")
+    texts = ["".join(t.itertext()) for t in root.iter(f"{_SVG}text")]
+    assert {"round", "epsilon (cumulative)"} <= set(texts)
+    assert texts.count("budget 8") == 2  # on the line and in the legend
+    for silo in silos:
+        assert silo["id"] in texts  # in the legend
+
+
+def test_epsilon_chart_is_deterministic(report: dict[str, object]) -> None:
+    first, second = _chart(render_html(report)), _chart(render_html(report))
+    assert first == second
+    assert "<metadata" not in first  # no date, no creator: the same report gives the same bytes
 
 
 def _chromium() -> str:
@@ -124,6 +184,6 @@ def test_report_renders_in_headless_chromium(report: dict[str, object], tmp_path
     assert '<table id="silo-table">' in rendered
     for silo in ("hospital-a", "hospital-b", "hospital-c"):
         assert silo in rendered
-    assert '<svg xmlns="http://www.w3.org/2000/svg" id="epsilon-plot"' in rendered
-    assert rendered.count('class="silo-line"') == 3
-    assert 'class="budget-line"' in rendered
+    assert '<svg id="epsilon-plot"' in rendered
+    assert rendered.count('id="epsilon-silo-') == 3
+    assert 'id="epsilon-budget-0"' in rendered

@@ -7,8 +7,9 @@ import json
 import shutil
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -597,18 +598,31 @@ def test_the_decoding_process_takes_its_share_of_an_unstarted_backlog(
         for i in range(9)
     ]
     gate = threading.Event()
-    with ThreadPoolExecutor(1) as pool:
+    with _RecordingPool() as pool:
         pool.submit(gate.wait)  # the only worker is busy: nothing submitted below starts
         checks = _SignatureChecks(pool, 1)
         for job in jobs:
             checks.add(job)
-        submitted = list(checks._submitted)  # four chunks of two; job 8 is still pending
+        submitted = pool.futures[1:]  # four chunks of two; job 8 is still pending
         assert len(submitted) == 4
         threading.Timer(0.2, gate.set).start()  # the worker frees up while this process works
         assert checks.first_bad() == (3, "a")
     # this process took half of the unstarted backlog, from the end; the worker the rest
-    assert [f.cancelled() for _, f in submitted] == [False, False, True, True]
+    assert [f.cancelled() for f in submitted] == [False, False, True, True]
     assert checks.first_bad() is None  # everything was consumed
+
+
+class _RecordingPool(ThreadPoolExecutor):
+    """One worker thread that remembers every future it handed out (what the checks were given)."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.futures: list[Future[Any]] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future = super().submit(fn, *args, **kwargs)
+        self.futures.append(future)
+        return future
 
 
 def test_pool_and_inline_give_the_same_report(

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audits import CheckpointSigner
 from coordinator.common import RoundStatus, TlsFiles, ledger_origin
-from coordinator.config import Deadlines
+from coordinator.config import Deadlines, MaskingDeadlines, PaillierDeadlines
 from coordinator.pki import ConsortiumPaths, create_consortium, load_ed25519_private
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
@@ -157,18 +157,23 @@ def settings(
         threshold=threshold if threshold is not None else n // 2 + 1,
         collusion=0,
         min_cohort=min_cohort,
-        deadlines=deadlines
-        or Deadlines(
-            advertise=LONG, share_keys=LONG, masked_input=LONG, consistency=LONG, unmask=LONG
-        ),
+        deadlines=deadlines or deadlines_with(),
     )
 
 
 def deadlines_with(**short: float) -> Deadlines:
-    """LONG deadlines except the named stages."""
-    values = {s: LONG for s in ("advertise", "share_keys", "masked_input", "consistency", "unmask")}
-    values.update(short)
-    return Deadlines(**values)
+    """LONG deadlines except the named stages: masking stages, or Paillier's ``collect`` and ``decrypt``.
+
+    A Paillier stage not named lasts as long as the masking stages it stands for (``collect`` = ``advertise`` +
+    ``masked_input``, ``decrypt`` = ``consistency`` + ``unmask``), so shortening those shortens it too.
+    """
+    masking = {stage: short.pop(stage, LONG) for stage in MaskingDeadlines.model_fields}
+    paillier = {
+        "collect": masking["advertise"] + masking["masked_input"],
+        "decrypt": masking["consistency"] + masking["unmask"],
+        **short,
+    }
+    return Deadlines(masking=MaskingDeadlines(**masking), paillier=PaillierDeadlines(**paillier))
 
 
 @dataclass

@@ -25,7 +25,7 @@ from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from coordinator.wire.masking import advertisement_to_pb
 from secagg import Advertisement, SecAggClient
 from secagg.hazmat.keys import sign
-from secagg.messages import advertisement_payload
+from secagg.masking.messages import advertisement_payload
 from tests.e2e.harness import (
     Consortium,
     Coordinator,

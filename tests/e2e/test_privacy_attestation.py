@@ -442,7 +442,7 @@ def test_attestation_over_the_ceiling_is_refused(consortium: Consortium, tmp_pat
 def test_attestation_over_the_ceiling_is_flagged_when_configured(
     consortium: Consortium, tmp_path: Path
 ) -> None:
-    flag = dataclasses.replace(CEILING, on_violation="flag")
+    flag = CEILING.model_copy(update={"on_violation": "flag"})
     config = with_privacy(settings(n=4, length=LENGTH), flag)
     with running_coordinator(consortium, tmp_path / "c.db", config) as coord:
         reports = in_threads(
@@ -473,7 +473,7 @@ def test_flagged_under_report_is_accepted_and_the_ledger_still_verifies(
     consortium: Consortium, tmp_path: Path
 ) -> None:
     config = with_privacy(
-        settings(n=4, length=LENGTH), dataclasses.replace(CEILING, on_violation="flag")
+        settings(n=4, length=LENGTH), CEILING.model_copy(update={"on_violation": "flag"})
     )
     with running_coordinator(consortium, tmp_path / "c.db", config) as coord:
         d = AttestingSilo(consortium, "d", coord.address)

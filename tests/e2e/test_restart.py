@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from coordinator.common import RoundStatus, model_hash
-from coordinator.config import Deadlines, write_demo_configs
+from coordinator.config import write_demo_configs
 from coordinator.sdk.masking import RoundReport
 from coordinator.store import RoundRecord, SQLiteStore
 from secagg import Stage
@@ -24,10 +24,10 @@ from tests.e2e.harness import (
     EXACT_BITS,
     EXACT_CLIP,
     FEDERATION,
-    LONG,
     Consortium,
     IntVector,
     ManualSilo,
+    deadlines_with,
     exact,
     expected_model,
     in_threads,
@@ -83,9 +83,7 @@ def coordinator_command(kind: str, consortium: Consortium, workdir: Path) -> tup
         model_size=LENGTH,
         listen="127.0.0.1:0",
         coordinator="127.0.0.1:1",  # the silo files are not used here
-        deadlines=Deadlines(
-            advertise=LONG, share_keys=LONG, masked_input=LONG, consistency=LONG, unmask=LONG
-        ),
+        deadlines=deadlines_with(),
     )
     secagg = Path(sys.executable).parent / "secagg"
     return [

@@ -3,6 +3,10 @@
 ``run_round`` plays an honest server end to end. ``run_to_consistency`` routes stages 1-3 through the real
 :class:`SecAggServer` and then hands the live clients to the test, which plays a *malicious* server for
 stages 4-5; ``attacker_unmask`` is what that server would do with whatever shares it extracted.
+
+Tests see the clients only through their public API. What a *colluding* silo knows beyond that (its own
+X25519 keys, hence the shares addressed to it) comes from its own randomness: every client draws from a
+:class:`RecordingRng`, and :func:`own_x25519_key` finds the key among the draws.
 """
 
 from __future__ import annotations
@@ -29,12 +33,12 @@ from secagg import (
     SurvivorSignature,
     UnmaskResponse,
 )
-from secagg.client import pairwise_mask_key, self_mask_key
-from secagg.config import minimum_threshold
 from secagg.hazmat import shamir
-from secagg.hazmat.keys import agree, sign
+from secagg.hazmat.keys import agree, open_sealed, public_bytes, seal, sign
 from secagg.hazmat.prg import MaskStream
-from secagg.messages import survivors_payload
+from secagg.masking.client import pairwise_mask_key, self_mask_key, share_aad, share_key
+from secagg.masking.config import minimum_threshold
+from secagg.masking.messages import survivors_payload
 
 U32 = npt.NDArray[np.uint32]
 
@@ -43,6 +47,43 @@ def seeded_rng(seed: int) -> Callable[[int], bytes]:
     """A deterministic byte source for tests (never for production)."""
     generator = random.Random(seed)
     return lambda n: generator.randbytes(n)
+
+
+class RecordingRng:
+    """:func:`seeded_rng` that also keeps every draw: what a silo knows of its own randomness."""
+
+    def __init__(self, seed: int) -> None:
+        self._generator = random.Random(seed)
+        self.draws: list[bytes] = []
+
+    def __call__(self, n: int) -> bytes:
+        data = self._generator.randbytes(n)
+        self.draws.append(data)
+        return data
+
+
+def own_x25519_key(rng: RecordingRng, public: bytes) -> X25519PrivateKey:
+    """The X25519 private key behind ``public`` among a silo's draws (a colluding silo reads its own keys)."""
+    for draw in rng.draws:
+        if len(draw) == 32:
+            key = X25519PrivateKey.from_private_bytes(draw)
+            if public_bytes(key) == public:
+                return key
+    raise LookupError("no draw of this randomness is the private key of that public key")
+
+
+def encrypt_share(
+    session: bytes,
+    sender_key: X25519PrivateKey,
+    sender: str,
+    recipient: Advertisement,
+    plaintext: bytes,
+    rng: Callable[[int], bytes],
+) -> EncryptedShare:
+    """A share ciphertext that a colluding ``sender`` encrypts by hand, with any plaintext, to ``recipient``."""
+    key = share_key(agree(sender_key, recipient.enc_public), session, sender, recipient.silo)
+    aad = share_aad(session, sender, recipient.silo)
+    return EncryptedShare(sender, recipient.silo, seal(key, plaintext, aad, rng))
 
 
 @dataclass
@@ -93,17 +134,22 @@ def make_config(
     )
 
 
-def make_clients(fed: Federation, config: RoundConfig, *, seed: int = 1) -> dict[str, SecAggClient]:
-    """One client per roster member, each with its own seeded randomness."""
+def make_clients(
+    fed: Federation,
+    config: RoundConfig,
+    *,
+    seed: int = 1,
+    randomness: dict[str, RecordingRng] | None = None,
+) -> dict[str, SecAggClient]:
+    """One client per roster member, each with its own seeded randomness (kept in ``randomness`` if given)."""
+    rngs = {s: RecordingRng(seed + i) for i, s in enumerate(fed.silos)}
+    if randomness is not None:
+        randomness.update(rngs)
     return {
         s: SecAggClient(
-            silo=s,
-            signing_key=fed.keys[s],
-            roster=fed.roster,
-            config=config,
-            rng=seeded_rng(seed + i),
+            silo=s, signing_key=fed.keys[s], roster=fed.roster, config=config, rng=rngs[s]
         )
-        for i, s in enumerate(fed.silos)
+        for s in fed.silos
     }
 
 
@@ -154,13 +200,23 @@ def run_round(
         for start in range(0, y.shape[0], chunk):
             server.add_masked_chunk(s, start, y[start : start + chunk])
         server.finish_masked_input(s)
+    return finish_round(server, clients, alive)
+
+
+def finish_round(
+    server: SecAggServer,
+    clients: Mapping[str, SecAggClient],
+    alive: Callable[[str], Iterable[str]] | None = None,
+) -> AggregateResult:
+    """Close stage 3 and play stages 4-5 honestly; ``alive(stage)`` names who is still there (default: all)."""
+    present = alive if alive is not None else (lambda stage: list(clients))
     survivors = server.close_masked_input()
-    for s in alive("consistency"):
+    for s in present("consistency"):
         if s in survivors:
             server.receive_survivor_signature(clients[s].sign_survivors(survivors))
     request = server.close_consistency()
     signers = {sig.silo for sig in request.signatures}
-    for s in alive("unmask"):
+    for s in present("unmask"):
         if s in signers:
             server.receive_unmask(clients[s].unmask(request))
     return server.close_unmask()
@@ -178,10 +234,30 @@ class Transcript:
     inbox: Mapping[str, tuple[EncryptedShare, ...]]
     inputs: dict[str, U32]
     masked: dict[str, U32]
+    survivors: tuple[str, ...]  # U3 as the server fixed it; empty when too few silos submitted
+    randomness: dict[str, RecordingRng]
 
     @property
     def session(self) -> bytes:
         return next(iter(self.clients.values())).session_id
+
+    def enc_key(self, silo: str) -> X25519PrivateKey:
+        """``silo``'s share-encryption key, as that silo (colluding) knows it."""
+        ad = next(ad for ad in self.ads if ad.silo == silo)
+        return own_x25519_key(self.randomness[silo], ad.enc_public)
+
+    def held_shares(self, holder: str, owner: str) -> tuple[bytes, bytes]:
+        """The shares of ``owner``'s self-mask seed and mask key that ``holder`` received in stage 2.
+
+        What a colluding ``holder`` hands the server: it opens ``owner``'s ciphertext with its own key.
+        """
+        owner_ad = next(ad for ad in self.ads if ad.silo == owner)
+        share = next(s for s in self.inbox[holder] if s.sender == owner)
+        key = share_key(
+            agree(self.enc_key(holder), owner_ad.enc_public), self.session, owner, holder
+        )
+        plaintext = open_sealed(key, share.ciphertext, share_aad(self.session, owner, holder))
+        return plaintext[: shamir.SHARE_BYTES], plaintext[shamir.SHARE_BYTES :]
 
     def signature(self, silo: str, survivors: Iterable[str]) -> SurvivorSignature:
         """A roster signature on a survivor set, as a colluding silo would produce for any set it is asked."""
@@ -202,7 +278,8 @@ def run_to_consistency(
     The server has closed stage 3 (and waits for survivor signatures) when enough silos submitted.
     """
     server = SecAggServer(config=config, roster=fed.roster)
-    clients = make_clients(fed, config, seed=seed)
+    randomness: dict[str, RecordingRng] = {}
+    clients = make_clients(fed, config, seed=seed, randomness=randomness)
     inputs = inputs if inputs is not None else random_inputs(fed, config.vector_length, seed=seed)
     for client in clients.values():
         server.receive_advertisement(client.advertise())
@@ -217,9 +294,10 @@ def run_to_consistency(
     for silo, y in masked.items():
         server.add_masked_chunk(silo, 0, y)
         server.finish_masked_input(silo)
-    if len(masked) >= config.required_survivors:
-        server.close_masked_input()
-    return Transcript(fed, config, server, clients, ads, inbox, inputs, masked)
+    survivors = server.close_masked_input() if len(masked) >= config.required_survivors else ()
+    return Transcript(
+        fed, config, server, clients, ads, inbox, inputs, masked, survivors, randomness
+    )
 
 
 def attacker_unmask(
@@ -246,8 +324,7 @@ def attacker_unmask(
             key_shares[index(response.silo)] = response.mask_key_shares[victim]
     for colluder in colluders:
         # A colluding silo hands over both shares it holds for the victim (its own memory).
-        held = tr.clients[colluder]._held[victim]
-        seed_shares[index(colluder)], key_shares[index(colluder)] = held
+        seed_shares[index(colluder)], key_shares[index(colluder)] = tr.held_shares(colluder, victim)
     if len(seed_shares) < t or len(key_shares) < t:
         return None
     seed = shamir.reconstruct(seed_shares, threshold=t)

@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from secagg import ProtocolViolation, RoundAborted
-from secagg.config import minimum_threshold
 from secagg.hazmat import shamir
+from secagg.masking.config import minimum_threshold
 from tests.secagg.harness import (
     make_config,
     make_federation,

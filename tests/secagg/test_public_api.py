@@ -45,6 +45,20 @@ def test_importing_secagg_pulls_in_no_grpc_torch_or_io_framework() -> None:
     assert not loaded & forbidden, loaded & forbidden
 
 
+def test_importing_secagg_leaves_paillier_mode_and_its_extra_unloaded() -> None:
+    code = "import json, sys; import secagg; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120
+    )
+    loaded = json.loads(out.stdout)
+    paillier = [
+        m
+        for m in loaded
+        if m.startswith(("gmpy2", "phe", "secagg.paillier", "secagg.hazmat.paillier"))
+    ]
+    assert not paillier, paillier
+
+
 def test_repr_of_secret_holding_objects_hides_the_secrets() -> None:
     from tests.secagg.harness import make_config, make_federation, run_to_consistency
 

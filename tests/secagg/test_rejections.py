@@ -24,15 +24,19 @@ from secagg import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from secagg.client import share_aad, share_key
 from secagg.hazmat import shamir
 from secagg.hazmat.keys import agree, new_x25519, open_sealed, seal, sign
-from secagg.messages import advertisement_payload
+from secagg.masking.messages import advertisement_payload, session_id
 from tests.secagg.harness import (
     Federation,
+    RecordingRng,
+    encrypt_share,
+    finish_round,
     make_clients,
     make_config,
     make_federation,
+    own_x25519_key,
+    ring_sum,
     run_to_consistency,
     seeded_rng,
 )
@@ -250,16 +254,28 @@ def test_advertised_low_order_encryption_key_is_refused_at_agreement(
 def _round_with_low_order_mask_key(
     fed: Federation, config: RoundConfig, point: bytes
 ) -> tuple[dict[str, SecAggClient], dict[str, list[EncryptedShare]]]:
-    """Stage 2 where silo 2 colludes: it signs an advertisement carrying ``point`` as its mask key."""
-    clients = make_clients(fed, config)
+    """Stage 2 where silo 2 colludes: it signs an advertisement carrying ``point`` as its mask key.
+
+    Its own client would refuse the forged advertisement, so the colluder encrypts its (well-formed) share
+    ciphertexts by hand with its real share-encryption key, which it knows from its own randomness.
+    """
+    randomness: dict[str, RecordingRng] = {}
+    clients = make_clients(fed, config, randomness=randomness)
     ads = list(advertise(clients))
-    colluder = clients[fed.silos[2]]
-    ads[2] = signed_ad(fed, config, colluder.silo, ads[2].enc_public, point)
-    colluder._own_ad = ads[2]  # the colluder runs the real code on its forged advertisement
+    colluder = fed.silos[2]
+    ads[2] = signed_ad(fed, config, colluder, ads[2].enc_public, point)
     inbox: dict[str, list[EncryptedShare]] = {s: [] for s in fed.silos}
-    for client in clients.values():
-        for share in client.share_keys(ads).shares:
-            inbox[share.recipient].append(share)
+    for silo, client in clients.items():
+        if silo != colluder:
+            for share in client.share_keys(ads).shares:
+                inbox[share.recipient].append(share)
+    session = session_id(config, ads)
+    enc_key = own_x25519_key(randomness[colluder], ads[2].enc_public)
+    rng = seeded_rng(98)
+    for ad in ads:
+        if ad.silo != colluder:
+            plaintext = bytes(2 * shamir.SHARE_BYTES)
+            inbox[ad.silo].append(encrypt_share(session, enc_key, colluder, ad, plaintext, rng))
     return clients, inbox
 
 
@@ -354,12 +370,13 @@ def test_share_plaintext_of_the_wrong_length_is_refused(
 ) -> None:
     tr = run_to_consistency(fed, config, submit=())
     victim, sender = fed.silos[0], fed.silos[1]
-    sender_client = tr.clients[sender]
     victim_ad = next(ad for ad in tr.ads if ad.silo == victim)
     # the (colluding) sender encrypts a wrong-size plaintext correctly to the victim
-    key = share_key(agree(sender_client._enc_key, victim_ad.enc_public), tr.session, sender, victim)
-    ciphertext = seal(key, b"\x00" * size, share_aad(tr.session, sender, victim), seeded_rng(99))
-    inbox = [EncryptedShare(sender, victim, ciphertext)]
+    plaintext = b"\x00" * size
+    forged = encrypt_share(
+        tr.session, tr.enc_key(sender), sender, victim_ad, plaintext, seeded_rng(99)
+    )
+    inbox = [forged]
     inbox += [s for s in tr.inbox[victim] if s.sender != sender]
     with pytest.raises(ProtocolViolation, match="wrong length"):
         tr.clients[victim].masked_input(inbox, tr.inputs[victim])
@@ -401,16 +418,9 @@ def test_client_refuses_an_update_of_the_wrong_shape(fed: Federation, config: Ro
 
 
 def test_server_refuses_malformed_masked_chunks(fed: Federation, config: RoundConfig) -> None:
-    server = SecAggServer(config=config, roster=fed.roster)
-    clients = make_clients(fed, config)
-    for c in clients.values():
-        server.receive_advertisement(c.advertise())
-    ads = server.close_advertise()
-    for c in clients.values():
-        server.receive_shares(c.share_keys(ads))
-    server.close_share_keys()
-    silo = fed.silos[0]
-    before = server._total.copy()
+    tr = run_to_consistency(fed, config, submit=())
+    server, silo = tr.server, fed.silos[0]
+    masked = {s: tr.clients[s].masked_input(tr.inbox[s], tr.inputs[s]) for s in fed.silos}
     malformed: list[tuple[int, Any]] = [
         (0, np.zeros(9, np.uint32)),  # too long
         (0, np.zeros(0, np.uint32)),  # empty
@@ -421,16 +431,48 @@ def test_server_refuses_malformed_masked_chunks(fed: Federation, config: RoundCo
     for offset, chunk in malformed:
         with pytest.raises(ProtocolError):
             server.add_masked_chunk(silo, offset, chunk)
-    np.testing.assert_array_equal(server._total, before)  # refused input changed nothing
-    server.add_masked_chunk(silo, 0, np.ones(5, np.uint32))
+    assert server.received(silo) == 0
+    server.add_masked_chunk(silo, 0, masked[silo][:5])
+    assert server.received(silo) == 5
     with pytest.raises(ProtocolError, match=r"5 coordinates; expected 8"):
         server.finish_masked_input(silo)
     with pytest.raises(ProtocolError, match=r"not on the roster|not in U2"):
         server.add_masked_chunk("intruder", 0, np.ones(8, np.uint32))
-    server.add_masked_chunk(silo, 5, np.ones(3, np.uint32))
+    server.add_masked_chunk(silo, 5, masked[silo][5:])
     server.finish_masked_input(silo)
+    assert server.received(silo) == 8
     with pytest.raises(ProtocolError, match="already submitted"):
         server.add_masked_chunk(silo, 0, np.ones(8, np.uint32))
+    for other in fed.silos[1:]:
+        server.add_masked_chunk(other, 0, masked[other])
+        server.finish_masked_input(other)
+    result = finish_round(server, tr.clients)
+    # refused input changed nothing: the sum is exact
+    np.testing.assert_array_equal(result.total, ring_sum(tr.inputs.values(), 8))
+
+
+def test_a_broken_off_upload_is_discarded_from_the_sum(
+    fed: Federation, config: RoundConfig
+) -> None:
+    tr = run_to_consistency(fed, config, submit=())
+    server, silo = tr.server, fed.silos[0]
+    masked = {s: tr.clients[s].masked_input(tr.inbox[s], tr.inputs[s]) for s in fed.silos}
+    server.add_masked_chunk(silo, 0, masked[silo][:3])
+    server.add_masked_chunk(silo, 3, np.full(2, 7, np.uint32))  # the stream broke inside this chunk
+    assert server.received(silo) == 5
+    with pytest.raises(ProtocolError, match="only the last added chunk"):
+        server.discard_masked_chunk(silo, 0, masked[silo][:3])
+    with pytest.raises(ProtocolError, match="unfinished uploads must be discarded first"):
+        server.close_masked_input()
+    server.discard_masked_chunk(silo, 3, np.full(2, 7, np.uint32))
+    assert server.received(silo) == 3
+    server.add_masked_chunk(silo, 3, masked[silo][3:])
+    server.finish_masked_input(silo)
+    for other in fed.silos[1:]:
+        server.add_masked_chunk(other, 0, masked[other])
+        server.finish_masked_input(other)
+    result = finish_round(server, tr.clients)
+    np.testing.assert_array_equal(result.total, ring_sum(tr.inputs.values(), 8))
 
 
 @pytest.mark.parametrize(
@@ -449,7 +491,7 @@ def test_server_refuses_an_unmask_response_that_does_not_match_the_request(
     fed: Federation, config: RoundConfig
 ) -> None:
     tr = run_to_consistency(fed, config, submit=fed.silos[:3])
-    survivors = tr.server._u3
+    survivors = tr.survivors
     for s in survivors:
         tr.server.receive_survivor_signature(tr.clients[s].sign_survivors(survivors))
     request = tr.server.close_consistency()
@@ -493,11 +535,11 @@ def test_client_refuses_every_out_of_order_call(fed: Federation, config: RoundCo
 def test_aborted_client_refuses_everything_afterwards(fed: Federation, config: RoundConfig) -> None:
     tr = run_to_consistency(fed, config)
     client = tr.clients[fed.silos[0]]
+    assert client.holds_secrets
     with pytest.raises(ProtocolViolation):
         client.sign_survivors([*fed.silos, fed.silos[0]])  # repeated id
     assert client.stage is Stage.ABORTED
-    assert client._held == {}
-    assert client._seed == b""
+    assert not client.holds_secrets  # the refusal wiped every share and the seed
     with pytest.raises(ProtocolError):
         client.sign_survivors(fed.silos)  # a corrected retry is refused too
     with pytest.raises(ProtocolError):

@@ -22,11 +22,11 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from secagg import Quantizer
-from secagg.client import pairwise_mask_key, self_mask_key, share_key
 from secagg.hazmat import shamir
 from secagg.hazmat.keys import agree, encode_fields, hkdf, sign, verify
 from secagg.hazmat.prg import CHUNK_BYTES, MaskStream, add_mask, mask_key
-from secagg.messages import advertisement_payload
+from secagg.masking.client import pairwise_mask_key, self_mask_key, share_key
+from secagg.masking.messages import advertisement_payload
 from tests.secagg.harness import (
     make_config,
     make_federation,

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 
 from secagg import Quantizer
-from secagg.client import pairwise_mask_key, self_mask_key, share_key
 from secagg.hazmat import shamir
 from secagg.hazmat.keys import encode_fields, hkdf
 from secagg.hazmat.prg import add_mask, mask_key
-from secagg.messages import advertisement_payload
+from secagg.masking.client import pairwise_mask_key, self_mask_key, share_key
+from secagg.masking.messages import advertisement_payload
 from tests.secagg.harness import (
     make_config,
     make_federation,

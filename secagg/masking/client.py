@@ -22,7 +22,6 @@ import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from secagg.config import RoundConfig
 from secagg.errors import (
     DecryptionError,
     InvalidSignature,
@@ -47,7 +46,8 @@ from secagg.hazmat.keys import (
     verify,
 )
 from secagg.hazmat.prg import MaskStream, mask_key
-from secagg.messages import (
+from secagg.masking.config import RoundConfig
+from secagg.masking.messages import (
     Advertisement,
     EncryptedShare,
     ShareKeys,
@@ -173,6 +173,14 @@ class SecAggClient:
     def session_id(self) -> bytes:
         """The session id, known after stage 2 starts."""
         return self._session
+
+    @property
+    def holds_secrets(self) -> bool:
+        """Whether this client still holds secrets it could reveal: peers' Shamir shares or its self-mask seed.
+
+        True from stage 2 until :meth:`unmask` hands out the shares; any refusal wipes them at once.
+        """
+        return bool(self._held) or bool(self._seed)
 
     def _expect(self, stage: Stage) -> None:
         if self.stage != stage:

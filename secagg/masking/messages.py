@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from secagg.config import PROTOCOL_VERSION, RoundConfig
 from secagg.hazmat.keys import encode_fields
+from secagg.masking.config import PROTOCOL_VERSION, RoundConfig
 
 __all__ = [
     "Advertisement",

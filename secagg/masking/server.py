@@ -20,13 +20,13 @@ import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from secagg.client import pairwise_mask_key, self_mask_key
-from secagg.config import RoundConfig
 from secagg.errors import InvalidSignature, ProtocolError, ProtocolViolation, RoundAborted
 from secagg.hazmat import shamir
 from secagg.hazmat.keys import KEY_BYTES, agree, verify
 from secagg.hazmat.prg import MaskStream
-from secagg.messages import (
+from secagg.masking.client import pairwise_mask_key, self_mask_key
+from secagg.masking.config import RoundConfig
+from secagg.masking.messages import (
     Advertisement,
     EncryptedShare,
     ShareKeys,
@@ -79,6 +79,16 @@ class SecAggServer:
     def session_id(self) -> bytes:
         """The session id, known once stage 1 has closed."""
         return self._session
+
+    def received(self, silo: str) -> int:
+        """How many coordinates of ``silo``'s masked vector are in the running sum (read-only).
+
+        0 before its first chunk, back to a chunk's offset when that chunk is discarded, and
+        ``config.vector_length`` once the upload is complete. Lets a caller see that a chunk has *arrived*,
+        not merely been sent.
+        """
+        received = self._received.get(silo, 0)
+        return self.config.vector_length if received < 0 else received
 
     def _expect(self, stage: Stage) -> None:
         if self.stage != stage:

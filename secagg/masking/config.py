@@ -1,4 +1,4 @@
-"""The public parameters of one round and the threshold rules they must satisfy.
+"""The public parameters of one masking round and the threshold rules they must satisfy.
 
 Notes:
     Against an active server colluding with up to ``c`` silos, the Shamir threshold must satisfy

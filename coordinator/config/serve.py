@@ -1,0 +1,338 @@
+"""``serve.toml``: the coordinator's configuration (``secagg serve --config FILE``) and its tables."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+import numpy as np
+from pydantic import (
+    BeforeValidator,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from coordinator.common import chunk_words
+from coordinator.config.base import (
+    ConfigModel,
+    Count,
+    FederationConfig,
+    InputPath,
+    LoadContext,
+    NonNegative,
+    OutputPath,
+    Positive,
+    Probability,
+    Text,
+    default_from,
+    resolve_path,
+)
+from coordinator.config.errors import kind, rule_error, value_error
+from coordinator.errors import ConfigError
+from secagg import InvalidParameters, Quantizer, Roster, check_threshold, minimum_threshold
+
+__all__ = [
+    "Deadlines",
+    "MaskingDeadlines",
+    "ModelConfig",
+    "PaillierDeadlines",
+    "PrivacyConfig",
+    "RoundsConfig",
+    "ServeConfig",
+    "SiloDPConfig",
+]
+
+_FINGERPRINT = re.compile(r"[0-9a-f]{64}")
+
+
+class ModelConfig(ConfigModel):
+    """The ``[model]`` table: the global model's vector length, optionally with an initial vector.
+
+    A file gives exactly one of ``size`` and ``initial``; the size of an initial vector is read from its
+    ``.npy`` header.
+    """
+
+    _table = ("model",)
+
+    size: Count = Field(json_schema_extra=default_from("the length of `initial`"))
+    """Number of float32 coordinates of the model."""
+    initial: InputPath | None = None
+    """A ``.npy`` file holding a 1-D float32 vector to start from; zeros when omitted."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _size_from_initial(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(info.context, LoadContext) or not isinstance(data, dict):
+            return data
+        initial = data.get("initial")
+        path = None
+        if initial is not None:
+            path = resolve_path(initial, info.context, must_exist=True, key="initial")
+        if ("size" in data) == (path is not None):
+            raise rule_error("give exactly one of 'size' and 'initial'")
+        if path is None:
+            return data
+        try:
+            # mmap reads only the header: the size and dtype are known without loading the vector.
+            vector = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError):
+            raise value_error(f"{path} is not a .npy array", key="initial") from None
+        if not isinstance(vector, np.ndarray) or vector.ndim != 1 or vector.dtype != np.float32:
+            raise value_error(f"{path} must hold a 1-D float32 vector", key="initial")
+        return {**data, "initial": path, "size": int(vector.shape[0])}
+
+
+class RoundsConfig(ConfigModel):
+    """The ``[rounds]`` table: how many rounds, and the public protocol parameters of each.
+
+    Notes:
+        Threshold rules (t > (n + c)/2, ``min_cohort`` <= n) are checked against the roster's size with
+        :func:`secagg.check_threshold` (Bonawitz et al. CCS 2017, section 6.3) when the file is loaded; an
+        omitted threshold defaults to the smallest safe one.
+    """
+
+    _table = ("rounds",)
+
+    count: Count
+    """Number of training rounds."""
+    clip: Positive
+    """L2 bound on each silo's update (public; quantization maps [-clip, clip] to integers)."""
+    collusion: NonNegative = 0
+    """Silos the coordinator may collude with, c; the threshold must exceed (n + c)/2."""
+    threshold: int = Field(
+        json_schema_extra=default_from("the smallest safe threshold, (n + collusion) // 2 + 1")
+    )
+    """Shamir threshold t: how many silos must survive a round for its sum to be unmasked."""
+    min_cohort: int = 3
+    """Fewest silos a released sum may contain (at least 2, at most the roster size)."""
+    bits: int = 16
+    """Signed bits per quantized coordinate (with headroom for the sum, at most 32 in all)."""
+
+    def check(self, n: int) -> None:
+        """Check the threshold and quantization rules for a roster of ``n`` silos.
+
+        Raises:
+            ConfigError: the rule that failed, from :func:`secagg.check_threshold` or :class:`secagg.Quantizer`.
+        """
+        try:
+            check_threshold(
+                n=n, threshold=self.threshold, collusion=self.collusion, min_cohort=self.min_cohort
+            )
+        except InvalidParameters as exc:
+            raise ConfigError(f"[rounds]: {exc}") from exc
+        try:
+            self.quantizer(n)
+        except InvalidParameters as exc:
+            raise ConfigError(f"[rounds] bits/clip: {exc}") from exc
+
+    def quantizer(self, n: int) -> Quantizer:
+        """The quantizer for a federation of ``n`` silos."""
+        return Quantizer(clip=self.clip, bits=self.bits, max_silos=n)
+
+
+class MaskingDeadlines(ConfigModel):
+    """The ``[deadlines.masking]`` table: seconds each stage of a masking round waits for the silos.
+
+    A silo that has not answered when its stage's deadline passes counts as dropped (DESIGN 4.3); a stage
+    closes earlier once every expected silo has answered.
+    """
+
+    _table = ("deadlines", "masking")
+
+    advertise: Positive = 30.0
+    """Advertise keys: every silo announces its signed per-round public keys."""
+    share_keys: Positive = 30.0
+    """Share keys: every silo sends its encrypted Shamir shares through the coordinator."""
+    masked_input: Positive = 120.0
+    """Masked input: every silo trains and streams its masked update (local training happens here)."""
+    consistency: Positive = 30.0
+    """Consistency check: survivors sign the list of silos whose masked input arrived."""
+    unmask: Positive = 30.0
+    """Unmask: survivors reveal the shares that remove the masks."""
+
+
+class PaillierDeadlines(ConfigModel):
+    """The ``[deadlines.paillier]`` table: seconds each stage of a Paillier round waits for the silos.
+
+    The defaults equal the masking stages they stand for: ``collect`` = ``advertise`` + ``masked_input``,
+    ``decrypt`` = ``consistency`` + ``unmask``.
+    """
+
+    _table = ("deadlines", "paillier")
+
+    collect: Positive = 150.0
+    """Collect: every silo trains and streams its packed ciphertexts (local training happens here)."""
+    decrypt: Positive = 60.0
+    """Decrypt: key holders check the aggregate and return their partial decryptions."""
+
+
+class Deadlines(ConfigModel):
+    """The ``[deadlines]`` table: per-stage deadlines, in seconds, for each aggregation mode."""
+
+    _table = ("deadlines",)
+
+    masking: MaskingDeadlines = Field(default_factory=MaskingDeadlines)
+    """Deadlines of a masking round's five stages."""
+    paillier: PaillierDeadlines = Field(default_factory=PaillierDeadlines)
+    """Deadlines of a Paillier round's two stages."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        """Stage deadlines used to sit in ``[deadlines]`` itself: say where they went."""
+        if isinstance(data, dict):
+            for key in data:
+                if key in MaskingDeadlines.model_fields:
+                    raise value_error(
+                        "deadlines are per mode now: move it under [deadlines.masking] "
+                        "(Paillier mode reads [deadlines.paillier] collect and decrypt)",
+                        key=key,
+                    )
+                if key == "round_start":
+                    raise value_error("is no longer used: remove it", key=key)
+        return data
+
+
+class PrivacyConfig(ConfigModel):
+    """The ``[privacy]`` table: the federation's privacy ceiling and how it is enforced.
+
+    Without it the federation runs without a ceiling: attestations are verified and recorded when sent, but not
+    required.
+
+    Notes:
+        The coordinator does not trust a silo's claimed epsilon: it recomputes it from the attested mechanism
+        parameters with its own RDP accountant (``dp.accounting.check_attestation``) over everything that silo
+        attested before. Silos enforce their own budgets first; this ceiling is the consortium's second line.
+    """
+
+    _table = ("privacy",)
+
+    epsilon: Positive
+    """The most record-level epsilon any silo may have spent, over all rounds (the ceiling)."""
+    delta: Probability
+    """The largest delta a silo's attestation may state."""
+    on_violation: Literal["refuse", "flag"] = "refuse"
+    """``"refuse"`` rejects the upload of a silo whose attestation under-reports its epsilon or exceeds the
+    ceiling; ``"flag"`` accepts it and records an incident in the audit ledger."""
+    require_attestation: bool = True
+    """Refuse an upload that carries no signed privacy attestation."""
+    unit_of_privacy: str = "one record (a patient or customer) of one silo"
+    """What one "record" is, in words, for the audit report (NIST SP 800-226 asks for it)."""
+
+    @field_validator("unit_of_privacy")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise rule_error("must not be empty")
+        return value
+
+
+class SiloDPConfig(ConfigModel):
+    """The ``[silo_dp]`` table: silo-level distributed DP on top of secure aggregation (masking mode only).
+
+    Every silo clips its update to ``[rounds] clip``, rotates, scales, rounds to integers and adds its share of
+    integer noise before masking, so the securely aggregated sum carries the central noise and nobody ever holds
+    a noiseless sum (``dp.distributed``; Kairouz, Liu and Steinke 2021; Agarwal, Kairouz and Liu 2021). The noise
+    shares are sized for ``n - dropouts_tolerated - [rounds] collusion`` honest survivors; a round with fewer
+    contributions than ``n - dropouts_tolerated`` is aborted rather than released with too little noise.
+    """
+
+    _table = ("silo_dp",)
+
+    noise_multiplier: Positive
+    """Central noise standard deviation over the clip norm."""
+    mechanism: Literal["skellam", "ddg"] = "skellam"
+    """``"skellam"`` or ``"ddg"`` (distributed discrete Gaussian)."""
+    bits: Annotated[int, Field(ge=8, le=32)] = 20
+    """Bit width of the modular sum, at most 32 (the masking ring); the scale is chosen so the sum wraps with
+    probability below 1e-9 per round, and wraps that happen are counted and recorded."""
+    dropouts_tolerated: NonNegative = 0
+    """Silos that may drop out of a round without weakening the guarantee."""
+    rotation: bool = True
+    """Randomized Hadamard rotation before rounding (spreads the mass; recommended)."""
+    delta: Probability = 1e-5
+    """The delta of the silo-level epsilon recorded per round."""
+
+
+def _fingerprints(value: object) -> object:
+    if not isinstance(value, list | tuple | set | frozenset):
+        raise value_error(f"expected a list of strings, got {kind(value)}")
+    for entry in value:
+        if not isinstance(entry, str):
+            raise value_error(f"expected a list of strings, got a list holding {kind(entry)}")
+    lowered = frozenset(entry.lower() for entry in value)
+    if not all(_FINGERPRINT.fullmatch(entry) for entry in lowered):
+        raise value_error("each entry must be a SHA-256 fingerprint (64 hex digits)")
+    return lowered
+
+
+Fingerprints = Annotated[
+    frozenset[Annotated[str, StringConstraints(pattern="^[0-9a-fA-F]{64}$")]],
+    BeforeValidator(_fingerprints),
+]
+
+
+class ServeConfig(FederationConfig):
+    """The coordinator's configuration, ``serve.toml`` (``secagg serve --config FILE``).
+
+    Loading also reads the roster, verifies it with the pinned consortium key and checks the threshold rules
+    against its size, so a configuration that loads is one a round can run with.
+    """
+
+    _address = "listen"
+    _port_zero = True
+
+    listen: Text
+    """``host:port`` to bind (IPv6 as ``[addr]:port``; port 0 picks a free port)."""
+    storage: OutputPath
+    """The SQLite database file (created if missing)."""
+    audit_key: InputPath
+    """The Ed25519 private key that signs the audit ledger's checkpoints."""
+    model: ModelConfig
+    """The global model's size and optional initial vector."""
+    rounds: RoundsConfig
+    """Round count and protocol parameters (the threshold resolved when omitted)."""
+    deadlines: Deadlines = Field(default_factory=Deadlines)
+    """Per-stage deadlines of each mode."""
+    privacy: PrivacyConfig | None = None
+    """The federation's privacy ceiling and attestation policy; absent for a federation without a ceiling."""
+    silo_dp: SiloDPConfig | None = None
+    """Silo-level distributed DP (masking mode only); absent for none."""
+    paillier_public_key: InputPath | None = None
+    """The joint Paillier public key (``secagg pki paillier``); required in Paillier mode and only there."""
+    revoked_certificates: Fingerprints = frozenset()
+    """SHA-256 fingerprints (hex) of client certificates to refuse."""
+
+    @classmethod
+    def _from_roster(cls, doc: dict[str, Any], roster: Roster, roster_file: Path) -> dict[str, Any]:
+        """An omitted threshold is the smallest safe one for the roster's size (DESIGN 4.3)."""
+        rounds = doc.get("rounds")
+        if not isinstance(rounds, dict) or "threshold" in rounds:
+            return doc
+        collusion = rounds.get("collusion", 0)
+        if type(collusion) is not int:  # validation names the bad collusion
+            return doc
+        threshold = minimum_threshold(len(roster.members), collusion)
+        return {**doc, "rounds": {**rounds, "threshold": threshold}}
+
+    @model_validator(mode="after")
+    def _consistent(self, info: ValidationInfo) -> Self:
+        if (self.mode == "paillier") != (self.paillier_public_key is not None):
+            raise rule_error(
+                "is required in Paillier mode and only there", key="paillier_public_key"
+            )
+        if self.mode == "paillier" and self.silo_dp is not None:
+            raise rule_error("[silo_dp] is available in masking mode only")
+        if isinstance(info.context, LoadContext) and info.context.roster is not None:
+            # the threshold rules against the roster's size; the ConfigError passes through pydantic as it is
+            self.rounds.check(len(info.context.roster.members))
+        return self
+
+    @property
+    def chunk_bytes(self) -> int:
+        """Largest vector payload per streamed chunk: below ``max_message_bytes``, a multiple of 4 bytes."""
+        return chunk_words(self.max_message_bytes) * 4

@@ -1,0 +1,562 @@
+"""The one round loop both silo kinds run; each aggregation mode plugs in only its own checks and stages.
+
+A silo kind is a :class:`SiloClient` over a :class:`~coordinator.sdk.transport.Transport` and a
+:class:`RoundMode`. The client joins (the pinned roster, then the mode's own pins), long-polls the next round,
+stops when the federation has finished, skips a round already past its first stage, lets the mode check the
+round against the silo's pins and policy (:meth:`RoundMode.accept`), downloads and hash-checks the model, lets
+the mode do its offline work, trains, lets the mode encode the update and run its stages
+(:class:`RoundStages`), waits for the result, witnesses the audit checkpoint and yields a :class:`RoundReport`.
+
+Notes:
+    When the training function returns a private update (anything with ``update`` and ``attestation(...)``,
+    such as ``dp.training.RoundResult``), the loop binds its privacy attestation to the round's session id as
+    soon as the mode knows it, and signs it with the silo's roster key; the mode sends it with the first chunk
+    of its upload. A refusal (a check that failed: a :class:`secagg.SecAggError`, or the reason a mode
+    returns) ends the silo's part in the round before it reveals anything more, and the report says
+    ``refused: <the check>``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import (
+    Any,
+    ClassVar,
+    Generic,
+    Protocol,
+    Required,
+    Self,
+    TypeAlias,
+    TypedDict,
+    TypeVar,
+    runtime_checkable,
+)
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from coordinator.common import DEFAULT_MAX_MESSAGE_BYTES, RoundStatus, TlsFiles
+from coordinator.config import SiloConfig, SiloPolicy
+from coordinator.errors import Aborted, StageError, Unauthorized
+from coordinator.pki import load_ed25519_private
+from coordinator.proto.v1 import coordinator_pb2 as pb
+from coordinator.sdk.transport import RetryPolicy, Transport
+from dp.accounting import PrivacyAttestation
+from secagg import Roster, RoundAborted, SecAggError
+from secagg.hazmat.keys import RandomSource
+
+__all__ = [
+    "Attestation",
+    "FederationCalls",
+    "JoinAnswer",
+    "Member",
+    "PrivateUpdate",
+    "RoundAnnouncement",
+    "RoundContext",
+    "RoundMode",
+    "RoundReport",
+    "RoundStages",
+    "SiloClient",
+    "SiloConnection",
+    "TrainFn",
+    "connection_from_config",
+    "tls_from_config",
+]
+
+log = logging.getLogger(__name__)
+
+ConfigT = TypeVar("ConfigT")
+EncodedT = TypeVar("EncodedT")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What the training function sees and what a round reports
+
+
+@dataclass(frozen=True)
+class RoundContext(Generic[ConfigT]):
+    """What the training function receives: the round, its global model and the mode's round parameters."""
+
+    round: int
+    weights: npt.NDArray[np.float32] = field(repr=False)
+    config: ConfigT
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """How a round ended, from this silo's point of view."""
+
+    round: int
+    status: RoundStatus
+    survivors: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
+    new_model_hash: bytes = b""
+    reason: str = ""
+
+
+@runtime_checkable
+class PrivateUpdate(Protocol):
+    """A training result that carries its privacy facts (``dp.training.RoundResult`` is one)."""
+
+    @property
+    def update(self) -> npt.NDArray[Any]:
+        """The model update (new - old weights), flat."""
+        ...
+
+    def attestation(
+        self, *, federation: str, round: int, session_id: str, silo: str
+    ) -> PrivacyAttestation:
+        """The round's privacy attestation, bound to the round's session (unsigned)."""
+        ...
+
+
+TrainFn: TypeAlias = Callable[[RoundContext[ConfigT]], "npt.ArrayLike | PrivateUpdate"]
+
+
+@dataclass(frozen=True)
+class Attestation:
+    """A signed privacy attestation as it travels with an upload's first chunk (both empty without one).
+
+    Attributes:
+        payload: the attested facts as JSON with sorted keys.
+        signature: Ed25519 by the silo's roster key over the attestation's signing payload.
+    """
+
+    payload: bytes = b""
+    signature: bytes = field(default=b"", repr=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Who the silo is
+
+
+class SiloConnection(TypedDict, total=False):
+    """The constructor arguments both silo kinds share (declared once; the kinds add their own).
+
+    Keys:
+        address: the coordinator's ``host:port``.
+        federation: federation id.
+        silo: this silo's id on the roster (and its certificate's common name).
+        signing_key: the silo's Ed25519 roster key.
+        roster: the pinned roster; verified against ``consortium_key``.
+        consortium_key: the pinned consortium public key (32 bytes).
+        policy: the silo's own minimum requirements (default :class:`~coordinator.config.SiloPolicy`).
+        retry: backoff for transient failures.
+        rng: randomness for the protocol; ``os.urandom`` unless a test injects one.
+        max_message_bytes: the largest gRPC message this silo sends or accepts; chunks stay below the smaller
+            of this and the coordinator's own limit (announced in ``Join``).
+        audit_public_key: the coordinator's pinned audit key; the silo then witnesses the coordinator's
+            ledger checkpoints after every round.
+    """
+
+    address: Required[str]
+    federation: Required[str]
+    silo: Required[str]
+    signing_key: Required[Ed25519PrivateKey]
+    roster: Required[Roster]
+    consortium_key: Required[bytes]
+    policy: SiloPolicy | None
+    retry: RetryPolicy | None
+    rng: RandomSource
+    max_message_bytes: int
+    audit_public_key: bytes | None
+
+
+def connection_from_config(config: SiloConfig) -> SiloConnection:
+    """The shared constructor arguments a silo's TOML configuration (``secagg silo --config``) describes."""
+    return SiloConnection(
+        address=config.coordinator,
+        federation=config.federation,
+        silo=config.silo,
+        signing_key=load_ed25519_private(config.signing_key),
+        roster=config.load_roster(),
+        consortium_key=config.consortium_public_key,
+        policy=config.policy,
+        max_message_bytes=config.max_message_bytes,
+        audit_public_key=config.audit_public_key,
+    )
+
+
+def tls_from_config(config: SiloConfig) -> TlsFiles | None:
+    """The PEM files a silo configuration names, read; ``None`` when it names none."""
+    if config.tls is None:
+        return None
+    return TlsFiles(
+        config.tls.ca.read_bytes(), config.tls.cert.read_bytes(), config.tls.key.read_bytes()
+    )
+
+
+@dataclass(frozen=True)
+class Member:
+    """This silo as a mode sees it: its id, roster key, pinned roster, policy and randomness."""
+
+    federation: str
+    silo: str
+    signing_key: Ed25519PrivateKey = field(repr=False)
+    roster: Roster = field(repr=False)
+    policy: SiloPolicy
+    rng: RandomSource = field(repr=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What a mode plugs in
+
+
+class JoinAnswer(Protocol):
+    """What both modes' Join answers carry."""
+
+    @property
+    def roster_fingerprint(self) -> str:
+        """SHA-256 hex of the roster the coordinator serves."""
+        ...
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest message the coordinator accepts (0: not announced)."""
+        ...
+
+
+class RoundAnnouncement(Protocol):
+    """What both modes' round announcements (``GetRound`` answers) carry."""
+
+    @property
+    def round(self) -> int:
+        """The round's number."""
+        ...
+
+    @property
+    def state(self) -> int:
+        """A ``RoundState`` value."""
+        ...
+
+    @property
+    def stage(self) -> str:
+        """The round's current stage."""
+        ...
+
+    @property
+    def model_hash(self) -> bytes:
+        """SHA-256 of the global model the round starts from."""
+        ...
+
+    @property
+    def stage_deadline_unix(self) -> float:
+        """When the current stage closes at the latest."""
+        ...
+
+
+JoinT = TypeVar("JoinT", bound=JoinAnswer)
+InfoT = TypeVar("InfoT", bound=RoundAnnouncement)
+
+
+class FederationCalls(Protocol[JoinT, InfoT]):
+    """The calls every mode's federation service has (its generated stub has these and its own stages)."""
+
+    @property
+    def Join(self) -> grpc.UnaryUnaryMultiCallable[pb.JoinRequest, JoinT]:  # noqa: N802
+        """Membership and the federation's parameters."""
+        ...
+
+    @property
+    def GetRound(self) -> grpc.UnaryUnaryMultiCallable[pb.GetRoundRequest, InfoT]:  # noqa: N802
+        """The first round numbered ``after`` or later (long poll)."""
+        ...
+
+    @property
+    def DownloadModel(  # noqa: N802
+        self,
+    ) -> grpc.UnaryStreamMultiCallable[pb.DownloadModelRequest, pb.ModelChunk]:
+        """The global model a round starts from, in chunks."""
+        ...
+
+    @property
+    def GetResult(self) -> grpc.UnaryUnaryMultiCallable[pb.StageRequest, pb.RoundResult]:  # noqa: N802
+        """A round's outcome (long poll)."""
+        ...
+
+
+class RoundStages(ABC, Generic[ConfigT, EncodedT]):
+    """One round a mode takes part in: the parameters training sees, the mode's encoding and its stages.
+
+    Args:
+        config: the round's parameters, as the training function receives them.
+    """
+
+    def __init__(self, config: ConfigT) -> None:
+        self.config = config
+
+    def prepare(self) -> None:
+        """Offline work that does not depend on the update, done before training (default: none)."""
+        return None
+
+    @abstractmethod
+    def encode(self, update: npt.NDArray[np.float64]) -> EncodedT:
+        """The trained update (float, flat) as the integers this mode aggregates."""
+
+    @abstractmethod
+    def run(self, encoded: EncodedT, attest: Callable[[str], Attestation]) -> str | None:
+        """Take part in the mode's stages with ``encoded``, up to (not including) the round's result.
+
+        Args:
+            encoded: what :meth:`encode` returned.
+            attest: ``attest(session_id)`` is this silo's signed privacy attestation bound to the round's
+                session (empty when training returned a bare update).
+
+        Returns:
+            ``None`` once this silo's part is done; the reason if it refused to go on (then it sent nothing
+            more than what the refusal needs).
+
+        Raises:
+            Aborted, RoundAborted, StageError: the round ended without this silo.
+            SecAggError: a protocol check failed: the loop reports the round as refused.
+        """
+
+
+class RoundMode(ABC, Generic[JoinT, InfoT, ConfigT]):
+    """An aggregation mode as the shared loop drives it (one per silo, holding the mode's pinned material).
+
+    Args:
+        transport: the silo's transport; every call of the mode goes through it.
+        member: this silo (id, roster key, pinned roster, policy, randomness).
+        service: the mode's service stub on ``transport``.
+    """
+
+    first_stage: ClassVar[str]
+    """The stage a round must still be in for a silo to take part (a silo never joins a round late)."""
+
+    def __init__(
+        self, transport: Transport, member: Member, service: FederationCalls[JoinT, InfoT]
+    ) -> None:
+        self.transport = transport
+        self.member = member
+        self.service = service
+
+    def check_join(self, answer: JoinT) -> None:
+        """Refuse a Join answer that contradicts the mode's pinned material (default: nothing to pin).
+
+        Raises:
+            Unauthorized: the coordinator serves something other than what this silo pinned.
+        """
+        return None
+
+    @abstractmethod
+    def accept(self, info: InfoT) -> RoundStages[ConfigT, Any]:
+        """The round ``info`` announces, checked against this silo's pins and policy.
+
+        Raises:
+            Unauthorized, InvalidInput: the round is weaker than this silo accepts; it takes no part.
+        """
+
+    def close(self) -> None:
+        """Release what the mode keeps open (default: nothing)."""
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The loop
+
+
+class SiloClient(Generic[JoinT, InfoT, ConfigT]):
+    """One silo's connection to a federation, whatever its aggregation mode.
+
+    Args:
+        connection: the shared arguments (:class:`SiloConnection`).
+        tls: the consortium CA, this silo's certificate and key (PEM); ``None`` only with
+            ``insecure_debug_no_tls``.
+        witness_path: the SQLite file of the silo's checkpoint witness and local ledger.
+        mode: builds the mode on the silo's transport.
+        insecure_debug_no_tls: plaintext channel for local debugging.
+
+    Raises:
+        secagg.errors.InvalidSignature: the pinned roster is not signed by the pinned consortium key.
+        Unauthorized: the pinned roster is for another federation.
+        ValueError: no TLS material and no explicit ``insecure_debug_no_tls``.
+    """
+
+    def __init__(
+        self,
+        connection: SiloConnection,
+        *,
+        tls: TlsFiles | None,
+        witness_path: Path | None,
+        mode: Callable[[Transport, Member], RoundMode[JoinT, InfoT, ConfigT]],
+        insecure_debug_no_tls: bool = False,
+    ) -> None:
+        roster, federation = connection["roster"], connection["federation"]
+        roster.verify(connection["consortium_key"])
+        if roster.federation != federation:
+            raise Unauthorized(f"the pinned roster is for {roster.federation}, not {federation}")
+        self.silo = connection["silo"]
+        self.federation = federation
+        self._roster = roster
+        member = Member(
+            federation=federation,
+            silo=self.silo,
+            signing_key=connection["signing_key"],
+            roster=roster,
+            policy=connection.get("policy") or SiloPolicy(),
+            rng=connection.get("rng", os.urandom),
+        )
+        self._key = member.signing_key
+        self._transport = Transport(
+            address=connection["address"],
+            federation=federation,
+            silo=self.silo,
+            tls=tls,
+            max_message_bytes=connection.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES),
+            retry=connection.get("retry"),
+            audit_public_key=connection.get("audit_public_key"),
+            witness_path=witness_path,
+            insecure_debug_no_tls=insecure_debug_no_tls,
+        )
+        try:
+            self._mode = mode(self._transport, member)
+        except BaseException:
+            self._transport.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(silo={self.silo!r}, federation={self.federation!r})"
+
+    def close(self) -> None:
+        """Close the channel, the witness and whatever the mode keeps open."""
+        try:
+            self._transport.close()
+        finally:
+            self._mode.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # public API ----------------------------------------------------------------------------------------
+    def join(self) -> JoinT:
+        """Check membership, and that the coordinator serves the roster (and mode material) this silo pinned.
+
+        Raises:
+            Unauthorized: not a member, or the coordinator serves something other than what is pinned.
+        """
+        service = self._mode.service
+        request = pb.JoinRequest(federation=self.federation, silo=self.silo)
+        answer = self._transport.call(service.Join, request)
+        if answer.roster_fingerprint != self._roster.fingerprint():
+            raise Unauthorized("the coordinator serves a different roster than the pinned one")
+        self._mode.check_join(answer)
+        self._transport.negotiate(answer.max_message_bytes)
+        return answer
+
+    def witness_checkpoint(self) -> None:
+        """Accept the coordinator's latest checkpoint only if it extends the last one this silo accepted.
+
+        Raises:
+            AuditFailure: the checkpoint's signature does not verify, or it is not consistent with what this
+                silo accepted before (the coordinator rewrote history).
+        """
+        self._transport.witness_checkpoint()
+
+    def download_model(self, round_: int, expected_hash: bytes) -> npt.NDArray[np.float32]:
+        """Stream the global model of a round and check its hash.
+
+        Raises:
+            InvalidInput: the model does not match ``expected_hash``.
+        """
+        service = self._mode.service
+        return self._transport.download_model(service.DownloadModel, round_, expected_hash)
+
+    def run(
+        self, train: TrainFn[ConfigT], *, max_rounds: int | None = None
+    ) -> Iterator[RoundReport]:
+        """Take part in every round until the federation finishes; yields one report per round joined.
+
+        Raises:
+            Unauthorized, InvalidInput: the coordinator serves a round or model this silo refuses outright.
+            AuditFailure: the coordinator's audit log failed this silo's check.
+            Unavailable: the coordinator stayed unreachable.
+        """
+        self.join()
+        next_round, done = 0, 0
+        while max_rounds is None or done < max_rounds:
+            info = self._next_round(next_round)
+            if info.state == pb.ROUND_STATE_FINISHED:
+                return
+            next_round = info.round + 1
+            if info.stage != self._mode.first_stage:
+                log.info(
+                    "round %d is past its %s stage; waiting for the next one",
+                    info.round,
+                    self._mode.first_stage,
+                )
+                continue
+            stages = self._mode.accept(info)
+            weights = self.download_model(info.round, bytes(info.model_hash))
+            stages.prepare()
+            trained = train(RoundContext(info.round, weights, stages.config))
+            private = trained if isinstance(trained, PrivateUpdate) else None
+            update = np.asarray(
+                private.update if private is not None else trained, dtype=np.float64
+            )
+            report = self._take_part(info, stages, stages.encode(update), private)
+            self.witness_checkpoint()
+            yield report
+            done += 1
+
+    # the loop's steps ------------------------------------------------------------------------------------
+    def _next_round(self, after: int) -> InfoT:
+        service = self._mode.service
+
+        def fetch(wait: float) -> InfoT:
+            request = pb.GetRoundRequest(federation=self.federation, after=after, wait_seconds=wait)
+            return self._transport.call(service.GetRound, request)
+
+        return self._transport.poll(fetch)
+
+    def _take_part(
+        self,
+        info: InfoT,
+        stages: RoundStages[ConfigT, Any],
+        encoded: Any,
+        private: PrivateUpdate | None,
+    ) -> RoundReport:
+        r = info.round
+
+        def attest(session_id: str) -> Attestation:
+            if private is None:
+                return Attestation()
+            facts = private.attestation(
+                federation=self.federation, round=r, session_id=session_id, silo=self.silo
+            )
+            payload = json.dumps(facts.to_dict(), sort_keys=True).encode("utf-8")
+            return Attestation(payload, self._key.sign(facts.signing_payload()))
+
+        try:
+            refusal = stages.run(encoded, attest)
+        except (Aborted, RoundAborted, StageError) as exc:
+            return RoundReport(r, RoundStatus.ABORTED, reason=str(exc))
+        except SecAggError as exc:
+            refusal = str(exc)
+        if refusal is not None:
+            # a protocol check failed: the reason names it
+            log.error("round %d refused: %s", r, refusal)
+            return RoundReport(r, RoundStatus.ABORTED, reason=f"refused: {refusal}")
+        result = self._transport.poll_stage(
+            self._mode.service.GetResult, r, deadline=float(info.stage_deadline_unix)
+        )
+        completed = result.state == pb.ROUND_STATE_COMPLETED
+        return RoundReport(
+            r,
+            RoundStatus.COMPLETED if completed else RoundStatus.ABORTED,
+            tuple(result.survivors),
+            tuple(result.dropped),
+            bytes(result.new_model_hash),
+            result.reason,
+        )

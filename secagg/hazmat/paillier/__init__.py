@@ -1,0 +1,74 @@
+"""Threshold Paillier with a trusted dealer: keys, sealed shares, cheap encryption, proven partial decryption.
+
+One module per concern: :mod:`.primes` (safe primes), :mod:`.keys` (key material and the dealer),
+:mod:`.sealing` (shares sealed to their silos), :mod:`.obfuscators` (ciphertext randomness),
+:mod:`.cipher` (encryption, homomorphic addition, byte form), :mod:`.proofs` (a partial decryption and its
+proof), :mod:`.threshold` (partial decryption and combination).
+
+Notes:
+    - Scheme: Shoup's threshold RSA ("Practical threshold signatures", Eurocrypt 2000) carried over to Paillier by
+      Fouque, Poupard and Stern ("Sharing decryption in the context of voting or lotteries", FC 2000) and
+      Damgard and Jurik ("A generalisation, a simplification and some applications of Paillier's probabilistic
+      public-key system", PKC 2001, section 4). Safe primes ``p = 2p' + 1``, ``q = 2q' + 1``; ``N = pq``;
+      ``g = N + 1``; ``m = p'q'``; the secret ``d`` satisfies ``d = 0 mod m`` and ``d = 1 mod N`` and is shared
+      t-of-l with a random polynomial over ``Z_{Nm}``; ``Delta = l!`` keeps every Lagrange coefficient an
+      integer, so nobody ever needs the (secret) group order.
+    - No party ever holds the factors in threshold mode, so there is no CRT speed-up anywhere (DESIGN 5).
+"""
+
+from secagg.hazmat.paillier.cipher import (
+    ciphertexts_from_bytes,
+    ciphertexts_to_bytes,
+    encrypt_plaintexts,
+    multiply_ciphertexts,
+)
+from secagg.hazmat.paillier.keys import (
+    DEFAULT_KEY_BITS,
+    MIN_PRODUCTION_KEY_BITS,
+    SUPPORTED_KEY_BITS,
+    KeyShare,
+    ThresholdKeyMaterial,
+    ThresholdPublicKey,
+    deal_threshold_key,
+)
+from secagg.hazmat.paillier.obfuscators import (
+    SHORT_EXPONENT_ASSUMPTION,
+    SHORT_EXPONENT_BITS,
+    ObfuscatorMode,
+    ObfuscatorPool,
+)
+from secagg.hazmat.paillier.primes import generate_safe_prime
+from secagg.hazmat.paillier.proofs import PartialDecryption, verify_partial_decryption
+from secagg.hazmat.paillier.sealing import SealedShare, open_share, seal_share
+from secagg.hazmat.paillier.threshold import (
+    combine_partial_decryptions,
+    lagrange_combine,
+    partial_decrypt,
+)
+
+__all__ = [
+    "DEFAULT_KEY_BITS",
+    "MIN_PRODUCTION_KEY_BITS",
+    "SHORT_EXPONENT_ASSUMPTION",
+    "SHORT_EXPONENT_BITS",
+    "SUPPORTED_KEY_BITS",
+    "KeyShare",
+    "ObfuscatorMode",
+    "ObfuscatorPool",
+    "PartialDecryption",
+    "SealedShare",
+    "ThresholdKeyMaterial",
+    "ThresholdPublicKey",
+    "ciphertexts_from_bytes",
+    "ciphertexts_to_bytes",
+    "combine_partial_decryptions",
+    "deal_threshold_key",
+    "encrypt_plaintexts",
+    "generate_safe_prime",
+    "lagrange_combine",
+    "multiply_ciphertexts",
+    "open_share",
+    "partial_decrypt",
+    "seal_share",
+    "verify_partial_decryption",
+]

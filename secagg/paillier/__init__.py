@@ -1,0 +1,101 @@
+"""Paillier mode: key ceremony, silo encryption, streaming aggregation, guarded partial decryption, combination.
+
+The roles are explicit stage machines (DESIGN 5, STYLE rule 7), one module each:
+
+- :func:`run_key_ceremony` (:mod:`.ceremony`; trusted dealer, run by the consortium at setup) -> public key +
+  sealed shares;
+- :class:`PaillierContributor` (:mod:`.contributor`; silo): ``encrypt_update`` -> ciphertext chunks + a signed
+  Merkle commitment;
+- :class:`PaillierAggregator` (:mod:`.aggregator`; coordinator): multiplies chunks into a running aggregate as
+  they arrive, builds the :class:`DecryptionRequest`, answers spot-check challenges, combines partial
+  decryptions;
+- :class:`PartialDecrypter` (:mod:`.decrypter`; silo): checks that the aggregate is the product of
+  >= ``min_cohort`` roster-signed contributions at positions IT chooses, then partially decrypts it once per
+  round.
+
+The round parameters are in :mod:`.config`, the messages in :mod:`.messages`.
+
+Notes:
+    - Decryption-oracle defence (DESIGN 5). A malicious coordinator could ask the key holders to decrypt one
+      silo's ciphertext disguised as the aggregate. Every contribution is committed to by a Merkle root (RFC 6962
+      hashing, leaf = H(0x00 || ciphertext), node = H(0x01 || left || right)) signed with the silo's roster key
+      and bound to (federation, round, session id, key fingerprint, vector length, silo id). A decrypter refuses
+      unless it sees >= ``min_cohort`` distinct roster-signed commitments for this context and, at ``spot_checks``
+      positions it draws with its OWN randomness after the request is fixed, every contributor's ciphertext
+      opens against its signed root and their product equals the aggregate (why its own positions:
+      :mod:`secagg.paillier.decrypter`).
+    - Spot-check openings show a decrypter other silos' individual ciphertexts at a few positions. They are
+      still encrypted under the threshold key, so only a coalition of >= t key holders could read them, which
+      is the trust assumption of Paillier mode anyway.
+    - Out of scope (see threat model): silos colluding with the coordinator can submit signed ciphertexts that
+      cancel honest contributions (e.g. a re-randomised inverse of another silo's ciphertext); stopping that
+      needs per-silo zero-knowledge proofs of plaintext knowledge/range, which this package does not provide.
+      Byte-identical duplicate contributions are refused.
+"""
+
+from secagg.paillier.aggregator import (
+    AggregatorStage,
+    ContributionStore,
+    InMemoryContributionStore,
+    PaillierAggregator,
+    combine_partials,
+)
+from secagg.paillier.ceremony import (
+    KeyCeremonyResult,
+    ceremony_context,
+    open_key_share,
+    run_key_ceremony,
+)
+from secagg.paillier.config import (
+    DEFAULT_CHUNK_CIPHERTEXTS,
+    DEFAULT_SPOT_CHECKS,
+    SESSION_NONCE_BYTES,
+    PaillierRoundConfig,
+    session_id_for,
+)
+from secagg.paillier.contributor import ContributorStage, PaillierContributor
+from secagg.paillier.decrypter import (
+    DecrypterStage,
+    DecryptionHistory,
+    InMemoryDecryptionHistory,
+    PartialDecrypter,
+)
+from secagg.paillier.messages import (
+    CiphertextChunk,
+    DecryptionRequest,
+    PartialDecryptionMessage,
+    SignedCommitment,
+    SpotCheckChallenge,
+    SpotCheckOpening,
+    SpotCheckResponse,
+)
+
+__all__ = [
+    "DEFAULT_CHUNK_CIPHERTEXTS",
+    "DEFAULT_SPOT_CHECKS",
+    "SESSION_NONCE_BYTES",
+    "AggregatorStage",
+    "CiphertextChunk",
+    "ContributionStore",
+    "ContributorStage",
+    "DecrypterStage",
+    "DecryptionHistory",
+    "DecryptionRequest",
+    "InMemoryContributionStore",
+    "InMemoryDecryptionHistory",
+    "KeyCeremonyResult",
+    "PaillierAggregator",
+    "PaillierContributor",
+    "PaillierRoundConfig",
+    "PartialDecrypter",
+    "PartialDecryptionMessage",
+    "SignedCommitment",
+    "SpotCheckChallenge",
+    "SpotCheckOpening",
+    "SpotCheckResponse",
+    "ceremony_context",
+    "combine_partials",
+    "open_key_share",
+    "run_key_ceremony",
+    "session_id_for",
+]
