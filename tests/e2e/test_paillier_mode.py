@@ -212,28 +212,6 @@ def test_aggregate_is_the_exact_sum_and_fedavg_is_right(quad: Consortium, tmp_pa
         assert [rep.new_model_hash for rep in silo_reports] == [r.new_model_hash for r in records]
 
 
-def test_a_silo_that_never_submits_does_not_block_the_round(
-    quad: Consortium, tmp_path: Path
-) -> None:
-    present = [
-        "a",
-        "b",
-        "c",
-    ]  # d never connects: it holds a key share but neither submits nor decrypts
-    units = updates(quad.silos, 1)
-    config = paillier_settings(4, deadlines=deadlines_with(**COLLECT_SHORT))
-    with running(quad, tmp_path / "c.db", config) as coord:
-        reports = in_threads(
-            *[lambda s=s: run_silo(quad, s, coord.address, tmp_path, units) for s in present]
-        )
-        records = coord.rounds()
-        models = [coord.model(0), coord.model(1)]
-    assert records[0].status is RoundStatus.COMPLETED
-    assert records[0].survivors == tuple(present) and records[0].dropped == ("d",)
-    assert np.array_equal(models[1], expected_model(models[0], [units[s, 0] for s in present]))
-    assert all(r[0].status is RoundStatus.COMPLETED for r in reports)
-
-
 def test_too_few_contributions_abort_the_round_and_the_next_one_works(
     trio3: Consortium, tmp_path: Path
 ) -> None:
