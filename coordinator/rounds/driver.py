@@ -600,12 +600,13 @@ class RoundDriver:
                     return
             aggregate = state.aggregate
             assert aggregate is not None, "the last stage sets the aggregate"
+            # the session every contributor's attestation is bound to (a verifier checks each is there)
+            participants = {"session_id": state.session_id.hex()} | dict(
+                aggregate.extra_participants
+            )
             outcome = self._complete(state, aggregate)
             self._record_outcome(
-                outcome,
-                stage=None,
-                restart=False,
-                extra_participants=aggregate.extra_participants,
+                outcome, stage=None, restart=False, extra_participants=participants
             )
         except (SecAggError, InvalidInput) as exc:
             outcome = RoundOutcome(round_, RoundStatus.ABORTED, reason=str(exc))

@@ -180,7 +180,9 @@ def test_a_silo_that_does_not_answer_by_the_deadline_is_dropped_and_the_round_co
         masking.model(1), expected_model(start_model(), [units[s] for s in contributors])
     )
     (participants,) = masking.events(EventKind.PARTICIPANTS)
-    assert dict(participants.body) == {"survivors": contributors, "dropped": dropped}
+    body = dict(participants.body)
+    assert len(bytes.fromhex(body.pop("session_id"))) == 32  # the session the attestations are bound to
+    assert body == {"survivors": contributors, "dropped": dropped}
 
 
 @pytest.mark.parametrize("stage", MASKING_STAGES, ids=before)

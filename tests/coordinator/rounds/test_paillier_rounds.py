@@ -93,7 +93,9 @@ def test_collect_then_decrypt_each_closing_as_soon_as_it_can(
         EventKind.ROUND_CLOSED,
     ]
     (participants,) = paillier.events(EventKind.PARTICIPANTS)
-    assert dict(participants.body) == {"survivors": SILOS, "dropped": (), "decrypters": ("a", "b")}
+    body = dict(participants.body)
+    assert len(bytes.fromhex(body.pop("session_id"))) == 32  # the session the attestations are bound to
+    assert body == {"survivors": SILOS, "dropped": (), "decrypters": ("a", "b")}
     with pytest.raises(StageError):  # the round is over: a late key holder is refused
         silos["c"].decrypt()
 
