@@ -73,6 +73,7 @@ __all__ = [
     "load_private_key",
     "silo_identity",
     "spiffe_id",
+    "write_new_file",
 ]
 
 _NAME_PATTERN = SILO_ID_PATTERN  # one definition of a valid id, used with fullmatch
@@ -278,12 +279,12 @@ def create_consortium(
         ca_key = ec.generate_private_key(ec.SECP256R1())
         ca_cert = _ca_certificate(ca_key, federation, issued_at, validity_days)
         ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
-        _write(paths.ca_cert, ca_pem, private=False)
-        _write(paths.ca_key, _pkcs8(ca_key), private=True)
+        write_new_file(paths.ca_cert, ca_pem, private=False)
+        write_new_file(paths.ca_key, _pkcs8(ca_key), private=True)
 
         consortium_key = Ed25519PrivateKey.generate()
-        _write(paths.consortium_key, _pkcs8(consortium_key), private=True)
-        _write(
+        write_new_file(paths.consortium_key, _pkcs8(consortium_key), private=True)
+        write_new_file(
             paths.consortium_public_key,
             (consortium_key.public_key().public_bytes_raw().hex() + "\n").encode(),
             private=False,
@@ -300,11 +301,11 @@ def create_consortium(
             validity_days=validity_days,
             now=issued_at,
         )
-        _write(paths.coordinator_cert, cert_pem, private=False)
-        _write(paths.coordinator_key, key_pem, private=True)
+        write_new_file(paths.coordinator_cert, cert_pem, private=False)
+        write_new_file(paths.coordinator_key, key_pem, private=True)
         audit_key = Ed25519PrivateKey.generate()
-        _write(paths.audit_key, _pkcs8(audit_key), private=True)
-        _write(
+        write_new_file(paths.audit_key, _pkcs8(audit_key), private=True)
+        write_new_file(
             paths.audit_public_key,
             (audit_key.public_key().public_bytes_raw().hex() + "\n").encode(),
             private=False,
@@ -323,17 +324,17 @@ def create_consortium(
                 validity_days=validity_days,
                 now=issued_at,
             )
-            _write(silo_paths.cert, cert_pem, private=False)
-            _write(silo_paths.key, key_pem, private=True)
-            _write(silo_paths.ca_cert, ca_pem, private=False)
+            write_new_file(silo_paths.cert, cert_pem, private=False)
+            write_new_file(silo_paths.key, key_pem, private=True)
+            write_new_file(silo_paths.ca_cert, ca_pem, private=False)
             signing_key = Ed25519PrivateKey.generate()
-            _write(silo_paths.signing_key, _pkcs8(signing_key), private=True)
+            write_new_file(silo_paths.signing_key, _pkcs8(signing_key), private=True)
             members[silo] = signing_key.public_key().public_bytes_raw()
 
         roster = Roster.create(
             federation=federation, members=members, consortium_key=consortium_key
         )
-        _write(paths.roster, (roster.dumps() + "\n").encode(), private=False)
+        write_new_file(paths.roster, (roster.dumps() + "\n").encode(), private=False)
     except OSError as exc:
         raise PKIError(f"writing the consortium in {root} failed: {exc}") from exc
     return paths
@@ -603,8 +604,12 @@ def _pkcs8(key: ec.EllipticCurvePrivateKey | Ed25519PrivateKey) -> bytes:
     )
 
 
-def _write(path: Path, data: bytes, *, private: bool) -> None:
-    """Create ``path`` exclusively (never replace a file) with mode 0600 for keys, 0644 otherwise."""
+def write_new_file(path: Path, data: bytes, *, private: bool) -> None:
+    """Create ``path`` exclusively (never replace a file) with mode 0600 for keys, 0644 otherwise, fsynced.
+
+    Raises:
+        FileExistsError: ``path`` exists (an existing key is never replaced).
+    """
     mode = _PRIVATE_MODE if private else _PUBLIC_MODE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
     try:

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from coordinator.errors import PKIError
-from coordinator.pki import ConsortiumPaths
+from coordinator.pki import ConsortiumPaths, write_new_file
 from secagg.errors import InvalidParameters, SecAggError
 from secagg.hazmat.keys import RandomSource, new_x25519, public_bytes
 from secagg.hazmat.paillier import (
@@ -45,25 +45,13 @@ if TYPE_CHECKING:  # config and pki are peers (DESIGN 3): a type only, no import
 
 __all__ = ["PaillierFiles", "create_paillier_keys"]
 
-_PRIVATE_MODE = 0o600
-_PUBLIC_MODE = 0o644
 
 
 def _write(path: Path, data: bytes, *, private: bool) -> None:
-    """Create ``path`` exclusively with mode 0600 for secrets, 0644 otherwise, and fsync it."""
-    mode = _PRIVATE_MODE if private else _PUBLIC_MODE
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        write_new_file(path, data, private=private)
     except FileExistsError as exc:
         raise PKIError(f"{path} already exists; refusing to replace Paillier key material") from exc
-    try:
-        os.fchmod(fd, mode)  # the umask may have removed bits; a secret is never wider than 0600
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def create_paillier_keys(
