@@ -1,9 +1,15 @@
 """Benchmark of whole coordinator rounds over loopback gRPC with mTLS: secure aggregation against plain streaming.
 
     .venv/bin/python bench/bench_coordinator.py                # 10 x 1M, 50 x 100k, 50 x 1M memory (~3-4 min)
-    .venv/bin/python bench/bench_coordinator.py --quick        # 5 silos x 50,000 coordinates (CI smoke)
+    .venv/bin/python bench/bench_coordinator.py --quick        # 5 silos x 50,000 + Paillier smoke (CI smoke)
     .venv/bin/python bench/bench_coordinator.py --only 10x1M   # one scenario (repeatable)
     .venv/bin/python bench/bench_coordinator.py --profile      # also cProfile the coordinator and silo-00
+    .venv/bin/python bench/bench_coordinator.py --only paillier10x100k   # Paillier mode, memory (~5 min)
+    .venv/bin/python bench/bench_coordinator.py --only paillier10x300k   # the same at 300,000 (~15 min)
+
+The Paillier scenarios are long (partial decryption costs minutes a round on this machine), so they run only
+when named with ``--only``: neither the default run nor ``make bench`` includes them. ``--quick`` runs a small
+Paillier smoke run (5 silos x 2,000, insecure 1024-bit test key) after the masking one.
 
 What runs. The script mints a throwaway consortium (CA, certificates, roster, keys) with
 :func:`coordinator.pki.create_consortium` in a temporary directory that is deleted at the end. For each
@@ -32,8 +38,9 @@ silo process (summed), so "CPU / number of cores" is a lower bound on the round 
 The baseline ("same transport carrying unmasked vectors") is built here only, on a second mTLS port of the
 coordinator process, with the same generated ``coordinator.proto.v1`` service and the same message limits;
 it runs after the secure rounds with the same silo processes (for the memory scenario, in processes of its
-own so that its memory is measured alone). Its silos use the SDK's channel, ``Silo.download_model`` and
-``Silo._chunks`` (the SDK's chunk size, :func:`coordinator.config.chunk_words`); its server has the same gRPC
+own so that its memory is measured alone). Its silos use the SDK's channel (``Silo._transport``),
+``Silo.download_model`` and the masking round's chunker (``_MaskingRound._chunks``, the SDK's chunk size,
+:func:`coordinator.config.chunk_words`); its server has the same gRPC
 options (:func:`coordinator.server.app.server_options`) and its process the same allocator settings
 (:func:`coordinator._malloc.tune_allocator`). A plain round: the silo long-polls ``GetRound``, downloads the
 model (loaded once per round from a SQLite store and shared by every download, as the secure coordinator does),
@@ -54,6 +61,20 @@ life, so it can only overstate). Silo memory is not counted: silos are other pro
 (every 10 ms) also records the largest RSS seen during each stage and, at that moment, glibc's ``mallinfo2``
 (bytes in use in malloc's heaps, free but still resident in them, and in separate mappings), to say where a peak
 comes from; short spikes between samples are missed by the sampler but not by ``ru_maxrss``.
+
+Paillier mode (``--only paillier10x100k``, ``paillier10x300k``): the coordinator's memory and round time with 10
+silos, a 2048-bit threshold key with t = 6 (:func:`coordinator.pki.paillier.create_paillier_keys` on the same
+throwaway consortium) and 2 rounds. The coordinator process runs
+:func:`~coordinator.server.app.start_coordinator` with a Paillier-mode ``ServeConfig`` (``mode = "paillier"``,
+the joint public key, hour-long ``[deadlines.paillier]``), exactly what ``secagg serve`` runs, and nothing
+else (no baseline: there is no plain counterpart here); every silo process runs the real SDK
+:class:`coordinator.sdk.paillier.PaillierSilo` with the same fixed update. Idle RSS, peak RSS and the stage
+sampler are the masking scenarios' (idle once round 0 is open, before any silo connects; peak from
+``ru_maxrss``); the coordinator is released at the barrier together with the silos, so round 0 is timed from
+that moment rather than from its opening (it opened before the silo processes existed), and each round's
+collect / decrypt split comes from the service's own blocking calls (``wait_past``, ``result``). Every round
+is printed with the load average at its end; the figure of the scenario is (peak - idle) / vector, over the
+whole life of the process.
 
 ``--profile`` runs cProfile with a per-thread CPU clock (``time.thread_time``) in every Python thread of the
 coordinator and of silo-00 (gRPC's C-core threads, where TLS and HTTP/2 run, are invisible to it) and prints
@@ -90,7 +111,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, NoReturn, TypeVar, cast
+from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 
 import grpc
 import numpy as np
@@ -102,6 +123,7 @@ from coordinator.config import (
     Deadlines,
     MaskingDeadlines,
     ModelConfig,
+    PaillierDeadlines,
     RoundsConfig,
     ServeConfig,
     TLSPaths,
@@ -111,12 +133,19 @@ from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from coordinator.rounds.fedavg import fedavg
 from coordinator.rounds.masking import MaskingRounds
+from coordinator.sdk.loop import Attestation
 from coordinator.sdk.masking import RoundContext, Silo
 from coordinator.server.app import server_options, start_coordinator
 from coordinator.server.base import model_chunks
 from coordinator.store import SQLiteStore
 from coordinator.wire.masking import config_from_pb, config_to_pb, u32_from_bytes
 from secagg import Roster, RoundConfig, Stage
+
+# Paillier mode's modules import its optional extra (phe, gmpy2): imported where used, so that the masking
+# scenarios run without it
+if TYPE_CHECKING:
+    from coordinator.rounds.paillier import PaillierRounds
+    from coordinator.sdk.paillier import PaillierRoundContext, PaillierSilo
 
 FEDERATION = "bench"
 CLIP = 1.0
@@ -131,6 +160,7 @@ TARGET_RSS_VECTORS = 10.0
 FLOWER_SECURE_S = 27.0
 FLOWER_PLAIN_S = 0.7
 SCENARIO_TIMEOUT = 1200.0  # a hung child is killed after this many seconds
+PAILLIER_KEY_BITS = 2048
 CHILD_ENV = {
     "OMP_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",
@@ -163,6 +193,9 @@ class Scenario:
     target: str  # "ratio", "seconds", "rss" or "" (not judged)
     # run the baseline in processes of its own, so that its memory is measured alone
     separate_baseline: bool = False
+    paillier: bool = False  # Paillier mode (threshold key, no baseline) instead of masking
+    key_bits: int = PAILLIER_KEY_BITS
+    timeout: float = SCENARIO_TIMEOUT  # seconds before the watchdog kills the scenario's processes
 
 
 def threshold_for(n: int) -> int:
@@ -547,7 +580,11 @@ class PlainServicer(pb_grpc.FederationServicer):
 
 
 def serve_config(args: argparse.Namespace, paths: ConsortiumPaths, n: int) -> ServeConfig:
-    """What ``secagg serve`` would load: mTLS on 127.0.0.1 port 0, SQLite, hour-long stage deadlines."""
+    """What ``secagg serve`` would load: mTLS on 127.0.0.1 port 0, SQLite, hour-long stage deadlines.
+
+    With ``--paillier-key`` the configuration is Paillier mode's, with that joint public key (its t is the
+    roster's smallest safe threshold, as below).
+    """
     return ServeConfig(
         federation=paths.federation,
         listen="127.0.0.1:0",
@@ -570,8 +607,11 @@ def serve_config(args: argparse.Namespace, paths: ConsortiumPaths, n: int) -> Se
         deadlines=Deadlines(
             masking=MaskingDeadlines(
                 advertise=LONG, share_keys=LONG, masked_input=LONG, consistency=LONG, unmask=LONG
-            )
+            ),
+            paillier=PaillierDeadlines(collect=LONG, decrypt=LONG),
         ),
+        mode="paillier" if args.paillier_key is not None else "masking",
+        paillier_public_key=args.paillier_key,
     )
 
 
@@ -590,6 +630,8 @@ def plain_server(plain: PlainRounds, tls: TlsFiles) -> tuple[grpc.Server, int]:
 
 def run_coordinator(args: argparse.Namespace) -> int:
     """Sub-mode ``coordinator``: serve the secure rounds, then the baseline rounds; write figures as JSON."""
+    if args.paillier_key is not None:
+        return run_paillier_coordinator(args)
     paths = ConsortiumPaths.load(args.pki)
     roster, _ = load_roster(paths)
     config = serve_config(args, paths, len(roster.members))
@@ -622,7 +664,8 @@ def run_coordinator(args: argparse.Namespace) -> int:
     secure: list[dict[str, Any]] = []
     if coordinator is not None:
         first = sorted(roster.members)[0]
-        secure = secure_rounds(coordinator.service, args.rounds, first, sampler)
+        service = cast(MaskingRounds, coordinator.service)
+        secure = secure_rounds(service, args.rounds, first, sampler)
     peak = peak_rss_bytes()
     profile = profiles.report() if profiles is not None else ""
 
@@ -650,6 +693,85 @@ def run_coordinator(args: argparse.Namespace) -> int:
     return 0
 
 
+def paillier_rounds(
+    service: PaillierRounds, rounds: int, sampler: RssSampler
+) -> list[dict[str, Any]]:
+    """Stamp each Paillier round's start, the close of its collect stage and its completion.
+
+    Called once every silo has been released: round 0, already open, is timed from that moment.
+    """
+    from coordinator.rounds.paillier import PaillierStage
+
+    records = []
+    for r in range(rounds):
+        view = service.view(after=r, wait=LONG)
+        opened, cpu = time.perf_counter(), time.process_time()
+        if view.config.round_number != r:
+            raise RuntimeError(f"monitor missed the opening of round {r}")
+        sampler.label = PaillierStage.COLLECT.value
+        service.wait_past(r, PaillierStage.COLLECT, LONG)
+        collected = time.perf_counter()
+        sampler.label = PaillierStage.DECRYPT.value
+        outcome = service.result(r, LONG)
+        done = time.perf_counter()
+        if outcome.status is not RoundStatus.COMPLETED:
+            raise RuntimeError(f"round {r} did not complete: {outcome.reason}")
+        if len(outcome.survivors) != len(service.roster.members):
+            raise RuntimeError(f"round {r} completed without every silo: {outcome.dropped}")
+        records.append(
+            {
+                "round": r,
+                "seconds": done - opened,
+                "cpu": time.process_time() - cpu,
+                "survivors": len(outcome.survivors),
+                "stages": {"collect": collected - opened, "decrypt": done - collected},
+                "load": load_averages(),
+            }
+        )
+    return records
+
+
+def run_paillier_coordinator(args: argparse.Namespace) -> int:
+    """Sub-mode ``coordinator --paillier-key``: serve Paillier rounds (no baseline); write figures as JSON."""
+    paths = ConsortiumPaths.load(args.pki)
+    roster, _ = load_roster(paths)
+    config = serve_config(args, paths, len(roster.members))
+    profiles = ThreadProfiles() if args.profile else None
+    if profiles is not None:
+        profiles.install()
+    # exactly what `secagg serve` starts in Paillier mode; round 0 opens at once and waits for the silos
+    coordinator = start_coordinator(config)
+    service = cast("PaillierRounds", coordinator.service)
+    service.view(after=0, wait=LONG)  # round 0 is open: its model is loaded
+    gc.collect()
+    idle = rss_bytes()  # serving, round 0 open, no silo connected yet, nothing received
+    sampler = RssSampler()
+    sampler.label = "join"  # the silos connect and join before they are released
+    sampler.start()
+    print(f"PORTS {coordinator.port} 0", flush=True)
+    if sys.stdin.readline().strip() != "GO":  # released together with the silos
+        return 1
+    secure = paillier_rounds(service, args.rounds, sampler)
+    peak = peak_rss_bytes()
+    profile = profiles.report() if profiles is not None else ""
+    sampler.stop()
+    result = {
+        "idle_rss": idle,
+        "peak_rss": peak,
+        "peak_rss_end": peak,
+        "stage_rss": sampler.peaks,
+        "stage_malloc": sampler.malloc,
+        "secure": secure,
+        "baseline": [],
+        "profile": profile,
+    }
+    args.out.write_text(json.dumps(result), encoding="utf-8")
+    print("RESULT", flush=True)
+    sys.stdin.readline()  # STOP: every silo has seen the federation finish
+    coordinator.stop()
+    return 0
+
+
 # == silo process ==================================================================================
 def long_poll(call: Callable[[], T]) -> T:
     """Repeat a long-polling call until the server answers (it says DEADLINE_EXCEEDED while still open)."""
@@ -665,7 +787,8 @@ def plain_rounds(sdk: Silo, update: F64) -> list[float]:
     """Baseline rounds through the SDK's own channel, model download and chunker; returns CPU s per round."""
     # Private SDK members on purpose: the baseline's bytes must take exactly the SDK's path (same channel
     # options, same credentials, same chunk messages); only the protocol stages differ.
-    stub, metadata, fed = sdk._stub, sdk._metadata, sdk.federation
+    transport, fed = sdk._transport, sdk.federation
+    stub, metadata = transport.stub(pb_grpc.FederationStub), transport._metadata
     cpu: list[float] = []
     after = 0
     while True:
@@ -679,7 +802,8 @@ def plain_rounds(sdk: Silo, update: F64) -> list[float]:
         weights = sdk.download_model(r, config.model_hash)
         trained = np.asarray(train_fn(update)(RoundContext(r, weights, config)), dtype=np.float64)
         encoded = config.quantizer.encode(trained)
-        stub.UploadMaskedInput(sdk._chunks(r, encoded, b"", b""), metadata=metadata)
+        chunks = sdk._mode.accept(info)._chunks(encoded, Attestation())  # type: ignore[attr-defined]
+        stub.UploadMaskedInput(chunks, metadata=metadata)
         stage = pb.StageRequest(federation=fed, round=r, silo=sdk.silo, wait_seconds=POLL)
         result: pb.RoundResult = long_poll(
             functools.partial(stub.GetResult, stage, metadata=metadata)
@@ -689,31 +813,44 @@ def plain_rounds(sdk: Silo, update: F64) -> list[float]:
         cpu.append(time.process_time() - start)
 
 
-def train_fn(update: F64) -> Callable[[RoundContext], F64]:
+def train_fn(update: F64) -> Callable[[RoundContext | PaillierRoundContext], F64]:
     """The "training" of every silo: return the same update each round (no torch, no data)."""
 
-    def train(ctx: RoundContext) -> F64:
+    def train(ctx: RoundContext | PaillierRoundContext) -> F64:
         return update
 
     return train
 
 
 def run_silo(args: argparse.Namespace) -> int:
-    """Sub-mode ``silo``: join, wait for GO, run the secure rounds with the SDK, then the baseline rounds."""
+    """Sub-mode ``silo``: join, wait for GO, run the secure rounds with the SDK, then the baseline rounds.
+
+    With ``--paillier`` the secure rounds are Paillier mode's, with the SDK's ``PaillierSilo``.
+    """
     paths = ConsortiumPaths.load(args.pki)
     roster, consortium_key = load_roster(paths)
     mine = paths.silos[args.silo]
     tls = TlsFiles(mine.ca_cert.read_bytes(), mine.cert.read_bytes(), mine.key.read_bytes())
+    identity: dict[str, Any] = {
+        "federation": paths.federation,
+        "silo": args.silo,
+        "signing_key": load_ed25519_private(mine.signing_key),
+        "roster": roster,
+        "consortium_key": consortium_key,
+        "tls": tls,
+    }
 
     def connect(address: str) -> Silo:
-        return Silo(
-            address=address,
-            federation=paths.federation,
-            silo=args.silo,
-            signing_key=load_ed25519_private(mine.signing_key),
-            roster=roster,
-            consortium_key=consortium_key,
-            tls=tls,
+        return Silo(address=address, **identity)
+
+    def connect_paillier(address: str) -> PaillierSilo:
+        from coordinator.pki.paillier import PaillierFiles
+        from coordinator.sdk.paillier import PaillierSilo
+
+        files = PaillierFiles.for_silo(paths.root, args.silo)
+        public_key, share = files.load(federation=paths.federation)
+        return PaillierSilo(
+            address=address, public_key=public_key, share=share, state_dir=args.state, **identity
         )
 
     update = fixed_update(args.length, args.seed)
@@ -723,7 +860,7 @@ def run_silo(args: argparse.Namespace) -> int:
     secure_cpu: list[float] = []
     profile = ""
     if args.secure is not None:
-        with connect(args.secure) as sdk:
+        with connect_paillier(args.secure) if args.paillier else connect(args.secure) as sdk:
             sdk.join()
             print("READY", flush=True)
             if sys.stdin.readline().strip() != "GO":
@@ -765,6 +902,8 @@ class Figures:
     coordinator: dict[str, Any]
     silos: list[dict[str, Any]] = field(default_factory=list)
     plain: Figures | None = None  # the baseline, when it ran in its own processes
+    # load averages when the silos were released ("go") and at the end ("end")
+    loads: dict[str, str] = field(default_factory=dict)
 
     def _median(self, records: Sequence[dict[str, Any]], key: str) -> float:
         measured = records[1:] or records  # round 0 is warm-up unless it is the only round
@@ -868,11 +1007,16 @@ def run_scenario(
     secure: bool,
     baseline: bool,
     profile: bool,
+    paillier_key: Path | None = None,
 ) -> Figures:
-    """Start the coordinator and the silo processes of ``scenario``, run it, collect the figures."""
+    """Start the coordinator and the silo processes of ``scenario``, run it, collect the figures.
+
+    With ``paillier_key`` (the joint public key of ``pki``) the scenario runs in Paillier mode, without a
+    baseline.
+    """
     work.mkdir()
     children = Children(work)
-    watchdog = threading.Timer(SCENARIO_TIMEOUT, children.kill_all)
+    watchdog = threading.Timer(scenario.timeout, children.kill_all)
     watchdog.daemon = True
     watchdog.start()
     out = work / "coordinator.json"
@@ -887,6 +1031,7 @@ def run_scenario(
                 *(["--baseline"] if baseline else []),
                 *([] if secure else ["--no-secure"]),
                 *(["--profile"] if profile else []),
+                *(["--paillier-key", str(paillier_key)] if paillier_key else []),
             ],
         )
         secure_port, plain_port = children.line(coordinator, "PORTS ").split()
@@ -900,47 +1045,85 @@ def run_scenario(
                     *(["--secure", f"127.0.0.1:{secure_port}"] if secure else []),
                     *(["--baseline", f"127.0.0.1:{plain_port}"] if baseline else []),
                     *(["--profile"] if profile and i == 0 else []),
+                    *(
+                        ["--paillier", "--state", str(work / "state" / silo)]
+                        if paillier_key
+                        else []
+                    ),
                 ],
             )
             for i, silo in enumerate(pki.silos)
         ]
         for proc in silos:
             children.line(proc, "READY")
+        load_at_go = load_averages()
         for proc in silos:
             children.send(proc, "GO")
+        if paillier_key is not None:
+            children.send(coordinator, "GO")  # its rounds are timed from here
         reports = [json.loads(children.line(proc, "DONE ")) for proc in silos]
         children.line(coordinator, "RESULT")
+        loads = {"go": load_at_go, "end": load_averages()}
         children.send(coordinator, "STOP")
         if coordinator.wait(SCENARIO_TIMEOUT) != 0:
             children.fail(coordinator, f"exit status {coordinator.returncode}")
         for proc in silos:
             proc.wait(SCENARIO_TIMEOUT)
-        return Figures(scenario, json.loads(out.read_text(encoding="utf-8")), reports)
+        return Figures(scenario, json.loads(out.read_text(encoding="utf-8")), reports, loads=loads)
     finally:
         watchdog.cancel()
         children.kill_all()
 
 
-SCENARIO_KEYS = ("10x1M", "50x100k", "50x1M")
+SCENARIO_KEYS = ("10x1M", "50x100k", "50x1M")  # the default run
+PAILLIER_KEYS = ("paillier10x100k", "paillier10x300k")  # long: only when named with --only
 
 
 def scenarios(quick: bool, rounds: int | None, only: Sequence[str] = ()) -> list[Scenario]:
     """The scenarios to run; ``rounds`` timed rounds each (plus the warm-up round 0)."""
     if quick:
-        return [Scenario("5 silos x 50k", 5, 50_000, (rounds or 1) + 1, "")]
+        return [
+            Scenario("5 silos x 50k", 5, 50_000, (rounds or 1) + 1, ""),
+            Scenario(
+                "5 Paillier silos x 2k",
+                5,
+                2_000,
+                (rounds or 1) + 1,
+                "",
+                paillier=True,
+                key_bits=1024,
+            ),
+        ]
     r = (rounds or 5) + 1
+    p = (rounds or 1) + 1  # Paillier: round 0 and one more (each takes minutes)
     plan = {
         "10x1M": Scenario("10 silos x 1M", 10, 1_000_000, r, "ratio"),
         "50x100k": Scenario("50 silos x 100k", 50, 100_000, r, "seconds"),
         "50x1M": Scenario("50 silos x 1M", 50, 1_000_000, (rounds or 2) + 1, "rss", True),
+        "paillier10x100k": Scenario(
+            "10 Paillier silos x 100k", 10, 100_000, p, "", paillier=True, timeout=1800.0
+        ),
+        "paillier10x300k": Scenario(
+            "10 Paillier silos x 300k", 10, 300_000, p, "", paillier=True, timeout=3600.0
+        ),
     }
-    return [plan[k] for k in SCENARIO_KEYS if not only or k in only]
+    if not only:
+        return [plan[k] for k in SCENARIO_KEYS]
+    return [plan[k] for k in (*SCENARIO_KEYS, *PAILLIER_KEYS) if k in only]
 
 
 def load_average() -> str:
     """The 1-minute load average: on a shared machine it says how much the figures were disturbed."""
     try:
         return f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        return "unknown"
+
+
+def load_averages() -> str:
+    """The 1-, 5- and 15-minute load averages."""
+    try:
+        return " ".join(f"{a:.2f}" for a in os.getloadavg())
     except OSError:
         return "unknown"
 
@@ -964,7 +1147,72 @@ def _rss_row(
 
 
 def report(figures: Sequence[Figures], *, quick: bool) -> None:
-    """Print the result tables."""
+    """Print the result tables: the masking scenarios', then the Paillier scenarios'."""
+    masking = [f for f in figures if not f.scenario.paillier]
+    paillier = [f for f in figures if f.scenario.paillier]
+    if masking:
+        masking_report(masking, quick=quick)
+    if masking and paillier:
+        print()
+    if paillier:
+        paillier_report(paillier)
+
+
+def paillier_report(figures: Sequence[Figures]) -> None:
+    """Print the Paillier scenarios' tables and their one-line summaries."""
+    header = (
+        f"{'Paillier coordinator RSS':<30} {'idle MB':>8} {'peak MB':>8} {'vector MB':>10} "
+        f"{'(peak-idle)/vector':>19}  {'key':>4} {'t':>2}  load average at GO -> at end"
+    )
+    print(header)
+    print("-" * len(header))
+    for f in figures:
+        row, _ = _rss_row(f.scenario.name, f.coordinator, "peak_rss", f.vector_bytes())
+        t = threshold_for(f.scenario.silos)
+        loads = f"{f.loads.get('go', '?')} -> {f.loads.get('end', '?')}"
+        print(f"{row}  {f.scenario.key_bits:>4} {t:>2}  {loads}")
+    print()
+    header = (
+        f"{'Paillier round':<30} {'round':>5} {'wall s':>8} {'collect s':>10} {'decrypt s':>10} "
+        f"{'coord CPU s':>11} {'silos CPU s':>11}  load average at round end"
+    )
+    print(header)
+    print("-" * len(header))
+    for f in figures:
+        for rec in f.coordinator["secure"]:
+            r = rec["round"]
+            silos_cpu = sum(s["secure_cpu"][r] for s in f.silos if len(s["secure_cpu"]) > r)
+            stages = rec["stages"]
+            print(
+                f"{f.scenario.name if r == 0 else '':<30} {r:>5} {rec['seconds']:>8.2f} "
+                f"{stages['collect']:>10.2f} {stages['decrypt']:>10.2f} {rec['cpu']:>11.2f} "
+                f"{silos_cpu:>11.2f}  {rec['load']}"
+            )
+    print(
+        f"{'':<30} (round 0 is timed from the release of the silos; every stage deadline {LONG:.0f} s)"
+    )
+    print()
+    print(
+        "Paillier coordinator RSS peak by stage (sampled every 10 ms, MB; silo processes are not counted)"
+    )
+    print("-" * 86)
+    for f in figures:
+        peaks = f.coordinator["stage_rss"]
+        print(f"{f.scenario.name:<30} " + ", ".join(f"{k} {mb(v)}" for k, v in peaks.items()))
+        biggest = max(int(s["peak_rss"]) for s in f.silos)
+        print(f"{'':<30} largest silo process: {mb(biggest)} MB")
+    print()
+    for f in figures:
+        c = f.coordinator
+        vectors = (c["peak_rss"] - c["idle_rss"]) / f.vector_bytes()
+        print(
+            f"paillier coordinator peak above idle: {vectors:.1f} vectors "
+            f"({f.scenario.silos} silos x {f.scenario.length})"
+        )
+
+
+def masking_report(figures: Sequence[Figures], *, quick: bool) -> None:
+    """Print the masking scenarios' tables."""
     header = f"{'scenario':<30} {'rounds':>6} {'secure s':>9} {'baseline s':>11} {'ratio':>7}  {'target':<16} met?"
     print(header)
     print("-" * len(header))
@@ -1046,6 +1294,25 @@ def report(figures: Sequence[Figures], *, quick: bool) -> None:
         print(f"{'':<30} largest silo process: {mb(biggest)} MB")
 
 
+def deal_key(pki: ConsortiumPaths, scenario: Scenario) -> Path:
+    """A t-of-n threshold Paillier key for the consortium (t = the smallest safe threshold); its public key."""
+    from coordinator.pki.paillier import create_paillier_keys
+
+    t, started = threshold_for(scenario.silos), time.perf_counter()
+    public_key = create_paillier_keys(
+        pki,
+        threshold=t,
+        key_bits=scenario.key_bits,
+        insecure_test_key_size=scenario.key_bits < PAILLIER_KEY_BITS,
+    )
+    print(
+        f"  Paillier key ceremony ({scenario.key_bits}-bit key, t = {t}): "
+        f"{time.perf_counter() - started:.1f} s",
+        flush=True,
+    )
+    return public_key
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="mode")
@@ -1058,6 +1325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     child.add_argument("--baseline", action="store_true")
     child.add_argument("--no-secure", dest="secure", action="store_false")
     child.add_argument("--profile", action="store_true")
+    child.add_argument("--paillier-key", type=Path, help="Paillier mode with this joint public key")
     silo = sub.add_parser("silo", help="internal: one silo process of one scenario")
     silo.add_argument("--pki", type=Path, required=True)
     silo.add_argument("--silo", required=True)
@@ -1066,7 +1334,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     silo.add_argument("--secure")
     silo.add_argument("--baseline")
     silo.add_argument("--profile", action="store_true")
-    parser.add_argument("--quick", action="store_true", help="5 silos x 50,000, 1 timed round")
+    silo.add_argument("--paillier", action="store_true", help="secure rounds in Paillier mode")
+    silo.add_argument("--state", type=Path, help="the Paillier silo's state directory")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="5 silos x 50,000 and 5 Paillier silos x 2,000 (1024-bit test key), 1 timed round",
+    )
     parser.add_argument(
         "--rounds", type=int, help="timed rounds per scenario (plus one warm-up round)"
     )
@@ -1076,9 +1350,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         action="append",
-        choices=SCENARIO_KEYS,
+        choices=(*SCENARIO_KEYS, *PAILLIER_KEYS),
         default=[],
-        help="run only this scenario (repeatable)",
+        help="run only this scenario (repeatable); the Paillier ones run only when named",
     )
     args = parser.parse_args(argv)
     if args.mode == "coordinator":
@@ -1102,6 +1376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-coordinator-") as tmp:
         root = Path(tmp)
         consortia: dict[int, ConsortiumPaths] = {}
+        paillier_keys: dict[int, tuple[int, Path]] = {}  # silos -> (key bits, joint public key)
         for i, scenario in enumerate(plan):
             if scenario.silos not in consortia:
                 consortia[scenario.silos] = create_consortium(
@@ -1110,14 +1385,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                     silos=[f"silo-{k:02d}" for k in range(scenario.silos)],
                 )
             pki = consortia[scenario.silos]
+            paillier_key = None
+            if scenario.paillier:
+                if scenario.silos not in paillier_keys:
+                    paillier_keys[scenario.silos] = (scenario.key_bits, deal_key(pki, scenario))
+                bits, paillier_key = paillier_keys[scenario.silos]
+                if bits != scenario.key_bits:
+                    raise SystemExit("one Paillier key per consortium: its size cannot change")
             separate = scenario.separate_baseline
             figure = run_scenario(
                 scenario,
                 pki,
                 root / f"run-{i}",
                 secure=True,
-                baseline=not separate,
+                baseline=not separate and not scenario.paillier,
                 profile=args.profile,
+                paillier_key=paillier_key,
             )
             if separate:
                 figure.plain = run_scenario(
