@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test check lint types contracts proto proto-check config-docs config-docs-check pytest bench clean
+.PHONY: setup system-deps demo test check lint types contracts proto proto-check config-docs config-docs-check pytest bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found; this project needs Python 3.11"; exit 1; }
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 setup: $(STAMP)
+
+# Debian packages the report tests need (Chromium, poppler-utils): installed when missing and run as root
+system-deps:
+	@scripts/system-deps.sh
 
 demo: $(STAMP)
 	$(BIN)/secagg demo
@@ -48,7 +52,7 @@ config-docs: $(STAMP)
 config-docs-check: $(STAMP)
 	$(BIN)/python scripts/config_reference.py --check
 
-pytest: $(STAMP)
+pytest: $(STAMP) system-deps
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

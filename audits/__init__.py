@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any, Final
 if TYPE_CHECKING:
     from audits.canonical import canonical_json
     from audits.checkpoint import CheckpointSigner, SignedCheckpoint, key_id, verify_checkpoint
-    from audits.errors import AuditError, LedgerError, VerificationError
+    from audits.errors import (
+        AuditError,
+        CompletenessError,
+        LedgerError,
+        ReportError,
+        VerificationError,
+    )
     from audits.events import Event, EventKind, LedgerEntry, SchemaError
     from audits.ledger import Ledger
     from audits.merkle import (
@@ -26,13 +32,15 @@ if TYPE_CHECKING:
         verify_consistency,
         verify_inclusion,
     )
-    from audits.report import build_report, render_html, write_report
+    from audits.report import build_report, find_chromium, render_html, write_pdf, write_report
     from audits.verify import (
+        Anchor,
         AuditBundle,
         EpsilonAccountFactory,
         EpsilonRecomputer,
         RdpEpsilonAccount,
         SiloEpsilonAccount,
+        TrustAnchors,
         VerificationReport,
         load_bundle,
         verify_bundle,
@@ -41,11 +49,13 @@ if TYPE_CHECKING:
     from audits.witness import CheckpointWitness, LocalRecord
 
 __all__ = [
+    "Anchor",
     "AuditBundle",
     "AuditError",
     "CheckpointSigner",
     "CheckpointWitness",
     "CompactRange",
+    "CompletenessError",
     "EpsilonAccountFactory",
     "EpsilonRecomputer",
     "Event",
@@ -56,13 +66,16 @@ __all__ = [
     "LocalRecord",
     "MerkleTree",
     "RdpEpsilonAccount",
+    "ReportError",
     "SchemaError",
     "SignedCheckpoint",
     "SiloEpsilonAccount",
+    "TrustAnchors",
     "VerificationError",
     "VerificationReport",
     "build_report",
     "canonical_json",
+    "find_chromium",
     "key_id",
     "leaf_hash",
     "load_bundle",
@@ -74,13 +87,20 @@ __all__ = [
     "verify_consistency",
     "verify_inclusion",
     "write_bundle",
+    "write_pdf",
     "write_report",
 ]
 
 _EXPORTS: Final = {
     "canonical": ("canonical_json",),
     "checkpoint": ("CheckpointSigner", "SignedCheckpoint", "key_id", "verify_checkpoint"),
-    "errors": ("AuditError", "LedgerError", "VerificationError"),
+    "errors": (
+        "AuditError",
+        "CompletenessError",
+        "LedgerError",
+        "ReportError",
+        "VerificationError",
+    ),
     "events": ("Event", "EventKind", "LedgerEntry", "SchemaError"),
     "ledger": ("Ledger",),
     "merkle": (
@@ -92,13 +112,15 @@ _EXPORTS: Final = {
         "verify_consistency",
         "verify_inclusion",
     ),
-    "report": ("build_report", "render_html", "write_report"),
+    "report": ("build_report", "find_chromium", "render_html", "write_pdf", "write_report"),
     "verify": (
+        "Anchor",
         "AuditBundle",
         "EpsilonAccountFactory",
         "EpsilonRecomputer",
         "RdpEpsilonAccount",
         "SiloEpsilonAccount",
+        "TrustAnchors",
         "VerificationReport",
         "load_bundle",
         "verify_bundle",

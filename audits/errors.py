@@ -1,15 +1,22 @@
-"""The exception tree of ``audits``: every failure of the ledger and its verifier.
+"""The exception tree of ``audits``: every failure of the ledger, its verifier and the report.
 
 ::
 
     AuditError
-    ├── LedgerError          the ledger cannot append or read (storage, schema)
-    └── VerificationError    a bundle, proof, checkpoint or signature does not verify
+    ├── LedgerError              the ledger cannot append or read (storage, schema)
+    ├── VerificationError        a bundle, proof, checkpoint or signature does not verify
+    │   └── CompletenessError    everything verified, but a fact a completed round must have is missing
+    └── ReportError              the report could not be printed (no headless Chromium, or it failed)
 """
 
 from __future__ import annotations
 
-__all__ = ["AuditError", "LedgerError", "VerificationError"]
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from audits.verify import VerificationReport
+
+__all__ = ["AuditError", "CompletenessError", "LedgerError", "ReportError", "VerificationError"]
 
 
 class AuditError(Exception):
@@ -22,3 +29,20 @@ class LedgerError(AuditError):
 
 class VerificationError(AuditError):
     """Something in the audit trail does not verify; the message names the first bad item."""
+
+
+class CompletenessError(VerificationError):
+    """Every hash, signature and epsilon held, but the ledger misses a fact (the message names the first gap).
+
+    Attributes:
+        verified: what *did* verify (the checks before completeness all passed), for tests and diagnostics;
+            never a reason to trust the bundle.
+    """
+
+    def __init__(self, message: str, *, verified: VerificationReport) -> None:
+        super().__init__(message)
+        self.verified = verified
+
+
+class ReportError(AuditError):
+    """The report (its PDF) could not be produced; the message says why and what to do."""

@@ -8,8 +8,11 @@ Bundle layout (a directory)::
     audit_key.pub    the coordinator's Ed25519 audit public key: 64 lowercase hex chars + "\\n"
 
 Notes:
-    The verifier trusts only what the caller pins: the audit public key and the silos'
-    roster keys (DESIGN section 2: the roster is distributed out of band). It recomputes
+    The verifier trusts only what the caller pins: the audit public key, the log origin and the
+    silos' roster keys (DESIGN section 2: the roster is distributed out of band), and the roster
+    must be the one the federation was created with (its fingerprint in ``federation_created``).
+    What was pinned and what was read from the bundle itself is returned as
+    :class:`TrustAnchors`, so a report can say so in words (DESIGN section 7: fail closed). It recomputes
     every RFC 6962 leaf hash and the root and compares it with the signed checkpoint, so an
     edited byte, a deleted, inserted or reordered entry changes the root (RFC 9162 2.1). The
     per-entry ``index`` and ``prev`` chain locate the first entry that was touched. A log cut
@@ -30,6 +33,14 @@ Notes:
     attestations. The claims are then judged in order, so the error still names the earliest
     refuted entry. The whole-history hook (:data:`EpsilonRecomputer`) is kept for
     compatibility and is O(rounds^2) over a bundle.
+
+    Completeness (DESIGN section 7) is judged last, once every hash, signature and epsilon held,
+    so a :class:`~audits.errors.CompletenessError` means exactly that a fact is missing: every
+    contributor of a completed round has a privacy attestation bound to the session its
+    ``participants`` record names (where the federation has record-level privacy and requires
+    attestations), and every completed round of a federation with silo-level DP records its
+    release, each composing one more round than the one before. The pass only notes the few
+    fields involved; the judgement is one loop over the rounds at the end.
 """
 
 from __future__ import annotations
@@ -40,10 +51,11 @@ import json
 import math
 import multiprocessing
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Protocol, TypeAlias
@@ -53,17 +65,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from audits.canonical import MAX_EXACT_INT
 from audits.checkpoint import SignedCheckpoint, parse_checkpoint, verify_checkpoint
-from audits.errors import LedgerError, VerificationError
+from audits.errors import CompletenessError, LedgerError, VerificationError
 from audits.events import EventKind, LedgerEntry
 from audits.ledger import Ledger
 from audits.merkle import EMPTY_ROOT, CompactRange, leaf_hash
 
 __all__ = [
+    "Anchor",
     "AuditBundle",
     "EpsilonAccountFactory",
     "EpsilonRecomputer",
     "RdpEpsilonAccount",
     "SiloEpsilonAccount",
+    "TrustAnchors",
     "VerificationReport",
     "load_bundle",
     "verify_bundle",
@@ -200,6 +214,47 @@ class AuditBundle:
     audit_public_key: bytes
 
 
+class Anchor(StrEnum):
+    """What an auditor pins out of band; without all three, a verification proves internal consistency only."""
+
+    AUDIT_KEY = "audit_key"
+    CONSORTIUM_KEY = "consortium_key"
+    ORIGIN = "origin"
+
+
+@dataclass(frozen=True, slots=True)
+class TrustAnchors:
+    """What a verification was anchored to, and which of it the auditor pinned.
+
+    Attributes:
+        audit_public_key: the raw audit key the checkpoints verified under.
+        origin: the log origin the checkpoints verified under.
+        consortium_public_key: the raw key the roster verified under, if the caller checked a roster
+            (rosters are parsed above this package).
+        roster_fingerprint: the roster fingerprint ``federation_created`` records (SHA-256 hex).
+        roster_checked: the bundle's roster was hashed by the caller and matched that fingerprint.
+        pinned: the anchors the auditor supplied; the others were read from the bundle itself, which
+            anyone who wrote the bundle controls.
+    """
+
+    audit_public_key: bytes
+    origin: str
+    consortium_public_key: bytes | None
+    roster_fingerprint: str | None
+    roster_checked: bool
+    pinned: frozenset[Anchor]
+
+    @property
+    def unpinned(self) -> tuple[Anchor, ...]:
+        """The anchors taken from the bundle itself, in declaration order."""
+        return tuple(a for a in Anchor if a not in self.pinned)
+
+    @property
+    def fully_pinned(self) -> bool:
+        """Audit key, consortium key and origin pinned, and the roster matched the ledger's."""
+        return not self.unpinned and self.roster_checked
+
+
 @dataclass(frozen=True, slots=True)
 class VerificationReport:
     """What a successful verification established.
@@ -212,6 +267,10 @@ class VerificationReport:
         attestations_checked: privacy attestations whose silo signature verified.
         epsilons_recomputed: attestations whose epsilon was recomputed and matched.
         checkpoints_checked: extra (e.g. later) checkpoints the entries were checked against.
+        anchors: what the verification was anchored to, and what of it was pinned.
+        roster_members: the silo ids of the roster whose keys checked the attestations, sorted.
+        notes: completeness checks that held only in a weaker form (e.g. a round recorded at
+            restart names no session), one sentence per kind of check, naming its rounds.
     """
 
     checkpoint: SignedCheckpoint
@@ -221,6 +280,9 @@ class VerificationReport:
     attestations_checked: int
     epsilons_recomputed: int
     checkpoints_checked: int
+    anchors: TrustAnchors
+    roster_members: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 def write_bundle(
@@ -542,6 +604,161 @@ class _AttestationChecker:
         return min(failures, default=None)
 
 
+_NO_SESSION_AT_RESTART: Final = (
+    "recorded at restart, the participants record names no session; the contributors' "
+    "attestations were checked against each other, not against it."
+)
+_NO_SESSION: Final = (
+    "the participants record (written by a coordinator older than the session record) names no "
+    "session; the contributors' attestations were checked against each other, not against it."
+)
+_NO_RELEASE_AT_RESTART: Final = (
+    "recorded at restart from the coordinator's store, which keeps no silo-level DP facts; the "
+    "next recorded release composes the round too."
+)
+
+
+def _rounds(rounds: Sequence[int]) -> str:
+    """``[1, 2, 3, 7]`` as ``Rounds 1-3 and 7`` (``Round 4`` for one)."""
+    spans: list[list[int]] = []
+    for rnd in rounds:
+        if spans and rnd == spans[-1][1] + 1:
+            spans[-1][1] = rnd
+        else:
+            spans.append([rnd, rnd])
+    parts = [str(a) if a == b else f"{a}-{b}" for a, b in spans]
+    text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return ("Round " if len(rounds) == 1 else "Rounds ") + text
+
+
+def _short(session: str | None) -> str:
+    return "no session" if session is None else f"session {session[:16]}..."
+
+
+class _Completeness:
+    """The facts a completed round must have, noted during the pass and judged at the end.
+
+    Notes:
+        DESIGN section 7: a witness can prove that what a silo sent is in the log, but only the
+        verifier can prove that nothing a completed round needs is *missing*. The ledger records a
+        completed round's contributors (``participants.survivors``) and, since coordinators record
+        it, the session every contributor's attestation is bound to (``participants.session_id``);
+        the attestation's own ``session_id`` is inside what the silo signed. A round recorded at
+        restart (``recorded_at_restart``) was rebuilt from the coordinator's store, which keeps
+        neither the session nor the silo-level DP facts: for it (and for ledgers of coordinators
+        older than the session record) the contributors' attestations must exist and agree on one
+        session, and a missing silo-level release is a note, since the next release composes it.
+    """
+
+    __slots__ = ("_attested", "_closed", "_participants", "_require", "_silo_level")
+
+    def __init__(self) -> None:
+        self._require = False  # record-level privacy with attestations required
+        self._silo_level = False
+        self._attested: dict[tuple[int, str], tuple[int, str | None]] = {}
+        self._participants: dict[int, tuple[int, Mapping[str, Any]]] = {}
+        self._closed: list[tuple[int, int, Mapping[str, Any]]] = []
+
+    def created(self, body: Mapping[str, Any]) -> None:
+        privacy = body.get("privacy")
+        if isinstance(privacy, Mapping):
+            record_level = "budget" in privacy or "silo_budgets" in privacy
+            self._require = record_level and privacy.get("require_attestation", True) is not False
+            self._silo_level = "silo_level" in privacy
+
+    def attestation(self, index: int, rnd: int, silo: str, attestation: Mapping[str, Any]) -> None:
+        session = attestation.get("session_id")
+        self._attested.setdefault(
+            (rnd, silo), (index, session if isinstance(session, str) else None)
+        )
+
+    def participants(self, index: int, rnd: int, body: Mapping[str, Any]) -> str | None:
+        if rnd in self._participants:
+            return f"round {rnd} has a second participants record"
+        self._participants[rnd] = (index, body)
+        return None
+
+    def closed(self, index: int, rnd: int, body: Mapping[str, Any]) -> None:
+        self._closed.append((index, rnd, body))
+
+    def judge(self) -> tuple[str | None, list[str]]:
+        """The first gap as one line (``None`` if there is none), and the notes on weaker checks."""
+        notes: dict[str, list[int]] = {
+            _NO_SESSION_AT_RESTART: [],
+            _NO_SESSION: [],
+            _NO_RELEASE_AT_RESTART: [],
+        }
+        seen: set[int] = set()
+        gap = None
+        for completed, (index, rnd, closed) in enumerate(self._closed, start=1):
+            if rnd in seen:
+                gap = f"incomplete: round {rnd}: closed twice (again at entry {index})"
+                break
+            seen.add(rnd)
+            gap = self._round_gap(index, rnd, closed, completed, notes)
+            if gap is not None:
+                gap = f"incomplete: {gap}"
+                break
+        # one sentence per kind of weaker check, not one per round (an old ledger has thousands)
+        return gap, [f"{_rounds(r)}: {why}" for why, r in notes.items() if r]
+
+    def _round_gap(
+        self,
+        index: int,
+        rnd: int,
+        closed: Mapping[str, Any],
+        completed: int,
+        notes: Mapping[str, list[int]],
+    ) -> str | None:
+        restart = closed.get("recorded_at_restart") is True
+        found = self._participants.get(rnd)
+        if found is None:
+            return f"round {rnd}: closed (entry {index}) without a participants record"
+        at, participants = found
+        session = participants.get("session_id")
+        sessions: dict[str | None, str] = {}
+        for silo in participants["survivors"]:
+            attested = self._attested.get((rnd, silo))
+            if attested is None:
+                if self._require:
+                    return (
+                        f"round {rnd}, silo {silo!r}: took part in the completed round "
+                        f"(participants, entry {at}) but has no privacy attestation for it"
+                    )
+                continue
+            where, bound = attested
+            if session is not None and bound != session:
+                return (
+                    f"round {rnd}, silo {silo!r}: its attestation (entry {where}) is bound to "
+                    f"{_short(bound)}, the round's participants record (entry {at}) names "
+                    f"{_short(session)}"
+                )
+            sessions.setdefault(bound, silo)
+        if session is None and sessions:
+            if len(sessions) > 1:
+                (one, first), (other, second) = list(sessions.items())[:2]
+                return (
+                    f"round {rnd}: the attestations of silo {first!r} ({_short(one)}) and silo "
+                    f"{second!r} ({_short(other)}) are bound to different sessions"
+                )
+            notes[_NO_SESSION_AT_RESTART if restart else _NO_SESSION].append(rnd)
+        if not self._silo_level:
+            return None
+        release = closed.get("silo_level_dp")
+        if release is None:
+            if not restart:
+                return f"round {rnd}: completed (entry {index}) but its silo-level DP release is not recorded"
+            notes[_NO_RELEASE_AT_RESTART].append(rnd)
+            return None
+        composed = release.get("rounds") if isinstance(release, Mapping) else None
+        if isinstance(composed, int) and not isinstance(composed, bool) and composed != completed:
+            return (
+                f"round {rnd}: its silo-level DP release (entry {index}) composes {composed} "
+                f"round(s), but it is completed round number {completed}: a release is missing"
+            )
+        return None
+
+
 def _check_entry(
     position: int,
     data: bytes,
@@ -549,6 +766,7 @@ def _check_entry(
     federation: str,
     checkpoint_size: int,
     attestations: _AttestationChecker,
+    completeness: _Completeness,
     decoded: list[LedgerEntry],
 ) -> tuple[bytes, str]:
     """Check one entry in sequence; return its leaf hash and the federation id."""
@@ -575,14 +793,45 @@ def _check_entry(
         if event.kind is not EventKind.FEDERATION_CREATED:
             raise _bad(0, "the first entry must be federation_created")
         federation = event.federation
+        completeness.created(event.body)
     elif event.kind is EventKind.FEDERATION_CREATED:
         raise _bad(position, "a second federation_created")
     elif event.federation != federation:
         raise _bad(position, f"belongs to federation {event.federation!r}, not {federation!r}")
-    if event.kind is EventKind.PRIVACY_ATTESTATION:
+    kind, rnd, body = event.kind, event.round, event.body
+    if kind is EventKind.PRIVACY_ATTESTATION:
         attestations.check(position, entry, data)
+        if rnd is not None:  # always: the schema requires a round for round kinds
+            completeness.attestation(position, rnd, body["silo"], body["attestation"])
+    elif kind is EventKind.PARTICIPANTS and rnd is not None:
+        problem = completeness.participants(position, rnd, body)
+        if problem is not None:
+            raise _bad(position, problem)
+    elif kind is EventKind.ROUND_CLOSED and rnd is not None:
+        completeness.closed(position, rnd, body)
     decoded.append(entry)
     return leaf_hash(data), federation
+
+
+def _check_roster(bundle: AuditBundle, fingerprint: str) -> None:
+    """The roster the silo keys come from must be the one ``federation_created`` records.
+
+    Checked before the pass: with a swapped roster every later signature failure would only be a
+    symptom. The entry's own integrity is still established by the pass (its leaf is in the root).
+    """
+    try:
+        created = LedgerEntry.decode(bundle.entries[0]).event if bundle.entries else None
+    except LedgerError:
+        return  # the pass names what is wrong with entry 0
+    if created is None or created.kind is not EventKind.FEDERATION_CREATED:
+        return
+    recorded = str(created.body["roster_fingerprint"])
+    if not hmac.compare_digest(recorded, fingerprint):
+        raise VerificationError(
+            f"bundle: {ROSTER_FILE} (fingerprint {fingerprint}) is not the roster the "
+            f"federation was created with (federation_created, entry 0, records {recorded}): "
+            "a swapped roster"
+        )
 
 
 @contextmanager
@@ -624,6 +873,9 @@ def verify_bundle(
     origin: str | None = None,
     epsilon_accounts: EpsilonAccountFactory | None = None,
     workers: int = 1,
+    roster_fingerprint: str | None = None,
+    consortium_public_key: bytes | None = None,
+    unpinned: Collection[Anchor] = (),
 ) -> VerificationReport:
     """Verify an audit bundle completely, or raise naming the first problem.
 
@@ -641,7 +893,7 @@ def verify_bundle(
             ``epsilon_accounts``.
         checkpoints: other signed checkpoints of the same log (e.g. the latest a silo's
             witness accepted); the bundle must contain and agree with each of them.
-        origin: the expected log origin; default: the bundle checkpoint's own.
+        origin: the pinned log origin; default: the bundle checkpoint's own (then not pinned).
         epsilon_accounts: optional :data:`EpsilonAccountFactory` (e.g.
             :class:`RdpEpsilonAccount`): one account per silo, converted in bulk after the
             pass.
@@ -652,6 +904,13 @@ def verify_bundle(
             caller runs no other thread, and uses ``forkserver`` otherwise, which (like any
             ``multiprocessing`` use) needs the caller's main module to be importable without
             side effects (an ``if __name__ == "__main__":`` guard).
+        roster_fingerprint: SHA-256 hex of the roster ``silo_keys`` come from (the caller parses
+            rosters); it must equal the fingerprint ``federation_created`` records. ``None``: not
+            checked (and :attr:`TrustAnchors.roster_checked` says so).
+        consortium_public_key: the key the caller verified that roster under, recorded in the
+            anchors; ``None`` if none was pinned.
+        unpinned: anchors the caller read from the bundle itself instead of pinning (e.g.
+            ``secagg audit verify --unpinned``); recorded in the anchors, never trusted.
 
     Returns:
         A :class:`VerificationReport` of what was established.
@@ -659,6 +918,8 @@ def verify_bundle(
     Raises:
         VerificationError: the first bad item: ``"entry N: reason"`` for an entry, or
             ``"checkpoint: ..."``/``"bundle: ..."``/``"truncated: ..."`` otherwise.
+        CompletenessError: everything above held, but a completed round misses a fact:
+            ``"incomplete: round R[, silo S]: what is missing"`` for the first gap.
         ValueError: both epsilon hooks given, ``workers`` not an integer >= 1, or a
             malformed silo key.
 
@@ -684,6 +945,8 @@ def verify_bundle(
     )
     checkpoint = verify_checkpoint(bundle.checkpoint_text, audit_public_key, expected_origin)
     others = [verify_checkpoint(t, audit_public_key, expected_origin) for t in checkpoints]
+    if roster_fingerprint is not None:
+        _check_roster(bundle, roster_fingerprint)
 
     with ExitStack() as stack:
         # This process decodes: one worker fewer keeps one busy process per core.
@@ -693,6 +956,7 @@ def verify_bundle(
         attestations = _AttestationChecker(
             silo_keys, recompute_epsilon, epsilon_accounts, signatures
         )
+        completeness = _Completeness()
         compact = CompactRange()
         decoded: list[LedgerEntry] = []
         roots_needed = {c.size: c for c in others}
@@ -704,7 +968,14 @@ def verify_bundle(
         for position, data in enumerate(bundle.entries):
             try:
                 prev, federation = _check_entry(
-                    position, data, prev, federation, checkpoint.size, attestations, decoded
+                    position,
+                    data,
+                    prev,
+                    federation,
+                    checkpoint.size,
+                    attestations,
+                    completeness,
+                    decoded,
                 )
             except VerificationError as exc:
                 failure = exc
@@ -747,7 +1018,14 @@ def verify_bundle(
                 f"checkpoint of size {other.size} disagrees with the bundle's "
                 "entries: the coordinator rewrote history"
             )
-    return VerificationReport(
+    recorded = str(decoded[0].event.body["roster_fingerprint"]) if decoded else None
+    pinned = set(Anchor).difference(unpinned)
+    if origin is None:
+        pinned.discard(Anchor.ORIGIN)
+    if consortium_public_key is None:
+        pinned.discard(Anchor.CONSORTIUM_KEY)
+    gap, notes = completeness.judge()
+    report = VerificationReport(
         checkpoint=checkpoint,
         federation=federation,
         entries=tuple(decoded),
@@ -755,4 +1033,19 @@ def verify_bundle(
         attestations_checked=signatures.count,
         epsilons_recomputed=attestations.recomputed,
         checkpoints_checked=len(others),
+        anchors=TrustAnchors(
+            audit_public_key=bytes(audit_public_key),
+            origin=expected_origin,
+            consortium_public_key=(
+                None if consortium_public_key is None else bytes(consortium_public_key)
+            ),
+            roster_fingerprint=recorded,
+            roster_checked=roster_fingerprint is not None,
+            pinned=frozenset(pinned),
+        ),
+        roster_members=tuple(sorted(silo_keys)),
+        notes=tuple(notes),
     )
+    if gap is not None:
+        raise CompletenessError(gap, verified=report)
+    return report

@@ -1,9 +1,12 @@
 """Benchmark: packed threshold Paillier vs naive one-value-per-ciphertext phe (DESIGN 5, issue 6).
 
-Run ``.venv/bin/python bench/bench_paillier.py`` (2048-bit key, 1,000,000 parameters per silo, 10 silos) or
-``--quick`` (1024-bit key, 20,000 parameters). Everything runs on one core unless a row says "2 workers".
-The naive baseline, the standard obfuscators and the threshold decryption are measured on a sample and
-extrapolated (the row says so); encryption, upload and aggregation are measured in full.
+Run ``.venv/bin/python bench/bench_paillier.py`` (2048-bit key, 1,000,000 parameters per silo, 10 silos, t = 6;
+about 12 minutes) or ``--quick`` (1024-bit key, 20,000 parameters). Everything runs on one core unless a row
+says "2 workers". The naive baseline and the standard obfuscators are measured on a sample and extrapolated
+(the row says so); encryption, upload, aggregation and the whole threshold decryption (t partial decryptions
+of the full aggregate, every proof verified, the exact sum checked) are measured in full. Timed rows carry the
+load average when they ended: the reference machine has 2 cores that others share. The last line is the
+issue's acceptance figure (target <= 60 s wall clock for 1M parameters).
 """
 
 from __future__ import annotations
@@ -21,11 +24,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from secagg.hazmat.paillier import (
     ObfuscatorMode,
     ObfuscatorPool,
+    PartialDecryption,
     ciphertexts_from_bytes,
-    combine_partial_decryptions,
     deal_threshold_key,
+    lagrange_combine,
     partial_decrypt,
+    verify_partial_decryptions,
 )
+from secagg.hazmat.paillier.proofs import BATCH_BITS
 from secagg.paillier import (
     DecryptionRequest,
     InMemoryDecryptionHistory,
@@ -33,11 +39,29 @@ from secagg.paillier import (
     PaillierContributor,
     PaillierRoundConfig,
     PartialDecrypter,
+    PartialDecryptionMessage,
 )
+from secagg.paillier.messages import proof_context
 
 VALUE_BITS = 16
 SILOS = 10
 THRESHOLD = 6  # DESIGN 4.3: n = 10 -> t = 6..7
+BEFORE = {  # the issue's figures for 1M parameters, 2048 bits, t = 6, before batching, processes, key format 2
+    "party": {1: "246 s", 2: "257 s"},
+    "combine": "162 s",
+    "wall": "420 s",
+}
+
+
+def _before(what: str, full: bool) -> str:
+    """The issue's figure for ``what`` (1M parameters), in a full run only."""
+    return f"(before: {what}) " if full else ""
+
+
+def _load() -> str:
+    """The 1-, 5- and 15-minute load averages (the machine is shared: figures depend on them)."""
+    one, five, fifteen = os.getloadavg()
+    return f"[load {one:.2f} {five:.2f} {fifteen:.2f}]"
 
 
 T = TypeVar("T")
@@ -53,6 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="1024-bit key, 20,000 parameters")
     args = parser.parse_args()
+    full = not args.quick
     key_bits = 1024 if args.quick else 2048
     length = 20_000 if args.quick else 1_000_000
     naive_sample = 20 if args.quick else 200
@@ -63,7 +88,8 @@ def main() -> None:
         print(f"  {name}: {value} {note}", flush=True)
 
     print(
-        f"threshold Paillier bench: {key_bits}-bit N, {length:,} params/silo, {SILOS} silos, t={THRESHOLD}"
+        f"threshold Paillier bench: {key_bits}-bit N, {length:,} params/silo, {SILOS} silos, t={THRESHOLD} "
+        f"{_load()}"
     )
     seconds, material = _timed(
         lambda: deal_threshold_key(
@@ -87,8 +113,8 @@ def main() -> None:
     count = packing.plaintexts_for(length)
     row(
         "layout",
-        f"{packing.slot_bits}-bit slots x {packing.slots_per_plaintext}/ciphertext",
-        f"-> {count:,} ct",
+        f"base-{packing.radix:,} slots x {packing.slots_per_plaintext}/ciphertext",
+        f"-> {count:,} ct" + (" (before: 20-bit binary slots x 102, 9,804 ct)" if full else ""),
     )
 
     # --- naive phe baseline: one value per ciphertext, phe's own encrypt (sampled, extrapolated) ----------
@@ -166,7 +192,7 @@ def main() -> None:
         submissions[silo] = PaillierContributor(
             silo_id=silo, signing_key=signing[silo], public_key=pk, config=config, pool=silo_pool
         ).encrypt_update(updates[silo])
-    aggregator = PaillierAggregator(public_key=pk, config=config, roster=roster)
+    aggregator = PaillierAggregator(public_key=pk, config=config, roster=roster, workers=2)
 
     def aggregate() -> DecryptionRequest:
         for chunks_, commitment_ in submissions.values():
@@ -193,56 +219,84 @@ def main() -> None:
     row("decrypter: verify 10 signed commitments + draw positions", f"{seconds_check:.2f} s")
     row("coordinator: open spot checks (Merkle paths)", f"{seconds_open:.2f} s")
 
+    # --- threshold decryption of the whole aggregate, every proof verified (measured in full) -------------------
     aggregate_cts = ciphertexts_from_bytes(pk, request.aggregate)
-    sample_cts = [int(c) for c in aggregate_cts[: 32 if args.quick else 96]]
-    scale = count / len(sample_cts)
-    note = f"(extrapolated from {len(sample_cts)} ciphertexts)"
+    digest = request.digest()
+    context = proof_context(request.context, digest)
     per_party: dict[int, float] = {}
+    partials: list[PartialDecryption] = []
     for workers in (1, 2):
-        seconds, _ = _timed(
+        seconds, first_partial = _timed(
             functools.partial(
-                partial_decrypt, pk, keys.shares[0], sample_cts, context=b"bench", workers=workers
+                partial_decrypt, pk, keys.shares[0], aggregate_cts, context=context, workers=workers
             )
         )
-        per_party[workers] = seconds * scale
+        per_party[workers] = seconds
         row(
-            f"partial decryption + proof, per party, {workers} core(s)",
-            f"{per_party[workers]:.1f} s",
-            note,
+            f"partial decryption + proof, per party, {workers} worker{'s' if workers > 1 else ''}",
+            f"{seconds:.1f} s",
+            f"{_before(BEFORE['party'][workers], full)}{_load()}",
         )
-    partials = [
-        partial_decrypt(pk, share, sample_cts, context=b"bench", workers=2)
-        for share in keys.shares[:THRESHOLD]
-    ]
-    seconds, plaintexts = _timed(
-        lambda: combine_partial_decryptions(pk, sample_cts, partials, context=b"bench")
+    partials.append(first_partial)
+    # the other key holders (each on its own machine, in parallel, in production)
+    for share in keys.shares[1:THRESHOLD]:
+        partials.append(partial_decrypt(pk, share, aggregate_cts, context=context, workers=2))
+    seconds, (valid, invalid) = _timed(
+        lambda: verify_partial_decryptions(pk, aggregate_cts, partials, context=context, workers=2)
     )
-    combine = seconds * scale
-    row(f"combine {THRESHOLD} partials (verify proofs + Lagrange)", f"{combine:.1f} s", note)
+    assert not invalid, "an honest partial decryption was refused"
+    assert len(valid) == THRESHOLD
+    row(
+        f"proof verification, {THRESHOLD} partials (batched, 2 workers)",
+        f"{seconds:.1f} s",
+        f"(soundness 2^-{BATCH_BITS} per vector) {_load()}",
+    )
+    seconds, plaintexts = _timed(
+        lambda: lagrange_combine(
+            pk, aggregate_cts, {p.index: p.values for p in partials}, workers=2
+        )
+    )
+    row(f"Lagrange combination of {THRESHOLD} partials (2 workers)", f"{seconds:.1f} s", _load())
+    messages = [
+        PartialDecryptionMessage(silo_id=holders[k], request_digest=digest, partial=partial)
+        for k, partial in enumerate(partials)
+    ]
+    seconds, total = _timed(lambda: aggregator.finish(messages))
+    combine = seconds
+    row(
+        f"combine {THRESHOLD} partials: coordinator finish (verify + Lagrange + unpack, 2 workers)",
+        f"{combine:.1f} s",
+        f"{_before(BEFORE['combine'], full)}{_load()}",
+    )
+    wall = per_party[2] + combine
     row(
         "threshold decryption total, wall clock",
-        f"{per_party[2] + combine:.1f} s",
-        "(parties in parallel, 2 cores each)",
+        f"{wall:.1f} s",
+        f"(parties in parallel, 2 workers each; target <= 60 s) {_before(BEFORE['wall'], full)}{_load()}",
     )
     row(
         "threshold decryption total, compute",
         f"{THRESHOLD * per_party[1] + combine:.1f} s",
         "(all parties)",
     )
-    # The decrypted sample decodes to the exact sum of the first values (slot order is vector order).
-    covered = len(sample_cts) * packing.slots_per_plaintext
-    if covered <= length:
-        decoded = packing.unpack_sum(plaintexts, length=covered, contributors=SILOS)
-        expected = sum(u[:covered] for u in updates.values())
-        assert np.array_equal(decoded, expected), "aggregate does not decode to the exact sum"
-        row("exact sum check on the decrypted sample", "ok")
+    assert np.array_equal(total, sum(updates.values())), (
+        "aggregate does not decode to the exact sum"
+    )
+    assert np.array_equal(
+        packing.unpack_sum(plaintexts, length=length, contributors=SILOS), total
+    ), "the Lagrange combination and the coordinator's finish disagree"
+    row("exact sum check on the whole decrypted aggregate", "ok")
 
     width = max(len(r[0]) for r in rows)
     print()
+    print(f"load average at the end: {_load()}")
     print(f"| {'measure'.ljust(width)} | value | note |")
     print(f"|{'-' * (width + 2)}|-------|------|")
     for name, value, note_ in rows:
         print(f"| {name.ljust(width)} | {value} | {note_} |")
+    print()
+    size = "1M" if length == 1_000_000 else f"{length:,} parameters"
+    print(f"paillier threshold decryption {size}: {wall:.1f} s (target <= 60 s) {_load()}")
 
 
 if __name__ == "__main__":

@@ -150,9 +150,39 @@ app.add_typer(audit_app, name="audit")
 
 _AUDIT_KEY_HELP = (
     "The coordinator's audit public key you trust: 64 hex digits, or a file holding them (e.g. the "
-    "consortium's coordinator/audit.pub). Without it only internal consistency is proved."
+    "consortium's coordinator/audit.pub)."
 )
 _CONSORTIUM_KEY_HELP = "The consortium public key you trust (64 hex digits or a file); the roster must verify under it."
+_ORIGIN_HELP = (
+    "The log origin you trust, e.g. secagg/federation/NAME (the checkpoint's first line)."
+)
+_FEDERATION_HELP = (
+    "The federation you audit: the ledger's and the roster's must be it; pins the origin "
+    "secagg/federation/NAME unless --origin is given."
+)
+#: Exit codes of ``secagg audit verify`` and ``secagg audit report`` (also in their --help and README).
+EXIT_VERIFIED = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNPINNED = 3
+EXIT_NO_PDF = 4
+
+_EXIT_CODES = "\n\n".join(
+    [
+        "Exit codes:",
+        f"{EXIT_VERIFIED}  verified against the pinned audit key, consortium key and log origin",
+        f"{EXIT_FAILED}  verification failed: the message names the first problem (report: nothing written)",
+        f"{EXIT_USAGE}  usage error, e.g. a pin is missing and --unpinned was not given",
+        f"{EXIT_UNPINNED}  --unpinned: internally consistent, but not anchored to keys you trust (report: "
+        "written, and marked so)",
+        f"{EXIT_NO_PDF}  report only: report.html and report.json written, the PDF could not be printed "
+        f"({EXIT_UNPINNED} wins when both apply)",
+    ]
+)
+_UNPINNED_HELP = (
+    "Run without some pins: what is missing is read from the bundle itself, which proves internal "
+    f"consistency only; exits {EXIT_UNPINNED} even if everything checks out."
+)
 
 
 def _hex_key(value: str | None, name: str) -> bytes | None:
@@ -169,22 +199,49 @@ def _hex_key(value: str | None, name: str) -> bytes | None:
 
 
 def _verified(
-    bundle: Path, audit_key: str | None, consortium_key: str | None, checkpoints: list[Path]
+    bundle: Path,
+    pins: tuple[str | None, str | None, str | None, str | None],
+    *,
+    checkpoints: list[Path],
+    unpinned: bool,
 ) -> VerificationReport:
+    """Verify as both commands do; ``pins``: (audit key, consortium key, origin, federation) options."""
+    audit_key, consortium_key, origin, federation = pins
     from audits import VerificationError
     from coordinator.rounds.audit import verify_bundle_dir
     from secagg import SecAggError
 
+    missing = [
+        option
+        for option, value in (
+            ("--audit-key", audit_key),
+            ("--consortium-key", consortium_key),
+            ("--origin or --federation", origin or federation),
+        )
+        if value is None
+    ]
+    if missing and not unpinned:
+        typer.secho(
+            f"error: not pinned: {', '.join(missing)}. Verification fails closed: pin them (the demo "
+            "prints the command), or pass --unpinned to check internal consistency only "
+            f"(exit {EXIT_UNPINNED}).",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(code=EXIT_USAGE)
     try:
         report, warnings = verify_bundle_dir(
             bundle,
             audit_public_key=_hex_key(audit_key, "--audit-key"),
             consortium_public_key=_hex_key(consortium_key, "--consortium-key"),
+            origin=origin,
+            federation=federation,
             checkpoints=[p.read_text(encoding="utf-8") for p in checkpoints],
+            unpinned=unpinned,
         )
     except (VerificationError, SecAggError, OSError, ValueError) as exc:
         typer.secho(f"FAILED: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=1) from exc
+        raise typer.Exit(code=EXIT_FAILED) from exc
     for warning in warnings:
         typer.secho(f"WARNING: {warning}", fg=typer.colors.YELLOW, err=True)
     return report
@@ -192,6 +249,9 @@ def _verified(
 
 _AuditKey = Annotated[str | None, typer.Option("--audit-key", help=_AUDIT_KEY_HELP)]
 _ConsortiumKey = Annotated[str | None, typer.Option("--consortium-key", help=_CONSORTIUM_KEY_HELP)]
+_Origin = Annotated[str | None, typer.Option("--origin", help=_ORIGIN_HELP)]
+_Federation = Annotated[str | None, typer.Option("--federation", help=_FEDERATION_HELP)]
+_Unpinned = Annotated[bool, typer.Option("--unpinned", help=_UNPINNED_HELP)]
 _Checkpoints = Annotated[
     list[Path],
     typer.Option(
@@ -199,6 +259,13 @@ _Checkpoints = Annotated[
         help="A later signed checkpoint (e.g. from a silo's witness); repeatable. Catches a truncated log.",
     ),
 ]
+
+
+def _pinning_line(report: VerificationReport) -> str:
+    anchors = report.anchors
+    if anchors.fully_pinned:
+        return "pinned: audit key, consortium key and log origin"
+    return "NOT PINNED: " + ", ".join(str(a).replace("_", " ") for a in anchors.unpinned)
 
 
 @audit_app.command("export")
@@ -222,37 +289,91 @@ def _audit_export(
     )
 
 
-@audit_app.command("verify")
+@audit_app.command("verify", epilog=_EXIT_CODES)
 def _audit_verify(
     bundle: Annotated[Path, typer.Argument(metavar="DIR", help="The audit bundle directory.")],
     audit_key: _AuditKey = None,
     consortium_key: _ConsortiumKey = None,
+    origin: _Origin = None,
+    federation: _Federation = None,
     checkpoint: _Checkpoints = [],  # noqa: B006 - typer reads the default, never mutates it
+    unpinned: _Unpinned = False,
 ) -> None:
-    """Recompute every hash, signature and epsilon; exit 0 only if everything holds."""
-    report = _verified(bundle, audit_key, consortium_key, checkpoint)
+    """Recompute every hash, signature and epsilon and check completeness; fails closed without pins.
+
+    Pin the coordinator's audit key, the consortium key and the log origin (--origin, or --federation NAME for
+    secagg/federation/NAME); the bundle's roster must be the one the ledger's first entry records.
+    """
+    pins = (audit_key, consortium_key, origin, federation)
+    report = _verified(bundle, pins, checkpoints=checkpoint, unpinned=unpinned)
     cp = report.checkpoint
     typer.echo(
-        f"OK: {len(report.entries)} entries of federation {report.federation!r} match checkpoint "
-        f"size {cp.size} root {cp.root.hex()}; {report.attestations_checked} attestation signatures "
-        f"verified; {report.epsilons_recomputed} epsilons recomputed; "
-        f"{report.checkpoints_checked} later checkpoints consistent"
+        f"{'OK' if report.anchors.fully_pinned else 'CONSISTENT'}: {len(report.entries)} entries of "
+        f"federation {report.federation!r} match checkpoint size {cp.size} root {cp.root.hex()}; "
+        f"{report.attestations_checked} attestation signatures verified; {report.epsilons_recomputed} "
+        f"epsilons recomputed; {report.checkpoints_checked} later checkpoints consistent; every completed "
+        f"round complete; {_pinning_line(report)}"
     )
+    for note in report.notes:
+        typer.echo(f"note: {note}")
+    if not report.anchors.fully_pinned:
+        raise typer.Exit(code=EXIT_UNPINNED)
 
 
-@audit_app.command("report")
+@audit_app.command("report", epilog=_EXIT_CODES)
 def _audit_report(
     bundle: Annotated[Path, typer.Argument(metavar="DIR", help="The audit bundle directory.")],
-    out: Annotated[Path, typer.Option("--out", help="Directory for report.html and report.json.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Directory for report.html, report.json and report.pdf.")
+    ],
     audit_key: _AuditKey = None,
     consortium_key: _ConsortiumKey = None,
+    origin: _Origin = None,
+    federation: _Federation = None,
+    unpinned: _Unpinned = False,
+    pdf: Annotated[
+        bool | None,
+        typer.Option(
+            "--pdf/--no-pdf",
+            help="Also print report.pdf with headless Chromium. Default: when Chromium is found.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Verify the bundle, then write report.html (self-contained) and report.json (NIST SP 800-226 contents)."""
-    from audits import build_report, write_report
+    """Verify the bundle as `audit verify` does, then write report.html, report.json and report.pdf.
 
-    report = _verified(bundle, audit_key, consortium_key, [])
+    The report states which keys were pinned, with their fingerprints, and never shows "verified" when they
+    were not.
+    """
+    from audits import ReportError, build_report, find_chromium, write_pdf, write_report
+
+    pins = (audit_key, consortium_key, origin, federation)
+    report = _verified(bundle, pins, checkpoints=[], unpinned=unpinned)
     data, html = write_report(build_report(report), out)
     typer.echo(f"report written: {html} and {data}")
+    code = EXIT_VERIFIED if report.anchors.fully_pinned else EXIT_UNPINNED
+    chromium = find_chromium() if pdf is not False else None
+    if pdf is None and chromium is None:
+        typer.secho(
+            "no PDF: headless Chromium was not found (Debian: apt-get install chromium); "
+            "pass --no-pdf to skip it",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+    elif pdf is not False:
+        try:
+            typer.echo(f"PDF written: {write_pdf(html, chromium=chromium)}")
+        except ReportError as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            code = code or EXIT_NO_PDF
+    if code == EXIT_UNPINNED:
+        typer.secho(
+            "the report is marked NOT verified against pinned keys",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+    if code:
+        raise typer.Exit(code=code)
 
 
 # --- serve, silo, demo --------------------------------------------------------------------------------------

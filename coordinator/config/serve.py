@@ -148,7 +148,9 @@ class MaskingDeadlines(ConfigModel):
     share_keys: Positive = 30.0
     """Share keys: every silo sends its encrypted Shamir shares through the coordinator."""
     masked_input: Positive = 120.0
-    """Masked input: every silo trains and streams its masked update (local training happens here)."""
+    """Masked input: every silo trains and streams its masked update. Local training happens here: a silo
+    trains only once the share-keys stage has admitted it (DESIGN 4.4), so this deadline must cover a silo's
+    training as well as its upload."""
     consistency: Positive = 30.0
     """Consistency check: survivors sign the list of silos whose masked input arrived."""
     unmask: Positive = 30.0

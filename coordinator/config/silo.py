@@ -36,10 +36,20 @@ class SiloPolicy(ConfigModel):
     """The silo refuses a round whose ``min_cohort`` is smaller."""
     max_collusion_assumed: NonNegative = 0
     """The number of silos the silo assumes may collude with the coordinator; it refuses a round whose
-    collusion bound c (and hence threshold) is sized for fewer."""
+    collusion bound c (and hence threshold, and the silo-level DP plan's noise shares) is sized for fewer."""
     min_silo_dp_noise_multiplier: Annotated[float, Field(ge=0)] = 0.0
     """When > 0, the silo refuses a round without silo-level distributed DP or with a smaller noise multiplier
     than this (the coordinator announces the parameters; the silo adds the noise, so it decides)."""
+    min_silo_dp_dropouts_tolerated: NonNegative = 0
+    """The fewest dropouts the silo-level DP noise shares must tolerate: the silo derives its own plan with at
+    least this many and refuses a round whose announced plan tolerates fewer (its share would be too small)."""
+    max_silo_level_epsilon: Positive | None = None
+    """The most silo-level epsilon (at the plan's delta) this silo's releases may compose to, counted by its
+    own accountant over its own tally in ``state_dir``; it refuses a round that would exceed it, and any
+    round without silo-level DP. Absent: no ceiling."""
+    max_silo_level_releases: Count | None = None
+    """The most rounds this silo contributes a masked update to in this federation, counted in its own tally
+    in ``state_dir`` whatever the coordinator later reports about a round. Absent: no cap."""
 
     def check_round(self, config: RoundConfig, roster: Roster) -> None:
         """Raises ``Unauthorized`` if the coordinator's round parameters are weaker than this policy."""
@@ -116,7 +126,8 @@ class SiloConfig(FederationConfig):
     signing_key: InputPath
     """This silo's Ed25519 roster private key (signs its per-round keys and privacy attestations)."""
     state_dir: OutputPath
-    """Directory for the silo's local state: budget, model, round records (created if missing)."""
+    """Directory for the silo's local state: budget, silo-level release tally, model, round records (created if
+    missing)."""
     task: TaskConfig = Field(
         json_schema_extra=default_from(
             "all defaults, with `shard` and `num_shards` from the roster"

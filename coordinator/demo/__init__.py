@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from audits import build_report, write_report
-from coordinator.common import RoundStatus
+from audits import ReportError, build_report, find_chromium, write_pdf, write_report
+from coordinator.common import RoundStatus, ledger_origin
 from coordinator.config import (
     Deadlines,
     MaskingDeadlines,
@@ -235,12 +235,22 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
 
     bundle_dir, report_dir = out / "audit-bundle", out / "audit-report"
     export_bundle(ServeConfig.load(serve_path), bundle_dir)
+    # The demo created the consortium, so it knows the three pins an auditor would be handed out of band.
+    origin = ledger_origin(serve.federation)
     verified, _ = verify_bundle_dir(
         bundle_dir,
         audit_public_key=_hex_file(consortium.audit_public_key),
         consortium_public_key=_hex_file(consortium.consortium_public_key),
+        origin=origin,
+        federation=serve.federation,
     )
-    write_report(build_report(verified), report_dir)
+    assert verified.anchors.fully_pinned, "the demo verifies with every pin"
+    _, report_html = write_report(build_report(verified), report_dir)
+    pdf_note = _print_pdf(report_html)
+    pins = (
+        f"--audit-key {consortium.audit_public_key} "
+        f"--consortium-key {consortium.consortium_public_key} --origin {origin}"
+    )
 
     x, y = split.pooled()
     baseline = evaluate(train_central_baseline(x, y), split.test_features, split.test_labels)
@@ -286,13 +296,31 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
     )
     console.print(
         f"Finished in {time.perf_counter() - started:.1f} s. Outputs in {out}/:\n"
-        f"  audit report    {report_dir / 'report.html'} and report.json\n"
-        f"  audit bundle    {bundle_dir}/ (re-check: secagg audit verify {bundle_dir} "
-        f"--audit-key {consortium.audit_public_key})\n"
+        f"  audit report    {report_html}, report.json{pdf_note}\n"
+        f"  audit bundle    {bundle_dir}/\n"
         f"  summary.json, coordinator.sqlite (rounds, models, ledger), pki/ (throwaway keys), "
-        f"silo-*.log, state/ (each silo's accountant and witness)"
+        f"silo-*.log, state/ (each silo's accountant and witness)",
+        soft_wrap=True,
+    )
+    # one line each, never wrapped: they are meant to be copied
+    console.print("Re-check the audit trail with the pinned keys and log origin:", soft_wrap=True)
+    console.print(f"  secagg audit verify {bundle_dir} {pins}", soft_wrap=True, markup=False)
+    console.print(
+        f"  secagg audit report {bundle_dir} --out {report_dir} {pins}",
+        soft_wrap=True,
+        markup=False,
     )
     return 0
+
+
+def _print_pdf(report_html: Path) -> str:
+    """Print report.pdf beside the HTML when headless Chromium is there; what to tell the user."""
+    if find_chromium() is None:
+        return " (no PDF: headless Chromium not found)"
+    try:
+        return f" and {write_pdf(report_html).name}"
+    except ReportError as exc:
+        return f" ({exc})"
 
 
 def _hex_file(path: Path) -> bytes:

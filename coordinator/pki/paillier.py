@@ -37,14 +37,20 @@ from secagg.hazmat.paillier import (
     KeyShare,
     SealedShare,
     ThresholdPublicKey,
+    check_key_share,
 )
-from secagg.paillier import open_key_share, run_key_ceremony
+from secagg.paillier import (
+    DEFAULT_COLLUSION,
+    DEFAULT_MIN_COHORT,
+    check_trust_parameters,
+    open_key_share,
+    run_key_ceremony,
+)
 
 if TYPE_CHECKING:  # config and pki are peers (DESIGN 3): a type only, no import at run time
     from coordinator.config import SiloConfig
 
 __all__ = ["PaillierFiles", "create_paillier_keys"]
-
 
 
 def _write(path: Path, data: bytes, *, private: bool) -> None:
@@ -58,6 +64,8 @@ def create_paillier_keys(
     consortium: ConsortiumPaths,
     *,
     threshold: int,
+    collusion: int = DEFAULT_COLLUSION,
+    min_cohort: int = DEFAULT_MIN_COHORT,
     key_bits: int = DEFAULT_KEY_BITS,
     recipients: Mapping[str, bytes] | None = None,
     rng: RandomSource = os.urandom,
@@ -67,7 +75,10 @@ def create_paillier_keys(
 
     Args:
         consortium: the consortium (from :func:`coordinator.pki.create_consortium` or ``ConsortiumPaths.load``).
-        threshold: ``t``, partial decryptions needed (2 <= t <= number of silos).
+        threshold: ``t``, partial decryptions needed (2 <= t <= number of silos, ``t > collusion``).
+        collusion: ``c``, silos assumed to collude with the coordinator (``[rounds] collusion``; default 0).
+        min_cohort: fewest contributions in a decrypted aggregate (``[rounds] min_cohort``; default 3);
+            ``min_cohort - c >= 2``.
         key_bits: 2048 (default) or 3072.
         recipients: silo id -> the silo's own X25519 public key (32 bytes). When omitted, an X25519 key is
             generated for every silo and written to its directory (development consortiums).
@@ -78,13 +89,20 @@ def create_paillier_keys(
         The path of the joint public key file (what the coordinator loads).
 
     Raises:
-        PKIError: unsafe parameters, a file that already exists, or recipients that do not match the roster.
+        PKIError: unsafe parameters (a threshold ``c`` colluders reach, a cohort with fewer than two honest
+            contributions), a file that already exists, or recipients that do not match the roster.
     """
     silos = list(consortium.silos)
     if not insecure_test_key_size and key_bits not in SUPPORTED_KEY_BITS:
         raise PKIError(f"key_bits must be one of {SUPPORTED_KEY_BITS}")
     if not 2 <= threshold <= len(silos):
         raise PKIError(f"threshold must satisfy 2 <= t <= {len(silos)}")
+    try:  # before anything is generated or written
+        check_trust_parameters(
+            threshold=threshold, collusion=collusion, min_cohort=min_cohort, parties=len(silos)
+        )
+    except InvalidParameters as exc:
+        raise PKIError(f"Paillier key ceremony refused: {exc}") from exc
     files = {silo: PaillierFiles.for_silo(consortium.root, silo) for silo in silos}
     public_path = files[silos[0]].public_key
     existing = [p for f in files.values() for p in (f.share, f.public_key) if p.exists()]
@@ -101,6 +119,8 @@ def create_paillier_keys(
             federation_id=consortium.federation,
             threshold=threshold,
             recipients=recipients,
+            collusion=collusion,
+            min_cohort=min_cohort,
             key_bits=key_bits,
             rng=rng,
             insecure_test_key_size=insecure_test_key_size,
@@ -160,7 +180,8 @@ class PaillierFiles:
         """Read the public key and open this silo's sealed share.
 
         Raises:
-            PKIError: a file is missing or malformed, or the share does not open with this silo's key.
+            PKIError: a file is missing or malformed, the share does not open with this silo's key, or it does
+                not match its verification key in the public key.
         """
         try:
             public_key = ThresholdPublicKey.from_json(self.public_key.read_bytes())
@@ -178,4 +199,8 @@ class PaillierFiles:
             raise PKIError(
                 "the sealed Paillier key share does not open with this silo's key"
             ) from exc
+        try:
+            check_key_share(public_key, share)
+        except InvalidParameters as exc:
+            raise PKIError("the Paillier key share does not match its verification key") from exc
         return public_key, share

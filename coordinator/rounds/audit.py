@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from audits import (
+    Anchor,
     CheckpointSigner,
     Event,
     EventKind,
     Ledger,
     RdpEpsilonAccount,
     SignedCheckpoint,
+    VerificationError,
     VerificationReport,
     load_bundle,
     verify_bundle,
@@ -244,48 +246,92 @@ def verify_bundle_dir(
     *,
     audit_public_key: bytes | None,
     consortium_public_key: bytes | None,
+    origin: str | None = None,
+    federation: str | None = None,
     checkpoints: Sequence[str] = (),
+    unpinned: bool = False,
 ) -> tuple[VerificationReport, list[str]]:
-    """Verify an audit bundle directory completely (``secagg audit verify``).
+    """Verify an audit bundle directory completely (``secagg audit verify`` and ``report``).
 
     Args:
         bundle: the bundle directory.
-        audit_public_key: the coordinator's audit key as pinned by the auditor; ``None`` trusts the bundle's own
-            key, which proves only that the bundle is internally consistent (returned as a warning).
-        consortium_public_key: the pinned consortium key the roster must verify under; ``None`` trusts the
-            roster's own embedded key (a warning).
+        audit_public_key: the coordinator's audit key as pinned by the auditor.
+        consortium_public_key: the pinned consortium key the bundle's roster must verify under.
+        origin: the pinned log origin. Default: the origin of ``federation`` if given; otherwise the
+            origin of the federation the roster names, which is only as good as the consortium key
+            (one consortium may run several federations), so it is *not* counted as pinned.
+        federation: the federation the auditor expects; the ledger's and the roster's must be it.
         checkpoints: later checkpoints (signed notes) a silo kept; the bundle must agree with each.
+        unpinned: allow a missing audit or consortium key: the bundle's own is used, which proves only
+            that the bundle is internally consistent. The report's anchors say so.
 
     Returns:
-        The verification report and the warnings about what was not pinned.
+        The verification report (its ``anchors`` say what was pinned) and one warning per anchor
+        that was not pinned.
 
     Raises:
-        audits.VerificationError: the first problem, naming the entry.
+        ValueError: a key is missing and ``unpinned`` is false.
+        audits.VerificationError: the first problem, naming the entry; a roster other than the one the
+            federation was created with; a federation other than ``federation``.
+        audits.CompletenessError: everything verified but a completed round misses a fact.
         secagg.SecAggError: the roster does not verify under the pinned consortium key.
+
+    Notes:
+        Fail closed (DESIGN section 7): nothing the bundle says about itself is trusted unless the
+        caller explicitly asks for an unpinned check. The roster is always hashed and compared with the
+        fingerprint ``federation_created`` recorded, so a roster swapped for another one signed by the
+        same consortium key (other members, other keys) is refused.
     """
-    warnings = []
+    missing = [
+        name
+        for name, key in (
+            ("audit key", audit_public_key),
+            ("consortium key", consortium_public_key),
+        )
+        if key is None
+    ]
+    if missing and not unpinned:
+        raise ValueError(f"not pinned: the {' and the '.join(missing)} (or pass unpinned=True)")
     loaded = load_bundle(bundle)
     roster = Roster.loads(loaded.roster.decode("utf-8"))
+    not_pinned: list[Anchor] = []
+    warnings = []
     if consortium_public_key is None:
+        not_pinned.append(Anchor.CONSORTIUM_KEY)
         warnings.append(
             "the consortium key is not pinned: the roster was checked only against its own embedded key"
         )
-        consortium_public_key = roster.consortium_key
-    roster.verify(consortium_public_key)
+    roster.verify(roster.consortium_key if consortium_public_key is None else consortium_public_key)
     if audit_public_key is None:
+        not_pinned.append(Anchor.AUDIT_KEY)
         warnings.append(
             "the audit key is not pinned: this proves the bundle is internally consistent, not that the "
             "coordinator you trust signed it"
         )
-        audit_public_key = loaded.audit_public_key
+    if origin is None and federation is not None:
+        origin = ledger_origin(federation)
+    if origin is None:
+        not_pinned.append(Anchor.ORIGIN)
+        warnings.append(
+            f"the log origin is not pinned: it was taken from the roster's federation {roster.federation!r}"
+        )
     report = verify_bundle(
         loaded,
         silo_keys={member: roster.key(member) for member in roster.members},
-        audit_public_key=audit_public_key,
+        audit_public_key=loaded.audit_public_key if audit_public_key is None else audit_public_key,
+        origin=ledger_origin(roster.federation) if origin is None else origin,
         epsilon_accounts=RdpEpsilonAccount,  # the coordinator's accountant, running per silo
         workers=os.cpu_count() or 1,
         checkpoints=checkpoints,
+        roster_fingerprint=roster.fingerprint(),
+        consortium_public_key=roster.consortium_key,
+        unpinned=not_pinned,
     )
+    for name, value in (("the roster", roster.federation), ("the pinned", federation)):
+        if value is not None and value != report.federation:
+            raise VerificationError(
+                f"bundle: the ledger is of federation {report.federation!r}, {name} federation is {value!r}"
+            )
     return report, warnings
 
 

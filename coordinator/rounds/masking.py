@@ -5,6 +5,11 @@ Notes:
     out from a spool file, so a partial vector never pollutes the sum and memory does not grow with the
     number of silos. An upload still open when the masked-input deadline passes is rolled back by the driver,
     so a silo that stalls mid-stream counts as dropped instead of holding the round hostage (DESIGN 4.3).
+
+    In the unmask stage the ``secagg`` server checks every reconstructed secret against its owner's signed
+    advertisement and names each silo whose shares are inconsistent; every one is recorded in the ledger as a
+    ``verification_failure`` (``what = "unmask_shares"``, with the silo and the evidence) before the round
+    completes without that silo's shares or aborts naming it (DESIGN 4.4).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from audits import EventKind
 from coordinator.common import FloatVector, RoundStatus
 from coordinator.errors import StageError, Unauthorized
 from coordinator.rounds.driver import Aggregate, RoundDriver, RoundState
@@ -176,19 +182,24 @@ class MaskingRounds(RoundDriver):
         }
 
     def announce(self, round_: int, start_hash: bytes = b"\0" * 32) -> RoundConfig:
+        """The round's parameters; with silo-level DP they bind the digest of this coordinator's plan.
+
+        Each silo binds the digest of the plan it derived for itself, so a silo shown another plan than the
+        one announced here fails every signature check of the round (``RoundConfig.silo_dp_hash``).
+        """
         s = self.settings
+        p = self.silo_dp_plan
         return RoundConfig(
             federation=s.federation,
             round=round_,
             model_hash=start_hash,
-            vector_length=(
-                self.silo_dp_plan.padded_dimension if self.silo_dp_plan else s.vector_length
-            ),
+            vector_length=p.padded_dimension if p is not None else s.vector_length,
             quantizer=self.quantizer,
             n=len(self.roster.members),
             threshold=s.threshold,
             collusion=s.collusion,
             min_cohort=s.min_cohort,
+            silo_dp_hash=p.digest() if p is not None else b"",
         )
 
     def open_state(self, round_: int, start: FloatVector, start_hash: bytes) -> RoundState:
@@ -213,7 +224,10 @@ class MaskingRounds(RoundDriver):
                 state.request = server.close_consistency()
                 state.expected = frozenset(sig.silo for sig in state.request.signatures)
             else:
-                result = server.close_unmask()
+                try:
+                    result = server.close_unmask()
+                finally:
+                    self._record_culprits(state.number, server.culprits)
                 del server
                 count = len(result.survivors)
                 if self.silo_dp_plan is None:
@@ -222,6 +236,27 @@ class MaskingRounds(RoundDriver):
                     mean, facts = self._decode_silo_dp(state, result.total, count)
                     state.aggregate = Aggregate(result.survivors, mean=mean, silo_dp=facts)
         return True
+
+    def _record_culprits(self, round_: int, culprits: Mapping[str, str]) -> None:
+        """One verification failure in the ledger per silo caught revealing inconsistent unmask shares.
+
+        Notes:
+            Recorded whether the round then completes without the culprit's shares or aborts, and before the
+            outcome, so the ledger names a silo that tried to corrupt the sum (DESIGN 2 and 4.4). The evidence
+            names the round, the peer whose reconstruction disagreed and the check that failed; it never holds a
+            share or a secret.
+        """
+        if culprits:
+            self.audit.record_many(
+                [
+                    (
+                        EventKind.VERIFICATION_FAILURE,
+                        round_,
+                        {"what": "unmask_shares", "reason": evidence, "silo": silo},
+                    )
+                    for silo, evidence in sorted(culprits.items())
+                ]
+            )
 
     def _decode_silo_dp(
         self, state: _Round, total: npt.NDArray[np.uint32], count: int

@@ -43,7 +43,7 @@ from coordinator.errors import InvalidInput, StageError, Unauthorized
 from coordinator.rounds.driver import Aggregate, RoundDriver, RoundState
 from coordinator.rounds.uploads import Upload
 from coordinator.store.spool import SQLiteContributionStore
-from secagg.errors import RoundAborted, SecAggError
+from secagg.errors import InvalidParameters, RoundAborted, SecAggError
 from secagg.hazmat.keys import RandomSource
 from secagg.hazmat.paillier import ThresholdPublicKey
 from secagg.paillier import (
@@ -57,6 +57,7 @@ from secagg.paillier import (
     SignedCommitment,
     SpotCheckChallenge,
     SpotCheckResponse,
+    check_trust_parameters,
     session_id_for,
 )
 
@@ -140,8 +141,19 @@ class PaillierRounds(RoundDriver):
         spot_checks: positions each decrypter checks (silos insist on their own minimum).
         spool_dir: where per-round ciphertext spools are created (system temp by default).
         rng: randomness for session ids.
+        workers: worker processes that verify and combine partial decryptions; ``None`` (default) uses every
+            core.
         **driver: those of :class:`~coordinator.rounds.driver.RoundDriver`; ``settings.threshold`` must equal
             the key's ``t`` and the roster's members must be exactly the key's share holders (in order).
+
+    Raises:
+        InvalidInput: the key does not fit the roster or the settings: another ``t``, ``t <= collusion``
+            (the coordinator and ``c`` silos could decrypt a single contribution) or
+            ``min_cohort - collusion < 2`` (a decrypted aggregate could hold one honest contribution).
+
+    Notes:
+        ``t > c`` and ``min_cohort - c >= 2`` (DESIGN 5) are checked here as well as in the key ceremony:
+        the settings may change after the key was dealt.
     """
 
     mode = "paillier"
@@ -160,6 +172,7 @@ class PaillierRounds(RoundDriver):
         spot_checks: int = DEFAULT_SPOT_CHECKS,
         spool_dir: Path | None = None,
         rng: RandomSource = os.urandom,
+        workers: int | None = None,
         **driver: Any,
     ) -> None:
         super().__init__(**driver)
@@ -173,6 +186,18 @@ class PaillierRounds(RoundDriver):
                 f"settings threshold {self.settings.threshold} differs from the key's "
                 f"t={public_key.threshold}"
             )
+        try:
+            check_trust_parameters(
+                threshold=public_key.threshold,
+                collusion=self.settings.collusion,
+                min_cohort=self.settings.min_cohort,
+                parties=public_key.parties,
+            )
+        except InvalidParameters as exc:
+            raise InvalidInput(f"Paillier settings refused: {exc}") from exc
+        if workers is not None and workers < 1:
+            raise InvalidInput("workers must be >= 1")
+        self._workers = workers
         self.public_key = public_key
         self._rng = rng
         self._spot_checks = spot_checks
@@ -219,7 +244,11 @@ class PaillierRounds(RoundDriver):
         config = self.announce(round_, session_id_for(nonce, start_hash))
         spool = SQLiteContributionStore(self._spool_dir)
         aggregator = PaillierAggregator(
-            public_key=self.public_key, config=config, roster=self.roster.members, store=spool
+            public_key=self.public_key,
+            config=config,
+            roster=self.roster.members,
+            store=spool,
+            workers=self._workers,
         )
         return _PaillierRound(config, aggregator, spool, start, start_hash, nonce)
 

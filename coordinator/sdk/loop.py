@@ -4,10 +4,17 @@ A silo kind is a :class:`SiloClient` over a :class:`~coordinator.sdk.transport.T
 :class:`RoundMode`. The client joins (the pinned roster, then the mode's own pins), long-polls the next round,
 stops when the federation has finished, skips a round already past its first stage, lets the mode check the
 round against the silo's pins and policy (:meth:`RoundMode.accept`), downloads and hash-checks the model, lets
-the mode do its offline work, trains, lets the mode encode the update and run its stages
-(:class:`RoundStages`), waits for the result, witnesses the audit checkpoint and yields a :class:`RoundReport`.
+the mode do its offline work and run its stages (:class:`RoundStages`), waits for the result, witnesses the
+audit checkpoint and yields a :class:`RoundReport`. The mode decides when, within its stages, the silo trains
+and encodes its update: the loop hands it a ``train()`` to call once.
 
 Notes:
+    Train after admission (DESIGN 4.4): training spends record-level privacy budget, so a mode calls
+    ``train()`` only once the round's cohort is fixed and includes this silo. Masking mode trains after the
+    share-keys stage lists at least ``max(t, min_cohort)`` silos (and its silo-level DP plan's minimum
+    contributors) including itself, so a coordinator that leaves the silo out of U1 or U2, or aborts the round
+    before then, costs it nothing; Paillier mode trains before its collect stage, which is its first.
+
     When the training function returns a private update (anything with ``update`` and ``attestation(...)``,
     such as ``dp.training.RoundResult``), the loop binds its privacy attestation to the round's session id as
     soon as the mode knows it, and signs it with the silo's roster key; the mode sends it with the first chunk
@@ -45,7 +52,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coordinator.common import DEFAULT_MAX_MESSAGE_BYTES, RoundStatus, TlsFiles
 from coordinator.config import SiloConfig, SiloPolicy
-from coordinator.errors import Aborted, StageError, Unauthorized
+from coordinator.errors import Aborted, NotFound, StageError, Unauthorized
 from coordinator.pki import load_ed25519_private
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.sdk.transport import RetryPolicy, Transport
@@ -294,7 +301,7 @@ class RoundStages(ABC, Generic[ConfigT, EncodedT]):
         self.config = config
 
     def prepare(self) -> None:
-        """Offline work that does not depend on the update, done before training (default: none)."""
+        """Offline work that does not depend on the update, done before the stages (default: none)."""
         return None
 
     @abstractmethod
@@ -302,13 +309,16 @@ class RoundStages(ABC, Generic[ConfigT, EncodedT]):
         """The trained update (float, flat) as the integers this mode aggregates."""
 
     @abstractmethod
-    def run(self, encoded: EncodedT, attest: Callable[[str], Attestation]) -> str | None:
-        """Take part in the mode's stages with ``encoded``, up to (not including) the round's result.
+    def run(
+        self, train: Callable[[], EncodedT], attest: Callable[[str], Attestation]
+    ) -> str | None:
+        """Take part in the mode's stages, up to (not including) the round's result.
 
         Args:
-            encoded: what :meth:`encode` returned.
+            train: trains on the round's model and returns the update as :meth:`encode` made it. Call it
+                once, at the first point where this silo is admitted to the round's cohort (module Notes).
             attest: ``attest(session_id)`` is this silo's signed privacy attestation bound to the round's
-                session (empty when training returned a bare update).
+                session (empty when training returned a bare update); only after ``train()``.
 
         Returns:
             ``None`` once this silo's part is done; the reason if it refused to go on (then it sent nothing
@@ -480,6 +490,8 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
 
         Raises:
             Unauthorized, InvalidInput: the coordinator serves a round or model this silo refuses outright.
+            PrivacyRefused: (an ``Unauthorized``) the round would go beyond a limit of the silo's own budget;
+                it takes no part (masking mode: its silo-level ceiling or release cap).
             AuditFailure: the coordinator's audit log failed this silo's check.
             Unavailable: the coordinator stayed unreachable.
         """
@@ -500,12 +512,7 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
             stages = self._mode.accept(info)
             weights = self.download_model(info.round, bytes(info.model_hash))
             stages.prepare()
-            trained = train(RoundContext(info.round, weights, stages.config))
-            private = trained if isinstance(trained, PrivateUpdate) else None
-            update = np.asarray(
-                private.update if private is not None else trained, dtype=np.float64
-            )
-            report = self._take_part(info, stages, stages.encode(update), private)
+            report = self._take_part(info, stages, weights, train)
             self.witness_checkpoint()
             yield report
             done += 1
@@ -518,18 +525,31 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
             request = pb.GetRoundRequest(federation=self.federation, after=after, wait_seconds=wait)
             return self._transport.call(service.GetRound, request)
 
-        return self._transport.poll(fetch)
+        # the previous round may still be open after this silo's part in it ended early (a refusal, or a
+        # cohort it was not admitted to): NOT_FOUND then means the next round has not opened yet
+        return self._transport.poll(fetch, pending=NotFound)
 
     def _take_part(
         self,
         info: InfoT,
         stages: RoundStages[ConfigT, Any],
-        encoded: Any,
-        private: PrivateUpdate | None,
+        weights: npt.NDArray[np.float32],
+        train: TrainFn[ConfigT],
     ) -> RoundReport:
         r = info.round
+        trained: list[PrivateUpdate | None] = []  # filled by the one call of train_once
+
+        def train_once() -> Any:
+            if trained:
+                raise RuntimeError(f"round {r}: a mode trains once per round")
+            result = train(RoundContext(r, weights, stages.config))
+            private = result if isinstance(result, PrivateUpdate) else None
+            trained.append(private)
+            update = np.asarray(private.update if private is not None else result, np.float64)
+            return stages.encode(update)
 
         def attest(session_id: str) -> Attestation:
+            private = trained[0] if trained else None
             if private is None:
                 return Attestation()
             facts = private.attestation(
@@ -539,7 +559,7 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
             return Attestation(payload, self._key.sign(facts.signing_payload()))
 
         try:
-            refusal = stages.run(encoded, attest)
+            refusal = stages.run(train_once, attest)
         except (Aborted, RoundAborted, StageError) as exc:
             return RoundReport(r, RoundStatus.ABORTED, reason=str(exc))
         except SecAggError as exc:

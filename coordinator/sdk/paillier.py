@@ -395,7 +395,9 @@ class _PaillierRound(RoundStages[PaillierRoundConfig, Slots]):
         ring = self._quantizer.encode(update, self._mode.member.rng)
         return ring.view(np.int32).astype(np.int64)
 
-    def run(self, encoded: Slots, attest: Callable[[str], Attestation]) -> str | None:
+    def run(self, train: Callable[[], Slots], attest: Callable[[str], Attestation]) -> str | None:
+        # collect is the first stage: the silo trains before it, as soon as it accepted the round
+        encoded = train()
         pool = self._pool if self._pool is not None else self._mode.obfuscators(self.config)
         chunks, commitment = self._mode.contributor(self.config, pool).encrypt_update(encoded)
         attestation = attest(self.config.session_id.hex())

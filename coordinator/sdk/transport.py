@@ -280,7 +280,13 @@ class Transport:
             lambda: _discard(method(messages(), metadata=self._metadata)), delivered=_discard
         )
 
-    def poll(self, fetch: Callable[[float], T], *, deadline: float | None = None) -> T:
+    def poll(
+        self,
+        fetch: Callable[[float], T],
+        *,
+        deadline: float | None = None,
+        pending: type[CoordinatorError] | None = None,
+    ) -> T:
         """Long-poll: ``fetch(wait)`` until the coordinator answers instead of running out the wait.
 
         Args:
@@ -288,6 +294,8 @@ class Transport:
                 ``wait`` seconds on the coordinator.
             deadline: unix time the awaited stage closes at the latest; ``None`` while waiting for a round
                 to open (then an hour from now).
+            pending: an error that, like a wait that ran out, only means "not yet" (``GetRound`` answers
+                NOT_FOUND when no round numbered ``after`` or later opened during the wait).
 
         Raises:
             Unavailable: still no answer a margin past ``deadline``.
@@ -300,7 +308,7 @@ class Transport:
             try:
                 return fetch(self._poll_seconds)
             except CoordinatorError as exc:
-                if not _wait_ran_out(exc):
+                if not (_wait_ran_out(exc) or (pending is not None and isinstance(exc, pending))):
                     raise
                 if self._clock() > limit:
                     raise Unavailable("the coordinator never closed the stage") from exc

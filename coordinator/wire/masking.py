@@ -19,6 +19,7 @@ from secagg import (
     UnmaskRequest,
     UnmaskResponse,
 )
+from secagg.masking.messages import COMMITMENT_BYTES
 
 __all__ = [
     "advertisement_from_pb",
@@ -47,15 +48,25 @@ def u32_from_bytes(data: bytes) -> npt.NDArray[np.uint32]:
 
 def advertisement_to_pb(ad: Advertisement) -> pb.Advertisement:
     return pb.Advertisement(
-        silo=ad.silo, enc_public=ad.enc_public, mask_public=ad.mask_public, signature=ad.signature
+        silo=ad.silo,
+        enc_public=ad.enc_public,
+        mask_public=ad.mask_public,
+        signature=ad.signature,
+        seed_commitment=ad.seed_commitment,
     )
 
 
 def advertisement_from_pb(msg: pb.Advertisement) -> Advertisement:
     if len(msg.enc_public) != 32 or len(msg.mask_public) != 32 or len(msg.signature) != 64:
         raise InvalidInput("advertisement keys must be 32 bytes and the signature 64")
+    if len(msg.seed_commitment) != COMMITMENT_BYTES:
+        raise InvalidInput(f"advertisement seed commitment must be {COMMITMENT_BYTES} bytes")
     return Advertisement(
-        msg.silo, bytes(msg.enc_public), bytes(msg.mask_public), bytes(msg.signature)
+        msg.silo,
+        bytes(msg.enc_public),
+        bytes(msg.mask_public),
+        bytes(msg.signature),
+        seed_commitment=bytes(msg.seed_commitment),
     )
 
 

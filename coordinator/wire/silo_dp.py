@@ -5,7 +5,7 @@ from __future__ import annotations
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from dp.distributed import DistributedDPConfig, DistributedDPPlan, Mechanism, plan
 
-__all__ = ["plan_from_pb", "plan_to_pb"]
+__all__ = ["plan_config_from_pb", "plan_from_pb", "plan_to_pb"]
 
 
 def plan_to_pb(p: DistributedDPPlan) -> pb.SiloDP:
@@ -29,10 +29,20 @@ def plan_to_pb(p: DistributedDPPlan) -> pb.SiloDP:
 
 def plan_from_pb(message: pb.SiloDP) -> DistributedDPPlan:
     """Rebuild the plan from announced parameters (raises ``dp.errors.PrivacyError`` on invalid ones)."""
+    return plan(plan_config_from_pb(message), int(message.model_length))
+
+
+def plan_config_from_pb(message: pb.SiloDP) -> DistributedDPConfig:
+    """The announced settings, unplanned (the model length is ``message.model_length``).
+
+    Raises:
+        ValueError: an unknown mechanism.
+        dp.errors.PrivacyError: invalid settings.
+    """
     mechanism: Mechanism = "ddg" if message.mechanism == "ddg" else "skellam"
     if message.mechanism != mechanism:
         raise ValueError(f"unknown distributed-DP mechanism {message.mechanism!r}")
-    config = DistributedDPConfig(
+    return DistributedDPConfig(
         mechanism=mechanism,
         l2_norm_clip=message.l2_norm_clip,
         rounds=message.rounds,
@@ -44,4 +54,3 @@ def plan_from_pb(message: pb.SiloDP) -> DistributedDPPlan:
         collusion_bound=message.collusion_bound,
         rotation=message.rotation,
     )
-    return plan(config, int(message.model_length))

@@ -35,7 +35,10 @@ Notes:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -52,6 +55,8 @@ from dp.distributed.rotation import padded_dimension
 from dp.errors import BitWidthTooSmall, InvalidPrivacyParameters
 
 __all__ = ["DistributedDPConfig", "DistributedDPPlan", "Mechanism", "plan"]
+
+_DIGEST_DOMAIN = "dp.distributed/plan/v1"
 
 Mechanism = Literal["skellam", "ddg"]
 _MECHANISMS = ("skellam", "ddg")
@@ -246,6 +251,41 @@ class DistributedDPPlan:
         """``2^bits``."""
         return 1 << self.config.bits
 
+    def digest(self) -> bytes:
+        """SHA-256 over the parameters that define this plan, in a canonical encoding.
+
+        Two plans have the same digest exactly when they were made from the same settings for the same
+        dimension, so they encode, noise and decode alike: mechanism, clip, (resolved) noise multiplier, bits,
+        ``n_silos``, dropouts tolerated, collusion bound, rounds, delta, rotation, rounding and wrap
+        parameters, and the dimension.
+
+        Notes:
+            Secure aggregation binds this digest into the session id (``secagg.RoundConfig.silo_dp_hash``), so
+            silos that were shown different plans cannot complete a round together. Floats are encoded with
+            ``float.hex`` (exact), keys sorted, one domain label and version: a change to any field, or to
+            the encoding, changes the digest.
+        """
+        c = self.config
+        fields = {
+            "domain": _DIGEST_DOMAIN,
+            "mechanism": c.mechanism,
+            "l2_norm_clip": float(c.l2_norm_clip).hex(),
+            "noise_multiplier": float(self.noise_multiplier).hex(),
+            "bits": c.bits,
+            "n_silos": c.n_silos,
+            "dropouts_tolerated": c.dropouts_tolerated,
+            "collusion_bound": c.collusion_bound,
+            "rounds": c.rounds,
+            "target_delta": float(c.target_delta).hex(),
+            "rotation": c.rotation,
+            "beta": float(c.beta).hex(),
+            "wrap_probability": float(c.wrap_probability).hex(),
+            "guard_bits": c.guard_bits,
+            "dimension": self.dimension,
+        }
+        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode("ascii")).digest()
+
     def sum_bound_for(self, n_contributors: int) -> float:
         """Per-coordinate bound on a sum of ``n_contributors`` encodings (same probability)."""
         return _sum_bound(
@@ -271,6 +311,37 @@ class DistributedDPPlan:
         eps, order = rdp_to_epsilon(rounds * np.asarray(self.rdp_per_round), delta=d)
         return SiloLevelEpsilon(
             epsilon=eps, delta=d, rounds=rounds, order=order, mechanism=self.config.mechanism
+        )
+
+    def silo_level_epsilon_after(
+        self, *, spent_rdp: Sequence[float], releases: int, delta: float | None = None
+    ) -> SiloLevelEpsilon:
+        """The silo-level guarantee after one more release under this plan, on top of earlier releases.
+
+        Args:
+            spent_rdp: the RDP the earlier releases composed to, one value per order of
+                :data:`~dp.distributed.accounting.RDP_ORDERS` (each release under its own plan).
+            releases: how many earlier releases ``spent_rdp`` holds.
+            delta: defaults to ``config.target_delta``.
+
+        Notes:
+            Composition adds RDP whatever plan each release was made under (Mironov 2017), so a silo that
+            keeps the running sum of its releases' curves knows its guarantee even when the federation's plan
+            changed between rounds; with one plan throughout this equals
+            ``silo_level_epsilon(rounds=releases + 1)``.
+        """
+        _count("releases", releases, 0)
+        spent = np.asarray(spent_rdp, dtype=np.float64)
+        if spent.shape != (len(self.rdp_per_round),) or not np.all(np.isfinite(spent)):
+            raise InvalidPrivacyParameters("spent_rdp must hold one finite value per RDP order")
+        if np.any(spent < 0) or (releases == 0 and np.any(spent != 0)):
+            raise InvalidPrivacyParameters(
+                "spent_rdp must be non-negative, and zero without releases"
+            )
+        d = self.config.target_delta if delta is None else delta
+        eps, order = rdp_to_epsilon(spent + np.asarray(self.rdp_per_round), delta=d)
+        return SiloLevelEpsilon(
+            epsilon=eps, delta=d, rounds=releases + 1, order=order, mechanism=self.config.mechanism
         )
 
 

@@ -4,9 +4,10 @@ Notes:
     This is the active-adversary variant of Bonawitz et al. (CCS 2017, "Practical Secure Aggregation for
     Privacy-Preserving Machine Learning", section 6) on the full graph. The client refuses, before revealing
     anything, every inconsistency DESIGN 4.1 lists: advertisements that do not verify against the pinned roster
-    or were made for another model or parameters, duplicate ids or keys, ciphertexts moved between recipients or
-    replayed, survivor sets that differ between silos (consistency check with >= t roster signatures),
-    survivor/dropped sets that overlap or leave U2, and any request for the second share type of a peer.
+    or were made for another model or parameters, or lack a self-mask seed commitment (DESIGN 4.4), duplicate
+    ids or keys, ciphertexts moved between recipients or replayed, survivor sets that differ between silos
+    (consistency check with >= t roster signatures), survivor/dropped sets that overlap or leave U2, and any
+    request for the second share type of a peer.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from secagg.hazmat.keys import (
 from secagg.hazmat.prg import MaskStream, mask_key
 from secagg.masking.config import RoundConfig
 from secagg.masking.messages import (
+    COMMITMENT_BYTES,
     Advertisement,
     EncryptedShare,
     ShareKeys,
@@ -56,6 +58,7 @@ from secagg.masking.messages import (
     UnmaskRequest,
     UnmaskResponse,
     advertisement_payload,
+    seed_commitment,
     session_id,
     survivors_payload,
 )
@@ -93,7 +96,14 @@ def _stage(
     return decorate
 
 
-__all__ = ["SecAggClient", "pairwise_mask_key", "self_mask_key", "share_aad", "share_key"]
+__all__ = [
+    "SecAggClient",
+    "clamped_scalar",
+    "pairwise_mask_key",
+    "self_mask_key",
+    "share_aad",
+    "share_key",
+]
 
 _SHARE_PLAINTEXT = 2 * shamir.SHARE_BYTES
 
@@ -111,6 +121,27 @@ def share_key(secret: bytes, session: bytes, sender: str, recipient: str) -> byt
 def self_mask_key(seed: bytes, session: bytes, index: int) -> bytes:
     """PRG key of a silo's self mask PRG(b_u)."""
     return mask_key(seed, purpose="self-mask", session_id=session, pair=(index, index))
+
+
+def clamped_scalar(private: bytes) -> bytes:
+    """The RFC 7748 clamped form of a raw X25519 private key: the scalar X25519 actually multiplies by.
+
+    Notes:
+        A silo Shamir-shares its mask private key in this canonical form. X25519 clamps any 32 bytes (RFC 7748
+        section 5), so 2^5 byte strings are the same key, and a holder can move a reconstruction onto another
+        of them with a public shift (2^7 times the inverse of its Lagrange coefficient) that a public-key check
+        alone would not notice. The server accepts only the clamped form of a dropped silo's key, so such a
+        holder is named. Clamped scalars differ mod the group order (> 2^252), so at most one other clamped
+        scalar has the same public key, the negation mod that order; it gives the same shared secrets, and
+        reaching it takes knowing the key.
+    """
+    if len(private) != KEY_BYTES:
+        raise ValueError("an X25519 private key is 32 bytes")
+    scalar = bytearray(private)
+    scalar[0] &= 248
+    scalar[31] &= 127
+    scalar[31] |= 64
+    return bytes(scalar)
 
 
 def pairwise_mask_key(secret: bytes, session: bytes, a: int, b: int) -> bytes:
@@ -178,7 +209,8 @@ class SecAggClient:
     def holds_secrets(self) -> bool:
         """Whether this client still holds secrets it could reveal: peers' Shamir shares or its self-mask seed.
 
-        True from stage 2 until :meth:`unmask` hands out the shares; any refusal wipes them at once.
+        True from :meth:`advertise` (which draws the seed) until :meth:`unmask` hands out the shares; any refusal
+        wipes them at once.
         """
         return bool(self._held) or bool(self._seed)
 
@@ -196,11 +228,27 @@ class SecAggClient:
 
     # Stage 1 -------------------------------------------------------------------------------------------
     def advertise(self) -> Advertisement:
-        """Stage 1: publish two fresh X25519 public keys signed with the roster key."""
+        """Stage 1: draw the self-mask seed b_u and publish two fresh X25519 public keys and a commitment to
+        b_u, signed with the roster key.
+
+        Notes:
+            b_u is drawn here, before anything is sent, because the signed advertisement commits to it: the
+            server checks the b_u it reconstructs in stage 5 against this commitment (DESIGN 4.4).
+        """
         self._expect(Stage.ADVERTISE_KEYS)
+        self._seed = self._rng(shamir.SECRET_BYTES)
         enc_public, mask_public = public_bytes(self._enc_key), public_bytes(self._mask_key)
-        payload = advertisement_payload(self._config, self.silo, enc_public, mask_public)
-        ad = Advertisement(self.silo, enc_public, mask_public, sign(self._signing_key, payload))
+        commitment = seed_commitment(self._config, self.silo, self._seed)
+        payload = advertisement_payload(
+            self._config, self.silo, enc_public, mask_public, commitment
+        )
+        ad = Advertisement(
+            self.silo,
+            enc_public,
+            mask_public,
+            sign(self._signing_key, payload),
+            seed_commitment=commitment,
+        )
         self._own_ad = ad
         self.stage = Stage.SHARE_KEYS
         return ad
@@ -208,7 +256,8 @@ class SecAggClient:
     # Stage 2 -------------------------------------------------------------------------------------------
     @_stage(Stage.SHARE_KEYS)
     def share_keys(self, advertisements: Sequence[Advertisement]) -> ShareKeys:
-        """Stage 2: verify U1 against the roster, then Shamir-share b_u and the mask key to every member.
+        """Stage 2: verify U1 against the roster, then Shamir-share b_u (drawn in stage 1) and the mask key
+        (in its clamped form, :func:`clamped_scalar`) to every member.
 
         Raises:
             ProtocolViolation: an advertisement is forged, duplicated, substituted or for another model.
@@ -216,13 +265,12 @@ class SecAggClient:
         """
         self._check_advertisements(advertisements)
         self._session = session_id(self._config, advertisements)
-        self._seed = self._rng(shamir.SECRET_BYTES)
         members = sorted(self._advertisements)
         xs = [self._roster.index(m) for m in members]
         t = self._config.threshold
         seed_shares = shamir.split(self._seed, threshold=t, xs=xs, rng=self._rng)
         key_shares = shamir.split(
-            self._mask_key.private_bytes_raw(), threshold=t, xs=xs, rng=self._rng
+            clamped_scalar(self._mask_key.private_bytes_raw()), threshold=t, xs=xs, rng=self._rng
         )
         self._held[self.silo] = (seed_shares[self._index], key_shares[self._index])
         out = []
@@ -250,9 +298,15 @@ class SecAggClient:
                 raise ProtocolViolation(
                     f"advertisement of {ad.silo!r} has a public key of the wrong length"
                 )
+            if len(ad.seed_commitment) != COMMITMENT_BYTES:
+                raise ProtocolViolation(
+                    f"advertisement of {ad.silo!r} lacks a {COMMITMENT_BYTES}-byte seed commitment"
+                )
             if ad.silo not in self._roster.members:
                 raise ProtocolViolation(f"advertisement from {ad.silo!r}, who is not on the roster")
-            payload = advertisement_payload(self._config, ad.silo, ad.enc_public, ad.mask_public)
+            payload = advertisement_payload(
+                self._config, ad.silo, ad.enc_public, ad.mask_public, ad.seed_commitment
+            )
             try:
                 verify(self._roster.key(ad.silo), ad.signature, payload)
             except InvalidSignature as exc:

@@ -64,6 +64,15 @@ class RoundConfig:
         threshold: Shamir threshold t.
         collusion: number of silos the server may collude with, c.
         min_cohort: fewest contributions a released sum may have.
+        silo_dp_hash: digest of the silo-level distributed-DP plan the round runs with
+            (``dp.distributed.DistributedDPPlan.digest``), empty without silo-level DP. Each silo sets the
+            digest of the plan it derived itself, the server that of its own plan.
+
+    Notes:
+        ``silo_dp_hash`` is part of :meth:`params_hash`, hence of every advertisement signature and of the
+        session id: a coordinator that shows one silo a different silo-level DP plan than the others (a split
+        view, e.g. fewer noise shares or another scale) makes that silo's signatures fail everywhere else, and
+        the round cannot complete with it (DESIGN 6).
     """
 
     federation: str
@@ -75,6 +84,7 @@ class RoundConfig:
     threshold: int
     collusion: int
     min_cohort: int
+    silo_dp_hash: bytes = b""
 
     def __post_init__(self) -> None:
         if not 0 <= self.round < 2**32:
@@ -83,6 +93,8 @@ class RoundConfig:
             raise InvalidParameters("model_hash must be a SHA-256 digest")
         if self.vector_length < 1:
             raise InvalidParameters("vector_length must be >= 1")
+        if len(self.silo_dp_hash) not in (0, 32):
+            raise InvalidParameters("silo_dp_hash must be empty or a SHA-256 digest")
         if self.quantizer.max_silos < self.n:
             raise InvalidParameters("quantizer.max_silos is smaller than the federation")
         check_threshold(
@@ -95,20 +107,25 @@ class RoundConfig:
         return max(self.threshold, self.min_cohort)
 
     def params_hash(self) -> bytes:
-        """SHA-256 over every parameter except the model hash: signed into each advertisement."""
+        """SHA-256 over every parameter except the model hash: signed into each advertisement.
+
+        The silo-level DP plan's digest is the last field when there is one; a round without silo-level DP
+        hashes exactly as before the field existed (the encoding is injective either way).
+        """
         q = self.quantizer
-        return hashlib.sha256(
-            encode_fields(
-                PROTOCOL_VERSION,
-                self.federation,
-                self.round,
-                self.vector_length,
-                repr(float(q.clip)),
-                q.bits,
-                q.max_silos,
-                self.n,
-                self.threshold,
-                self.collusion,
-                self.min_cohort,
-            )
-        ).digest()
+        fields: list[bytes | str | int] = [
+            PROTOCOL_VERSION,
+            self.federation,
+            self.round,
+            self.vector_length,
+            repr(float(q.clip)),
+            q.bits,
+            q.max_silos,
+            self.n,
+            self.threshold,
+            self.collusion,
+            self.min_cohort,
+        ]
+        if self.silo_dp_hash:
+            fields.append(self.silo_dp_hash)
+        return hashlib.sha256(encode_fields(*fields)).digest()

@@ -17,6 +17,7 @@ from secagg.hazmat.keys import encode_fields
 from secagg.masking.config import PROTOCOL_VERSION, RoundConfig
 
 __all__ = [
+    "COMMITMENT_BYTES",
     "Advertisement",
     "EncryptedShare",
     "ShareKeys",
@@ -25,9 +26,13 @@ __all__ = [
     "UnmaskRequest",
     "UnmaskResponse",
     "advertisement_payload",
+    "seed_commitment",
     "session_id",
     "survivors_payload",
 ]
+
+COMMITMENT_BYTES = 32
+"""Length of a self-mask seed commitment (SHA-256)."""
 
 
 class Stage(StrEnum):
@@ -44,12 +49,23 @@ class Stage(StrEnum):
 
 @dataclass(frozen=True)
 class Advertisement:
-    """Stage 1: a silo's two fresh X25519 public keys, signed with its roster key."""
+    """Stage 1: a silo's two fresh X25519 public keys and its self-mask seed commitment, signed with its roster key.
+
+    Attributes:
+        silo: the advertising silo.
+        enc_public: X25519 public key for share encryption.
+        mask_public: X25519 public key for pairwise masks.
+        signature: Ed25519 signature by the silo's roster key over :func:`advertisement_payload`.
+        seed_commitment: :func:`seed_commitment` of the silo's self-mask seed b_u (32 bytes), signed too. It
+            defaults to empty only because an absent protobuf field reads as empty: the server and every
+            client refuse an advertisement whose commitment is not 32 bytes.
+    """
 
     silo: str
     enc_public: bytes
     mask_public: bytes
     signature: bytes = field(repr=False)
+    seed_commitment: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -96,9 +112,18 @@ class UnmaskResponse:
 
 
 def advertisement_payload(
-    config: RoundConfig, silo: str, enc_public: bytes, mask_public: bytes
+    config: RoundConfig,
+    silo: str,
+    enc_public: bytes,
+    mask_public: bytes,
+    seed_commitment: bytes = b"",
 ) -> bytes:
-    """The bytes a silo signs in stage 1: version, federation, round, silo, keys, model and params hash."""
+    """The bytes a silo signs in stage 1: version, federation, round, silo, keys, seed commitment, model and
+    params hash.
+
+    ``seed_commitment`` defaults to empty like :attr:`Advertisement.seed_commitment`; no payload without a
+    32-byte commitment is ever accepted.
+    """
     return encode_fields(
         "advertise",
         PROTOCOL_VERSION,
@@ -107,9 +132,43 @@ def advertisement_payload(
         silo,
         enc_public,
         mask_public,
+        seed_commitment,
         config.model_hash,
         config.params_hash(),
     )
+
+
+def seed_commitment(config: RoundConfig, silo: str, seed: bytes) -> bytes:
+    """The commitment to a silo's self-mask seed b_u that its advertisement carries (DESIGN 4.4).
+
+    SHA-256 over (purpose label, protocol version, federation, round, silo id, b_u), injectively encoded.
+
+    Notes:
+        It lets the server check every b_u it reconstructs in stage 5, so a silo that reveals a wrong self-mask
+        share (one shifted by the inverse of its public Lagrange coefficient moves the reconstructed seed by
+        exactly 1 and still gives a valid 32-byte seed) is caught and named instead of silently turning the sum
+        into noise.
+
+        The session id cannot be in the commitment, because the session id is computed from the signed
+        advertisements that carry it. It is not needed either: b_u is 32 fresh random bytes drawn for this
+        round alone, and the commitment binds it to the protocol version, federation, round and silo, so no
+        commitment can be replayed into another round, federation or silo. The advertisement signature covers
+        the commitment, and the session id covers the advertisement.
+
+        Binding rests on SHA-256's collision resistance (no second seed matches), hiding on b_u's 256 bits of
+        entropy and SHA-256's preimage resistance; the self-mask PRG key is derived from b_u with HKDF under
+        another label, so the commitment tells nobody anything about the mask.
+    """
+    return hashlib.sha256(
+        encode_fields(
+            "self-mask-commitment",
+            PROTOCOL_VERSION,
+            config.federation,
+            config.round,
+            silo,
+            seed,
+        )
+    ).digest()
 
 
 def session_id(config: RoundConfig, advertisements: Sequence[Advertisement]) -> bytes:
@@ -123,7 +182,7 @@ def session_id(config: RoundConfig, advertisements: Sequence[Advertisement]) -> 
         config.params_hash(),
     ]
     for ad in sorted(advertisements, key=lambda a: a.silo):
-        fields += [ad.silo, ad.enc_public, ad.mask_public, ad.signature]
+        fields += [ad.silo, ad.enc_public, ad.mask_public, ad.seed_commitment, ad.signature]
     return hashlib.sha256(encode_fields(*fields)).digest()
 
 

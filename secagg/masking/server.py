@@ -8,12 +8,31 @@ Notes:
     The server also checks what it can (roster signatures on advertisements, recipients of share ciphertexts,
     vector lengths, one submission per silo) so bad input is refused early with a clear error and changes no
     state. Its checks protect the round's liveness; the silos' own checks protect their privacy.
+
+    A member silo may reveal wrong Shamir shares in stage 5 (DESIGN 2 and 4.4). Shifting its self-mask share
+    for a peer by the inverse of its public Lagrange coefficient moves the reconstructed seed by exactly 1: still
+    a valid seed, so an unchecked server completes the round with a sum that is pure noise and nobody is named.
+    So :meth:`SecAggServer.close_unmask` keeps every response, checks each reconstructed b_u against the seed
+    commitment signed into its owner's advertisement (and each dropped silo's mask key against its advertised
+    public key, in the canonical clamped form the client shares), decodes around wrong shares
+    (:func:`secagg.hazmat.shamir.decode`), names every holder whose share is off the polynomial that yields
+    the committed secret, and leaves all of that holder's shares out. The common case costs one random
+    linear combination of all shares and one interpolation (:func:`secagg.hazmat.shamir.check_consistent`).
+
+    What naming can and cannot tell: shares travel encrypted from their dealer, and nothing signs what a dealer
+    sent to a holder, so a malicious dealer that gives an honest holder a wrong share makes that holder look like
+    the culprit; per-share digests bound into the share ciphertext's associated data would settle it, and are not
+    part of this version. Exact naming is guaranteed up to floor((k - t + 1) / 2) wrong holders of k responses;
+    beyond that (up to k - t), independently made wrong shares are still named, colluding ones may shift the
+    blame (see :func:`~secagg.hazmat.shamir.decode`); the sum is exact whenever the round completes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import hmac
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import numpy as np
@@ -22,11 +41,12 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from secagg.errors import InvalidSignature, ProtocolError, ProtocolViolation, RoundAborted
 from secagg.hazmat import shamir
-from secagg.hazmat.keys import KEY_BYTES, agree, verify
+from secagg.hazmat.keys import KEY_BYTES, RandomSource, agree, verify
 from secagg.hazmat.prg import MaskStream
-from secagg.masking.client import pairwise_mask_key, self_mask_key
+from secagg.masking.client import clamped_scalar, pairwise_mask_key, self_mask_key
 from secagg.masking.config import RoundConfig
 from secagg.masking.messages import (
+    COMMITMENT_BYTES,
     Advertisement,
     EncryptedShare,
     ShareKeys,
@@ -35,27 +55,77 @@ from secagg.masking.messages import (
     UnmaskRequest,
     UnmaskResponse,
     advertisement_payload,
+    seed_commitment,
     session_id,
     survivors_payload,
 )
 from secagg.roster import Roster
 
-__all__ = ["AggregateResult", "SecAggServer"]
+__all__ = ["SEARCH_BUDGET", "AggregateResult", "SecAggServer"]
+
+SEARCH_BUDGET = 4096
+"""t-subsets :meth:`SecAggServer.close_unmask` tries in all, beyond Gao's decoding radius, before giving up."""
+
+_SELF_MASK = "self-mask"
+_MASK_KEY = "mask-key"
 
 
 @dataclass(frozen=True)
 class AggregateResult:
-    """The output of a round: the sum of the survivors' quantized inputs mod 2^32, and who is in it."""
+    """The output of a round: the sum of the survivors' quantized inputs mod 2^32, who is in it, who was caught.
+
+    Attributes:
+        total: the sum of the survivors' quantized inputs mod 2^32.
+        survivors: U3, whose inputs are in the sum.
+        dropped: U2 minus U3, whose pairwise masks were removed with their reconstructed mask keys.
+        culprits: silo id -> evidence for every share holder whose unmask shares were inconsistent; their
+            shares were left out. The evidence names the round, the peer whose reconstruction disagreed and the
+            check that failed, never a share or a secret. A culprit that survived is still in the sum: its own
+            input is not checkable (DESIGN 2).
+    """
 
     total: npt.NDArray[np.uint32]
     survivors: tuple[str, ...]
     dropped: tuple[str, ...]
+    culprits: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class _Secret:
+    """One secret to reconstruct in stage 5: a survivor's self-mask seed or a dropped silo's mask key."""
+
+    peer: str
+    kind: str  # _SELF_MASK or _MASK_KEY
+
+    @property
+    def what(self) -> str:
+        return "self-mask seed" if self.kind == _SELF_MASK else "mask key"
+
+    @property
+    def matching(self) -> str:
+        """The secret as the peer's signed advertisement pins it down."""
+        if self.kind == _SELF_MASK:
+            return f"committed self-mask seed of {self.peer}"
+        return f"advertised mask key of {self.peer}"
+
+    @property
+    def check(self) -> str:
+        """What the reconstructed secret must match: part of the peer's signed advertisement."""
+        return "seed commitment" if self.kind == _SELF_MASK else "advertised mask public key"
 
 
 class SecAggServer:
-    """The server role for one round. ``config`` and ``roster`` are the coordinator's own."""
+    """The server role for one round. ``config`` and ``roster`` are the coordinator's own.
 
-    def __init__(self, *, config: RoundConfig, roster: Roster) -> None:
+    Args:
+        config: the round parameters.
+        roster: the verified roster.
+        rng: randomness for the stage-5 consistency check; ``os.urandom`` unless a test injects one.
+    """
+
+    def __init__(
+        self, *, config: RoundConfig, roster: Roster, rng: RandomSource = os.urandom
+    ) -> None:
         if roster.federation != config.federation or len(roster.members) != config.n:
             raise ProtocolError("round config does not match the roster")
         self.config = config
@@ -71,6 +141,8 @@ class SecAggServer:
         self._signatures: dict[str, SurvivorSignature] = {}
         self._request: UnmaskRequest | None = None
         self._responses: dict[str, UnmaskResponse] = {}
+        self._rng = rng
+        self._culprits: dict[str, list[str]] = {}
 
     def __repr__(self) -> str:
         return f"SecAggServer(round={self.config.round}, stage={self.stage.value!r})"
@@ -79,6 +151,15 @@ class SecAggServer:
     def session_id(self) -> bytes:
         """The session id, known once stage 1 has closed."""
         return self._session
+
+    @property
+    def culprits(self) -> Mapping[str, str]:
+        """Silo id -> evidence for every silo :meth:`close_unmask` caught with inconsistent shares.
+
+        Set by :meth:`close_unmask` whether it returns or aborts (empty before); the same as
+        :attr:`AggregateResult.culprits` when it returns.
+        """
+        return MappingProxyType({s: "; ".join(e) for s, e in sorted(self._culprits.items())})
 
     def received(self, silo: str) -> int:
         """How many coordinates of ``silo``'s masked vector are in the running sum (read-only).
@@ -117,8 +198,14 @@ class SecAggServer:
             raise ProtocolError(
                 f"advertisement of {ad.silo}: public keys must be {KEY_BYTES} bytes"
             )
+        if len(ad.seed_commitment) != COMMITMENT_BYTES:
+            raise ProtocolError(
+                f"advertisement of {ad.silo}: the seed commitment must be {COMMITMENT_BYTES} bytes"
+            )
         try:
-            payload = advertisement_payload(self.config, ad.silo, ad.enc_public, ad.mask_public)
+            payload = advertisement_payload(
+                self.config, ad.silo, ad.enc_public, ad.mask_public, ad.seed_commitment
+            )
             verify(self._roster.key(ad.silo), ad.signature, payload)
         except InvalidSignature as exc:
             raise ProtocolViolation(f"advertisement of {ad.silo} does not verify") from exc
@@ -278,33 +365,211 @@ class SecAggServer:
         self._responses[response.silo] = response
 
     def close_unmask(self) -> AggregateResult:
-        """End stage 5: reconstruct the masks from >= t responses and return the unmasked sum."""
+        """End stage 5: reconstruct and check every mask secret from all responses, and return the unmasked sum.
+
+        Each survivor's self-mask seed must match the commitment in its advertisement and each dropped silo's
+        mask key its advertised public key. A holder whose share for some peer is off the polynomial that yields
+        the matching secret is a culprit (:attr:`culprits`): all its shares are left out, and the round completes
+        with the exact sum if at least t consistent holders remain and every secret was recovered.
+
+        Raises:
+            RoundAborted: fewer than t responses; a secret that no t consistent shares reconstruct to match; or
+                fewer than t consistent holders once the culprits are left out. The message names the culprits
+                and the secrets that failed, never a share or a secret.
+        """
         self._expect(Stage.UNMASK)
         assert self._request is not None
         t = self.config.threshold
         if len(self._responses) < t:
             self.stage = Stage.ABORTED
             raise RoundAborted(f"only {len(self._responses)} silos sent unmask shares; need {t}")
-        responders = sorted(self._responses)[:t]
+        try:
+            seeds, keys = self._recover_secrets()
+        except RoundAborted:
+            self.stage = Stage.ABORTED
+            raise
+        finally:
+            self._responses.clear()
         index = self._roster.index
         stream = MaskStream()
         total = self._total
         for silo in self._request.survivors:
-            shares = {index(r): self._responses[r].self_mask_shares[silo] for r in responders}
-            seed = shamir.reconstruct(shares, threshold=t)
-            stream.add(total, self_mask_key(seed, self._session, index(silo)), subtract=True)
+            stream.add(total, self_mask_key(seeds[silo], self._session, index(silo)), subtract=True)
         for gone in self._request.dropped:
-            shares = {index(r): self._responses[r].mask_key_shares[gone] for r in responders}
-            private = X25519PrivateKey.from_private_bytes(shamir.reconstruct(shares, threshold=t))
-            if private.public_key().public_bytes_raw() != self._ads[gone].mask_public:
-                raise ProtocolViolation(
-                    f"reconstructed mask key of {gone} does not match its advertisement"
-                )
+            private = X25519PrivateKey.from_private_bytes(keys[gone])
             for silo in self._request.survivors:
                 secret = agree(private, self._ads[silo].mask_public)
                 key = pairwise_mask_key(secret, self._session, index(silo), index(gone))
                 # the survivor added +PRG when its index is lower, -PRG otherwise; undo that
                 stream.add(total, key, subtract=index(silo) < index(gone))
-        self._responses.clear()
         self.stage = Stage.DONE
-        return AggregateResult(total, self._request.survivors, self._request.dropped)
+        return AggregateResult(total, self._request.survivors, self._request.dropped, self.culprits)
+
+    def _recover_secrets(self) -> tuple[dict[str, bytes], dict[str, bytes]]:
+        """Every survivor's b_u and every dropped silo's mask key, checked; culprits go to ``_culprits``.
+
+        Notes:
+            Common case: one random linear combination of all shares shows every secret's shares on one
+            polynomial (cost ~ one multiplication per share plus one interpolation), and each secret comes from
+            its first t shares and matches its commitment or public key. Otherwise every secret not yet
+            recovered is decoded from the same set of holders (Gao's decoder, then a bounded search, in
+            :func:`secagg.hazmat.shamir.decode`), so who is named does not depend on the order of the peers;
+            the holders off the polynomial that yields a matching secret are named and every one of their shares
+            is dropped; secrets that failed are decoded again without them, until nothing changes. Finally the
+            secrets are reconstructed again from the remaining holders alone, which must be at least t and
+            consistent for every secret.
+        """
+        assert self._request is not None
+        t = self.config.threshold
+        index = self._roster.index
+        secrets = [_Secret(p, _SELF_MASK) for p in self._request.survivors] + [
+            _Secret(p, _MASK_KEY) for p in self._request.dropped
+        ]
+        responses = len(self._responses)
+        active = sorted(self._responses, key=index)
+        x_of = {h: index(h) for h in active}  # Roster.index is a list search: look each up once
+        holder_at = {x: h for h, x in x_of.items()}
+
+        def shares(secret: _Secret, holders: list[str]) -> dict[int, bytes]:
+            return {x_of[h]: self._share(h, secret) for h in holders}
+
+        recovered: dict[_Secret, bytes] = {}
+        pending = secrets
+        everyone = [shares(s, active) for s in secrets]
+        try:
+            shamir.check_consistent(everyone, threshold=t, rng=self._rng)
+        except ProtocolViolation:
+            pass  # some share is wrong: decode every secret below
+        else:
+            for secret, held in zip(secrets, everyone, strict=True):
+                value = _first_t(held, t)
+                if value is not None and self._acceptor(secret)(value):
+                    recovered[secret] = value
+            pending = [s for s in secrets if s not in recovered]
+            if not pending:
+                return _by_kind(recovered)  # the common case: nobody lied
+        failed: dict[_Secret, str] = {}  # secret -> why (public text)
+        budget = SEARCH_BUDGET
+        while pending and len(active) >= t:
+            holders = list(active)  # one set of holders for the whole pass
+            caught: set[str] = set()
+            retry: dict[_Secret, str] = {}
+            for secret in pending:
+                accept = self._acceptor(secret)
+                held = shares(secret, holders)
+                if _on_one_polynomial(held, t):
+                    value = _first_t(held, t)
+                    if value is not None and accept(value):
+                        recovered[secret] = value
+                        continue
+                    failed[secret] = "its holders agree on another secret"
+                    if len(holders) > t:
+                        # t + 1 or more holders agree, so (with at most k - t wrong holders) the dealer lied
+                        self._blame_dealer(secret, len(holders))
+                        caught.add(secret.peer)
+                    continue
+                try:
+                    decoding = shamir.decode(held, threshold=t, accept=accept, max_subsets=budget)
+                except ProtocolViolation as exc:
+                    budget = 0  # a failed search spent the budget; a retry gets Gao's decoder only
+                    retry[secret] = str(exc)  # public text: never a share or a secret
+                    continue
+                budget -= decoding.subsets
+                recovered[secret] = decoding.secret
+                for x in sorted(decoding.errors):
+                    holder = holder_at[x]
+                    caught.add(holder)
+                    self._blame(
+                        holder,
+                        f"round {self.config.round}: its {secret.kind} share for {secret.peer} is not on "
+                        f"the polynomial that reconstructs the {secret.matching} ({decoding.agreeing} "
+                        f"of {len(held)} unmask responses agree)",
+                    )
+            active = [h for h in active if h not in caught]
+            pending = list(retry)
+            failed.update(retry)
+            if not caught:
+                break  # nothing left out this pass: another pass would decode the same shares
+            for secret in pending:
+                del failed[secret]  # decoded again without the culprits
+        if len(active) >= t:
+            # redo every reconstruction without the culprits: t consistent holders must remain for each secret
+            for secret, value in recovered.items():
+                held = shares(secret, active)
+                if not _on_one_polynomial(held, t) or _first_t(held, t) != value:
+                    failed[secret] = "the remaining holders are not consistent"
+        if failed or len(active) < t:
+            problems = []
+            if failed:
+                problems.append(
+                    "could not reconstruct "
+                    + ", ".join(f"the {s.matching} ({why})" for s, why in failed.items())
+                    + f" from {responses} unmask responses"
+                )
+            if len(active) < t:
+                problems.append(f"only {len(active)} consistent unmask responses remain; need {t}")
+            if self._culprits:
+                problems.append(f"culprits: {', '.join(sorted(self._culprits))}")
+            raise RoundAborted(f"round {self.config.round} unmask failed: {'; '.join(problems)}")
+        return _by_kind(recovered)
+
+    def _share(self, holder: str, secret: _Secret) -> bytes:
+        response = self._responses[holder]
+        if secret.kind == _SELF_MASK:
+            return response.self_mask_shares[secret.peer]
+        return response.mask_key_shares[secret.peer]
+
+    def _acceptor(self, secret: _Secret) -> Callable[[bytes], bool]:
+        """Whether a reconstructed value is the secret the peer's signed advertisement commits to."""
+        ad = self._ads[secret.peer]
+        if secret.kind == _SELF_MASK:
+            config = self.config
+
+            def matches_commitment(seed: bytes) -> bool:
+                return hmac.compare_digest(
+                    seed_commitment(config, ad.silo, seed), ad.seed_commitment
+                )
+
+            return matches_commitment
+
+        def matches_public_key(scalar: bytes) -> bool:
+            if clamped_scalar(scalar) != scalar:  # one canonical form per key (see clamped_scalar)
+                return False
+            public = X25519PrivateKey.from_private_bytes(scalar).public_key().public_bytes_raw()
+            return hmac.compare_digest(public, ad.mask_public)
+
+        return matches_public_key
+
+    def _blame(self, silo: str, evidence: str) -> None:
+        self._culprits.setdefault(silo, []).append(evidence)
+
+    def _blame_dealer(self, secret: _Secret, holders: int) -> None:
+        self._blame(
+            secret.peer,
+            f"round {self.config.round}: all {holders} unmask responses agree on its {secret.what}, "
+            f"and it does not match its {secret.check}",
+        )
+
+
+def _by_kind(recovered: Mapping[_Secret, bytes]) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """(survivor -> self-mask seed, dropped silo -> mask key)."""
+    return (
+        {s.peer: v for s, v in recovered.items() if s.kind == _SELF_MASK},
+        {s.peer: v for s, v in recovered.items() if s.kind == _MASK_KEY},
+    )
+
+
+def _first_t(shares: Mapping[int, bytes], threshold: int) -> bytes | None:
+    """The secret the first t shares reconstruct, or ``None`` when they encode no 32-byte secret."""
+    try:
+        return shamir.reconstruct(shares, threshold=threshold)
+    except ProtocolViolation:
+        return None
+
+
+def _on_one_polynomial(shares: Mapping[int, bytes], threshold: int) -> bool:
+    try:
+        shamir.check_consistent([shares], threshold=threshold)
+    except ProtocolViolation:
+        return False
+    return True

@@ -41,8 +41,11 @@ from secagg.paillier.aggregator import (
     combine_partials,
 )
 from secagg.paillier.ceremony import (
+    DEFAULT_COLLUSION,
+    DEFAULT_MIN_COHORT,
     KeyCeremonyResult,
     ceremony_context,
+    check_trust_parameters,
     open_key_share,
     run_key_ceremony,
 )
@@ -72,6 +75,8 @@ from secagg.paillier.messages import (
 
 __all__ = [
     "DEFAULT_CHUNK_CIPHERTEXTS",
+    "DEFAULT_COLLUSION",
+    "DEFAULT_MIN_COHORT",
     "DEFAULT_SPOT_CHECKS",
     "SESSION_NONCE_BYTES",
     "AggregatorStage",
@@ -94,6 +99,7 @@ __all__ = [
     "SpotCheckOpening",
     "SpotCheckResponse",
     "ceremony_context",
+    "check_trust_parameters",
     "combine_partials",
     "open_key_share",
     "run_key_ceremony",

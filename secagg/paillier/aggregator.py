@@ -100,6 +100,8 @@ class PaillierAggregator:
         config: the round configuration.
         roster: silo id -> Ed25519 public key.
         store: where per-silo ciphertexts are kept for spot checks.
+        workers: worker processes for verifying and combining partial decryptions; ``None`` (default) uses
+            every core.
 
     Notes:
         The running aggregate is one ciphertext per position (memory grows with the vector, not the number of
@@ -115,7 +117,11 @@ class PaillierAggregator:
         config: PaillierRoundConfig,
         roster: Mapping[str, bytes],
         store: ContributionStore | None = None,
+        workers: int | None = None,
     ) -> None:
+        if workers is not None and workers < 1:
+            raise ValueError("workers must be >= 1")
+        self._workers = workers
         self._public_key = public_key
         self._config = config
         self._roster = dict(roster)
@@ -277,7 +283,9 @@ class PaillierAggregator:
         self._require(AggregatorStage.DECRYPTING)
         if self._request is None:  # unreachable after _require; keeps mypy honest
             raise ProtocolError("no request in progress")
-        result = combine_partials(self._public_key, self._config, self._request, partials)
+        result = combine_partials(
+            self._public_key, self._config, self._request, partials, workers=self._workers
+        )
         self.stage = AggregatorStage.DONE
         return result
 
@@ -287,10 +295,13 @@ def combine_partials(
     config: PaillierRoundConfig,
     request: DecryptionRequest,
     partials: Sequence[PartialDecryptionMessage],
+    *,
+    workers: int | None = None,
 ) -> npt.NDArray[np.int64]:
     """The combiner: verify partial decryptions of ``request``, combine ``t`` of them, unpack the sum.
 
-    Partial decryptions for another request are ignored; invalid proofs are refused and never combined.
+    Partial decryptions for another request are ignored; invalid proofs are refused and never combined. Proofs
+    are batch-verified and the combination runs on ``workers`` processes (``None``: every core).
 
     Raises:
         RoundAborted: fewer than ``t`` valid partial decryptions.
@@ -299,7 +310,11 @@ def combine_partials(
     aggregate = ciphertexts_from_bytes(public_key, request.aggregate)
     relevant = [m.partial for m in partials if m.request_digest == digest]
     plaintexts = combine_partial_decryptions(
-        public_key, aggregate, relevant, context=proof_context(request.context, digest)
+        public_key,
+        aggregate,
+        relevant,
+        context=proof_context(request.context, digest),
+        workers=workers,
     )
     return config.packing(public_key).unpack_sum(
         plaintexts, length=config.vector_length, contributors=len(request.contributions)

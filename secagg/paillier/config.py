@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 from secagg.errors import InvalidParameters
 from secagg.hazmat.keys import encode_fields
-from secagg.hazmat.packing import SlotPacking
-from secagg.hazmat.paillier import ThresholdPublicKey
+from secagg.hazmat.paillier import RadixPacking, ThresholdPublicKey
 
 __all__ = [
     "DEFAULT_CHUNK_CIPHERTEXTS",
@@ -55,7 +54,7 @@ class PaillierRoundConfig:
         session_id: the round's session id (>= 16 bytes), bound into every signature and proof.
         vector_length: number of quantized values per silo.
         value_bits: ``b``; values lie in ``[-(2^(b-1) - 1), 2^(b-1) - 1]``.
-        max_contributors: ``n``, sizes the slots (``b + ceil(log2 n)`` bits).
+        max_contributors: ``n``, sizes the slots (base ``n (2^b - 2) + 1`` digits, :mod:`secagg.hazmat.paillier.packing`).
         min_cohort: minimum number of contributions in a decrypted aggregate (>= 2).
         spot_checks: positions each decrypter checks.
         chunk_ciphertexts: ciphertexts per streamed chunk.
@@ -91,9 +90,9 @@ class PaillierRoundConfig:
         if self.chunk_ciphertexts < 1:
             raise InvalidParameters("chunk_ciphertexts must be >= 1")
 
-    def packing(self, public_key: ThresholdPublicKey) -> SlotPacking:
-        """The slot layout for this round under ``public_key``."""
-        return SlotPacking(
+    def packing(self, public_key: ThresholdPublicKey) -> RadixPacking:
+        """The slot layout for this round under ``public_key`` (mixed radix, sized to ``max_contributors``)."""
+        return RadixPacking(
             value_bits=self.value_bits,
             max_contributors=self.max_contributors,
             modulus_bits=public_key.key_bits,

@@ -19,12 +19,13 @@ from typing import Protocol
 
 from gmpy2 import mpz
 
-from secagg.errors import InvalidMerkleProof, InvalidParameters, ProtocolError, ProtocolViolation
+from secagg.errors import InvalidMerkleProof, ProtocolError, ProtocolViolation
 from secagg.hazmat.keys import RandomSource
 from secagg.hazmat.merkle import leaf_hash, verify_inclusion
 from secagg.hazmat.paillier import (
     KeyShare,
     ThresholdPublicKey,
+    check_key_share,
     ciphertexts_from_bytes,
     partial_decrypt,
 )
@@ -98,7 +99,11 @@ class PartialDecrypter:
         roster: silo id -> Ed25519 public key.
         history: decryptions already made (shared across rounds).
         rng: randomness for spot-check positions and the proof.
-        workers: threads for the exponentiations.
+        workers: worker processes for the partial decryption; ``None`` (default) uses every core
+            (``os.cpu_count()``), 1 computes in this process.
+
+    Raises:
+        InvalidParameters: the share is not one of ``public_key``'s (fingerprint, index or verification key).
     """
 
     def __init__(
@@ -111,10 +116,11 @@ class PartialDecrypter:
         roster: Mapping[str, bytes],
         history: DecryptionHistory,
         rng: RandomSource = os.urandom,
-        workers: int = 1,
+        workers: int | None = None,
     ) -> None:
-        if share.key_fingerprint != public_key.fingerprint():
-            raise InvalidParameters("key share does not belong to this public key")
+        check_key_share(public_key, share)
+        if workers is not None and workers < 1:
+            raise ValueError("workers must be >= 1")
         self.silo_id = silo_id
         self._share = share
         self._public_key = public_key

@@ -6,7 +6,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from dp_accounting.rdp import RdpAccountant
 
-from audits import CheckpointSigner, Event, EventKind, Ledger, write_bundle
+from audits import (
+    AuditBundle,
+    CheckpointSigner,
+    Event,
+    EventKind,
+    Ledger,
+    load_bundle,
+    write_bundle,
+)
 from dp.accounting import DP_SGD_MECHANISM, MechanismStep, recompute_epsilon
 
 ORIGIN = "secagg.test/audit/fed-1"
@@ -80,6 +88,7 @@ class Federation:
         self, silo: str, rnd: int, history: list[dict[str, Any]], **override: Any
     ) -> Event:
         att: dict[str, Any] = {
+            "session_id": session_of(rnd),
             "accountant": "rdp",
             "delta": DELTA,
             "federation": FEDERATION,
@@ -108,15 +117,78 @@ class Federation:
         return self.event(EventKind.PRIVACY_ATTESTATION, rnd, body)
 
 
+def session_of(rnd: int) -> str:
+    """The session id of round ``rnd`` in these federations (what participants and attestations name)."""
+    return hashlib.sha256(f"session-{rnd}".encode()).hexdigest()
+
+
+def roster_fingerprint(roster: bytes) -> str:
+    """How these tests fingerprint their stand-in roster (the real one hashes its signed payload)."""
+    return hashlib.sha256(roster).hexdigest()
+
+
 def _raw(key: Ed25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Writer:
+    """How the coordinator writing a test ledger behaves; the default is an honest one.
+
+    Attributes:
+        omit_attestation: (round, silo) whose attestation the coordinator leaves out of the ledger
+            although the silo is listed among the round's contributors.
+        participants_session: round -> the session id its participants record names instead of the
+            one every attestation of the round is bound to (``None``: none, as old coordinators).
+        record_level: whether ``federation_created`` has the ``[privacy]`` table.
+        silo_level: the federation also runs silo-level distributed DP (a release per closed round).
+        omit_release: a round whose closing record leaves out its silo-level release.
+    """
+
+    omit_attestation: tuple[int, str] | None = None
+    participants_session: Mapping[int, str | None] = field(default_factory=dict)
+    record_level: bool = True
+    silo_level: bool = False
+    omit_release: int | None = None
+
+
+SILO_LEVEL = {
+    "unit_of_privacy": "one silo's contribution to one round",
+    "mechanism": "skellam",
+    "noise_multiplier": 0.5,
+    "bits": 20,
+    "min_honest_survivors": 2,
+    "planned_epsilon": 40.0,
+    "delta": DELTA,
+}
+
+
+def silo_level_release(completed: int, contributors: int) -> dict[str, Any]:
+    """A silo-level DP release as the coordinator records it in ``round_closed``."""
+    return {
+        "epsilon": 7.5 * completed**0.5,
+        "delta": DELTA,
+        "rounds": completed,
+        "mechanism": "skellam",
+        "rdp_order": 8,
+        "unit_of_privacy": SILO_LEVEL["unit_of_privacy"],
+        "noise_multiplier": 0.5,
+        "bits": 20,
+        "contributors": contributors,
+        "wraps": 0,
+    }
+
+
 def build_federation(
-    path: Path | str, rounds: int = 3, *, secagg_accountant: bool = False
+    path: Path | str,
+    rounds: int = 3,
+    *,
+    secagg_accountant: bool = False,
+    writer: Writer = Writer(),
 ) -> Federation:
     """A federation's ledger; ``secagg_accountant``: epsilons as the coordinator computes them
-    (dp.accounting RDP, DP-SGD mechanism label) instead of Google's dp_accounting."""
+    (dp.accounting RDP, DP-SGD mechanism label) instead of Google's dp_accounting; ``writer``:
+    what the coordinator writing it leaves out or gets wrong."""
     ledger = Ledger(path, origin=ORIGIN)
     signer = CheckpointSigner.generate(key_name=ORIGIN)
     private = {s: Ed25519PrivateKey.generate() for s in SILOS}
@@ -131,13 +203,10 @@ def build_federation(
             None,
             {
                 "config": {"rounds": rounds, "vector_length": 31, "quantization_bits": 16},
-                "roster_fingerprint": hashlib.sha256(roster).hexdigest(),
+                "roster_fingerprint": roster_fingerprint(roster),
                 "threat_model": {"n": 3, "t": 2, "c": 0, "min_cohort": 3, "mode": "masking"},
-                "privacy": {
-                    "unit_of_privacy": "one patient record (add/remove) in one silo",
-                    "budget": {"epsilon": 8.0, "delta": DELTA},
-                },
-            },
+            }
+            | _privacy(writer),
         )
     )
     ledger.checkpoint(signer)
@@ -162,14 +231,23 @@ def build_federation(
             fed.event(
                 EventKind.PARTICIPANTS,
                 rnd,
-                {"survivors": survivors, "dropped": dropped, "stage": "unmask"},
+                {
+                    "survivors": survivors,
+                    "dropped": dropped,
+                    "stage": "unmask",
+                }
+                | _session(writer, rnd),
             )
         )
         for silo in survivors:
-            batch.append(fed.attestation_event(silo, rnd, histories[silo]))
+            if writer.record_level and writer.omit_attestation != (rnd, silo):
+                batch.append(fed.attestation_event(silo, rnd, histories[silo]))
         model = hashlib.sha256(f"model-{rnd}".encode()).hexdigest()
         batch.append(fed.event(EventKind.GLOBAL_MODEL, rnd, {"model_hash": model}))
-        batch.append(fed.event(EventKind.ROUND_CLOSED, rnd, {"global_model_hash": model}))
+        closed: dict[str, Any] = {"global_model_hash": model}
+        if writer.silo_level and writer.omit_release != rnd:
+            closed["silo_level_dp"] = silo_level_release(rnd, len(survivors))
+        batch.append(fed.event(EventKind.ROUND_CLOSED, rnd, closed))
         ledger.append_many(batch)
         ledger.checkpoint(signer)
     ledger.append(
@@ -187,6 +265,24 @@ def build_federation(
     return fed
 
 
+def _session(writer: Writer, rnd: int) -> dict[str, Any]:
+    """What the participants record says about the session (``None``: nothing, as old coordinators)."""
+    session = writer.participants_session.get(rnd, session_of(rnd))
+    return {} if session is None else {"session_id": session}
+
+
+def _privacy(writer: Writer) -> dict[str, Any]:
+    privacy: dict[str, Any] = {}
+    if writer.record_level:
+        privacy |= {
+            "unit_of_privacy": "one patient record (add/remove) in one silo",
+            "budget": {"epsilon": 8.0, "delta": DELTA},
+        }
+    if writer.silo_level:
+        privacy["silo_level"] = SILO_LEVEL
+    return {"privacy": privacy} if privacy else {}
+
+
 @pytest.fixture
 def federation(tmp_path: Path) -> Iterator[Federation]:
     fed = build_federation(tmp_path / "ledger.sqlite")
@@ -201,4 +297,23 @@ def bundle_dir(tmp_path: Path, federation: Federation) -> Path:
         tmp_path / "bundle",
         roster_bytes=federation.roster,
         audit_public_key=federation.signer.public_key,
+    )
+
+
+def history_of(fed: Federation, silo: str) -> list[dict[str, Any]]:
+    """The attestations ``silo`` has in ``fed``'s ledger so far, oldest first."""
+    return [
+        dict(json.loads(e)["body"]["attestation"])
+        for e in fed.ledger.entries()
+        if f'"silo":"{silo}"'.encode() in e and b'"privacy_attestation"' in e
+    ]
+
+
+def export(fed: Federation, out: Path) -> AuditBundle:
+    """Checkpoint ``fed``'s ledger and load its bundle, written to ``out``."""
+    fed.ledger.checkpoint(fed.signer)
+    return load_bundle(
+        write_bundle(
+            fed.ledger, out, roster_bytes=fed.roster, audit_public_key=fed.signer.public_key
+        )
     )

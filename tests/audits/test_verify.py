@@ -39,6 +39,8 @@ from .conftest import (
     PREFIX,
     Federation,
     build_federation,
+    export,
+    history_of,
     rdp_epsilon,
     secagg_rdp_epsilon,
 )
@@ -272,30 +274,13 @@ def test_wrong_pinned_audit_key(pristine: tuple[Path, Federation, str]) -> None:
 # --------------------------------------------------------------- epsilon: claim direction
 
 
-def _history(fed: Federation, silo: str) -> list[dict[str, object]]:
-    return [
-        dict(json.loads(e)["body"]["attestation"])
-        for e in fed.ledger.entries()
-        if f'"silo":"{silo}"'.encode() in e and b'"privacy_attestation"' in e
-    ]
-
-
-def _export(fed: Federation, out: Path) -> AuditBundle:
-    fed.ledger.checkpoint(fed.signer)
-    return load_bundle(
-        write_bundle(
-            fed.ledger, out, roster_bytes=fed.roster, audit_public_key=fed.signer.public_key
-        )
-    )
-
-
 def _claiming(tmp_path: Path, factor: float) -> tuple[Federation, AuditBundle]:
     """One round, then hospital-a signs a round-2 claim of ``factor`` x its true epsilon."""
     fed = build_federation(tmp_path / "l.sqlite", rounds=1, secagg_accountant=True)
-    history = _history(fed, "hospital-a")
+    history = history_of(fed, "hospital-a")
     true = secagg_rdp_epsilon("hospital-a", [*history, dict(history[-1], round=2)])
     fed.ledger.append(fed.attestation_event("hospital-a", 2, history, epsilon=true * factor))
-    return fed, _export(fed, tmp_path / "b")
+    return fed, export(fed, tmp_path / "b")
 
 
 def _verify_running(bundle: AuditBundle, fed: Federation, **kw: object) -> VerificationReport:
@@ -340,11 +325,11 @@ def test_under_reported_epsilon_is_rejected(tmp_path: Path, factor: float) -> No
 @pytest.mark.parametrize("factor", [1.01, 0.99])
 def test_recorded_epsilon_must_match_in_both_directions(tmp_path: Path, factor: float) -> None:
     fed = build_federation(tmp_path / "l.sqlite", rounds=1, secagg_accountant=True)
-    event = fed.attestation_event("hospital-a", 2, _history(fed, "hospital-a"))
+    event = fed.attestation_event("hospital-a", 2, history_of(fed, "hospital-a"))
     body = dict(event.to_json()["body"])  # type: ignore[arg-type]
     body["recomputed_epsilon"] = float(body["recomputed_epsilon"]) * factor  # type: ignore[arg-type]
     fed.ledger.append(fed.event(EventKind.PRIVACY_ATTESTATION, 2, body))
-    bundle = _export(fed, tmp_path / "b")
+    bundle = export(fed, tmp_path / "b")
     for hook in (
         {"epsilon_accounts": RdpEpsilonAccount},
         {"recompute_epsilon": secagg_rdp_epsilon},
@@ -430,7 +415,7 @@ def test_rdp_account_refuses_mechanisms_it_cannot_recompute(
 
 def test_running_account_catches_a_lying_coordinator(tmp_path: Path) -> None:
     fed = build_federation(tmp_path / "l.sqlite", rounds=2, secagg_accountant=True)
-    event = fed.attestation_event("hospital-b", 3, _history(fed, "hospital-b"))
+    event = fed.attestation_event("hospital-b", 3, history_of(fed, "hospital-b"))
     body = dict(event.to_json()["body"])  # type: ignore[arg-type]
     body["recomputed_epsilon"] = 0.01
     fed.ledger.append(fed.event(EventKind.PRIVACY_ATTESTATION, 3, body))
@@ -498,7 +483,7 @@ def test_the_earliest_refuted_epsilon_is_named_before_a_later_failure(tmp_path: 
     fed = build_federation(tmp_path / "l.sqlite", rounds=1, secagg_accountant=True)
     bad: list[int] = []
     for silo, rnd in (("hospital-b", 2), ("hospital-a", 3)):
-        history = _history(fed, silo)
+        history = history_of(fed, silo)
         event = fed.attestation_event(silo, rnd, history, epsilon=1e-3)
         body = dict(event.to_json()["body"])  # type: ignore[arg-type]
         bad.append(fed.ledger.size)
@@ -550,7 +535,7 @@ def _forged_signatures(base: Path, bad: set[int]) -> tuple[Federation, AuditBund
     ``bad`` positions (0-based, among those appended here) carry a silo signature over other
     bytes."""
     fed = build_federation(base / "l.sqlite", rounds=1, secagg_accountant=True)
-    histories = {s: _history(fed, s) for s in ("hospital-a", "hospital-b", "hospital-c")}
+    histories = {s: history_of(fed, s) for s in ("hospital-a", "hospital-b", "hospital-c")}
     positions = []
     for rnd in range(2, 6):
         for silo, history in histories.items():
@@ -559,7 +544,7 @@ def _forged_signatures(base: Path, bad: set[int]) -> tuple[Federation, AuditBund
             if len(positions) in bad:
                 body["signature"] = fed.silo_private[silo].sign(b"something else").hex()
             positions.append(fed.ledger.append(fed.event(EventKind.PRIVACY_ATTESTATION, rnd, body)))
-    return fed, _export(fed, base / "b"), positions
+    return fed, export(fed, base / "b"), positions
 
 
 @pytest.fixture(scope="module")
@@ -656,7 +641,7 @@ def test_signed_and_logged_attestation_must_be_the_same_json(
     tmp_path: Path, signed: object, logged: object, ok: bool
 ) -> None:
     fed = build_federation(tmp_path / "l.sqlite", rounds=1, secagg_accountant=True)
-    event = fed.attestation_event("hospital-a", 2, _history(fed, "hospital-a"))
+    event = fed.attestation_event("hospital-a", 2, history_of(fed, "hospital-a"))
     body = dict(event.to_json()["body"])  # type: ignore[arg-type]
     attestation = dict(body["attestation"])  # type: ignore[arg-type]
     attestation["extra"] = signed
@@ -665,7 +650,7 @@ def test_signed_and_logged_attestation_must_be_the_same_json(
     body["signature"] = fed.silo_private["hospital-a"].sign(payload).hex()
     body["attestation"] = dict(attestation, extra=logged)
     fed.ledger.append(fed.event(EventKind.PRIVACY_ATTESTATION, 2, body))
-    bundle = _export(fed, tmp_path / "b")
+    bundle = export(fed, tmp_path / "b")
     if ok:
         _verify_running(bundle, fed)
     else:

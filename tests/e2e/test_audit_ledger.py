@@ -21,12 +21,14 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from typer.testing import CliRunner
 
 from audits import (
     CheckpointSigner,
     CheckpointWitness,
     EventKind,
+    Ledger,
     LedgerEntry,
     MerkleTree,
     VerificationError,
@@ -43,6 +45,7 @@ from coordinator.cli import app
 from coordinator.common import RoundStatus, ledger_origin
 from coordinator.config import PrivacyConfig, ServeConfig, SiloConfig, write_demo_configs
 from coordinator.errors import AuditFailure
+from coordinator.pki import load_ed25519_private
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from coordinator.rounds.audit import verify_bundle_dir
@@ -58,6 +61,7 @@ from dp.accounting import (
     library_versions,
     recompute_epsilon,
 )
+from secagg import Roster
 from tests.e2e.harness import (
     EXACT_BITS,
     EXACT_CLIP,
@@ -160,13 +164,15 @@ class AuditRun:
 
     @property
     def keys(self) -> list[str]:
-        """The CLI options that pin the coordinator's audit key and the consortium key."""
+        """The CLI options that pin the coordinator's audit key, the consortium key and the log origin."""
         p = self.consortium.paths
         return [
             "--audit-key",
             str(p.audit_public_key),
             "--consortium-key",
             str(p.consortium_public_key),
+            "--origin",
+            ledger_origin(self.consortium.federation),
         ]
 
 
@@ -262,7 +268,20 @@ def test_real_run_bundle_verifies_and_reports(run: AuditRun, tmp_path: Path) -> 
     assert f"OK: {len(entries)} entries of federation 'fed'" in output
     assert f"{3 * ROUNDS} attestation signatures verified" in output
     assert f"{3 * ROUNDS} epsilons recomputed" in output
+    assert (
+        "every completed round complete; pinned: audit key, consortium key and log origin" in output
+    )
     assert "WARNING" not in output
+    # every contributor's attestation is bound to the session its round's participants record names
+    for participants in (e for e in entries if e.event.kind is EventKind.PARTICIPANTS):
+        bound = {
+            e.event.body["silo"]: e.event.body["attestation"]["session_id"]
+            for e in entries
+            if e.event.kind is EventKind.PRIVACY_ATTESTATION
+            and e.event.round == participants.event.round
+        }
+        assert set(bound) == set(participants.event.body["survivors"])
+        assert set(bound.values()) == {participants.event.body["session_id"]}
     # the final bundle extends what the silo witnessed and what was exported mid-run
     early_checkpoint = tmp_path / "early.txt"
     shutil.copy(run.early / "checkpoint.txt", early_checkpoint)
@@ -283,11 +302,13 @@ def test_real_run_bundle_verifies_and_reports(run: AuditRun, tmp_path: Path) -> 
     assert code == 0, output
 
     out = tmp_path / "report"
-    code, output = cli("audit", "report", run.bundle, "--out", out, *run.keys)
+    code, output = cli("audit", "report", run.bundle, "--out", out, *run.keys, "--no-pdf")
     assert code == 0, output
     report = json.loads((out / "report.json").read_text())
     html = (out / "report.html").read_text()
-    assert report["report_schema"] == 1 and report["federation"] == "fed"
+    assert report["report_schema"] == 2 and report["federation"] == "fed"
+    assert report["verification"]["status"] == "verified"
+    assert not (out / "report.pdf").exists()  # --no-pdf
     assert report["checkpoint"]["size"] == len(entries)
     rows = {row["id"]: row for row in report["silos"]}
     assert sorted(rows) == ["a", "b", "c"]
@@ -339,7 +360,7 @@ def test_silo_local_ledger_proves_its_attestations_are_in_the_bundle(run: AuditR
 
 def test_report_gives_each_silo_its_own_delta(run: AuditRun, tmp_path: Path) -> None:
     out = tmp_path / "report"
-    code, output = cli("audit", "report", run.bundle, "--out", out, *run.keys)
+    code, output = cli("audit", "report", run.bundle, "--out", out, *run.keys, "--no-pdf")
     assert code == 0, output
     rows = {row["id"]: row for row in json.loads((out / "report.json").read_text())["silos"]}
     assert {silo: row["delta"] for silo, row in rows.items()} == DELTAS
@@ -555,6 +576,168 @@ def test_roster_of_another_consortium_is_refused(
     assert "roster is signed by a different consortium key" in output, output
 
 
+# -- 2b. fail closed: pins, roster, completeness ------------------------------------------------------------
+def test_verify_without_pins_fails_closed(run: AuditRun, tmp_path: Path) -> None:
+    """The review's finding: without pins the verifier trusted the bundle's own keys and exited 0."""
+    forged = tmp_path / "forged"
+    shutil.copytree(run.bundle, forged)
+    foreign_checkpoint_and_key(forged)  # re-signed by an attacker, who ships its own key
+    pins = dict(zip(run.keys[::2], run.keys[1::2], strict=True))
+    for missing in (["--audit-key"], ["--consortium-key"], ["--origin"], list(pins)):
+        given = [
+            x for option, value in pins.items() if option not in missing for x in (option, value)
+        ]
+        for bundle in (run.bundle, forged):
+            code, output = cli("audit", "verify", bundle, *given)
+            assert code == 2, output
+            assert "not pinned:" in output and "--unpinned" in output, output
+            for option in missing:
+                assert option in output
+    out = tmp_path / "report"
+    code, output = cli("audit", "report", run.bundle, "--out", out, "--no-pdf")
+    assert code == 2 and not out.exists(), output
+
+
+def test_unpinned_checks_consistency_and_exits_3(run: AuditRun, tmp_path: Path) -> None:
+    forged = tmp_path / "forged"
+    shutil.copytree(run.bundle, forged)
+    foreign_checkpoint_and_key(forged)
+    for bundle in (run.bundle, forged):  # an attacker's re-signed bundle is consistent too
+        code, output = cli("audit", "verify", bundle, "--unpinned")
+        assert code == 3, output
+        assert "CONSISTENT:" in output and "NOT PINNED: audit key, consortium key, origin" in output
+        assert "OK:" not in output
+    # a tampered entry still fails, pinned or not
+    tampered = tmp_path / "tampered"
+    shutil.copytree(run.bundle, tampered)
+    expected = flip_hash_byte(tampered)
+    code, output = cli("audit", "verify", tampered, "--unpinned")
+    assert code == 1 and expected in output, output
+    # the report is written, says in words that nothing was pinned, and is never green
+    out = tmp_path / "report"
+    code, output = cli("audit", "report", forged, "--out", out, "--unpinned", "--no-pdf")
+    assert code == 3, output
+    report = json.loads((out / "report.json").read_text())
+    assert report["verification"]["status"] == "unpinned"
+    assert report["verification"]["statement"].startswith("Nothing was pinned")
+    html = (out / "report.html").read_text()
+    assert 'class="banner banner-unpinned"' in html and "Verified against" not in html
+    # partially pinned: still exit 3, and the report names what was not pinned
+    code, output = cli("audit", "verify", run.bundle, *run.keys[:4], "--unpinned")  # no origin
+    assert code == 3 and "NOT PINNED: origin" in output, output
+
+
+def test_a_pinned_federation_or_origin_must_match(run: AuditRun) -> None:
+    pins = run.keys[:4]
+    code, output = cli("audit", "verify", run.bundle, *pins, "--federation", "fed")
+    assert code == 0, output
+    code, output = cli("audit", "verify", run.bundle, *pins, "--federation", "other")
+    assert code == 1 and "checkpoint: " in output, output
+    code, output = cli("audit", "verify", run.bundle, *pins, "--origin", "secagg/federation/other")
+    assert code == 1 and "checkpoint: " in output, output
+    code, output = cli(
+        "audit", "verify", run.bundle, *pins, "--origin", ledger_origin("fed"), "--federation", "x"
+    )
+    assert code == 1 and "the pinned federation is 'x'" in output, output
+
+
+def test_a_roster_swapped_for_another_the_consortium_signed_is_refused(
+    run: AuditRun, tmp_path: Path
+) -> None:
+    """Same consortium key, same federation id, another member key: the signature verifies, the
+    fingerprint ``federation_created`` recorded does not."""
+    trio = run.consortium
+    members = dict(trio.roster.members)
+    members["c"] = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+    swapped = Roster.create(
+        federation=trio.federation,
+        members=members,
+        consortium_key=load_ed25519_private(trio.paths.consortium_key),
+    )
+    swapped.verify(trio.consortium_key)
+    copy = tmp_path / "bundle"
+    shutil.copytree(run.bundle, copy)
+    (copy / "roster.json").write_text(swapped.dumps())
+    for extra in ([], ["--unpinned"]):
+        code, output = cli("audit", "verify", copy, *run.keys, *extra)
+        assert code == 1, output
+        assert (
+            f"bundle: roster.json (fingerprint {swapped.fingerprint()}) is not the roster the "
+            f"federation was created with (federation_created, entry 0, records "
+            f"{trio.roster.fingerprint()}): a swapped roster"
+        ) in output, output
+
+
+def _rewritten(run: AuditRun, out: Path, *, drop: Callable[[LedgerEntry], bool]) -> Path:
+    """The coordinator (it holds the audit key) rewrites its ledger without the entries ``drop``
+    picks, re-chains and re-signs it: a self-consistent log, as signed as the honest one."""
+    origin = ledger_origin(run.consortium.federation)
+    signer = CheckpointSigner(load_ed25519_private(run.consortium.paths.audit_key), key_name=origin)
+    ledger = Ledger(out.with_suffix(".sqlite"), origin=origin)
+    try:
+        ledger.append_many([e.event for e in decoded(run.bundle) if not drop(e)])
+        ledger.checkpoint(signer)
+        return write_bundle(
+            ledger,
+            out,
+            roster_bytes=(run.bundle / "roster.json").read_bytes(),
+            audit_public_key=signer.public_key,
+        )
+    finally:
+        ledger.close()
+
+
+def test_a_coordinator_that_leaves_out_one_attestation_is_caught(
+    run: AuditRun, tmp_path: Path
+) -> None:
+    def b_in_round_1(entry: LedgerEntry) -> bool:
+        event = entry.event
+        return (
+            event.kind is EventKind.PRIVACY_ATTESTATION
+            and event.round == 1
+            and event.body["silo"] == "b"
+        )
+
+    honest = _rewritten(run, tmp_path / "honest", drop=lambda e: False)  # positive control
+    code, output = cli("audit", "verify", honest, *run.keys)
+    assert code == 0, output
+    dishonest = _rewritten(run, tmp_path / "dishonest", drop=b_in_round_1)
+    participants = next(
+        e.index
+        for e in decoded(dishonest)
+        if e.event.kind is EventKind.PARTICIPANTS and e.event.round == 1
+    )
+    code, output = cli("audit", "verify", dishonest, *run.keys)
+    assert code == 1, output
+    assert (
+        "FAILED: incomplete: round 1, silo 'b': took part in the completed round (participants, "
+        f"entry {participants}) but has no privacy attestation for it"
+    ) in output, output
+
+
+@pytest.mark.slow
+def test_report_writes_a_pdf_beside_the_html(
+    run: AuditRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audits import find_chromium
+
+    if find_chromium() is None:
+        pytest.skip("!!! headless Chromium not found: report.pdf was NOT printed !!!")
+    out = tmp_path / "report"
+    code, output = cli("audit", "report", run.bundle, "--out", out, *run.keys)
+    assert code == 0, output
+    assert (out / "report.pdf").read_bytes()[:5] == b"%PDF-"
+    assert "PDF written:" in output
+    # no Chromium: by default a clear message and exit 0; --pdf insists (exit 4)
+    monkeypatch.setattr("audits.report.find_chromium", lambda: None)
+    monkeypatch.setattr("audits.find_chromium", lambda: None, raising=False)
+    code, output = cli("audit", "report", run.bundle, "--out", tmp_path / "r2", *run.keys)
+    assert code == 0 and "no PDF: headless Chromium was not found" in output, output
+    code, output = cli("audit", "report", run.bundle, "--out", tmp_path / "r3", *run.keys, "--pdf")
+    assert code == 4 and "no PDF: headless Chromium was not found" in output, output
+    assert (tmp_path / "r3" / "report.html").exists()
+
+
 # -- 3 and 6. the gRPC Audit service -------------------------------------------------------------------------
 @pytest.fixture
 def monitored(trio: Consortium, tmp_path: Path) -> Iterator[tuple[ManualSilo, MaskingRounds]]:
@@ -726,8 +909,10 @@ def _verified_entries(trio: Consortium, ledger_db: Path, out: Path) -> list[Ledg
         out,
         audit_public_key=bytes.fromhex(trio.paths.audit_public_key.read_text().strip()),
         consortium_public_key=trio.consortium_key,
+        federation=trio.federation,
     )
     assert warnings == []
+    assert report.anchors.fully_pinned
     return list(report.entries)
 
 
@@ -817,6 +1002,7 @@ def test_report_of_a_federation_without_attestations(trio: Consortium, tmp_path:
         tmp_path / "bundle",
         audit_public_key=bytes.fromhex(trio.paths.audit_public_key.read_text().strip()),
         consortium_public_key=trio.consortium_key,
+        federation=trio.federation,
     )
     report = build_report(verified)
     rows = {row["id"]: row for row in report["silos"]}

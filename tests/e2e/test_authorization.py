@@ -137,10 +137,17 @@ def test_a_silo_cannot_act_as_another(trio: Consortium, coord: Coordinator) -> N
             impostor.mask_public,
             sign(
                 wrong_key,
-                advertisement_payload(config, "a", impostor.enc_public, impostor.mask_public),
+                advertisement_payload(
+                    config,
+                    "a",
+                    impostor.enc_public,
+                    impostor.mask_public,
+                    seed_commitment=impostor.seed_commitment,
+                ),
             ),
+            seed_commitment=impostor.seed_commitment,
         )
-        refused(
+        message = refused(
             coord,
             grpc.StatusCode.INVALID_ARGUMENT,
             lambda: stub.AdvertiseKeys(
@@ -149,6 +156,7 @@ def test_a_silo_cannot_act_as_another(trio: Consortium, coord: Coordinator) -> N
                 )
             ),
         )
+        assert "does not verify" in message  # refused for the wrong key, not for its shape
         # the round goes on with everyone acting as themselves, by hand from here (b has advertised)
         a.advertise()
         with ManualSilo(trio, "c", coord.address) as c:

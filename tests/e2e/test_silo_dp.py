@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from scipy import stats
 
@@ -22,7 +23,7 @@ from coordinator.common import RoundStatus
 from coordinator.config import SiloDPConfig, SiloPolicy
 from coordinator.errors import Unauthorized
 from coordinator.rounds.audit import verify_bundle_dir
-from coordinator.sdk.masking import RoundReport
+from coordinator.sdk.masking import RoundContext, RoundReport
 from tests.e2e.harness import (
     SHORT,
     Consortium,
@@ -106,10 +107,17 @@ def test_aggregate_noise_has_the_configured_variance(trio: Consortium, tmp_path:
     json.dumps(report)  # plain JSON
 
 
+@pytest.mark.parametrize("silos_guard", [True, False], ids=["silos-guard", "coordinator-guards"])
 def test_a_dropout_beyond_the_tolerance_aborts_instead_of_releasing_too_little_noise(
-    trio: Consortium, tmp_path: Path
+    trio: Consortium, tmp_path: Path, silos_guard: bool
 ) -> None:
-    """dropouts_tolerated = 0: the noise shares need all three silos, so two contributions are not released."""
+    """dropouts_tolerated = 0: the noise shares need all three silos, so two contributions are not released.
+
+    The silos see it first: once the share-keys stage admits only two of them they stop before training
+    (the plan's minimum contributors is part of their admission check), so nobody spends budget on the round.
+    The coordinator's own check is the second line: with silos that trust the announcement (the SDK's test-only
+    switch) the two masked inputs arrive and the coordinator refuses to decode them.
+    """
     base = settings(
         n=3,
         length=LENGTH,
@@ -117,14 +125,20 @@ def test_a_dropout_beyond_the_tolerance_aborts_instead_of_releasing_too_little_n
         min_cohort=2,
         clip=CLIP,
         bits=16,
-        deadlines=deadlines_with(advertise=SHORT),
+        deadlines=deadlines_with(advertise=SHORT, masked_input=SHORT),
     )
     config = dataclasses.replace(base, silo_dp=SiloDPConfig(noise_multiplier=NOISE))
+    trained: list[str] = []
     with running_coordinator(trio, tmp_path / "c.db", config) as coord:
 
         def silo(s: str) -> list[RoundReport]:
-            with trio.sdk(s, coord.address) as client:
-                return list(client.run(lambda ctx: np.zeros(LENGTH)))
+            def train(ctx: RoundContext) -> npt.NDArray[np.float64]:
+                trained.append(s)
+                return np.zeros(LENGTH)
+
+            trust = not silos_guard
+            with trio.sdk(s, coord.address, insecure_test_trust_announced_plan=trust) as client:
+                return list(client.run(train))
 
         def refusing() -> None:
             # the third silo's own policy demands more noise than announced: it refuses the round
@@ -135,11 +149,19 @@ def test_a_dropout_beyond_the_tolerance_aborts_instead_of_releasing_too_little_n
             ):
                 list(client.run(lambda ctx: np.zeros(LENGTH)))
 
-        in_threads(lambda: silo("a"), lambda: silo("b"), refusing)
+        reports = in_threads(lambda: silo("a"), lambda: silo("b"), refusing)
         (record,) = coord.rounds()
         aborted = [
             e.event for e in coord.service.audit.ledger.decoded() if e.event.kind == "round_aborted"
         ]
     assert record.status is RoundStatus.ABORTED
-    assert "silo-level DP" in record.reason
-    assert len(aborted) == 1 and "silo-level DP" in aborted[0].body["reason"]
+    assert len(aborted) == 1
+    if silos_guard:
+        assert trained == []
+        for (report,) in reports[:2]:
+            assert report.status is RoundStatus.ABORTED
+            assert "admitted 2 silos; this silo trains only for at least 3" in report.reason
+    else:
+        assert sorted(trained) == ["a", "b"]
+        assert "silo-level DP" in record.reason
+        assert "silo-level DP" in aborted[0].body["reason"]

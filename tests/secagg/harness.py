@@ -4,6 +4,12 @@
 :class:`SecAggServer` and then hands the live clients to the test, which plays a *malicious* server for
 stages 4-5; ``attacker_unmask`` is what that server would do with whatever shares it extracted.
 
+For a *malicious member silo* (DESIGN 2, 4.4): ``unmask_responses`` plays stage 4 honestly and returns every
+survivor's stage-5 response unsent, ``tampered``/``moved`` make the responses a lying holder would send
+(``lagrange_at_zero`` gives the public coefficient whose inverse shifts a reconstruction by exactly 1), and
+``unchecked_unmask`` is the positive control: the server's stage 5 as it was before the seed commitment (the
+first t responses, nothing checked).
+
 Tests see the clients only through their public API. What a *colluding* silo knows beyond that (its own
 X25519 keys, hence the shares addressed to it) comes from its own randomness: every client draws from a
 :class:`RecordingRng`, and :func:`own_x25519_key` finds the key among the draws.
@@ -13,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +37,7 @@ from secagg import (
     SecAggClient,
     SecAggServer,
     SurvivorSignature,
+    UnmaskRequest,
     UnmaskResponse,
 )
 from secagg.hazmat import shamir
@@ -338,3 +345,81 @@ def attacker_unmask(
         key = pairwise_mask_key(secret, tr.session, index(victim), index(share.sender))
         stream.add(y, key, subtract=index(victim) < index(share.sender))
     return y
+
+
+# --- a malicious member silo in stage 5 -----------------------------------------------------------------------
+def unmask_responses(tr: Transcript) -> tuple[UnmaskRequest, dict[str, UnmaskResponse]]:
+    """Stage 4 through the real server with every survivor signing; then each survivor's honest stage-5
+    response, not yet sent (a test sends them, some tampered)."""
+    for s in tr.survivors:
+        tr.server.receive_survivor_signature(tr.clients[s].sign_survivors(tr.survivors))
+    request = tr.server.close_consistency()
+    return request, {s: tr.clients[s].unmask(request) for s in tr.survivors}
+
+
+def lagrange_at_zero(xs: Sequence[int], x: int) -> int:
+    """The public Lagrange coefficient at 0 of x-coordinate ``x`` in the reconstructing subset ``xs``."""
+    p = shamir.PRIME
+    numerator, denominator = 1, 1
+    for other in xs:
+        if other != x:
+            numerator = numerator * other % p
+            denominator = denominator * (other - x) % p
+    return numerator * pow(denominator, -1, p) % p
+
+
+def moved(share: bytes, delta: int) -> bytes:
+    """``share`` plus ``delta`` in GF(2^521 - 1): what a lying holder reveals instead."""
+    value = (int.from_bytes(share, "big") + delta) % shamir.PRIME
+    return value.to_bytes(shamir.SHARE_BYTES, "big")
+
+
+def garbage_share(rng: Callable[[int], bytes]) -> bytes:
+    """A uniformly random, well-formed share (the server cannot refuse it as malformed)."""
+    return (int.from_bytes(rng(80), "big") % shamir.PRIME).to_bytes(shamir.SHARE_BYTES, "big")
+
+
+def tampered(
+    response: UnmaskResponse,
+    *,
+    self_mask: Mapping[str, bytes] | None = None,
+    mask_key: Mapping[str, bytes] | None = None,
+) -> UnmaskResponse:
+    """``response`` with some of its self-mask and mask-key shares replaced (peer -> share)."""
+    return UnmaskResponse(
+        response.silo,
+        {**response.self_mask_shares, **(self_mask or {})},
+        {**response.mask_key_shares, **(mask_key or {})},
+    )
+
+
+def first_t(tr: Transcript, responders: Iterable[str]) -> list[str]:
+    """The t responders an unchecked server reconstructs from: the first t by roster index."""
+    return sorted(responders, key=tr.fed.roster.index)[: tr.config.threshold]
+
+
+def unchecked_unmask(
+    tr: Transcript, request: UnmaskRequest, responses: Mapping[str, UnmaskResponse]
+) -> U32:
+    """The positive control: stage 5 as the server did it before the seed commitment.
+
+    The sum of the survivors' masked vectors, unmasked with secrets reconstructed from the first t responses
+    and never checked (a mask key is used as it comes out; a wrong seed is just another seed).
+    """
+    t, index = tr.config.threshold, tr.fed.roster.index
+    used = first_t(tr, responses)
+    ads = {ad.silo: ad for ad in tr.ads}
+    total = ring_sum((tr.masked[s] for s in request.survivors), tr.config.vector_length)
+    stream = MaskStream()
+    for silo in request.survivors:
+        shares = {index(r): responses[r].self_mask_shares[silo] for r in used}
+        seed = shamir.reconstruct(shares, threshold=t)
+        stream.add(total, self_mask_key(seed, tr.session, index(silo)), subtract=True)
+    for gone in request.dropped:
+        shares = {index(r): responses[r].mask_key_shares[gone] for r in used}
+        private = X25519PrivateKey.from_private_bytes(shamir.reconstruct(shares, threshold=t))
+        for silo in request.survivors:
+            secret = agree(private, ads[silo].mask_public)
+            key = pairwise_mask_key(secret, tr.session, index(silo), index(gone))
+            stream.add(total, key, subtract=index(silo) < index(gone))
+    return total

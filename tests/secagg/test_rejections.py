@@ -26,7 +26,7 @@ from secagg import (
 )
 from secagg.hazmat import shamir
 from secagg.hazmat.keys import agree, new_x25519, open_sealed, seal, sign
-from secagg.masking.messages import advertisement_payload, session_id
+from secagg.masking.messages import advertisement_payload, seed_commitment, session_id
 from tests.secagg.harness import (
     Federation,
     RecordingRng,
@@ -62,12 +62,21 @@ LOW_ORDER_POINTS = {
 
 
 def signed_ad(
-    fed: Federation, config: RoundConfig, silo: str, enc: bytes, mask: bytes
+    fed: Federation,
+    config: RoundConfig,
+    silo: str,
+    enc: bytes,
+    mask: bytes,
+    commitment: bytes | None = None,
 ) -> Advertisement:
-    """An advertisement a malicious (colluding) silo signs with its real roster key."""
-    return Advertisement(
-        silo, enc, mask, sign(fed.keys[silo], advertisement_payload(config, silo, enc, mask))
-    )
+    """An advertisement a malicious (colluding) silo signs with its real roster key.
+
+    ``commitment`` defaults to a well-formed commitment (to an all-zero seed), so only the keys are at issue.
+    """
+    if commitment is None:
+        commitment = seed_commitment(config, silo, bytes(32))
+    payload = advertisement_payload(config, silo, enc, mask, commitment)
+    return Advertisement(silo, enc, mask, sign(fed.keys[silo], payload), commitment)
 
 
 def flip(data: bytes, bit: int = 0) -> bytes:
@@ -101,7 +110,7 @@ def test_roster_with_a_forged_signature_is_refused(fed: Federation) -> None:
         truncated.verify(pinned)
 
 
-@pytest.mark.parametrize("field", ["signature", "enc_public", "mask_public"])
+@pytest.mark.parametrize("field", ["signature", "enc_public", "mask_public", "seed_commitment"])
 def test_advertisement_with_a_bad_signature_is_refused_by_clients_and_server(
     fed: Federation, config: RoundConfig, field: str
 ) -> None:
@@ -115,6 +124,24 @@ def test_advertisement_with_a_bad_signature_is_refused_by_clients_and_server(
     assert victim.stage is Stage.ABORTED
     server = SecAggServer(config=config, roster=fed.roster)
     with pytest.raises(ProtocolViolation):
+        server.receive_advertisement(ads[1])
+
+
+@pytest.mark.parametrize("length", [0, 31, 33])
+def test_advertisement_without_a_32_byte_seed_commitment_is_refused_by_clients_and_server(
+    fed: Federation, config: RoundConfig, length: int
+) -> None:
+    """Even signed by its silo: without a commitment the server could not check that silo's seed in stage 5."""
+    clients = make_clients(fed, config)
+    ads = list(advertise(clients))
+    ads[1] = signed_ad(
+        fed, config, ads[1].silo, ads[1].enc_public, ads[1].mask_public, b"\x07" * length
+    )
+    victim = clients[fed.silos[0]]
+    with pytest.raises(ProtocolViolation, match="seed commitment"):
+        victim.share_keys(ads)
+    server = SecAggServer(config=config, roster=fed.roster)
+    with pytest.raises(ProtocolError, match="seed commitment"):
         server.receive_advertisement(ads[1])
 
 

@@ -26,7 +26,8 @@ from secagg.hazmat import shamir
 from secagg.hazmat.keys import agree, encode_fields, hkdf, sign, verify
 from secagg.hazmat.prg import CHUNK_BYTES, MaskStream, add_mask, mask_key
 from secagg.masking.client import pairwise_mask_key, self_mask_key, share_key
-from secagg.masking.messages import advertisement_payload
+from secagg.masking.config import PROTOCOL_VERSION
+from secagg.masking.messages import advertisement_payload, seed_commitment
 from tests.secagg.harness import (
     make_config,
     make_federation,
@@ -225,16 +226,29 @@ def test_seeded_round_is_pinned() -> None:
     config = make_config(fed, length=v["length"], round_=v["round"])
     ad = v["advertisement_payload"]
     payload = advertisement_payload(
-        config, ad["silo"], bytes.fromhex(ad["enc_public"]), bytes.fromhex(ad["mask_public"])
+        config,
+        ad["silo"],
+        bytes.fromhex(ad["enc_public"]),
+        bytes.fromhex(ad["mask_public"]),
+        bytes.fromhex(ad["seed_commitment"]),
     )
     assert payload.hex() == ad["payload"]
     assert config.params_hash().hex() == v["params_hash"]
+    c = v["seed_commitment"]
+    seed = bytes.fromhex(c["seed"])
+    assert seed_commitment(config, c["silo"], seed).hex() == c["commitment"]
+    # and the commitment is what DESIGN 4.4 and its docstring say, recomputed from the spec
+    spec = encode_fields(
+        "self-mask-commitment", PROTOCOL_VERSION, config.federation, config.round, c["silo"], seed
+    )
+    assert hashlib.sha256(spec).hexdigest() == c["commitment"]
 
     tr = run_to_consistency(fed, config, seed=v["client_seed"])
     assert {
         a.silo: {
             "enc_public": a.enc_public.hex(),
             "mask_public": a.mask_public.hex(),
+            "seed_commitment": a.seed_commitment.hex(),
             "signature": a.signature.hex(),
         }
         for a in tr.ads

@@ -370,6 +370,7 @@ class Advertisement(_message.Message):
     ENC_PUBLIC_FIELD_NUMBER: _builtins.int
     MASK_PUBLIC_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    SEED_COMMITMENT_FIELD_NUMBER: _builtins.int
     silo: _builtins.str
     enc_public: _builtins.bytes
     """X25519 public key for share encryption"""
@@ -377,6 +378,10 @@ class Advertisement(_message.Message):
     """X25519 public key for pairwise masks"""
     signature: _builtins.bytes
     """Ed25519 by the silo's roster key over the advertisement payload"""
+    seed_commitment: _builtins.bytes
+    """SHA-256 commitment to the silo's self-mask seed b_u (DESIGN 4.4), 32 bytes, covered by the signature;
+    the coordinator checks every b_u it reconstructs in the unmask stage against it
+    """
     def __init__(
         self,
         *,
@@ -384,10 +389,11 @@ class Advertisement(_message.Message):
         enc_public: _builtins.bytes = ...,
         mask_public: _builtins.bytes = ...,
         signature: _builtins.bytes = ...,
+        seed_commitment: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["enc_public", b"enc_public", "mask_public", b"mask_public", "signature", b"signature", "silo", b"silo"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enc_public", b"enc_public", "mask_public", b"mask_public", "seed_commitment", b"seed_commitment", "signature", b"signature", "silo", b"silo"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -3,7 +3,8 @@
 One module per concern: :mod:`.primes` (safe primes), :mod:`.keys` (key material and the dealer),
 :mod:`.sealing` (shares sealed to their silos), :mod:`.obfuscators` (ciphertext randomness),
 :mod:`.cipher` (encryption, homomorphic addition, byte form), :mod:`.proofs` (a partial decryption and its
-proof), :mod:`.threshold` (partial decryption and combination).
+batched proof), :mod:`.threshold` (partial decryption and combination), :mod:`.multiexp` (products of many
+powers), :mod:`.parallel` (worker processes), :mod:`.packing` (mixed-radix slots).
 
 Notes:
     - Scheme: Shoup's threshold RSA ("Practical threshold signatures", Eurocrypt 2000) carried over to Paillier by
@@ -11,7 +12,8 @@ Notes:
       Damgard and Jurik ("A generalisation, a simplification and some applications of Paillier's probabilistic
       public-key system", PKC 2001, section 4). Safe primes ``p = 2p' + 1``, ``q = 2q' + 1``; ``N = pq``;
       ``g = N + 1``; ``m = p'q'``; the secret ``d`` satisfies ``d = 0 mod m`` and ``d = 1 mod N`` and is shared
-      t-of-l with a random polynomial over ``Z_{Nm}``; ``Delta = l!`` keeps every Lagrange coefficient an
+      t-of-l as ``1 + N g(X)`` with ``g`` a random polynomial over ``Z_m`` (key format 2, :mod:`.keys`; why it
+      is safe and why it is cheap: :mod:`.threshold`); ``Delta = l!`` keeps every Lagrange coefficient an
       integer, so nobody ever needs the (secret) group order.
     - No party ever holds the factors in threshold mode, so there is no CRT speed-up anywhere (DESIGN 5).
 """
@@ -29,6 +31,7 @@ from secagg.hazmat.paillier.keys import (
     KeyShare,
     ThresholdKeyMaterial,
     ThresholdPublicKey,
+    check_key_share,
     deal_threshold_key,
 )
 from secagg.hazmat.paillier.obfuscators import (
@@ -37,6 +40,7 @@ from secagg.hazmat.paillier.obfuscators import (
     ObfuscatorMode,
     ObfuscatorPool,
 )
+from secagg.hazmat.paillier.packing import RadixPacking
 from secagg.hazmat.paillier.primes import generate_safe_prime
 from secagg.hazmat.paillier.proofs import PartialDecryption, verify_partial_decryption
 from secagg.hazmat.paillier.sealing import SealedShare, open_share, seal_share
@@ -44,6 +48,7 @@ from secagg.hazmat.paillier.threshold import (
     combine_partial_decryptions,
     lagrange_combine,
     partial_decrypt,
+    verify_partial_decryptions,
 )
 
 __all__ = [
@@ -56,9 +61,11 @@ __all__ = [
     "ObfuscatorMode",
     "ObfuscatorPool",
     "PartialDecryption",
+    "RadixPacking",
     "SealedShare",
     "ThresholdKeyMaterial",
     "ThresholdPublicKey",
+    "check_key_share",
     "ciphertexts_from_bytes",
     "ciphertexts_to_bytes",
     "combine_partial_decryptions",
@@ -71,4 +78,5 @@ __all__ = [
     "partial_decrypt",
     "seal_share",
     "verify_partial_decryption",
+    "verify_partial_decryptions",
 ]

@@ -1,4 +1,14 @@
-"""Threshold Paillier key material (public key, shares, what the dealer holds) and the trusted dealer."""
+"""Threshold Paillier key material (public key, shares, what the dealer holds) and the trusted dealer.
+
+Notes:
+    Key format 2 deals the Damgard-Jurik secret ``d`` (``d = 0 mod m``, ``d = 1 mod N``) with a sharing polynomial
+    ``f(X) = 1 + N g(X) mod Nm`` whose non-constant coefficients are multiples of ``N``: every share is
+    ``s_i = 1 + N g_i`` with ``g_i = g(i) mod m`` a Shamir share over ``Z_m`` of ``g(0) = -N^-1 mod m``
+    (Shoup 2000's RSA sharing, with the RSA exponent ``N``). A party stores ``g_i``. Why this is as safe as
+    uniform coefficients over ``Z_{Nm}`` (Damgard-Jurik 2001, section 4.1) and why it halves the work of a
+    partial decryption: :mod:`secagg.hazmat.paillier.threshold`. Format 1 keys (uniform coefficients) are refused
+    with a request to re-run the ceremony.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +33,7 @@ __all__ = [
     "KeyShare",
     "ThresholdKeyMaterial",
     "ThresholdPublicKey",
+    "check_key_share",
     "deal_threshold_key",
 ]
 
@@ -30,6 +41,12 @@ DEFAULT_KEY_BITS = 2048
 SUPPORTED_KEY_BITS = (2048, 3072)
 MIN_PRODUCTION_KEY_BITS = 2048
 _MIN_TEST_KEY_BITS = 256
+_KEY_FORMAT = 2
+_SCHEME = "threshold-paillier-shoup"
+_OLD_FORMAT_HINT = (
+    "a format-1 threshold Paillier key (shares uniform mod Nm) is no longer supported; "
+    "re-run the key ceremony (secagg pki paillier)"
+)
 
 
 def _int_to_hex(value: int) -> str:
@@ -51,8 +68,9 @@ class ThresholdPublicKey:
         threshold: ``t``, the number of partial decryptions needed.
         parties: ``l``, the number of shares dealt (share indices are ``1..l``).
         hs: ``h^N mod N^2`` with ``h = -x^2 mod N``, the base of short-exponent obfuscators.
-        v: generator of the squares mod ``N^2`` used for verification keys.
-        verification_keys: ``v_i = v^(Delta s_i) mod N^2`` for ``i = 1..l``.
+        v: a random square mod ``N`` (it generates the squares ``QR_N``, of order ``m``, with overwhelming
+            probability), the base of the verification keys.
+        verification_keys: ``v_i = v^(Delta g_i) mod N`` for ``i = 1..l``.
     """
 
     paillier: PaillierPublicKey
@@ -69,9 +87,11 @@ class ThresholdPublicKey:
         if len(self.verification_keys) != self.parties:
             raise InvalidParameters("one verification key per party is required")
         nsq = n * n
-        for value in (self.hs, self.v, *self.verification_keys):
-            if not 0 < value < nsq or math.gcd(value, n) != 1:
-                raise InvalidParameters("public key element outside Z*_{N^2}")
+        if not 0 < self.hs < nsq or math.gcd(self.hs, n) != 1:
+            raise InvalidParameters("public key element outside Z*_{N^2}")
+        for value in (self.v, *self.verification_keys):
+            if not 0 < value < n or math.gcd(value, n) != 1:
+                raise InvalidParameters("verification element outside Z*_N")
 
     @property
     def n(self) -> int:
@@ -94,6 +114,11 @@ class ThresholdPublicKey:
         return math.factorial(self.parties)
 
     @property
+    def modulus_bytes(self) -> int:
+        """Fixed width of one element mod ``N`` (bytes of ``N``)."""
+        return (self.n.bit_length() + 7) // 8
+
+    @property
     def ciphertext_bytes(self) -> int:
         """Fixed width of one serialised ciphertext (bytes of ``N^2``)."""
         return (self.nsquare.bit_length() + 7) // 8
@@ -102,8 +127,8 @@ class ThresholdPublicKey:
         """Canonical JSON (sorted keys, hex integers); the fingerprint is computed over it."""
         return json.dumps(
             {
-                "version": 1,
-                "scheme": "threshold-paillier-shoup",
+                "version": _KEY_FORMAT,
+                "scheme": _SCHEME,
                 "n": _int_to_hex(self.n),
                 "threshold": self.threshold,
                 "parties": self.parties,
@@ -128,7 +153,9 @@ class ThresholdPublicKey:
         """
         try:
             obj = json.loads(text)
-            if obj.get("version") != 1 or obj.get("scheme") != "threshold-paillier-shoup":
+            if obj.get("version") == 1:
+                raise InvalidParameters(_OLD_FORMAT_HINT)
+            if obj.get("version") != _KEY_FORMAT or obj.get("scheme") != _SCHEME:
                 raise ValueError("unknown key format")
             return cls(
                 paillier=PaillierPublicKey(_hex_to_int(obj["n"])),
@@ -150,11 +177,11 @@ class ThresholdPublicKey:
 
 @dataclass(frozen=True, repr=False)
 class KeyShare:
-    """One party's secret share ``s_i = f(i) mod Nm``. ``repr`` hides the secret.
+    """One party's secret share. ``repr`` hides the secret.
 
     Attributes:
         index: the party's index ``i`` in ``1..l`` (the x-coordinate of the share).
-        secret: ``s_i``. Never log it.
+        secret: ``g_i = g(i) mod m``; the Damgard-Jurik share is ``s_i = 1 + N g_i`` (module notes). Never log it.
         key_fingerprint: fingerprint of the :class:`ThresholdPublicKey` this share belongs to.
     """
 
@@ -169,7 +196,7 @@ class KeyShare:
         """Serialise (JSON) for sealing; the output is secret."""
         return json.dumps(
             {
-                "version": 1,
+                "version": _KEY_FORMAT,
                 "index": self.index,
                 "secret": _int_to_hex(self.secret),
                 "key_fingerprint": self.key_fingerprint.hex(),
@@ -186,7 +213,9 @@ class KeyShare:
         """
         try:
             obj = json.loads(data)
-            if obj.get("version") != 1:
+            if obj.get("version") == 1:
+                raise InvalidParameters(_OLD_FORMAT_HINT)
+            if obj.get("version") != _KEY_FORMAT:
                 raise ValueError("unknown share format")
             return cls(
                 index=int(obj["index"]),
@@ -252,10 +281,16 @@ def deal_threshold_key(
         InvalidParameters: unsafe key size, threshold outside ``2..l``, or bad ``primes``.
 
     Notes:
-        ``d = m * (m^-1 mod N)`` is the CRT solution of ``d = 0 mod m``, ``d = 1 mod N``; the polynomial
-        coefficients are uniform in ``Z_{Nm}`` (Damgard-Jurik 2001, section 4.1), so any ``t - 1`` shares are
-        independent of ``d``. ``v`` is a random square, which generates the squares of ``Z*_{N^2}`` with
-        overwhelming probability (Shoup 2000, section 3).
+        ``d = 1 + N u`` with ``u = -N^-1 mod m`` is the CRT solution of ``d = 0 mod m``, ``d = 1 mod N``
+        (Damgard-Jurik 2001, section 4.1). It is shared as ``f(X) = 1 + N g(X)`` with ``g`` of degree ``t - 1``,
+        ``g(0) = u`` and the other coefficients uniform in ``Z_m``, so ``s_i = f(i) = 1 + N g_i``: the shares are
+        a t-of-l Shamir sharing over ``Z_m`` (Shoup 2000, section 3) and any ``t - 1`` of them are independent of
+        ``u``; they are constant mod ``N``, which ``t - 1`` parties of a uniform sharing could compute anyway
+        (module :mod:`secagg.hazmat.paillier.threshold`). ``v`` is a random square mod ``N``, which generates
+        ``QR_N`` (cyclic of order ``m``, no prime factor below ``min(p', q')``) with overwhelming probability
+        (Shoup 2000, section 3). The random stream is consumed exactly as by key format 1 (coefficients drawn
+        below ``Nm`` and reduced mod ``m``, which keeps them uniform since ``m`` divides ``Nm``; ``v`` drawn mod
+        ``N^2`` and reduced), so seeded keys keep the same ``N`` and ``hs``.
     """
     _check_key_bits(key_bits, insecure_test_key_size)
     if not 2 <= threshold <= parties:
@@ -280,11 +315,11 @@ def deal_threshold_key(
         raise InvalidParameters("too many parties for this modulus")
     nm = n * m
     nsq = n * n
-    d = m * int(gmpy2.invert(m, n))
-    coefficients = [d] + [randbelow(rng, nm) for _ in range(threshold - 1)]
+    u = (-int(gmpy2.invert(n, m))) % m
+    coefficients = [u] + [randbelow(rng, nm) % m for _ in range(threshold - 1)]
     delta = math.factorial(parties)
 
-    v = int(gmpy2.powmod(random_unit(rng, nsq), 2, nsq))
+    v = int(gmpy2.powmod(random_unit(rng, nsq), 2, nsq)) % n
     x = random_unit(rng, n)
     h = (-(x * x)) % n
     hs = int(gmpy2.powmod(h, n, nsq))
@@ -292,10 +327,10 @@ def deal_threshold_key(
     secrets_: list[int] = []
     for i in range(1, parties + 1):
         acc = 0
-        for coefficient in reversed(coefficients):  # Horner's rule over Z_{Nm}
-            acc = (acc * i + coefficient) % nm
+        for coefficient in reversed(coefficients):  # Horner's rule over Z_m
+            acc = (acc * i + coefficient) % m
         secrets_.append(acc)
-    verification = tuple(int(gmpy2.powmod(v, delta * s, nsq)) for s in secrets_)
+    verification = tuple(int(gmpy2.powmod(v, delta * g, n)) for g in secrets_)
     public_key = ThresholdPublicKey(
         paillier=PaillierPublicKey(n),
         threshold=threshold,
@@ -306,8 +341,29 @@ def deal_threshold_key(
     )
     fingerprint = public_key.fingerprint()
     shares = tuple(
-        KeyShare(index=i, secret=s, key_fingerprint=fingerprint)
-        for i, s in enumerate(secrets_, start=1)
+        KeyShare(index=i, secret=g, key_fingerprint=fingerprint)
+        for i, g in enumerate(secrets_, start=1)
     )
-    del coefficients, d, secrets_
+    del coefficients, u, secrets_, m, nm
     return ThresholdKeyMaterial(public_key=public_key, shares=shares)
+
+
+def check_key_share(public_key: ThresholdPublicKey, share: KeyShare) -> None:
+    """Refuse a share that does not belong to ``public_key``: fingerprint, index and ``v^(Delta g_i) = v_i``.
+
+    Raises:
+        InvalidParameters: the share is of another key, has an unknown index, or does not match its
+            verification key (a corrupted or substituted share would only produce refused partial decryptions).
+    """
+    if (
+        share.key_fingerprint != public_key.fingerprint()
+        or not 1 <= share.index <= public_key.parties
+    ):
+        raise InvalidParameters("key share does not belong to this public key")
+    n = public_key.n
+    if (
+        not 0 <= share.secret < n
+        or gmpy2.powmod(public_key.v, public_key.delta * share.secret, n)
+        != public_key.verification_keys[share.index - 1]
+    ):
+        raise InvalidParameters("key share does not match its verification key")

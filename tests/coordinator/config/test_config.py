@@ -421,6 +421,21 @@ SILO_ERRORS: list[tuple[str, Callable[[Doc], None], str]] = [
         r"\[policy\] max_collusion_assumed must be >= 0",
     ),
     (
+        "negative silo-level dropouts",
+        _set("policy", "min_silo_dp_dropouts_tolerated", -1),
+        r"\[policy\] min_silo_dp_dropouts_tolerated must be >= 0",
+    ),
+    (
+        "silo-level epsilon zero",
+        _set("policy", "max_silo_level_epsilon", 0),
+        r"\[policy\] max_silo_level_epsilon must be > 0",
+    ),
+    (
+        "no silo-level release",
+        _set("policy", "max_silo_level_releases", 0),
+        r"\[policy\] max_silo_level_releases must be >= 1",
+    ),
+    (
         "shard range",
         _set("task", "shard", 3),
         r"\[task\] shard must be in \[0, num_shards\) = \[0, 3\)",
@@ -459,6 +474,26 @@ def test_silo_config_errors(
     with pytest.raises(ConfigError, match=message) as error:
         SiloConfig.load(silo_path)
     _assert_one_line_about(error.value, silo_path)
+
+
+def test_the_silo_level_budget_keys_load_and_default_to_no_limit(
+    demo_configs: tuple[Path, list[Path]],
+) -> None:
+    assert SiloConfig.load(demo_configs[1][0]).policy.max_silo_level_epsilon is None
+    edits = [
+        _set("policy", "min_silo_dp_dropouts_tolerated", 1),
+        _set("policy", "max_silo_level_epsilon", 4.5),
+        _set("policy", "max_silo_level_releases", 10),
+    ]
+    path = demo_configs[1][0]
+    for edit in edits:
+        path = _rewrite(path, edit)
+    policy = SiloConfig.load(path).policy
+    assert (
+        policy.min_silo_dp_dropouts_tolerated,
+        policy.max_silo_level_epsilon,
+        policy.max_silo_level_releases,
+    ) == (1, 4.5, 10)
 
 
 def test_silo_task_defaults_come_from_the_roster(demo_configs: tuple[Path, list[Path]]) -> None:

@@ -31,6 +31,7 @@ from secagg import (
     SurvivorSignature,
     UnmaskResponse,
 )
+from secagg.hazmat.shamir import PRIME
 from tests.coordinator.rounds.conftest import (
     CHUNK,
     EXACT_BITS,
@@ -56,6 +57,7 @@ from tests.coordinator.rounds.conftest import (
     stream,
     updates,
 )
+from tests.secagg.harness import garbage_share, lagrange_at_zero, moved, seeded_rng, tampered
 
 ABORT_REASONS = {
     Stage.ADVERTISE_KEYS: "only 2 silos advertised keys; the round needs 3",
@@ -181,7 +183,9 @@ def test_a_silo_that_does_not_answer_by_the_deadline_is_dropped_and_the_round_co
     )
     (participants,) = masking.events(EventKind.PARTICIPANTS)
     body = dict(participants.body)
-    assert len(bytes.fromhex(body.pop("session_id"))) == 32  # the session the attestations are bound to
+    assert (
+        len(bytes.fromhex(body.pop("session_id"))) == 32
+    )  # the session the attestations are bound to
     assert body == {"survivors": contributors, "dropped": dropped}
 
 
@@ -538,3 +542,71 @@ def test_any_dropout_pattern_completes_with_the_exact_sum_iff_t_silos_stay(
     assert np.array_equal(
         rig.model(r + 1), expected_model(rig.model(r), [units[s] for s in uploaded])
     )
+
+
+# -- a malicious member silo in the unmask stage (DESIGN 2 and 4.4) ---------------------------------------------
+def lie_in_unmask(
+    rig: Rig[MaskingRounds], silo: MaskingSilo, lies: dict[str, bytes | None]
+) -> None:
+    """``silo`` reveals, for each peer in ``lies``, its self-mask share shifted by the inverse of its public
+    Lagrange coefficient among the first t holders (``None``), or the given share instead."""
+    request = rig.driver.unmask_request(silo.round, WAIT)
+    response = silo.client.unmask(request)
+    index = rig.members.roster.index
+    t = rig.driver.settings.threshold
+    first_t = [index(s) for s in sorted(request.survivors, key=index)[:t]]
+    shift = pow(lagrange_at_zero(first_t, index(silo.silo)), -1, PRIME)
+    replaced = {
+        peer: moved(response.self_mask_shares[peer], shift) if share is None else share
+        for peer, share in lies.items()
+    }
+    rig.driver.unmask(silo.silo, silo.round, tampered(response, self_mask=replaced))
+
+
+def test_a_silo_shifting_its_unmask_share_is_recorded_as_a_culprit_and_the_round_sums_exactly(
+    masking: Rig[MaskingRounds],
+) -> None:
+    silos = masking_silos(masking)
+    play_until(masking, silos, Stage.UNMASK)
+    # a is among the first t holders: unchecked, d's reconstructed seed would move by exactly 1
+    lie_in_unmask(masking, silos["a"], {"d": None})
+    for s in "bcd":
+        silos[s].unmask()
+    outcome = masking.driver.result(0, WAIT)
+
+    assert (outcome.status, outcome.survivors) == (RoundStatus.COMPLETED, SILOS)
+    units = updates(SILOS)  # what play_until had every silo upload
+    assert np.array_equal(masking.model(1), expected_model(start_model(), list(units.values())))
+    (failure,) = masking.events(EventKind.VERIFICATION_FAILURE)
+    assert (failure.round, failure.body["what"], failure.body["silo"]) == (0, "unmask_shares", "a")
+    assert "round 0" in failure.body["reason"] and "for d" in failure.body["reason"]
+    kinds = [e.kind for e in masking.events()]
+    assert kinds.index(EventKind.VERIFICATION_FAILURE) < kinds.index(EventKind.PARTICIPANTS)
+
+
+def test_two_culprits_leaving_too_few_consistent_holders_abort_the_round_naming_both(
+    coordinators: Coordinators,
+) -> None:
+    rig = coordinators.masking(rounds=2)
+    silos = masking_silos(rig)
+    play_until(rig, silos, Stage.UNMASK)
+    lie_in_unmask(rig, silos["a"], {"c": None})
+    lie_in_unmask(rig, silos["b"], {"d": garbage_share(seeded_rng(4))})
+    for s in "cd":
+        silos[s].unmask()
+    outcome = rig.driver.result(0, WAIT)
+
+    assert outcome.status is RoundStatus.ABORTED
+    assert "culprits: a, b" in outcome.reason
+    assert "only 2 consistent unmask responses remain; need 3" in outcome.reason
+    failures = rig.events(EventKind.VERIFICATION_FAILURE)
+    assert [(f.body["silo"], f.body["what"]) for f in failures] == [
+        ("a", "unmask_shares"),
+        ("b", "unmask_shares"),
+    ]
+    assert "for c" in failures[0].body["reason"] and "for d" in failures[1].body["reason"]
+    (aborted,) = rig.events(EventKind.ROUND_ABORTED)
+    assert aborted.body["stage"] == Stage.UNMASK.value
+    # the next round runs as usual
+    units = updates(SILOS, round_=1)
+    assert run_masking_round(rig, units, round_=1).status is RoundStatus.COMPLETED

@@ -94,7 +94,9 @@ def test_collect_then_decrypt_each_closing_as_soon_as_it_can(
     ]
     (participants,) = paillier.events(EventKind.PARTICIPANTS)
     body = dict(participants.body)
-    assert len(bytes.fromhex(body.pop("session_id"))) == 32  # the session the attestations are bound to
+    assert (
+        len(bytes.fromhex(body.pop("session_id"))) == 32
+    )  # the session the attestations are bound to
     assert body == {"survivors": SILOS, "dropped": (), "decrypters": ("a", "b")}
     with pytest.raises(StageError):  # the round is over: a late key holder is refused
         silos["c"].decrypt()
@@ -507,3 +509,90 @@ def test_any_cohort_of_min_cohort_contributors_and_t_key_holders_gives_the_exact
     assert np.array_equal(
         rig.model(r + 1), expected_model(rig.model(r), [units[s] for s in cohort])
     )
+
+
+# -- trust parameters: t > c and min_cohort - c >= 2 (DESIGN 5) ---------------------------------------------------
+@pytest.mark.parametrize(
+    ("collusion", "min_cohort", "refusal"),
+    [
+        (2, 4, "t=2 must exceed collusion c=2"),  # the key's t = 2 <= c
+        (3, 4, "t=2 must exceed collusion c=3"),
+        (1, 2, "min_cohort 2 - collusion 1 must be >= 2"),  # min_cohort - c < 2
+        (0, 1, "min_cohort 1 - collusion 0 must be >= 2"),
+    ],
+)
+def test_the_coordinator_refuses_a_key_or_cohort_the_colluders_could_defeat(
+    tmp_path_factory: pytest.TempPathFactory,
+    members: Members,
+    paillier_keys: ThresholdKeyMaterial,
+    collusion: int,
+    min_cohort: int,
+    refusal: str,
+) -> None:
+    from audits import CheckpointSigner
+    from coordinator.common import ledger_origin
+    from coordinator.rounds.audit import AuditTrail
+    from coordinator.store import SQLiteStore
+    from tests.coordinator.rounds.conftest import FEDERATION, federation_settings
+
+    settings_ = dataclasses.replace(
+        federation_settings(threshold=paillier_keys.public_key.threshold, min_cohort=min_cohort),
+        collusion=collusion,
+    )
+    tmp_path = tmp_path_factory.mktemp("trust")
+    db = tmp_path / "coordinator.sqlite"
+    store = SQLiteStore(db)
+    signer = CheckpointSigner(members.audit_key, key_name=ledger_origin(FEDERATION))
+    audit = AuditTrail.open(db, federation=FEDERATION, signer=signer)
+    try:
+        with pytest.raises(InvalidInput, match=refusal) as refused:
+            PaillierRounds(
+                settings=settings_,
+                roster=members.roster,
+                store=store,
+                initial_model=start_model(),
+                audit=audit,
+                public_key=paillier_keys.public_key,
+                spool_dir=tmp_path,
+            )
+        assert "\n" not in str(refused.value)
+        assert store.rounds(FEDERATION) == []  # refused before the federation was registered
+    finally:
+        store.close()
+        audit.close()
+
+
+def test_the_key_ceremony_command_refuses_a_threshold_or_cohort_the_colluders_could_defeat(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """``secagg pki paillier`` runs :func:`coordinator.pki.paillier.create_paillier_keys`."""
+    from coordinator.errors import PKIError
+    from coordinator.pki import create_consortium
+    from coordinator.pki.paillier import PaillierFiles, create_paillier_keys
+
+    consortium = create_consortium(
+        tmp_path_factory.mktemp("ceremony") / "pki", federation="fed", silos=["a", "b", "c", "d"]
+    )
+    refusals = [
+        ({"threshold": 2, "collusion": 2, "min_cohort": 4}, "t=2 must exceed collusion c=2"),
+        (
+            {"threshold": 3, "collusion": 1, "min_cohort": 2},
+            "min_cohort 2 - collusion 1 must be >= 2",
+        ),
+        ({"threshold": 3, "collusion": 0, "min_cohort": 5}, "exceeds the 4 key holders"),
+    ]
+    for arguments, refusal in refusals:
+        with pytest.raises(PKIError, match=refusal):
+            create_paillier_keys(consortium, key_bits=256, insecure_test_key_size=True, **arguments)
+    files = PaillierFiles.for_silo(consortium.root, "a")
+    assert not files.public_key.exists() and not files.share.exists()  # nothing was written
+    create_paillier_keys(
+        consortium,
+        threshold=3,
+        collusion=1,
+        min_cohort=3,
+        key_bits=256,
+        insecure_test_key_size=True,
+    )
+    key, share = files.load(federation="fed")
+    assert (key.threshold, share.index) == (3, 1)

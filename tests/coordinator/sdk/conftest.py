@@ -1,4 +1,4 @@
-"""Fixtures for SDK unit tests: the scripted in-process server and the injected clock."""
+"""Fixtures for SDK unit tests: the scripted in-process server, a silo connected to it and the injected clock."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.coordinator.sdk.fakes import Clock, Server, serving
+from coordinator.pki import ConsortiumPaths
+from coordinator.sdk import Silo
+from tests.coordinator.sdk.fakes import Clock, Server, connect, serving
 
 
 @pytest.fixture
@@ -20,3 +22,10 @@ def server() -> Iterator[Server]:
 def clock() -> Clock:
     """Injected time and sleep."""
     return Clock()
+
+
+@pytest.fixture
+def silo(consortium: ConsortiumPaths, server: Server) -> Iterator[Silo]:
+    """``silo-a`` of the test consortium, connected to the scripted server."""
+    with connect(consortium, server) as client:
+        yield client

@@ -3,13 +3,14 @@
 :class:`Federation` and :class:`Audit` implement the generated services; each call is recorded, and a test makes
 the next calls of an rpc fail (:meth:`Federation.fail`) with a bare status or with an exception passed through
 the server's half of the one error table (:func:`coordinator.wire.errors.to_status`). :class:`Clock` is the
-injected time and sleep.
+injected time and sleep. :func:`connect` is a masking :class:`~coordinator.sdk.Silo` of a test consortium on the
+server, and :func:`announced` a round the server can script.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,11 +20,15 @@ import numpy as np
 
 from audits.checkpoint import CheckpointSigner
 from audits.merkle import MerkleTree, leaf_hash
-from coordinator.common import ledger_origin
+from coordinator.common import ledger_origin, model_hash
+from coordinator.config import SiloPolicy
 from coordinator.errors import DuplicateSubmission
+from coordinator.pki import ConsortiumPaths, load_ed25519_private
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
+from coordinator.sdk import RetryPolicy, Silo
 from coordinator.wire.errors import ERROR_KIND_KEY, to_status
+from secagg import Roster
 
 FEDERATION = "fed"
 SILO = "silo-a"
@@ -57,6 +62,10 @@ class Federation(pb_grpc.FederationServicer):
     roster_fingerprint: str = "pinned"
     rounds: list[pb.RoundInfo] = field(default_factory=list)
     asked_after: list[int] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
+    advertised: list[pb.Advertisement] = field(default_factory=list)
+    peers: Callable[[list[pb.Advertisement]], pb.AdvertisementSet] | None = None
+    inbox: Callable[[pb.StageRequest], pb.Inbox] | None = None
 
     def fail(self, rpc: str, *failures: Failure) -> None:
         """Answer the next calls of ``rpc`` with ``failures``, in order, then normally."""
@@ -65,6 +74,7 @@ class Federation(pb_grpc.FederationServicer):
     def answer(self, rpc: str, context: grpc.ServicerContext) -> None:
         """Record the call; answer it with the next scripted failure if there is one."""
         self.calls[rpc] += 1
+        self.log.append(rpc)
         self.metadata.append({k: str(v) for k, v in context.invocation_metadata()})
         if self.failures[rpc]:
             abort(context, self.failures[rpc].pop(0))
@@ -88,9 +98,31 @@ class Federation(pb_grpc.FederationServicer):
         )
 
     def GetInbox(self, request: pb.StageRequest, context: grpc.ServicerContext) -> pb.Inbox:
+        """The shares ``inbox`` scripts (by default one empty share from ``b``)."""
         self.waits.append(request.wait_seconds)
         self.answer("GetInbox", context)
+        if self.inbox is not None:
+            return self.inbox(request)
         return pb.Inbox(shares=[pb.EncryptedShare(sender="b", recipient=request.silo)])
+
+    def GetAdvertisements(
+        self, request: pb.StageRequest, context: grpc.ServicerContext
+    ) -> pb.AdvertisementSet:
+        """U1 as ``peers`` makes it from the advertisements received (by default just those)."""
+        self.answer("GetAdvertisements", context)
+        if self.peers is not None:
+            return self.peers(list(self.advertised))
+        return pb.AdvertisementSet(advertisements=self.advertised)
+
+    def ShareKeys(self, request: pb.ShareKeysRequest, context: grpc.ServicerContext) -> pb.Ack:
+        self.answer("ShareKeys", context)
+        return pb.Ack()
+
+    def GetSurvivors(
+        self, request: pb.StageRequest, context: grpc.ServicerContext
+    ) -> pb.SurvivorSet:
+        self.answer("GetSurvivors", context)
+        return pb.SurvivorSet()
 
     def AdvertiseKeys(
         self, request: pb.AdvertiseKeysRequest, context: grpc.ServicerContext
@@ -101,6 +133,7 @@ class Federation(pb_grpc.FederationServicer):
             abort(context, DuplicateSubmission("already advertised"))
         self.delivered.append(request.advertisement.silo)
         self.answer("AdvertiseKeys", context)
+        self.advertised.append(request.advertisement)
         return pb.Ack()
 
     def UploadMaskedInput(
@@ -203,3 +236,42 @@ class Clock:
 
     def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
+
+
+def connect(consortium: ConsortiumPaths, server: Server, **overrides: object) -> Silo:
+    """The masking SDK of ``silo-a`` of ``consortium`` on ``server`` (insecure debug mode, no retries)."""
+    roster = Roster.loads(consortium.roster.read_text())
+    server.federation.roster_fingerprint = roster.fingerprint()
+    arguments: dict[str, object] = {
+        "address": server.address,
+        "federation": consortium.federation,
+        "silo": SILO,
+        "signing_key": load_ed25519_private(consortium.silos[SILO].signing_key),
+        "roster": roster,
+        "consortium_key": bytes.fromhex(consortium.consortium_public_key.read_text().strip()),
+        "tls": None,
+        "insecure_debug_no_tls": True,
+        "policy": SiloPolicy(min_cohort=3),
+        "retry": RetryPolicy(attempts=1, initial=0.0, maximum=0.0),
+    }
+    return Silo(**(arguments | overrides))  # type: ignore[arg-type]
+
+
+def announced(consortium: ConsortiumPaths, **fields: object) -> pb.RoundInfo:
+    """A well-formed round 0 of three silos, open at its first stage, unless ``fields`` say otherwise."""
+    arguments: dict[str, object] = {
+        "federation": consortium.federation,
+        "round": 0,
+        "state": pb.ROUND_STATE_OPEN,
+        "stage": "advertise_keys",
+        "model_hash": model_hash(MODEL),
+        "vector_length": MODEL.shape[0],
+        "quantization": pb.Quantization(clip=1.0, bits=16, max_silos=3),
+        "n": 3,
+        "threshold": 3,
+        "collusion": 1,
+        "min_cohort": 3,
+        "rounds": 1,
+        "stage_deadline_unix": 2e9,
+    }
+    return pb.RoundInfo(**(arguments | fields))  # type: ignore[arg-type]

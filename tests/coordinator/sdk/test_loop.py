@@ -3,66 +3,15 @@ against the scripted server of :mod:`tests.coordinator.sdk.fakes` (insecure debu
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import numpy.typing as npt
 import pytest
 
 from coordinator.common import model_hash
-from coordinator.config import SiloPolicy
 from coordinator.errors import InvalidInput, Unauthorized
-from coordinator.pki import ConsortiumPaths, load_ed25519_private
-from coordinator.proto.v1 import coordinator_pb2 as pb
-from coordinator.sdk import RetryPolicy, RoundContext, Silo
-from secagg import Roster
-from tests.coordinator.sdk.fakes import MODEL, Server
-
-SILO = "silo-a"
-
-
-def connect(consortium: ConsortiumPaths, server: Server, **overrides: object) -> Silo:
-    roster = Roster.loads(consortium.roster.read_text())
-    server.federation.roster_fingerprint = roster.fingerprint()
-    arguments: dict[str, object] = {
-        "address": server.address,
-        "federation": consortium.federation,
-        "silo": SILO,
-        "signing_key": load_ed25519_private(consortium.silos[SILO].signing_key),
-        "roster": roster,
-        "consortium_key": bytes.fromhex(consortium.consortium_public_key.read_text().strip()),
-        "tls": None,
-        "insecure_debug_no_tls": True,
-        "policy": SiloPolicy(min_cohort=3),
-        "retry": RetryPolicy(attempts=1, initial=0.0, maximum=0.0),
-    }
-    return Silo(**(arguments | overrides))  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def silo(consortium: ConsortiumPaths, server: Server) -> Iterator[Silo]:
-    with connect(consortium, server) as client:
-        yield client
-
-
-def announced(consortium: ConsortiumPaths, **fields: object) -> pb.RoundInfo:
-    """A well-formed round 0 of three silos, open at its first stage, unless ``fields`` say otherwise."""
-    arguments: dict[str, object] = {
-        "federation": consortium.federation,
-        "round": 0,
-        "state": pb.ROUND_STATE_OPEN,
-        "stage": "advertise_keys",
-        "model_hash": model_hash(MODEL),
-        "vector_length": MODEL.shape[0],
-        "quantization": pb.Quantization(clip=1.0, bits=16, max_silos=3),
-        "n": 3,
-        "threshold": 3,
-        "collusion": 1,
-        "min_cohort": 3,
-        "rounds": 1,
-        "stage_deadline_unix": 2e9,
-    }
-    return pb.RoundInfo(**(arguments | fields))  # type: ignore[arg-type]
+from coordinator.pki import ConsortiumPaths
+from coordinator.sdk import RoundContext, Silo
+from tests.coordinator.sdk.fakes import MODEL, Server, announced, connect
 
 
 def never_called(ctx: RoundContext) -> npt.NDArray[np.float64]:

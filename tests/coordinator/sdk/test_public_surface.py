@@ -18,6 +18,7 @@ SERVER_SIDE = ("coordinator.server", "coordinator.rounds", "coordinator.store")
         "coordinator.sdk.loop",
         "coordinator.sdk.masking",
         "coordinator.sdk.paillier",
+        "coordinator.sdk.silo_dp",
         "coordinator.sdk.transport",
     ],
 )

@@ -38,6 +38,7 @@ from secagg.paillier import (
     PartialDecrypter,
     SignedCommitment,
     SpotCheckResponse,
+    check_trust_parameters,
     combine_partials,
     open_key_share,
     run_key_ceremony,
@@ -545,3 +546,42 @@ def test_round_config_validation() -> None:
             max_contributors=3,
             min_cohort=3,
         )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The ceremony's trust parameters (DESIGN 5: t > c and min_cohort - c >= 2)
+
+
+@pytest.mark.parametrize(
+    ("threshold", "collusion", "min_cohort", "refusal"),
+    [
+        (2, 2, 4, "threshold t=2 must exceed collusion c=2"),  # t <= c
+        (3, 4, 5, "threshold t=3 must exceed collusion c=4"),
+        (3, 2, 3, "min_cohort 3 - collusion 2 must be >= 2"),  # min_cohort - c < 2
+        (3, 1, 2, "min_cohort 2 - collusion 1 must be >= 2"),
+        (3, -1, 3, "collusion must be >= 0"),
+        (3, 0, 6, "min_cohort 6 exceeds the 5 key holders"),
+    ],
+)
+def test_ceremony_refuses_a_threshold_or_cohort_the_colluders_could_defeat(
+    threshold: int, collusion: int, min_cohort: int, refusal: str
+) -> None:
+    recipients = {
+        s: public_bytes(X25519PrivateKey.from_private_bytes(seeded_rng(f"trust-{s}")(32)))
+        for s in SILOS
+    }
+    with pytest.raises(InvalidParameters, match=refusal) as refused:
+        run_key_ceremony(
+            federation_id=FEDERATION,
+            threshold=threshold,
+            recipients=recipients,
+            collusion=collusion,
+            min_cohort=min_cohort,
+            key_bits=TEST_KEY_BITS,
+            rng=seeded_rng("trust"),
+            insecure_test_key_size=True,
+        )
+    assert "\n" not in str(refused.value)  # one line
+    # The boundary cases are accepted: t = c + 1 and min_cohort = c + 2.
+    check_trust_parameters(threshold=3, collusion=2, min_cohort=4, parties=5)
+    check_trust_parameters(threshold=2, collusion=0, min_cohort=2)

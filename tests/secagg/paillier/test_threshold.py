@@ -36,6 +36,7 @@ from secagg.hazmat.paillier import (
     seal_share,
     verify_partial_decryption,
 )
+from secagg.hazmat.paillier.proofs import prove_partial_decryption
 
 from .conftest import TEST_KEY_BITS, seeded_rng
 
@@ -130,7 +131,7 @@ def test_t_minus_one_partial_decryptions_do_not_combine(keys_3_of_5: ThresholdKe
         # ...and forcing the interpolation through t - 1 points yields no valid plaintext: it is detected
         # because the combination is not 1 mod N (definition of "fails detectably").
         with pytest.raises(DecryptionError):
-            lagrange_combine(pk, {p.index: p.values for p in subset})
+            lagrange_combine(pk, ciphertexts, {p.index: p.values for p in subset})
     # Repeating one party's partial decryption does not count twice.
     with pytest.raises(RoundAborted):
         combine_partial_decryptions(
@@ -186,16 +187,23 @@ def test_tampered_partial_decryption_is_detected_and_never_combined(
 
 def test_a_wrong_share_cannot_produce_a_valid_proof(keys_2_of_3: ThresholdKeyMaterial) -> None:
     pk = keys_2_of_3.public_key
-    ciphertexts = _encrypt(keys_2_of_3, [9])
+    ciphertexts = _encrypt(keys_2_of_3, [9, 10])
     share = keys_2_of_3.shares[0]
     forged = KeyShare(
         index=share.index, secret=share.secret + 1, key_fingerprint=share.key_fingerprint
     )
+    # A silo with a corrupted share learns it before it sends anything: the share is checked against v_i...
+    with pytest.raises(InvalidParameters, match="verification key"):
+        partial_decrypt(pk, forged, ciphertexts, context=CONTEXT)
+    # ...and a partial decryption made with it anyway (values and proof both from the wrong share) is refused.
+    n, nsq = pk.n, pk.nsquare
+    exponent = 2 * pk.delta * forged.secret
+    values = [pow(pow(c % n, exponent, n), n, nsq) for c in ciphertexts]
     with pytest.raises(InvalidProof):
         verify_partial_decryption(
             pk,
             ciphertexts,
-            partial_decrypt(pk, forged, ciphertexts, context=CONTEXT),
+            prove_partial_decryption(pk, forged, ciphertexts, values, context=CONTEXT),
             context=CONTEXT,
         )
 

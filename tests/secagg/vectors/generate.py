@@ -20,7 +20,7 @@ from secagg.hazmat import shamir
 from secagg.hazmat.keys import encode_fields, hkdf
 from secagg.hazmat.prg import add_mask, mask_key
 from secagg.masking.client import pairwise_mask_key, self_mask_key, share_key
-from secagg.masking.messages import advertisement_payload
+from secagg.masking.messages import advertisement_payload, seed_commitment
 from tests.secagg.harness import (
     make_config,
     make_federation,
@@ -160,7 +160,8 @@ def quantize_vectors() -> list[dict[str, Any]]:
 
 
 def round_vectors() -> dict[str, Any]:
-    """A seeded 4-silo round: advertisement payload, params hash, session id, one masked vector, the sum."""
+    """A seeded 4-silo round: advertisement payload, seed commitment, params hash, session id, one masked
+    vector, the sum."""
     fed = make_federation(4, seed=0)
     config = make_config(fed, length=1000, round_=3)
     tr = run_to_consistency(fed, config, seed=1)
@@ -176,7 +177,15 @@ def round_vectors() -> dict[str, Any]:
             "silo": "silo-00",
             "enc_public": (b"\x01" * 32).hex(),
             "mask_public": (b"\x02" * 32).hex(),
-            "payload": advertisement_payload(config, "silo-00", b"\x01" * 32, b"\x02" * 32).hex(),
+            "seed_commitment": (b"\x03" * 32).hex(),
+            "payload": advertisement_payload(
+                config, "silo-00", b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
+            ).hex(),
+        },
+        "seed_commitment": {
+            "silo": "silo-00",
+            "seed": bytes(range(32)).hex(),
+            "commitment": seed_commitment(config, "silo-00", bytes(range(32))).hex(),
         },
         "params_hash": config.params_hash().hex(),
         "session_id": tr.session.hex(),
@@ -184,6 +193,7 @@ def round_vectors() -> dict[str, Any]:
             ad.silo: {
                 "enc_public": ad.enc_public.hex(),
                 "mask_public": ad.mask_public.hex(),
+                "seed_commitment": ad.seed_commitment.hex(),
                 "signature": ad.signature.hex(),
             }
             for ad in tr.ads
