@@ -52,8 +52,9 @@ config-docs: $(STAMP)
 config-docs-check: $(STAMP)
 	$(BIN)/python scripts/config_reference.py --check
 
+# Four workers on two cores: most end-to-end tests wait out real stage deadlines rather than compute.
 pytest: $(STAMP) system-deps
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 4 --dist worksteal
 
 bench: $(STAMP)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

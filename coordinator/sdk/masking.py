@@ -268,14 +268,14 @@ class _MaskingRound(RoundStages[RoundConfig, MaskedVector]):
             return encode_update(update, self._silo_dp, self.config)
         return self.config.quantizer.encode(update, self._member.rng)
 
-    def _admitted(self, u1: set[str], inbox: pb.Inbox) -> None:
-        """Raise ``RoundAborted`` unless U2, as the inbox lists it, is a cohort this silo may train for.
+    def _admitted(self, u2: Sequence[str]) -> None:
+        """Raise ``RoundAborted`` unless U2 is a cohort this silo may train for.
 
-        U2 is this silo and the U1 members whose shares reached it; the round needs ``max(t, min_cohort)`` of
-        them, and with silo-level DP the plan's minimum contributors (the coordinator would otherwise have to
-        abort after this silo spent its budget, or release a sum with too little noise).
+        U2 is this silo and the U1 members whose shares decrypted for it (``SecAggClient.open_inbox``); the
+        round needs ``max(t, min_cohort)`` of them, and with silo-level DP the plan's minimum contributors (the
+        coordinator would otherwise have to abort after this silo spent its budget, or release a sum with too
+        little noise).
         """
-        u2 = ({share.sender for share in inbox.shares} & u1) | {self._member.silo}
         needed = self.config.required_survivors
         if self._silo_dp is not None and not self._mode.trust_announced_plan:
             needed = max(needed, self._silo_dp.config.min_contributors)
@@ -341,11 +341,12 @@ class _MaskingRound(RoundStages[RoundConfig, MaskedVector]):
                 shares=[share_to_pb(s) for s in shares.shares],
             ),
         )
-        inbox = t.poll_stage(stub.GetInbox, r, deadline=deadline)
-        self._admitted({ad.silo for ad in u1}, inbox)
+        inbox = [share_from_pb(s) for s in t.poll_stage(stub.GetInbox, r, deadline=deadline).shares]
+        # only shares that decrypt under this session count towards the cohort this silo trains for
+        self._admitted(client.open_inbox(inbox))
         deadline = self._masked_input_deadline()
         encoded = train()  # only now: the cohort is fixed and holds this silo
-        masked = client.masked_input([share_from_pb(s) for s in inbox.shares], encoded)
+        masked = client.masked_input(inbox, encoded)
         session_id = client.session_id.hex()
         attestation = attest(session_id)
         # counted (and fsynced) before the masked input leaves, whatever the round's outcome will be said to be

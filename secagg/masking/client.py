@@ -191,6 +191,7 @@ class SecAggClient:
         self._own_ad: Advertisement | None = None
         self._advertisements: dict[str, Advertisement] = {}
         self._u2: tuple[str, ...] = ()
+        self._opened: tuple[EncryptedShare, ...] | None = None  # the inbox, once opened
         self._held: dict[
             str, tuple[bytes, bytes]
         ] = {}  # peer -> (share of b_peer, share of mask sk_peer)
@@ -340,7 +341,10 @@ class SecAggClient:
             raise ValueError(
                 f"update must be a uint32 vector of length {self._config.vector_length}"
             )
-        self._open_inbox(inbox)
+        if self._opened is None:
+            self.open_inbox(inbox)
+        elif tuple(inbox) != self._opened:
+            raise ProtocolViolation("the inbox differs from the one this silo opened")
         y = update.copy()
         stream = MaskStream()
         stream.add(y, self_mask_key(self._seed, self._session, self._index))
@@ -353,6 +357,24 @@ class SecAggClient:
             stream.add(y, key, subtract=self._index > peer_index)
         self.stage = Stage.CONSISTENCY_CHECK
         return y
+
+    @_stage(Stage.MASKED_INPUT)
+    def open_inbox(self, inbox: Sequence[EncryptedShare]) -> tuple[str, ...]:
+        """Stage 3, first half: decrypt and check the shares addressed to this silo; return U2.
+
+        A silo calls this before it trains (DESIGN 4.4, train after admission): only shares that decrypt
+        under the session's keys count, so a coordinator cannot make a silo spend budget for a cohort padded
+        with undecryptable shares. :meth:`masked_input` then masks for exactly this inbox.
+
+        Raises:
+            ProtocolViolation: a share was moved, replayed or tampered with, or the inbox was opened before.
+            RoundAborted: U2 is too small.
+        """
+        if self._opened is not None:
+            raise ProtocolViolation("the inbox was already opened")
+        self._opened = tuple(inbox)
+        self._open_inbox(self._opened)
+        return self._u2
 
     def _open_inbox(self, inbox: Sequence[EncryptedShare]) -> None:
         senders = [share.sender for share in inbox]

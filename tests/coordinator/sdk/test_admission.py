@@ -134,6 +134,19 @@ def inbox_naming_a_silo_outside_u1(server: Server, peers: Peers) -> None:
     server.federation.inbox = padded
 
 
+def inbox_padded_with_a_share_that_does_not_decrypt(server: Server, peers: Peers) -> None:
+    """A real U1 member's slot filled with bytes that are no share: counting senders would admit the silo."""
+    answer = peers.inbox(senders=("silo-b",))
+
+    def padded(request: pb.StageRequest) -> pb.Inbox:
+        inbox = answer(request)
+        fake = bytes(len(inbox.shares[0].ciphertext))  # the right length, but it does not decrypt
+        inbox.shares.append(pb.EncryptedShare(sender="silo-c", recipient=SILO, ciphertext=fake))
+        return inbox
+
+    server.federation.inbox = padded
+
+
 def aborted_before_admission(server: Server, peers: Peers) -> None:
     server.federation.fail("GetAdvertisements", Aborted("round 0 was aborted: scripted"))
 
@@ -143,8 +156,12 @@ def aborted_before_admission(server: Server, peers: Peers) -> None:
     [
         (left_out_of_u1, "refused: the server dropped or altered this silo's own advertisement"),
         (left_out_of_u2, "not in U2"),
-        (inbox_below_the_threshold, "admitted 2 silos; this silo trains only for at least 3"),
-        (inbox_naming_a_silo_outside_u1, "admitted 2 silos"),
+        (inbox_below_the_threshold, "only 2 silos shared keys; the round needs 3"),
+        (inbox_naming_a_silo_outside_u1, "refused: share from 'mallory', who is not in U1"),
+        (
+            inbox_padded_with_a_share_that_does_not_decrypt,
+            "refused: share from silo-c does not decrypt for this silo",
+        ),
         (aborted_before_admission, "scripted"),
     ],
 )
