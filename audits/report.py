@@ -505,6 +505,81 @@ def _new_round(rnd: int) -> dict[str, Any]:
     }
 
 
+_TESTS = "tests (in the project's tests/ folder) that show it"
+
+_GUARANTEES: Final = (
+    (
+        "malicious coordinator",
+        {
+            "masking": "Learns only the sum of at least max(t, min_cohort) silos: split survivor views, both "
+            "share types, replays, swapped share ciphertexts and substituted advertisements are refused.",
+            "paillier": "Holds only the joint public key; decrypters spot-check the aggregate at positions they "
+            "draw, so a swap of a few positions can escape: a probabilistic check, not a guarantee yet.",
+        },
+        {
+            "masking": "secagg/test_malicious_server.py, adversarial/test_lying_coordinator.py",
+            "paillier": "e2e/test_paillier_mode.py::test_a_lying_coordinator_cannot_use_the_silos_as_a_"
+            "decryption_oracle",
+        },
+    ),
+    (
+        "coordinator colluding with up to c silos",
+        {
+            "masking": "As above while t > (n + c) / 2, checked when the federation is configured.",
+            "paillier": "No guarantee yet: a colluder can submit ciphertexts that cancel another silo's.",
+        },
+        {
+            "masking": "secagg/test_malicious_server.py::test_the_same_attack_fails_when_the_threshold_"
+            "accounts_for_the_colluder",
+            "paillier": "",
+        },
+    ),
+    (
+        "malicious member silo",
+        {
+            "masking": "Cannot read another silo's update and cannot corrupt a round silently: a bad unmask "
+            "share is caught against the self-mask seed commitment, the silo is named in this ledger and "
+            "the round completes with the honest silos or aborts. Its own update is not checked.",
+            "paillier": "Cannot read another silo's update (threshold key). Its own update is not checked.",
+        },
+        {
+            "masking": "secagg/test_malicious_silo.py, adversarial/test_malicious_silo.py",
+            "paillier": "secagg/paillier/test_protocol.py",
+        },
+    ),
+    (
+        "network attacker",
+        {
+            "masking": "Mutual TLS; identity from the certificate; every message bound to its round's session.",
+            "paillier": "Mutual TLS; identity from the certificate; every message bound to its round's session.",
+        },
+        {
+            "masking": "e2e/test_authorization.py, e2e/test_bad_input.py",
+            "paillier": "e2e/test_authorization.py, e2e/test_bad_input.py",
+        },
+    ),
+)
+"""What each mode guarantees against each adversary, and the tests that show it (README, Threat model)."""
+
+_SILO_LEVEL_GUARANTEE: Final = (
+    " With silo-level DP each silo derives its own noise share from the roster and its policy, binds the "
+    "plan's hash into the session, refuses a survivor set below the plan's minimum and caps its releases "
+    "with its own tally (adversarial/test_lying_coordinator_silo_dp.py)."
+)
+
+
+def _guarantees(mode: str, silo_level: bool) -> list[dict[str, str]]:
+    """The rows of the guarantee table for this federation's mode."""
+    column = "paillier" if mode == "paillier" else "masking"
+    rows = []
+    for adversary, guarantee, tests in _GUARANTEES:
+        text = guarantee[column]
+        if silo_level and adversary == "malicious coordinator":
+            text += _SILO_LEVEL_GUARANTEE
+        rows.append({"adversary": adversary, "guarantee": text, "tests": tests[column]})
+    return rows
+
+
 def build_report(
     verified: VerificationReport, *, clock: Callable[[], str] = utc_now
 ) -> dict[str, Any]:
@@ -637,6 +712,9 @@ def build_report(
         "accountants": [{"name": n, "version": v} for n, v in accountants],
         "library_versions": versions,
         "trust_model": _plain(created.get("threat_model", {})),
+        "guarantees": _guarantees(
+            str(created.get("threat_model", {}).get("mode", "masking")), "silo_level" in privacy
+        ),
         "configuration": _flatten(created.get("config", {})),
         "roster_fingerprint": created.get("roster_fingerprint"),
         "mechanism_parameters": mechanism,

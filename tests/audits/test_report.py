@@ -512,3 +512,39 @@ def test_report_pdf_prints_in_headless_chromium(
     for r in report["rounds"]:
         assert f"{r['opened_at'][:10]}{r['opened_at'][11:19]}UTC" in squeezed
     assert "2025-03-02 09:30:00 UTC" in first_page  # when the report was generated
+
+
+TESTS_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _named_tests_exist(cell: str) -> None:
+    """Every ``file.py`` or ``file.py::test`` a guarantee names is a real test file (and test)."""
+    for name in filter(None, (part.strip() for part in cell.split(","))):
+        path, _, test = name.partition("::")
+        source = (TESTS_ROOT / path).read_text(encoding="utf-8")
+        assert not test or f"def {test}(" in source, name
+
+
+def test_the_guarantee_table_names_tests_that_exist(report: dict[str, Any]) -> None:
+    rows = report["guarantees"]
+    assert [r["adversary"] for r in rows] == [
+        "malicious coordinator",
+        "coordinator colluding with up to c silos",
+        "malicious member silo",
+        "network attacker",
+    ]
+    for row in rows:
+        _named_tests_exist(row["tests"])
+    html = render_html(report)
+    assert 'id="guarantee-table"' in html and "test_malicious_silo.py" in html
+
+
+def test_every_test_the_readme_threat_table_names_exists() -> None:
+    readme = (TESTS_ROOT.parent / "README.md").read_text(encoding="utf-8")
+    table = readme[
+        readme.index("**What each mode guarantees") : readme.index("In every mode a malicious")
+    ]
+    named = re.findall(r"`([a-z0-9_/]+\.py(?:::[a-z0-9_]+)?)`", table)
+    assert len(named) >= 8
+    for name in named:
+        _named_tests_exist(name)
