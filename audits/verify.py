@@ -69,6 +69,7 @@ from audits.errors import CompletenessError, LedgerError, VerificationError
 from audits.events import EventKind, LedgerEntry
 from audits.ledger import Ledger
 from audits.merkle import EMPTY_ROOT, CompactRange, leaf_hash
+from audits.witness import WitnessStatement, verify_statement
 
 __all__ = [
     "Anchor",
@@ -876,6 +877,7 @@ def verify_bundle(
     roster_fingerprint: str | None = None,
     consortium_public_key: bytes | None = None,
     unpinned: Collection[Anchor] = (),
+    statements: Sequence[WitnessStatement] = (),
 ) -> VerificationReport:
     """Verify an audit bundle completely, or raise naming the first problem.
 
@@ -893,6 +895,8 @@ def verify_bundle(
             ``epsilon_accounts``.
         checkpoints: other signed checkpoints of the same log (e.g. the latest a silo's
             witness accepted); the bundle must contain and agree with each of them.
+        statements: silos' signed witness statements; each must verify under its silo's roster key
+            and its checkpoint is then checked like one of ``checkpoints``.
         origin: the pinned log origin; default: the bundle checkpoint's own (then not pinned).
         epsilon_accounts: optional :data:`EpsilonAccountFactory` (e.g.
             :class:`RdpEpsilonAccount`): one account per silo, converted in bulk after the
@@ -945,6 +949,7 @@ def verify_bundle(
     )
     checkpoint = verify_checkpoint(bundle.checkpoint_text, audit_public_key, expected_origin)
     others = [verify_checkpoint(t, audit_public_key, expected_origin) for t in checkpoints]
+    others += _stated_checkpoints(statements, silo_keys, audit_public_key, expected_origin)
     if roster_fingerprint is not None:
         _check_roster(bundle, roster_fingerprint)
 
@@ -1024,6 +1029,12 @@ def verify_bundle(
         pinned.discard(Anchor.ORIGIN)
     if consortium_public_key is None:
         pinned.discard(Anchor.CONSORTIUM_KEY)
+    for statement in statements:
+        if statement.federation != federation:
+            raise VerificationError(
+                f"statement of silo {statement.silo!r} is bound to federation "
+                f"{statement.federation!r}, not the ledger's {federation!r}"
+            )
     gap, notes = completeness.judge()
     report = VerificationReport(
         checkpoint=checkpoint,
@@ -1049,3 +1060,29 @@ def verify_bundle(
     if gap is not None:
         raise CompletenessError(gap, verified=report)
     return report
+
+
+def _stated_checkpoints(
+    statements: Sequence[WitnessStatement],
+    silo_keys: Mapping[str, bytes],
+    audit_public_key: bytes,
+    origin: str,
+) -> list[SignedCheckpoint]:
+    """The checkpoints silos' signed statements vouch for (each signature checked against the roster)."""
+    out: list[SignedCheckpoint] = []
+    for statement in statements:
+        key = silo_keys.get(statement.silo)
+        if key is None:
+            raise VerificationError(
+                f"statement: silo {statement.silo!r} is not on the bundle's roster"
+            )
+        out.append(
+            verify_statement(
+                statement,
+                key,
+                federation=statement.federation,
+                audit_public_key=audit_public_key,
+                origin=origin,
+            )
+        )
+    return out

@@ -20,13 +20,32 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 from audits.canonical import canonical_json, parse_canonical
 from audits.checkpoint import SignedCheckpoint, parse_checkpoint, verify_checkpoint
 from audits.errors import LedgerError, VerificationError
-from audits.events import utc_now
+from audits.events import EventKind, LedgerEntry, SchemaError, utc_now
 from audits.merkle import leaf_hash, verify_consistency, verify_inclusion
 
-__all__ = ["CheckpointWitness", "LocalRecord"]
+__all__ = [
+    "SENT",
+    "CheckpointWitness",
+    "LocalRecord",
+    "WitnessStatement",
+    "check_fork",
+    "sign_statement",
+    "statement_payload",
+    "verify_statement",
+]
+
+STATEMENT_CONTEXT: Final = "secagg-witness-statement/v1"
+WITHHOLDING_ROUNDS: Final = 2
+"""Rounds without a fresh statement from a peer before a silo reports it withheld."""
+
+SENT: Final = "sent"
+"""The kind of local record a silo keeps of each upload (with its signed privacy attestation, if any)."""
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS accepted (
@@ -41,6 +60,15 @@ CREATE TABLE IF NOT EXISTS records (
     body BLOB NOT NULL,
     time TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS confirmed (
+    record_id INTEGER PRIMARY KEY,
+    idx       INTEGER NOT NULL,
+    size      INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS confirmed_no_update BEFORE UPDATE ON confirmed
+BEGIN SELECT RAISE(ABORT, 'witness state is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS confirmed_no_delete BEFORE DELETE ON confirmed
+BEGIN SELECT RAISE(ABORT, 'witness state is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS accepted_no_update BEFORE UPDATE ON accepted
 BEGIN SELECT RAISE(ABORT, 'witness state is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS accepted_no_delete BEFORE DELETE ON accepted
@@ -60,6 +88,131 @@ class LocalRecord:
     kind: str
     body: Mapping[str, Any]
     time: str
+
+
+@dataclass(frozen=True, slots=True)
+class WitnessStatement:
+    """A silo's signed statement of the latest checkpoint it accepted (DESIGN 7, fork detection)."""
+
+    federation: str
+    silo: str
+    note: str
+    signature: bytes
+
+    def dumps(self) -> str:
+        """The statement as a JSON file (what ``secagg audit verify --statement`` reads)."""
+        return canonical_json(
+            {
+                "federation": self.federation,
+                "silo": self.silo,
+                "note": self.note,
+                "signature": self.signature.hex(),
+            }
+        ).decode("utf-8")
+
+    @classmethod
+    def loads(cls, text: str) -> WitnessStatement:
+        """Parse :meth:`dumps` output.
+
+        Raises:
+            VerificationError: not a statement.
+        """
+        try:
+            obj = parse_canonical(text.encode("utf-8"))
+            if not isinstance(obj, dict):
+                raise ValueError("not a JSON object")
+            fields = (obj["federation"], obj["silo"], obj["note"], obj["signature"])
+            if not all(isinstance(f, str) for f in fields):
+                raise ValueError("every field must be a string")
+            return cls(fields[0], fields[1], fields[2], bytes.fromhex(fields[3]))
+        except (KeyError, ValueError) as exc:
+            raise VerificationError(f"not a witness statement: {exc}") from exc
+
+
+def statement_payload(federation: str, silo: str, note: str) -> bytes:
+    """The bytes a silo signs: canonical JSON binding the checkpoint note to the federation and silo."""
+    return canonical_json(
+        {"context": STATEMENT_CONTEXT, "federation": federation, "silo": silo, "checkpoint": note}
+    )
+
+
+def sign_statement(
+    key: Ed25519PrivateKey, *, federation: str, silo: str, note: str
+) -> WitnessStatement:
+    """Sign ``note`` (a checkpoint this silo accepted) with the silo's roster key."""
+    signature = key.sign(statement_payload(federation, silo, note))
+    return WitnessStatement(federation, silo, note, signature)
+
+
+def verify_statement(
+    statement: WitnessStatement,
+    silo_key: bytes,
+    *,
+    federation: str,
+    audit_public_key: bytes,
+    origin: str,
+) -> SignedCheckpoint:
+    """Check a peer's statement (its roster signature, its binding, the checkpoint's signature).
+
+    Returns:
+        The checkpoint the peer accepted.
+
+    Raises:
+        VerificationError: forged or mis-bound statement, or a checkpoint the audit key did not sign.
+    """
+    if statement.federation != federation:
+        raise VerificationError(
+            f"statement of silo {statement.silo!r} is bound to federation {statement.federation!r}"
+        )
+    try:
+        Ed25519PublicKey.from_public_bytes(silo_key).verify(
+            statement.signature,
+            statement_payload(statement.federation, statement.silo, statement.note),
+        )
+    except (InvalidSignature, ValueError) as exc:
+        raise VerificationError(
+            f"statement of silo {statement.silo!r} is not signed by its roster key"
+        ) from exc
+    try:
+        return verify_checkpoint(statement.note, audit_public_key, origin)
+    except VerificationError as exc:
+        raise VerificationError(
+            f"statement of silo {statement.silo!r} carries a bad checkpoint: {exc}"
+        ) from exc
+
+
+def check_fork(
+    mine: SignedCheckpoint, theirs: SignedCheckpoint, proof: Sequence[bytes] | None
+) -> None:
+    """Check that two checkpoints can both be prefixes of one log.
+
+    Args:
+        mine, theirs: the two checkpoints.
+        proof: consistency proof from the smaller size to the larger (``None`` if none was served).
+
+    Raises:
+        VerificationError: "fork" — equal sizes with different roots, or no valid consistency proof.
+    """
+    small, large = (mine, theirs) if mine.size <= theirs.size else (theirs, mine)
+    if small.size == large.size:
+        if small.root != large.root:
+            raise VerificationError(
+                f"fork: two checkpoints of size {small.size} with different roots"
+            )
+        return
+    if small.size == 0:
+        return
+    if proof is None:
+        raise VerificationError(
+            f"fork: no consistency proof from size {small.size} to {large.size} was served"
+        )
+    try:
+        verify_consistency(small.size, large.size, proof, small.root, large.root)
+    except VerificationError as exc:
+        raise VerificationError(
+            f"fork: the checkpoint of size {small.size} is not a prefix of the one of size "
+            f"{large.size} ({exc})"
+        ) from exc
 
 
 class CheckpointWitness:
@@ -223,3 +376,129 @@ class CheckpointWitness:
                     "SELECT id, kind, body, time FROM records WHERE kind = ? ORDER BY id", (kind,)
                 ).fetchall()
         return [LocalRecord(r[0], r[1], parse_canonical(bytes(r[2])), r[3]) for r in rows]
+
+    # completeness ------------------------------------------------------------------------------------
+    def unconfirmed(self) -> list[LocalRecord]:
+        """The ``sent`` records carrying a privacy attestation not yet proven to be in an accepted log."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, kind, body, time FROM records WHERE kind = ? AND id NOT IN "
+                "(SELECT record_id FROM confirmed) ORDER BY id",
+                (SENT,),
+            ).fetchall()
+        out = [LocalRecord(r[0], r[1], parse_canonical(bytes(r[2])), r[3]) for r in rows]
+        return [r for r in out if "attestation" in r.body]
+
+    def check_completeness(
+        self,
+        start: int,
+        entries: Sequence[bytes],
+        prove: Callable[[int], Sequence[bytes]],
+        checkpoint: SignedCheckpoint | None = None,
+    ) -> list[int]:
+        """Prove that every attestation this silo sent (and not yet proven) is in the accepted log.
+
+        Args:
+            start: index of ``entries[0]`` (the size of the previously accepted checkpoint).
+            entries: the coordinator's entries ``[start, checkpoint.size)``.
+            prove: ``prove(index)`` is the coordinator's inclusion proof of entry ``index`` in the
+                checkpoint's tree.
+            checkpoint: the accepted checkpoint to check against (default: the latest).
+
+        Returns:
+            The indices of the entries proven (each recorded, so it is not checked again).
+
+        Raises:
+            VerificationError: an attestation this silo sent is not in the log although the log shows
+                its round ended (closed or aborted, or a later round began): the message names the round
+                and session; or an entry's inclusion proof fails. An attestation whose round has not
+                ended in this checkpoint stays pending for the next one.
+        """
+        target = checkpoint if checkpoint is not None else self.latest()
+        if target is None:
+            raise VerificationError("no checkpoint accepted yet: cannot check completeness")
+        pending = self.unconfirmed()
+        if not pending:
+            return []
+        if start + len(entries) != target.size:
+            raise VerificationError(
+                f"the coordinator served entries [{start}, {start + len(entries)}) "
+                f"for a checkpoint of size {target.size}"
+            )
+        logged: dict[tuple[str, str], int] = {}
+        ended: set[int] = set()
+        latest_round = -1
+        for offset, data in enumerate(entries):
+            try:
+                entry = LedgerEntry.decode(data)
+            except SchemaError as exc:
+                raise VerificationError(f"entry {start + offset} is malformed: {exc}") from exc
+            event = entry.event
+            if event.round is not None:
+                latest_round = max(latest_round, event.round)
+                if event.kind in (EventKind.ROUND_CLOSED, EventKind.ROUND_ABORTED):
+                    ended.add(event.round)
+            if event.kind is EventKind.PRIVACY_ATTESTATION:
+                logged.setdefault(_fact_key(event.body), start + offset)
+        proven: list[int] = []
+        missing: list[str] = []
+        for record in pending:
+            index = logged.get(_fact_key(record.body, local=True))
+            round_ = record.body.get("round")
+            due = not isinstance(round_, int) or round_ in ended or latest_round > round_
+            if index is None and not due:
+                continue  # its round has not ended in this checkpoint (e.g. this silo left it early)
+            if index is None:
+                missing.append(
+                    f"round {record.body.get('round')}: the privacy attestation this silo sent "
+                    f"(session {record.body.get('session_id')}) is not in the log of checkpoint "
+                    f"size {target.size}"
+                )
+                continue
+            self.check_inclusion(entries[index - start], index, prove(index), target)
+            with self._lock:
+                self._insert(
+                    "INSERT INTO confirmed (record_id, idx, size) VALUES (?, ?, ?)",
+                    (record.record_id, index, target.size),
+                )
+            proven.append(index)
+        if missing:
+            raise VerificationError("coordinator left facts out of its log: " + "; ".join(missing))
+        return proven
+
+    # fork detection -----------------------------------------------------------------------------------
+    def note_peers(
+        self, sizes: Mapping[str, int], peers: Sequence[str], *, k: int = WITHHOLDING_ROUNDS
+    ) -> list[str]:
+        """Record which peers' statements this round showed, and report those withheld for ``k`` rounds.
+
+        Args:
+            sizes: peer -> checkpoint size of the statement the coordinator served this round.
+            peers: every peer on the roster (not this silo).
+            k: rounds without a fresh statement (none, or no newer checkpoint) before reporting.
+
+        Returns:
+            The peers withheld for the last ``k`` rounds (each also recorded as ``withheld``).
+        """
+        self.record("peer_statements", {"sizes": dict(sizes)})
+        rows = [r.body["sizes"] for r in self.records("peer_statements")][-(k + 1) :]
+        if len(rows) < k:
+            return []
+        withheld: list[str] = []
+        for peer in sorted(peers):
+            fresh = False
+            for i in range(len(rows) - k, len(rows)):
+                before = rows[i - 1].get(peer, -1) if i > 0 else -1
+                if peer in rows[i] and rows[i][peer] > before:
+                    fresh = True
+            if not fresh:
+                withheld.append(peer)
+        if withheld:
+            self.record("withheld", {"silos": withheld, "rounds": k})
+        return withheld
+
+
+def _fact_key(body: Mapping[str, Any], *, local: bool = False) -> tuple[str, str]:
+    """What identifies one attestation: its canonical JSON and the silo's signature (hex)."""
+    signature = body.get("attestation_signature" if local else "signature", "")
+    return canonical_json(dict(body.get("attestation", {}))).decode("utf-8"), str(signature)

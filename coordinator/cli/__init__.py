@@ -204,10 +204,12 @@ def _verified(
     *,
     checkpoints: list[Path],
     unpinned: bool,
+    statements: list[Path] | None = None,
 ) -> VerificationReport:
     """Verify as both commands do; ``pins``: (audit key, consortium key, origin, federation) options."""
     audit_key, consortium_key, origin, federation = pins
     from audits import VerificationError
+    from audits.witness import WitnessStatement
     from coordinator.rounds.audit import verify_bundle_dir
     from secagg import SecAggError
 
@@ -238,6 +240,9 @@ def _verified(
             federation=federation,
             checkpoints=[p.read_text(encoding="utf-8") for p in checkpoints],
             unpinned=unpinned,
+            statements=[
+                WitnessStatement.loads(p.read_text(encoding="utf-8")) for p in statements or []
+            ],
         )
     except (VerificationError, SecAggError, OSError, ValueError) as exc:
         typer.secho(f"FAILED: {exc}", fg=typer.colors.RED, err=True)
@@ -257,6 +262,15 @@ _Checkpoints = Annotated[
     typer.Option(
         "--checkpoint",
         help="A later signed checkpoint (e.g. from a silo's witness); repeatable. Catches a truncated log.",
+    ),
+]
+
+_Statements = Annotated[
+    list[Path],
+    typer.Option(
+        "--statement",
+        help="A silo's signed witness statement (JSON); repeatable. Its signature is checked against the "
+        "roster and its checkpoint against the bundle's log.",
     ),
 ]
 
@@ -297,6 +311,7 @@ def _audit_verify(
     origin: _Origin = None,
     federation: _Federation = None,
     checkpoint: _Checkpoints = [],  # noqa: B006 - typer reads the default, never mutates it
+    statement: _Statements = [],  # noqa: B006 - typer reads the default, never mutates it
     unpinned: _Unpinned = False,
 ) -> None:
     """Recompute every hash, signature and epsilon and check completeness; fails closed without pins.
@@ -305,7 +320,9 @@ def _audit_verify(
     secagg/federation/NAME); the bundle's roster must be the one the ledger's first entry records.
     """
     pins = (audit_key, consortium_key, origin, federation)
-    report = _verified(bundle, pins, checkpoints=checkpoint, unpinned=unpinned)
+    report = _verified(
+        bundle, pins, checkpoints=checkpoint, unpinned=unpinned, statements=statement
+    )
     cp = report.checkpoint
     typer.echo(
         f"{'OK' if report.anchors.fully_pinned else 'CONSISTENT'}: {len(report.entries)} entries of "

@@ -38,6 +38,7 @@ from audits import (
     write_bundle,
 )
 from audits.events import utc_now
+from audits.witness import WitnessStatement
 from coordinator.common import ledger_origin
 from coordinator.config import PrivacyConfig, ServeConfig
 from coordinator.errors import InvalidInput, PrivacyRefused
@@ -250,6 +251,7 @@ def verify_bundle_dir(
     federation: str | None = None,
     checkpoints: Sequence[str] = (),
     unpinned: bool = False,
+    statements: Sequence[WitnessStatement] = (),
 ) -> tuple[VerificationReport, list[str]]:
     """Verify an audit bundle directory completely (``secagg audit verify`` and ``report``).
 
@@ -262,6 +264,7 @@ def verify_bundle_dir(
             (one consortium may run several federations), so it is *not* counted as pinned.
         federation: the federation the auditor expects; the ledger's and the roster's must be it.
         checkpoints: later checkpoints (signed notes) a silo kept; the bundle must agree with each.
+        statements: silos' signed witness statements; each must verify under the roster and agree too.
         unpinned: allow a missing audit or consortium key: the bundle's own is used, which proves only
             that the bundle is internally consistent. The report's anchors say so.
 
@@ -323,6 +326,7 @@ def verify_bundle_dir(
         epsilon_accounts=RdpEpsilonAccount,  # the coordinator's accountant, running per silo
         workers=os.cpu_count() or 1,
         checkpoints=checkpoints,
+        statements=statements,
         roster_fingerprint=roster.fingerprint(),
         consortium_public_key=roster.consortium_key,
         unpinned=not_pinned,

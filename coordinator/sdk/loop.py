@@ -140,6 +140,17 @@ class Attestation:
     payload: bytes = b""
     signature: bytes = field(default=b"", repr=False)
 
+    def sent(self, **facts: Any) -> dict[str, Any]:
+        """The silo's local record of an upload: ``facts`` and, when there is one, this attestation.
+
+        The witness later proves that every attestation recorded here is in the coordinator's log
+        (``audits.CheckpointWitness``, completeness), so both modes record them the same way.
+        """
+        if self.payload:
+            facts["attestation"] = json.loads(self.payload)
+            facts["attestation_signature"] = self.signature.hex()
+        return facts
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Who the silo is
@@ -470,9 +481,11 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
 
         Raises:
             AuditFailure: the checkpoint's signature does not verify, or it is not consistent with what this
-                silo accepted before (the coordinator rewrote history).
+                silo accepted before (the coordinator rewrote history), or an attestation this silo sent is
+                missing from it, or a peer's signed statement shows a fork.
         """
         self._transport.witness_checkpoint()
+        self._transport.exchange_statements(self._key, self._roster.members)
 
     def download_model(self, round_: int, expected_hash: bytes) -> npt.NDArray[np.float32]:
         """Stream the global model of a round and check its hash.

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeAlias, Unpack
@@ -383,12 +382,12 @@ class _MaskingRound(RoundStages[RoundConfig, MaskedVector]):
         release: SiloLevelRelease,
     ) -> None:
         """Keep this silo's own record of what it sent (and the privacy it claimed) in its local ledger."""
-        sent: dict[str, Any] = {
-            "round": self.config.round,
-            "session_id": session_id,
-            "model_hash": self.config.model_hash.hex(),
-            "coordinates": int(masked.shape[0]),
-        }
+        sent = attestation.sent(
+            round=self.config.round,
+            session_id=session_id,
+            model_hash=self.config.model_hash.hex(),
+            coordinates=int(masked.shape[0]),
+        )
         if release.plan:
             sent["silo_level"] = {
                 "plan": release.plan,
@@ -396,9 +395,6 @@ class _MaskingRound(RoundStages[RoundConfig, MaskedVector]):
                 "delta": release.delta,
                 "releases": len(self._mode.tally.releases),
             }
-        if attestation.payload:
-            sent["attestation"] = json.loads(attestation.payload)
-            sent["attestation_signature"] = attestation.signature.hex()
         self._transport.record("sent", sent)
 
     def _chunks(self, masked: MaskedVector, attestation: Attestation) -> Iterator[pb.MaskedChunk]:

@@ -400,10 +400,14 @@ class _PaillierRound(RoundStages[PaillierRoundConfig, Slots]):
         encoded = train()
         pool = self._pool if self._pool is not None else self._mode.obfuscators(self.config)
         chunks, commitment = self._mode.contributor(self.config, pool).encrypt_update(encoded)
-        attestation = attest(self.config.session_id.hex())
+        session_id = self.config.session_id.hex()
+        attestation = attest(session_id)
         self._transport.upload(
             self._stub.UploadContribution, lambda: self._upload(chunks, commitment, attestation)
         )
+        # the witness proves this attestation reached the log (completeness), as in masking mode
+        sent = attestation.sent(round=self.config.round_number, session_id=session_id)
+        self._transport.record("sent", sent)
         return self._decrypt()
 
     def _decrypt(self) -> str | None:

@@ -20,7 +20,10 @@ Notes:
       the one it committed to.
     - Witness: with a pinned audit key the transport keeps an :class:`audits.witness.CheckpointWitness` and
       accepts a new signed checkpoint only with a valid RFC 9162 consistency proof from the last one it
-      accepted (RFC 9162 section 8.1.4, the silos as witnesses).
+      accepted (RFC 9162 section 8.1.4, the silos as witnesses). It then proves, by inclusion proofs, that
+      every privacy attestation this silo sent is in the accepted log (completeness), publishes its latest
+      accepted checkpoint signed with its roster key, and checks its peers' statements for a fork
+      (:meth:`Transport.exchange_statements`; statements withheld for two rounds are warned and recorded).
 """
 
 from __future__ import annotations
@@ -37,9 +40,17 @@ from typing import Any, Final, TypeVar
 import grpc
 import numpy as np
 import numpy.typing as npt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from audits.checkpoint import SignedCheckpoint
 from audits.errors import VerificationError
-from audits.witness import CheckpointWitness
+from audits.witness import (
+    CheckpointWitness,
+    WitnessStatement,
+    check_fork,
+    sign_statement,
+    verify_statement,
+)
 from coordinator.common import (
     DEFAULT_MAX_MESSAGE_BYTES,
     INSECURE_SILO_HEADER,
@@ -169,6 +180,7 @@ class Transport:
             )
         self._audit = pb_grpc.AuditStub(self._channel)
         self._witness: CheckpointWitness | None = None
+        self._audit_key = audit_public_key
         if audit_public_key is not None and witness_path is not None:
             witness_path.parent.mkdir(parents=True, exist_ok=True)
             self._witness = CheckpointWitness(
@@ -374,12 +386,130 @@ class Transport:
             )
             proof = [bytes(h) for h in self.call(self._audit.GetConsistencyProof, request).hashes]
         try:
-            witness.update(checkpoint.note, proof)
+            accepted = witness.update(checkpoint.note, proof)
         except VerificationError as exc:
             log.error("audit checkpoint refused: %s", exc)
             raise AuditFailure(
                 f"the coordinator's audit log failed this silo's check: {exc}"
             ) from exc
+        self._check_completeness(witness, latest.size if latest is not None else 0, accepted)
+
+    def _check_completeness(
+        self, witness: CheckpointWitness, start: int, checkpoint: SignedCheckpoint
+    ) -> None:
+        """Prove by inclusion proofs that every attestation this silo sent is in the accepted checkpoint."""
+        if not witness.unconfirmed():
+            return
+        entries: list[bytes] = []
+        while start + len(entries) < checkpoint.size:
+            request = pb.EntriesRequest(
+                federation=self.federation, start=start + len(entries), end=checkpoint.size
+            )
+            page = [bytes(e) for e in self.call(self._audit.GetEntries, request).entries]
+            if not page:
+                break  # short: check_completeness names the gap
+            entries.extend(page)
+
+        def prove(index: int) -> list[bytes]:
+            request = pb.InclusionProofRequest(
+                federation=self.federation, index=index, size=checkpoint.size
+            )
+            return [bytes(h) for h in self.call(self._audit.GetInclusionProof, request).hashes]
+
+        try:
+            witness.check_completeness(start, entries, prove, checkpoint)
+        except VerificationError as exc:
+            log.error("audit completeness check failed: %s", exc)
+            witness.record(
+                "audit_failure",
+                {"check": "completeness", "size": checkpoint.size, "reason": str(exc)},
+            )
+            raise AuditFailure(
+                f"the coordinator's audit log failed this silo's completeness check: {exc}"
+            ) from exc
+
+    def exchange_statements(
+        self, signing_key: Ed25519PrivateKey, roster_keys: Mapping[str, bytes]
+    ) -> list[str]:
+        """Publish this silo's latest accepted checkpoint, signed, and check every peer's against it.
+
+        Each peer statement must be signed by the peer's pinned roster key and carry a checkpoint the audit
+        key signed; the two checkpoints must both be prefixes of one log (a consistency proof from the
+        smaller size to the larger, verified against both roots; equal sizes need equal roots).
+        Does nothing without a witness or before a checkpoint was accepted.
+
+        Returns:
+            The peers whose statements the coordinator withheld for the last rounds (warned and recorded).
+
+        Raises:
+            AuditFailure: a forged peer statement, or a fork (recorded locally with the reason).
+        """
+        witness, key = self._witness, self._audit_key
+        if witness is None or key is None:
+            return []
+        mine = witness.latest()
+        if mine is None:
+            return []
+        own = sign_statement(
+            signing_key, federation=self.federation, silo=self.silo, note=mine.text
+        )
+        self.submit(
+            self._audit.PublishStatement,
+            pb.WitnessStatement(
+                federation=own.federation, silo=own.silo, note=own.note, signature=own.signature
+            ),
+        )
+        witness.record("statement", {"size": mine.size, "text": own.dumps()})
+        served = self.call(
+            self._audit.GetStatements, pb.StatementsRequest(federation=self.federation)
+        )
+        origin = ledger_origin(self.federation)
+        sizes: dict[str, int] = {}
+        for message in served.statements:
+            peer = message.silo
+            if peer == self.silo or peer not in roster_keys:
+                continue
+            statement = WitnessStatement(
+                message.federation, peer, message.note, bytes(message.signature)
+            )
+            try:
+                theirs = verify_statement(
+                    statement,
+                    roster_keys[peer],
+                    federation=self.federation,
+                    audit_public_key=key,
+                    origin=origin,
+                )
+                proof: list[bytes] | None = None
+                small, large = sorted((mine.size, theirs.size))
+                if 0 < small < large:
+                    request = pb.ConsistencyProofRequest(
+                        federation=self.federation, old_size=small, new_size=large
+                    )
+                    try:
+                        answer = self.call(self._audit.GetConsistencyProof, request)
+                        proof = [bytes(h) for h in answer.hashes]
+                    except InvalidInput:
+                        proof = None  # the coordinator cannot prove it: check_fork says fork
+                check_fork(mine, theirs, proof)
+            except VerificationError as exc:
+                log.error("witness statement of %s failed this silo's check: %s", peer, exc)
+                witness.record(
+                    "audit_failure",
+                    {"check": "statements", "peer": peer, "size": mine.size, "reason": str(exc)},
+                )
+                raise AuditFailure(
+                    f"the coordinator's audit log failed this silo's fork check against {peer}: {exc}"
+                ) from exc
+            sizes[peer] = theirs.size
+        withheld = witness.note_peers(sizes, [s for s in roster_keys if s != self.silo])
+        if withheld:
+            log.warning(
+                "no fresh witness statement from %s for the last rounds: the coordinator may be "
+                "withholding them",
+                ", ".join(withheld),
+            )
+        return withheld
 
     def record(self, kind: str, body: Mapping[str, Any]) -> None:
         """Append a fact (what this silo sent or spent) to the local ledger; nothing without a witness."""

@@ -16,6 +16,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -41,6 +42,7 @@ from audits import (
     verify_inclusion,
     write_bundle,
 )
+from audits.witness import WitnessStatement, sign_statement
 from coordinator.cli import app
 from coordinator.common import RoundStatus, ledger_origin
 from coordinator.config import PrivacyConfig, ServeConfig, SiloConfig, write_demo_configs
@@ -48,9 +50,10 @@ from coordinator.errors import AuditFailure
 from coordinator.pki import load_ed25519_private
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
-from coordinator.rounds.audit import verify_bundle_dir
+from coordinator.rounds.audit import AuditTrail, verify_bundle_dir
 from coordinator.rounds.masking import MaskingRounds
 from coordinator.sdk.masking import PrivateUpdate, RoundContext, RoundReport, Silo
+from coordinator.sdk.transport import Transport
 from coordinator.server.app import start_coordinator
 from coordinator.store import SQLiteStore
 from dp.accounting import (
@@ -1015,3 +1018,135 @@ def _without_xml_namespaces(html: str) -> str:
     for namespace in ("http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink"):
         html = html.replace(namespace, "")
     return html
+
+
+# -- completeness: each silo's witness proves its own attestations are in the log ----------------------------
+def _witnessed_round(
+    trio: Consortium, address: str, tmp_path: Path
+) -> dict[str, RoundReport | BaseException]:
+    pinned = bytes.fromhex(trio.paths.audit_public_key.read_text().strip())
+
+    def silo(name: str) -> Callable[[], RoundReport | BaseException]:
+        def take_part() -> RoundReport | BaseException:
+            path = tmp_path / f"{name}-witness.sqlite"
+            with trio.sdk(name, address, audit_public_key=pinned, witness_path=path) as client:
+                try:
+                    (report,) = client.run(private_train(name), max_rounds=1)
+                except AuditFailure as exc:
+                    return exc
+                return report
+
+        return take_part
+
+    names = ["a", "b", "c"]
+    return dict(zip(names, in_threads(*[silo(n) for n in names]), strict=True))
+
+
+def _drop_attestations_of(monkeypatch: pytest.MonkeyPatch, victim: str) -> None:
+    """The attack: a coordinator that accepts ``victim``'s upload but leaves its attestation out of the log."""
+    honest = AuditTrail.attestation
+
+    def dropping(
+        self: AuditTrail, attestation: PrivacyAttestation, *args: Any, **kwargs: Any
+    ) -> None:
+        if attestation.silo != victim:
+            honest(self, attestation, *args, **kwargs)
+
+    monkeypatch.setattr(AuditTrail, "attestation", dropping)
+
+
+def test_each_silo_witness_proves_its_attestation_is_logged(
+    trio: Consortium, tmp_path: Path
+) -> None:
+    """Defence, honest side: every silo finds its attestation and checks its inclusion proof."""
+    with running_coordinator(trio, tmp_path / "honest.db", settings(n=3, length=LENGTH)) as coord:
+        reports = _witnessed_round(trio, coord.address, tmp_path)
+    assert all(isinstance(r, RoundReport) for r in reports.values()), reports
+    pinned = bytes.fromhex(trio.paths.audit_public_key.read_text().strip())
+    for name in reports:
+        with CheckpointWitness(
+            tmp_path / f"{name}-witness.sqlite",
+            audit_public_key=pinned,
+            origin=ledger_origin(trio.federation),
+        ) as witness:
+            assert len(witness.records("sent")) == 1
+            assert witness.unconfirmed() == []  # proven in the accepted checkpoint
+
+
+def test_a_coordinator_that_drops_one_attestation_is_caught_by_that_silos_witness(
+    trio: Consortium, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack: silo a's attestation is left out of the ledger (real gRPC, mTLS). Defence: a's witness raises
+    AuditFailure in the same round, naming the round; b and c, whose attestations are logged, pass."""
+    _drop_attestations_of(monkeypatch, "a")
+    with running_coordinator(trio, tmp_path / "lying.db", settings(n=3, length=LENGTH)) as coord:
+        reports = _witnessed_round(trio, coord.address, tmp_path)
+    caught = reports["a"]
+    assert isinstance(caught, AuditFailure), reports
+    assert "round 0" in str(caught) and "privacy attestation" in str(caught)
+    assert isinstance(reports["b"], RoundReport) and isinstance(reports["c"], RoundReport)
+    pinned = bytes.fromhex(trio.paths.audit_public_key.read_text().strip())
+    with CheckpointWitness(
+        tmp_path / "a-witness.sqlite",
+        audit_public_key=pinned,
+        origin=ledger_origin(trio.federation),
+    ) as witness:
+        (failure,) = witness.records("audit_failure")
+        assert failure.body["check"] == "completeness"
+        assert len(witness.unconfirmed()) == 1
+
+
+def test_without_the_completeness_check_the_dropped_attestation_goes_unnoticed(
+    trio: Consortium, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Positive control: the same attack with the completeness check switched off passes every other check."""
+    _drop_attestations_of(monkeypatch, "a")
+    monkeypatch.setattr(Transport, "_check_completeness", lambda *args, **kwargs: None)
+    with running_coordinator(trio, tmp_path / "lying.db", settings(n=3, length=LENGTH)) as coord:
+        reports = _witnessed_round(trio, coord.address, tmp_path)
+    assert all(isinstance(r, RoundReport) for r in reports.values()), reports
+
+
+# -- fork detection: the silos' signed statements, checked by `audit verify --statement` ---------------------
+def _latest_statement(witness_file: Path, pinned: bytes) -> WitnessStatement:
+    with CheckpointWitness(
+        witness_file, audit_public_key=pinned, origin=ledger_origin("fed")
+    ) as witness:
+        return WitnessStatement.loads(str(witness.records("statement")[-1].body["text"]))
+
+
+def test_audit_verify_checks_the_silos_signed_statements(run: AuditRun, tmp_path: Path) -> None:
+    """Defence: every silo's latest statement verifies against the bundle; a forged one (another key), a
+    re-bound one and one vouching for a forked log signed by the real audit key are refused."""
+    pinned = bytes.fromhex(run.consortium.paths.audit_public_key.read_text().strip())
+    files: list[str | Path] = []
+    for silo in ("a", "b", "c"):
+        witness_file = run.witness_file.parent.parent / silo / "witness.sqlite"  # state/<silo>/
+        statement = _latest_statement(witness_file, pinned)
+        assert statement.silo == silo
+        path = tmp_path / f"{silo}.json"
+        path.write_text(statement.dumps(), encoding="utf-8")
+        files += ["--statement", path]
+    code, output = cli("audit", "verify", run.bundle, *run.keys, *files)
+    assert code == 0, output
+    assert "3 later checkpoints consistent" in output
+
+    a = _latest_statement(run.witness_file, pinned)
+    forged = sign_statement(Ed25519PrivateKey.generate(), federation="fed", silo="a", note=a.note)
+    rebound = WitnessStatement(a.federation, "b", a.note, a.signature)
+    audit_signer = CheckpointSigner(
+        load_ed25519_private(run.consortium.paths.audit_key), key_name=ledger_origin("fed")
+    )
+    forked_note = audit_signer.sign(origin=ledger_origin("fed"), size=3, root=bytes(32)).text
+    fork = sign_statement(
+        run.consortium.signing_key("a"), federation="fed", silo="a", note=forked_note
+    )
+    for bad, problem in (
+        (forged, "not signed by its roster key"),
+        (rebound, "not signed by its roster key"),
+        (fork, "checkpoint of size 3 disagrees with the bundle's entries"),
+    ):
+        path = tmp_path / "bad.json"
+        path.write_text(bad.dumps(), encoding="utf-8")
+        code, output = cli("audit", "verify", run.bundle, *run.keys, "--statement", path)
+        assert code != 0 and problem in output, output

@@ -815,6 +815,77 @@ class Ack(_message.Message):
 Global___Ack: _TypeAlias = Ack  # noqa: Y015
 
 @_typing.final
+class WitnessStatement(_message.Message):
+    """A silo's signed statement of the latest checkpoint it accepted (DESIGN 7, fork detection)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEDERATION_FIELD_NUMBER: _builtins.int
+    SILO_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    federation: _builtins.str
+    silo: _builtins.str
+    note: _builtins.str
+    """the accepted checkpoint's signed note text"""
+    signature: _builtins.bytes
+    """Ed25519 by the silo's roster key over audits.witness.statement_payload(...)"""
+    def __init__(
+        self,
+        *,
+        federation: _builtins.str = ...,
+        silo: _builtins.str = ...,
+        note: _builtins.str = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["federation", b"federation", "note", b"note", "signature", b"signature", "silo", b"silo"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WitnessStatement: _TypeAlias = WitnessStatement  # noqa: Y015
+
+@_typing.final
+class StatementsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEDERATION_FIELD_NUMBER: _builtins.int
+    federation: _builtins.str
+    def __init__(
+        self,
+        *,
+        federation: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["federation", b"federation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatementsRequest: _TypeAlias = StatementsRequest  # noqa: Y015
+
+@_typing.final
+class Statements(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATEMENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def statements(self) -> _containers.RepeatedCompositeFieldContainer[Global___WitnessStatement]: ...
+    def __init__(
+        self,
+        *,
+        statements: _abc.Iterable[Global___WitnessStatement] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["statements", b"statements"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Statements: _TypeAlias = Statements  # noqa: Y015
+
+@_typing.final
 class CheckpointRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

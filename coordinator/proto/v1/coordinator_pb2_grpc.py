@@ -664,6 +664,16 @@ class AuditStub:
                 request_serializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.ConsistencyProofRequest.SerializeToString,
                 response_deserializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.Proof.FromString,
                 _registered_method=True)
+        self.PublishStatement = channel.unary_unary(
+                '/coordinator.proto.v1.Audit/PublishStatement',
+                request_serializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.WitnessStatement.SerializeToString,
+                response_deserializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.Ack.FromString,
+                _registered_method=True)
+        self.GetStatements = channel.unary_unary(
+                '/coordinator.proto.v1.Audit/GetStatements',
+                request_serializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.StatementsRequest.SerializeToString,
+                response_deserializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.Statements.FromString,
+                _registered_method=True)
 
 
 class AuditServicer:
@@ -700,6 +710,21 @@ class AuditServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishStatement(self, request, context):
+        """Publish the caller's witness statement: the latest checkpoint it accepted, signed with its roster key.
+        The coordinator keeps each silo's latest; it can withhold statements but not forge them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStatements(self, request, context):
+        """Every silo's latest witness statement (silos check their peers' checkpoints for a fork).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -722,6 +747,16 @@ def add_AuditServicer_to_server(servicer, server):
                     servicer.GetConsistencyProof,
                     request_deserializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.ConsistencyProofRequest.FromString,
                     response_serializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.Proof.SerializeToString,
+            ),
+            'PublishStatement': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishStatement,
+                    request_deserializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.WitnessStatement.FromString,
+                    response_serializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.Ack.SerializeToString,
+            ),
+            'GetStatements': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatements,
+                    request_deserializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.StatementsRequest.FromString,
+                    response_serializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.Statements.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -835,6 +870,60 @@ class Audit:
             '/coordinator.proto.v1.Audit/GetConsistencyProof',
             coordinator_dot_proto_dot_v1_dot_coordinator__pb2.ConsistencyProofRequest.SerializeToString,
             coordinator_dot_proto_dot_v1_dot_coordinator__pb2.Proof.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishStatement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordinator.proto.v1.Audit/PublishStatement',
+            coordinator_dot_proto_dot_v1_dot_coordinator__pb2.WitnessStatement.SerializeToString,
+            coordinator_dot_proto_dot_v1_dot_coordinator__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatements(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordinator.proto.v1.Audit/GetStatements',
+            coordinator_dot_proto_dot_v1_dot_coordinator__pb2.StatementsRequest.SerializeToString,
+            coordinator_dot_proto_dot_v1_dot_coordinator__pb2.Statements.FromString,
             options,
             channel_credentials,
             insecure,

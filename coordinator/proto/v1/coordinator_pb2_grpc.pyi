@@ -232,6 +232,12 @@ class AuditStub:
     """RFC 9162 inclusion proof of entry `index` in the tree of size `size`."""
     GetConsistencyProof: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ConsistencyProofRequest, _coordinator_pb2.Proof]
     """RFC 9162 consistency proof from tree size `old_size` to `new_size`."""
+    PublishStatement: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.WitnessStatement, _coordinator_pb2.Ack]
+    """Publish the caller's witness statement: the latest checkpoint it accepted, signed with its roster key.
+    The coordinator keeps each silo's latest; it can withhold statements but not forge them.
+    """
+    GetStatements: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.StatementsRequest, _coordinator_pb2.Statements]
+    """Every silo's latest witness statement (silos check their peers' checkpoints for a fork)."""
 
 @_typing.type_check_only
 class AuditAsyncStub(AuditStub):
@@ -249,6 +255,12 @@ class AuditAsyncStub(AuditStub):
     """RFC 9162 inclusion proof of entry `index` in the tree of size `size`."""
     GetConsistencyProof: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ConsistencyProofRequest, _coordinator_pb2.Proof]  # type: ignore[assignment]
     """RFC 9162 consistency proof from tree size `old_size` to `new_size`."""
+    PublishStatement: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.WitnessStatement, _coordinator_pb2.Ack]  # type: ignore[assignment]
+    """Publish the caller's witness statement: the latest checkpoint it accepted, signed with its roster key.
+    The coordinator keeps each silo's latest; it can withhold statements but not forge them.
+    """
+    GetStatements: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.StatementsRequest, _coordinator_pb2.Statements]  # type: ignore[assignment]
+    """Every silo's latest witness statement (silos check their peers' checkpoints for a fork)."""
 
 class AuditServicer(metaclass=_abc_1.ABCMeta):
     """Read-only access to the federation's tamper-evident audit ledger (DESIGN 7), for live monitoring and for
@@ -287,5 +299,23 @@ class AuditServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_coordinator_pb2.Proof, _abc.Awaitable[_coordinator_pb2.Proof]]:
         """RFC 9162 consistency proof from tree size `old_size` to `new_size`."""
+
+    @_abc_1.abstractmethod
+    def PublishStatement(
+        self,
+        request: _coordinator_pb2.WitnessStatement,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.Ack, _abc.Awaitable[_coordinator_pb2.Ack]]:
+        """Publish the caller's witness statement: the latest checkpoint it accepted, signed with its roster key.
+        The coordinator keeps each silo's latest; it can withhold statements but not forge them.
+        """
+
+    @_abc_1.abstractmethod
+    def GetStatements(
+        self,
+        request: _coordinator_pb2.StatementsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.Statements, _abc.Awaitable[_coordinator_pb2.Statements]]:
+        """Every silo's latest witness statement (silos check their peers' checkpoints for a fork)."""
 
 def add_AuditServicer_to_server(servicer: AuditServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
