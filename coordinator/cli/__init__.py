@@ -117,6 +117,18 @@ def _pki_paillier(
     key_bits: Annotated[
         int, typer.Option("--key-bits", help="Modulus size: 2048 (default) or 3072.")
     ] = 2048,
+    collusion: Annotated[
+        int,
+        typer.Option(
+            "--collusion", min=0, help="Silos that may collude with the coordinator (c < t)."
+        ),
+    ] = 0,
+    min_cohort: Annotated[
+        int,
+        typer.Option(
+            "--min-cohort", min=1, help="Fewest contributions decrypted (min_cohort - c >= 2)."
+        ),
+    ] = 3,
 ) -> None:
     from coordinator.errors import PKIError
     from coordinator.pki import ConsortiumPaths
@@ -126,7 +138,11 @@ def _pki_paillier(
         raise typer.BadParameter("--key-bits must be 2048 or 3072")
     try:
         public = create_paillier_keys(
-            ConsortiumPaths.load(directory), threshold=threshold, key_bits=key_bits
+            ConsortiumPaths.load(directory),
+            threshold=threshold,
+            collusion=collusion,
+            min_cohort=min_cohort,
+            key_bits=key_bits,
         )
     except (PKIError, ValueError, OSError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)

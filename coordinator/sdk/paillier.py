@@ -199,7 +199,7 @@ class PaillierSilo(
         rng: randomness for quantization, obfuscators and spot-check positions.
         max_message_bytes: the largest gRPC message this silo sends or accepts.
         audit_public_key: the coordinator's pinned audit key; the silo then witnesses checkpoints every round.
-        workers: threads for the partial decryption's exponentiations.
+        workers: processes for the partial decryption (default: every core; gmpy2 holds the GIL).
 
     The arguments shared with masking mode are declared once, in :class:`~coordinator.sdk.loop.SiloConnection`.
 
@@ -215,7 +215,7 @@ class PaillierSilo(
         share: KeyShare,
         state_dir: Path,
         min_spot_checks: int = DEFAULT_SPOT_CHECKS,
-        workers: int = 1,
+        workers: int | None = None,
         **connection: Unpack[SiloConnection],
     ) -> None:
         if share.key_fingerprint != public_key.fingerprint():
@@ -276,7 +276,7 @@ class _PaillierMode(
         share: KeyShare,
         history: SQLiteDecryptionHistory,
         min_spot_checks: int,
-        workers: int,
+        workers: int | None,
     ) -> None:
         self.stub = transport.stub(ppb_grpc.PaillierFederationStub)
         super().__init__(transport, member, self.stub)

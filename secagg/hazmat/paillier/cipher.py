@@ -72,9 +72,14 @@ def ciphertexts_from_bytes(public_key: ThresholdPublicKey, data: bytes) -> list[
     n = mpz(public_key.n)
     nsq = n * n
     out: list[int] = []
+    # units are checked at once: a product is a unit iff every factor is one (one gcd instead of one each)
+    product = mpz(1)
     for offset in range(0, len(data), width):
         value = int.from_bytes(data[offset : offset + width], "big")
-        if not 0 < value < nsq or gmpy2.gcd(value, n) != 1:
+        if not 0 < value < nsq:
             raise ValueError("ciphertext outside Z*_{N^2}")
+        product = product * value % n
         out.append(value)
+    if gmpy2.gcd(product, n) != 1:
+        raise ValueError("ciphertext outside Z*_{N^2}")
     return out

@@ -5,8 +5,8 @@ Notes:
     ``f(X) = 1 + N g(X) mod Nm`` whose non-constant coefficients are multiples of ``N``: every share is
     ``s_i = 1 + N g_i`` with ``g_i = g(i) mod m`` a Shamir share over ``Z_m`` of ``g(0) = -N^-1 mod m``
     (Shoup 2000's RSA sharing, with the RSA exponent ``N``). A party stores ``g_i``. Why this is as safe as
-    uniform coefficients over ``Z_{Nm}`` (Damgard-Jurik 2001, section 4.1) and why it halves the work of a
-    partial decryption: :mod:`secagg.hazmat.paillier.threshold`. Format 1 keys (uniform coefficients) are refused
+    uniform coefficients over ``Z_{Nm}`` (Damgard-Jurik 2001, section 4.1) and why it makes a partial
+    decryption a third cheaper: :mod:`secagg.hazmat.paillier.threshold`. Format 1 keys (uniform coefficients) are refused
     with a request to re-run the ceremony.
 """
 

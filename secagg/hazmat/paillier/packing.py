@@ -21,7 +21,6 @@ Notes:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import gmpy2
@@ -30,53 +29,23 @@ import numpy.typing as npt
 from gmpy2 import mpz
 
 from secagg.errors import InvalidParameters
-from secagg.hazmat.packing import MAX_SLOT_BITS, SAFETY_MARGIN_BITS
+from secagg.hazmat.packing import SAFETY_MARGIN_BITS, SlotPacking
 
 __all__ = ["RadixPacking"]
 
 _WORD_LIMIT = 1 << 63
 
 
-@dataclass(frozen=True, kw_only=True)
-class RadixPacking:
+class RadixPacking(SlotPacking):
     """Layout of quantized values in Paillier plaintexts, one base-``radix`` digit per value.
 
-    Attributes:
-        value_bits: ``b``; inputs lie in ``[-(2^(b-1) - 1), 2^(b-1) - 1]``.
-        max_contributors: ``n``, the most plaintexts that will ever be added together.
-        modulus_bits: bit length of the Paillier modulus ``N``.
+    The fields, their validation (:class:`~secagg.hazmat.packing.SlotPacking`'s, whose ``slot_bits`` bounds the
+    radix: ``B <= 2^slot_bits``), :attr:`offset`, :meth:`plaintexts_for` and :meth:`unpack` are the binary
+    layout's; the digits and their count per plaintext are this module's.
 
     Raises:
         InvalidParameters: a slot sum could not be decoded exactly, or no slot fits.
     """
-
-    value_bits: int
-    max_contributors: int
-    modulus_bits: int
-
-    def __post_init__(self) -> None:
-        if self.value_bits < 2:
-            raise InvalidParameters(
-                "value_bits must be >= 2 (one sign position and one magnitude bit)"
-            )
-        if self.max_contributors < 1:
-            raise InvalidParameters("max_contributors must be >= 1")
-        if self.radix.bit_length() > MAX_SLOT_BITS:
-            raise InvalidParameters(
-                f"slot sums above 2^{MAX_SLOT_BITS} could not be decoded exactly"
-            )
-        if self.slots_per_plaintext < 1:
-            raise InvalidParameters("the Paillier modulus is too small for even one slot")
-
-    @property
-    def offset(self) -> int:
-        """``2^(b-1) - 1``, added to every value (offset binary)."""
-        return (1 << (self.value_bits - 1)) - 1
-
-    @property
-    def max_abs_value(self) -> int:
-        """Largest magnitude accepted: the range is symmetric, ``[-offset, offset]``."""
-        return self.offset
 
     @property
     def radix(self) -> int:
@@ -105,34 +74,20 @@ class RadixPacking:
         words = -(-self.slots_per_plaintext // w)
         return w, words, words * w - self.slots_per_plaintext
 
-    def plaintexts_for(self, length: int) -> int:
-        """Number of plaintexts (ciphertexts) needed for a vector of ``length`` values."""
-        if length < 0:
-            raise ValueError("length must be >= 0")
-        return -(-length // self.slots_per_plaintext)
-
     def pack(self, values: npt.ArrayLike) -> list[int]:
-        """Pack a 1-D integer vector into plaintexts (slot 0 is the most significant digit of each plaintext).
-
-        Raises:
-            ValueError: not a 1-D integer array, empty, or a value outside ``[-offset, offset]``.
-        """
-        array = np.asarray(values)
-        if array.ndim != 1 or array.size == 0:
-            raise ValueError("values must be a non-empty 1-D array")
-        if not np.issubdtype(array.dtype, np.integer):
-            raise ValueError("values must be integers (quantize first)")
-        wide = array.astype(np.int64, copy=False)
-        if int(wide.min()) < -self.offset or int(wide.max()) > self.offset:
+        """Pack a 1-D integer vector (slot 0 is each plaintext's most significant digit); refusals as the parent's."""
+        wide = np.asarray(values)
+        if wide.ndim != 1 or not wide.size or not np.issubdtype(wide.dtype, np.integer):
+            raise ValueError("values must be a non-empty 1-D array of integers (quantize first)")
+        wide = wide.astype(np.int64, copy=False)
+        if int(np.abs(wide).max()) > self.offset:
             raise ValueError(
                 "a value is outside the quantization range; it could overflow its slot"
             )
         k = self.slots_per_plaintext
         w, words, lead = self._word_layout()
         rows = self.plaintexts_for(wide.size)
-        slots = np.zeros(
-            rows * k, dtype=np.int64
-        )  # padding slots hold 0 and are dropped on unpacking
+        slots = np.zeros(rows * k, dtype=np.int64)  # padding slots are 0, dropped on unpacking
         slots[: wide.size] = wide + self.offset
         digits = np.zeros((rows, words * w), dtype=np.int64)  # leading zero digits keep the value
         digits[:, lead:] = slots.reshape(rows, k)
@@ -150,20 +105,10 @@ class RadixPacking:
     def unpack_sum(
         self, plaintexts: Sequence[int], *, length: int, contributors: int
     ) -> npt.NDArray[np.int64]:
-        """Decode the sum of ``contributors`` packed vectors exactly (offsets removed).
-
-        Args:
-            plaintexts: the decrypted aggregate plaintexts.
-            length: the vector length (padding slots are dropped).
-            contributors: how many packed vectors were added (``1 <= contributors <= max_contributors``).
-
-        Raises:
-            InvalidParameters: more contributors than the slots were sized for.
-            ValueError: wrong number of plaintexts, or a plaintext too large for the layout (not a valid sum).
-        """
+        """Decode the sum of ``contributors`` packed vectors exactly; arguments and refusals as the parent's."""
         if not 1 <= contributors <= self.max_contributors:
             raise InvalidParameters("number of contributors exceeds what the slots were sized for")
-        if len(plaintexts) != self.plaintexts_for(length) or length < 1:
+        if length < 1 or len(plaintexts) != self.plaintexts_for(length):
             raise ValueError("wrong number of plaintexts for this vector length")
         w, words, lead = self._word_layout()
         bound = self.radix**self.slots_per_plaintext
@@ -183,7 +128,3 @@ class RadixPacking:
         digits = (table[:, :, None] // powers) % np.int64(self.radix)
         slots = digits.reshape(len(plaintexts), words * w)[:, lead:].reshape(-1)[:length]
         return slots - np.int64(contributors * self.offset)
-
-    def unpack(self, plaintexts: Sequence[int], *, length: int) -> npt.NDArray[np.int64]:
-        """Inverse of :meth:`pack` for a single vector."""
-        return self.unpack_sum(plaintexts, length=length, contributors=1)

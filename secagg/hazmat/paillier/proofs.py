@@ -19,8 +19,8 @@ Notes:
       2) survives the fold for at most one value of the weight of that entry, i.e. with probability at most
       2^-128 over the hash output, for the whole request at once. A cheating party therefore needs about
       2^128 hash evaluations; the challenge adds 2^-256. The verifier computes the folds with Pippenger's
-      method (:mod:`.multiexp`), ciphertexts mod ``N``: one fold mod ``N^2`` per partial decryption instead of
-      ``3 x 9,804`` full exponentiations.
+      method (:mod:`.multiexp`), the ciphertexts mod ``N``: for 9,524 ciphertexts about 0.3 s and 0.8 s of one
+      core, where one 128-bit ``powmod`` per entry of each fold took 12 s.
     - Zero knowledge: the nonce ``r`` has ``|N| + |Delta| + 256 + 128`` bits, so ``z = r + e Delta g_i``
       hides ``Delta g_i < Delta N`` up to statistical distance 2^-128.
 """

@@ -8,8 +8,11 @@ Notes:
       ``y_j = (c_j mod N)^(2 Delta g_i) mod N`` and ``lift(y) = y^N mod N^2``, because ``a = b mod N`` implies
       ``a^N = b^N mod N^2`` (binomial theorem; the same fact makes ``r^N mod N^2`` depend on ``r mod N`` in
       Paillier 1999). A party computes a 2,070-bit exponentiation mod ``N`` and the public 2,048-bit lift mod
-      ``N^2`` (about 0.7 of the former cost) and sends ``z_j``; the combiner multiplies the public
-      ``c_j^(4 Delta D)`` back in once.
+      ``N^2``, two thirds of the former cost (measured at 2048 bits: 2.5 ms + 8.7 ms of CPU per ciphertext
+      instead of 17.3 ms), and sends ``z_j``; the combiner multiplies the public ``c_j^(4 Delta D)`` back in
+      once. Nothing smaller is possible without the factors: the exponent must fix both the ``Z_N`` part (to
+      keep the plaintext) and the ``Z_m`` part (to cancel the randomness), about 4,100 bits in all, and the
+      lift is the only way to reach ``N^2`` from a value mod ``N``.
     - Why the key format is as safe as uniform coefficients mod ``Nm``. By CRT, ``Z_{Nm} = Z_N x Z_m``; the
       secret ``d`` is ``(1, 0)``, so its ``Z_N`` part is public. In Damgard-Jurik's uniform sharing, any
       ``t - 1`` parties know ``f(0) mod N = 1`` and their own ``t - 1`` shares mod ``N``, hence every share mod
@@ -248,13 +251,12 @@ def verify_partial_decryptions(
             pending.append(begin_verification(public_key, ciphertexts, partial, context=context))
         except InvalidProof:
             invalid.append(partial.index)
-    used = effective_workers(workers, len(ciphertexts) * max(1, len(pending)))
+    used = effective_workers(workers, len(ciphertexts))
     # one task per partial decryption when they share out evenly (no per-slice overhead), else ``used`` slices
     slices = split(len(ciphertexts), 1 if len(pending) % used == 0 else used)
     n = mpz(public_key.n)
-    reduced = [
-        int(mpz(c) % n) for c in ciphertexts
-    ]  # the folds only see c mod N: half the bytes to ship
+    # the ciphertext folds only see c mod N: half the bytes to ship to the workers
+    reduced = [int(mpz(c) % n) for c in ciphertexts]
     tasks = [
         (public_key.n, reduced[lo:hi], p.partial.values[lo:hi], p.weights[lo:hi])
         for p in pending

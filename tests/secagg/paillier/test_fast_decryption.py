@@ -16,24 +16,18 @@ from dataclasses import replace
 from fractions import Fraction
 from typing import Any
 
-import numpy as np
 import phe
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secagg.errors import DecryptionError, InvalidParameters, InvalidProof, RoundAborted
-from secagg.hazmat.packing import SlotPacking
 from secagg.hazmat.paillier import (
     KeyShare,
-    ObfuscatorPool,
     PartialDecryption,
-    RadixPacking,
     ThresholdKeyMaterial,
     ThresholdPublicKey,
     combine_partial_decryptions,
-    deal_threshold_key,
-    encrypt_plaintexts,
     lagrange_combine,
     parallel,
     partial_decrypt,
@@ -43,11 +37,9 @@ from secagg.hazmat.paillier.multiexp import multi_exponentiation
 from secagg.hazmat.paillier.proofs import prove_partial_decryption
 from secagg.hazmat.paillier.threshold import _lagrange_at_zero
 
-from .conftest import TEST_KEY_BITS, seeded_rng
+from .conftest import KAT_P, KAT_Q, encrypt, seeded_rng
 
 CONTEXT = b"fast-path-context"
-KAT_P = 0xC278528E980FE4DFDB9D33FA7B5AAC0873E225C33352B3B18279A4C8E9DDEC9B
-KAT_Q = 0xC59A4B056D2AD42590F549C92165E4FC8D501C2F6FAD5F969B28D977F4258173
 
 
 # -- the reference ----------------------------------------------------------------------------------------------
@@ -98,45 +90,17 @@ def reference_verify(
     return e == int.from_bytes(hashlib.sha256(repr((c, z, a, b)).encode()).digest(), "big")
 
 
-# -- fixtures -----------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def kat_keys() -> ThresholdKeyMaterial:
-    """3-of-5 on the known 256-bit safe primes, so tests can also decrypt with ``phe`` and check ``m``."""
-    return deal_threshold_key(
-        threshold=3,
-        parties=5,
-        key_bits=TEST_KEY_BITS,
-        rng=seeded_rng("fast-kat"),
-        insecure_test_key_size=True,
-        primes=(KAT_P, KAT_Q),
-    )
-
-
-@pytest.fixture(scope="module")
-def small_keys() -> ThresholdKeyMaterial:
-    """2-of-3 with 256-bit N (insecure; tests only): thousands of ciphertexts in a fraction of a second."""
-    return deal_threshold_key(
-        threshold=2,
-        parties=3,
-        key_bits=256,
-        rng=seeded_rng("fast-small"),
-        insecure_test_key_size=True,
-    )
-
-
-def encrypt(keys: ThresholdKeyMaterial, plaintexts: list[int], seed: str) -> list[int]:
-    pool = ObfuscatorPool(keys.public_key, rng=seeded_rng(seed))
-    pool.fill(len(plaintexts))
-    return encrypt_plaintexts(keys.public_key, plaintexts, pool)
-
-
 # -- the key ------------------------------------------------------------------------------------------------------
-def test_dealt_shares_are_a_damgard_jurik_sharing_of_d(kat_keys: ThresholdKeyMaterial) -> None:
-    pk = kat_keys.public_key
+def test_dealt_shares_are_a_damgard_jurik_sharing_of_d(
+    keys_3_of_5_kat: ThresholdKeyMaterial,
+) -> None:
+    pk = keys_3_of_5_kat.public_key
     n = pk.n
     m = ((KAT_P - 1) // 2) * ((KAT_Q - 1) // 2)
-    shares = {s.index: reference_share(pk, s) for s in kat_keys.shares}
-    assert all(s % n == 1 and 0 <= kat_keys.shares[i - 1].secret < m for i, s in shares.items())
+    shares = {s.index: reference_share(pk, s) for s in keys_3_of_5_kat.shares}
+    assert all(
+        s % n == 1 and 0 <= keys_3_of_5_kat.shares[i - 1].secret < m for i, s in shares.items()
+    )
     for subset in itertools.combinations(shares, pk.threshold):
         # Delta d = sum lambda_i s_i mod Nm, and d = 0 mod m, d = 1 mod N (Damgard-Jurik 2001, section 4.1)
         total = 0
@@ -146,7 +110,7 @@ def test_dealt_shares_are_a_damgard_jurik_sharing_of_d(kat_keys: ThresholdKeyMat
             total += int(lam) * shares[i]
         d = total * pow(pk.delta, -1, n * m) % (n * m)
         assert d % m == 0 and d % n == 1
-    for share in kat_keys.shares:
+    for share in keys_3_of_5_kat.shares:
         assert pow(pk.v, pk.delta * share.secret, n) == pk.verification_keys[share.index - 1]
 
 
@@ -157,13 +121,13 @@ def test_dealt_shares_are_a_damgard_jurik_sharing_of_d(kat_keys: ThresholdKeyMat
     subset=st.sampled_from(list(itertools.combinations(range(5), 3))),
 )
 def test_fast_path_decrypts_exactly_what_the_reference_does(
-    kat_keys: ThresholdKeyMaterial, seed: int, subset: tuple[int, ...]
+    keys_3_of_5_kat: ThresholdKeyMaterial, seed: int, subset: tuple[int, ...]
 ) -> None:
-    pk = kat_keys.public_key
+    pk = keys_3_of_5_kat.public_key
     gen = random.Random(seed)
     plaintexts = [gen.randrange(pk.n) for _ in range(5)] + [0, 1, pk.n - 1]
-    ciphertexts = encrypt(kat_keys, plaintexts, f"fast-{seed}")
-    shares = [kat_keys.shares[k] for k in subset]
+    ciphertexts = encrypt(keys_3_of_5_kat, plaintexts, f"fast-{seed}")
+    shares = [keys_3_of_5_kat.shares[k] for k in subset]
     partials = [partial_decrypt(pk, s, ciphertexts, context=CONTEXT, workers=1) for s in shares]
     fast = combine_partials_checked(pk, ciphertexts, partials)
     # The published value is the Damgard-Jurik partial decryption divided by the public c^(2 Delta)...
@@ -200,7 +164,7 @@ def test_lagrange_scale_is_the_least_common_denominator_and_divides_delta() -> N
 
 
 def test_worker_processes_give_the_same_partial_decryption_and_plaintexts(
-    small_keys: ThresholdKeyMaterial, monkeypatch: pytest.MonkeyPatch
+    keys_2_of_3_tiny: ThresholdKeyMaterial, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pools: list[int] = []
 
@@ -210,19 +174,24 @@ def test_worker_processes_give_the_same_partial_decryption_and_plaintexts(
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(parallel, "ProcessPoolExecutor", CountingPool)
-    pk = small_keys.public_key
+    pk = keys_2_of_3_tiny.public_key
     count = 2 * parallel.MIN_ITEMS_PER_WORKER + 3  # enough for two workers
     plaintexts = list(range(count))
-    ciphertexts = encrypt(small_keys, plaintexts, "workers")
+    ciphertexts = encrypt(keys_2_of_3_tiny, plaintexts, "workers")
     one, two = (
         partial_decrypt(
-            pk, small_keys.shares[0], ciphertexts, context=CONTEXT, rng=seeded_rng("w"), workers=w
+            pk,
+            keys_2_of_3_tiny.shares[0],
+            ciphertexts,
+            context=CONTEXT,
+            rng=seeded_rng("w"),
+            workers=w,
         )
         for w in (1, 2)
     )
     assert one == two
     assert pools == [2]  # the second one ran on two worker processes
-    other = partial_decrypt(pk, small_keys.shares[2], ciphertexts, context=CONTEXT, workers=2)
+    other = partial_decrypt(pk, keys_2_of_3_tiny.shares[2], ciphertexts, context=CONTEXT, workers=2)
     for workers in (1, 2):
         assert (
             combine_partial_decryptions(
@@ -232,18 +201,18 @@ def test_worker_processes_give_the_same_partial_decryption_and_plaintexts(
         )
     assert pools == [2, 2, 2, 2]  # partial decryption, then verification and combination
     with pytest.raises(ValueError, match="workers"):
-        partial_decrypt(pk, small_keys.shares[0], ciphertexts, context=CONTEXT, workers=0)
+        partial_decrypt(pk, keys_2_of_3_tiny.shares[0], ciphertexts, context=CONTEXT, workers=0)
 
 
 # -- batch verification -----------------------------------------------------------------------------------------
 def test_batch_verification_rejects_a_single_wrong_value_among_thousands(
-    small_keys: ThresholdKeyMaterial,
+    keys_2_of_3_tiny: ThresholdKeyMaterial,
 ) -> None:
-    pk = small_keys.public_key
+    pk = keys_2_of_3_tiny.public_key
     n, nsq = pk.n, pk.nsquare
     count = 3000
-    ciphertexts = encrypt(small_keys, [7 * k % n for k in range(count)], "thousands")
-    share, other = small_keys.shares[0], small_keys.shares[1]
+    ciphertexts = encrypt(keys_2_of_3_tiny, [7 * k % n for k in range(count)], "thousands")
+    share, other = keys_2_of_3_tiny.shares[0], keys_2_of_3_tiny.shares[1]
     honest = partial_decrypt(pk, share, ciphertexts, context=CONTEXT, workers=1)
     verify_partial_decryption(pk, ciphertexts, honest, context=CONTEXT)
     position = 1729
@@ -286,13 +255,13 @@ def test_batch_verification_rejects_a_single_wrong_value_among_thousands(
 
 
 def test_elements_of_order_two_pass_the_proof_and_cannot_change_the_plaintext(
-    small_keys: ThresholdKeyMaterial,
+    keys_2_of_3_tiny: ThresholdKeyMaterial,
 ) -> None:
     """The proof covers squares (Shoup 2000): a sign flip is accepted, and the combiner's even exponents undo it."""
-    pk = small_keys.public_key
+    pk = keys_2_of_3_tiny.public_key
     plaintexts = [3, 1, 4, 1, 5]
-    ciphertexts = encrypt(small_keys, plaintexts, "order-two")
-    share, other = small_keys.shares[0], small_keys.shares[1]
+    ciphertexts = encrypt(keys_2_of_3_tiny, plaintexts, "order-two")
+    share, other = keys_2_of_3_tiny.shares[0], keys_2_of_3_tiny.shares[1]
     honest = partial_decrypt(pk, share, ciphertexts, context=CONTEXT, workers=1)
     flipped = [*honest.values[:2], pk.nsquare - honest.values[2], *honest.values[3:]]
     proof = prove_partial_decryption(pk, share, ciphertexts, flipped, context=CONTEXT)
@@ -303,10 +272,12 @@ def test_elements_of_order_two_pass_the_proof_and_cannot_change_the_plaintext(
     )
 
 
-def test_a_wrong_proof_is_refused(small_keys: ThresholdKeyMaterial) -> None:
-    pk = small_keys.public_key
-    ciphertexts = encrypt(small_keys, list(range(40)), "wrong-proof")
-    partials = [partial_decrypt(pk, s, ciphertexts, context=CONTEXT) for s in small_keys.shares]
+def test_a_wrong_proof_is_refused(keys_2_of_3_tiny: ThresholdKeyMaterial) -> None:
+    pk = keys_2_of_3_tiny.public_key
+    ciphertexts = encrypt(keys_2_of_3_tiny, list(range(40)), "wrong-proof")
+    partials = [
+        partial_decrypt(pk, s, ciphertexts, context=CONTEXT) for s in keys_2_of_3_tiny.shares
+    ]
     good, other = partials[0], partials[1]
     wrong = [
         replace(good, challenge=good.challenge ^ 1),
@@ -341,10 +312,10 @@ def test_a_wrong_proof_is_refused(small_keys: ThresholdKeyMaterial) -> None:
 
 
 def test_shares_are_checked_against_their_verification_keys(
-    small_keys: ThresholdKeyMaterial,
+    keys_2_of_3_tiny: ThresholdKeyMaterial,
 ) -> None:
-    pk = small_keys.public_key
-    share = small_keys.shares[0]
+    pk = keys_2_of_3_tiny.public_key
+    share = keys_2_of_3_tiny.shares[0]
     for bad in (
         replace(share, secret=share.secret + 1),
         replace(share, index=2),
@@ -354,19 +325,19 @@ def test_shares_are_checked_against_their_verification_keys(
             partial_decrypt(pk, bad, [2, 3], context=CONTEXT)
 
 
-def test_format_one_keys_are_refused_with_a_way_out(small_keys: ThresholdKeyMaterial) -> None:
-    old = small_keys.public_key.to_json().replace('"version":2', '"version":1')
+def test_format_one_keys_are_refused_with_a_way_out(keys_2_of_3_tiny: ThresholdKeyMaterial) -> None:
+    old = keys_2_of_3_tiny.public_key.to_json().replace('"version":2', '"version":1')
     with pytest.raises(InvalidParameters, match="re-run the key ceremony"):
         ThresholdPublicKey.from_json(old)
-    share = small_keys.shares[0].to_bytes().replace(b'"version": 2', b'"version": 1')
+    share = keys_2_of_3_tiny.shares[0].to_bytes().replace(b'"version": 2', b'"version": 1')
     with pytest.raises(InvalidParameters, match="re-run the key ceremony"):
         KeyShare.from_bytes(share)
 
 
-def test_lagrange_combine_detects_too_few_parties(small_keys: ThresholdKeyMaterial) -> None:
-    pk = small_keys.public_key
-    ciphertexts = encrypt(small_keys, [11, 12], "too-few")
-    partial = partial_decrypt(pk, small_keys.shares[0], ciphertexts, context=CONTEXT)
+def test_lagrange_combine_detects_too_few_parties(keys_2_of_3_tiny: ThresholdKeyMaterial) -> None:
+    pk = keys_2_of_3_tiny.public_key
+    ciphertexts = encrypt(keys_2_of_3_tiny, [11, 12], "too-few")
+    partial = partial_decrypt(pk, keys_2_of_3_tiny.shares[0], ciphertexts, context=CONTEXT)
     with pytest.raises(DecryptionError):
         lagrange_combine(pk, ciphertexts, {partial.index: partial.values})
 
@@ -396,71 +367,3 @@ def test_multi_exponentiation_refuses_bad_exponents() -> None:
         multi_exponentiation([2], [256], 7, exponent_bits=8)
     with pytest.raises(ValueError, match="non-negative"):
         multi_exponentiation([2], [-1], 7, exponent_bits=8)
-
-
-# -- mixed-radix packing ----------------------------------------------------------------------------------------
-@st.composite
-def radix_cases(draw: st.DrawFn) -> tuple[RadixPacking, np.ndarray, int]:
-    packing = RadixPacking(
-        value_bits=draw(st.integers(2, 32)),
-        max_contributors=draw(st.integers(1, 64)),
-        modulus_bits=draw(st.sampled_from([256, 512, 1024, 2048])),
-    )
-    contributors = draw(st.integers(1, packing.max_contributors))
-    k = packing.slots_per_plaintext
-    length = draw(st.sampled_from([1, max(1, k - 1), k, k + 1, 2 * k + 3]))
-    gen = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    values = gen.integers(-packing.offset, packing.offset + 1, size=(contributors, length))
-    mode = draw(st.sampled_from(["random", "max", "min", "mixed"]))
-    if mode == "max":
-        values[:] = packing.offset
-    elif mode == "min":
-        values[:] = -packing.offset
-    elif mode == "mixed":
-        values[:, ::2] = packing.offset
-        values[:, 1::2] = -packing.offset
-    return packing, values.astype(np.int64), contributors
-
-
-@settings(max_examples=120, deadline=None)
-@given(radix_cases())
-def test_radix_packed_sums_unpack_exactly_and_never_wrap(
-    case: tuple[RadixPacking, np.ndarray, int],
-) -> None:
-    packing, values, contributors = case
-    packed = [packing.pack(row) for row in values]
-    summed = [sum(column) for column in zip(*packed, strict=True)]
-    assert all(
-        s < 1 << (packing.modulus_bits - 2) for s in summed
-    )  # below N: decryption never wraps
-    decoded = packing.unpack_sum(summed, length=values.shape[1], contributors=contributors)
-    np.testing.assert_array_equal(decoded, values.sum(axis=0))
-    np.testing.assert_array_equal(packing.unpack(packed[0], length=values.shape[1]), values[0])
-
-
-def test_radix_slots_are_sized_to_the_exact_bound() -> None:
-    packing = RadixPacking(value_bits=16, max_contributors=10, modulus_bits=2048)
-    assert packing.radix == 10 * (2**16 - 2) + 1
-    assert packing.slots_per_plaintext == 105
-    assert packing.radix**105 < 2**2046 < packing.radix**106
-    assert packing.plaintexts_for(1_000_000) == 9524  # 9,804 with 20-bit binary slots
-    for b, n, bits in itertools.product([2, 8, 16, 24], [1, 3, 10, 64], [256, 2048]):
-        radix = RadixPacking(value_bits=b, max_contributors=n, modulus_bits=bits)
-        binary = SlotPacking(value_bits=b, max_contributors=n, modulus_bits=bits)
-        assert radix.slots_per_plaintext >= binary.slots_per_plaintext
-
-
-def test_radix_packing_refuses_what_could_overflow() -> None:
-    packing = RadixPacking(value_bits=8, max_contributors=3, modulus_bits=256)
-    with pytest.raises(InvalidParameters):
-        packing.unpack_sum(packing.pack(np.zeros(5, dtype=np.int64)), length=5, contributors=4)
-    with pytest.raises(ValueError, match="outside the quantization range"):
-        packing.pack(np.array([128]))
-    with pytest.raises(ValueError, match="too large"):
-        packing.unpack_sum([packing.radix**packing.slots_per_plaintext], length=1, contributors=1)
-    with pytest.raises(InvalidParameters):
-        RadixPacking(value_bits=1, max_contributors=3, modulus_bits=256)
-    with pytest.raises(InvalidParameters):
-        RadixPacking(value_bits=62, max_contributors=3, modulus_bits=2048)
-    with pytest.raises(InvalidParameters):
-        RadixPacking(value_bits=40, max_contributors=3, modulus_bits=32)

@@ -1,6 +1,9 @@
-"""Slot packing: exact sums for any layout, refusal of anything that could overflow."""
+"""Slot packing, binary (``SlotPacking``) and mixed-radix (``RadixPacking``, what Paillier mode uses): exact sums
+for any layout, refusal of anything that could overflow."""
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pytest
@@ -9,14 +12,21 @@ from hypothesis import strategies as st
 
 from secagg.errors import InvalidParameters
 from secagg.hazmat.packing import MAX_SLOT_BITS, SAFETY_MARGIN_BITS, SlotPacking
+from secagg.hazmat.paillier import RadixPacking
+
+LAYOUTS = pytest.mark.parametrize(
+    "layout_type", [SlotPacking, RadixPacking], ids=["binary", "radix"]
+)
 
 
 @st.composite
-def layouts_and_inputs(draw: st.DrawFn) -> tuple[SlotPacking, np.ndarray, int]:
+def layouts_and_inputs(
+    draw: st.DrawFn, layout: type[SlotPacking] = SlotPacking
+) -> tuple[SlotPacking, np.ndarray, int]:
     value_bits = draw(st.integers(2, 32))
     max_contributors = draw(st.integers(1, 64))
     modulus_bits = draw(st.sampled_from([256, 512, 1024, 2048, 3072]))
-    packing = SlotPacking(
+    packing = layout(
         value_bits=value_bits, max_contributors=max_contributors, modulus_bits=modulus_bits
     )
     contributors = draw(st.integers(1, max_contributors))
@@ -39,8 +49,11 @@ def layouts_and_inputs(draw: st.DrawFn) -> tuple[SlotPacking, np.ndarray, int]:
     return packing, values.astype(np.int64), contributors
 
 
-@settings(max_examples=150, deadline=None)
-@given(layouts_and_inputs())
+BOTH = st.sampled_from([SlotPacking, RadixPacking]).flatmap(layouts_and_inputs)
+
+
+@settings(max_examples=200, deadline=None)
+@given(BOTH)
 def test_sum_of_packed_plaintexts_unpacks_to_exact_integer_sum(
     case: tuple[SlotPacking, np.ndarray, int],
 ) -> None:
@@ -54,8 +67,8 @@ def test_sum_of_packed_plaintexts_unpacks_to_exact_integer_sum(
     assert decoded.dtype == np.int64
 
 
-@settings(max_examples=50, deadline=None)
-@given(layouts_and_inputs())
+@settings(max_examples=80, deadline=None)
+@given(BOTH)
 def test_pack_unpack_round_trip(case: tuple[SlotPacking, np.ndarray, int]) -> None:
     packing, values, _ = case
     np.testing.assert_array_equal(
@@ -72,8 +85,9 @@ def test_slot_width_is_b_plus_ceil_log2_n() -> None:
     assert layout.slots_per_plaintext == (2048 - 1 - SAFETY_MARGIN_BITS) // 20 == 102
 
 
-def test_worst_case_sum_fits_the_slot_and_the_plaintext() -> None:
-    layout = SlotPacking(value_bits=8, max_contributors=5, modulus_bits=256)
+@LAYOUTS
+def test_worst_case_sum_fits_the_slot_and_the_plaintext(layout_type: type[SlotPacking]) -> None:
+    layout = layout_type(value_bits=8, max_contributors=5, modulus_bits=256)
     top = [layout.pack(np.full(layout.slots_per_plaintext, layout.offset))[0]] * 5
     assert sum(top) < 1 << (layout.slots_per_plaintext * layout.slot_bits)
     np.testing.assert_array_equal(
@@ -93,24 +107,27 @@ def test_worst_case_sum_fits_the_slot_and_the_plaintext() -> None:
         (32, 4, 34),  # the modulus cannot hold a single slot
     ],
 )
+@LAYOUTS
 def test_risky_parameters_are_refused(
-    value_bits: int, max_contributors: int, modulus_bits: int
+    layout_type: type[SlotPacking], value_bits: int, max_contributors: int, modulus_bits: int
 ) -> None:
     with pytest.raises(InvalidParameters):
-        SlotPacking(
+        layout_type(
             value_bits=value_bits, max_contributors=max_contributors, modulus_bits=modulus_bits
         )
 
 
-def test_more_contributors_than_sized_for_is_refused() -> None:
-    layout = SlotPacking(value_bits=8, max_contributors=3, modulus_bits=256)
+@LAYOUTS
+def test_more_contributors_than_sized_for_is_refused(layout_type: type[SlotPacking]) -> None:
+    layout = layout_type(value_bits=8, max_contributors=3, modulus_bits=256)
     packed = layout.pack(np.ones(4, dtype=np.int64))
     with pytest.raises(InvalidParameters):
         layout.unpack_sum([4 * p for p in packed], length=4, contributors=4)
 
 
-def test_values_outside_the_range_are_refused() -> None:
-    layout = SlotPacking(value_bits=8, max_contributors=3, modulus_bits=256)
+@LAYOUTS
+def test_values_outside_the_range_are_refused(layout_type: type[SlotPacking]) -> None:
+    layout = layout_type(value_bits=8, max_contributors=3, modulus_bits=256)
     # The range is symmetric, [-(2^(b-1) - 1), 2^(b-1) - 1] = [-127, 127]; -128 is refused too.
     for bad in (np.array([128]), np.array([-128]), np.array([0, 1000]), np.array([0.5])):
         with pytest.raises(ValueError, match=r"range|integers"):
@@ -120,11 +137,25 @@ def test_values_outside_the_range_are_refused() -> None:
     )
 
 
-def test_plaintexts_too_large_for_the_layout_are_refused() -> None:
-    layout = SlotPacking(value_bits=8, max_contributors=3, modulus_bits=256)
+@LAYOUTS
+def test_plaintexts_too_large_for_the_layout_are_refused(layout_type: type[SlotPacking]) -> None:
+    layout = layout_type(value_bits=8, max_contributors=3, modulus_bits=256)
     with pytest.raises(ValueError, match="too large"):
         layout.unpack_sum(
             [1 << (layout.slots_per_plaintext * layout.slot_bits)], length=1, contributors=1
         )
     with pytest.raises(ValueError, match="wrong number"):
         layout.unpack_sum([0, 0], length=1, contributors=1)
+
+
+# -- mixed-radix specifics ----------------------------------------------------------------------------------------
+def test_radix_slots_are_sized_to_the_exact_bound() -> None:
+    packing = RadixPacking(value_bits=16, max_contributors=10, modulus_bits=2048)
+    assert packing.radix == 10 * (2**16 - 2) + 1
+    assert packing.slots_per_plaintext == 105
+    assert packing.radix**105 < 2**2046 < packing.radix**106
+    assert packing.plaintexts_for(1_000_000) == 9524  # 9,804 with 20-bit binary slots
+    for b, n, bits in itertools.product([2, 8, 16, 24], [1, 3, 10, 64], [256, 2048]):
+        radix = RadixPacking(value_bits=b, max_contributors=n, modulus_bits=bits)
+        binary = SlotPacking(value_bits=b, max_contributors=n, modulus_bits=bits)
+        assert radix.slots_per_plaintext >= binary.slots_per_plaintext

@@ -38,24 +38,16 @@ from secagg.hazmat.paillier import (
 )
 from secagg.hazmat.paillier.proofs import prove_partial_decryption
 
-from .conftest import TEST_KEY_BITS, seeded_rng
+from .conftest import KAT_P, KAT_Q, TEST_KEY_BITS, encrypt, seeded_rng
 
 CONTEXT = b"test-context"
 
-# Known-answer vector: two 256-bit safe primes, a seeded dealer and a seeded obfuscator pool.
-KAT_P = 0xC278528E980FE4DFDB9D33FA7B5AAC0873E225C33352B3B18279A4C8E9DDEC9B
-KAT_Q = 0xC59A4B056D2AD42590F549C92165E4FC8D501C2F6FAD5F969B28D977F4258173
+# Known-answer vector: the two 256-bit safe primes KAT_P, KAT_Q, a seeded dealer and a seeded obfuscator pool.
 KAT_PLAINTEXT = 0x5EC466
 KAT_CIPHERTEXT_SHA256 = {
     ObfuscatorMode.SHORT_EXPONENT: "71ca4db241f3cd6c86b3b2c70b1914594cef3e4548be1a8252437cb285ab4c4a",
     ObfuscatorMode.STANDARD: "2e779d3db51d16a9f4a6de1aa38bb06464527691d96639b904bc3132349944bc",
 }
-
-
-def _encrypt(keys: ThresholdKeyMaterial, plaintexts: list[int], seed: str = "enc") -> list[int]:
-    pool = ObfuscatorPool(keys.public_key, rng=seeded_rng(seed))
-    pool.fill(len(plaintexts))
-    return encrypt_plaintexts(keys.public_key, plaintexts, pool)
 
 
 @pytest.mark.parametrize("mode", list(ObfuscatorMode))
@@ -99,8 +91,8 @@ def test_ciphertexts_decrypt_with_phe_and_add_homomorphically(
     pk = keys_2_of_3.public_key
     assert isinstance(pk.paillier, phe.PaillierPublicKey)
     assert pk.paillier.g == pk.n + 1
-    a = _encrypt(keys_2_of_3, [1, 2, pk.n - 1], "a")
-    b = _encrypt(keys_2_of_3, [10, 20, 5], "b")
+    a = encrypt(keys_2_of_3, [1, 2, pk.n - 1], "a")
+    b = encrypt(keys_2_of_3, [10, 20, 5], "b")
     total = multiply_ciphertexts(pk, a, b)
     partials = [partial_decrypt(pk, s, total, context=CONTEXT) for s in keys_2_of_3.shares]
     assert combine_partial_decryptions(pk, total, partials, context=CONTEXT) == [11, 22, 4]
@@ -109,7 +101,7 @@ def test_ciphertexts_decrypt_with_phe_and_add_homomorphically(
 def test_any_t_partial_decryptions_combine(keys_3_of_5: ThresholdKeyMaterial) -> None:
     pk = keys_3_of_5.public_key
     plaintexts = [0, 1, 123456789, pk.n - 2]
-    ciphertexts = _encrypt(keys_3_of_5, plaintexts)
+    ciphertexts = encrypt(keys_3_of_5, plaintexts)
     partials = [partial_decrypt(pk, s, ciphertexts, context=CONTEXT) for s in keys_3_of_5.shares]
     for subset in itertools.combinations(partials, 3):
         assert (
@@ -122,7 +114,7 @@ def test_any_t_partial_decryptions_combine(keys_3_of_5: ThresholdKeyMaterial) ->
 
 def test_t_minus_one_partial_decryptions_do_not_combine(keys_3_of_5: ThresholdKeyMaterial) -> None:
     pk = keys_3_of_5.public_key
-    ciphertexts = _encrypt(keys_3_of_5, [42, 7])
+    ciphertexts = encrypt(keys_3_of_5, [42, 7])
     partials = [partial_decrypt(pk, s, ciphertexts, context=CONTEXT) for s in keys_3_of_5.shares]
     for subset in itertools.combinations(partials, 2):
         # The combiner refuses to try...
@@ -143,7 +135,7 @@ def test_tampered_partial_decryption_is_detected_and_never_combined(
     keys_2_of_3: ThresholdKeyMaterial,
 ) -> None:
     pk = keys_2_of_3.public_key
-    ciphertexts = _encrypt(keys_2_of_3, [5, 6, 7, 8])
+    ciphertexts = encrypt(keys_2_of_3, [5, 6, 7, 8])
     honest = [partial_decrypt(pk, s, ciphertexts, context=CONTEXT) for s in keys_2_of_3.shares]
     nsq = pk.nsquare
     bad = honest[0]
@@ -187,7 +179,7 @@ def test_tampered_partial_decryption_is_detected_and_never_combined(
 
 def test_a_wrong_share_cannot_produce_a_valid_proof(keys_2_of_3: ThresholdKeyMaterial) -> None:
     pk = keys_2_of_3.public_key
-    ciphertexts = _encrypt(keys_2_of_3, [9, 10])
+    ciphertexts = encrypt(keys_2_of_3, [9, 10])
     share = keys_2_of_3.shares[0]
     forged = KeyShare(
         index=share.index, secret=share.secret + 1, key_fingerprint=share.key_fingerprint
@@ -210,7 +202,7 @@ def test_a_wrong_share_cannot_produce_a_valid_proof(keys_2_of_3: ThresholdKeyMat
 
 def test_partial_decryption_threads_match_single_thread(keys_2_of_3: ThresholdKeyMaterial) -> None:
     pk = keys_2_of_3.public_key
-    ciphertexts = _encrypt(keys_2_of_3, list(range(9)))
+    ciphertexts = encrypt(keys_2_of_3, list(range(9)))
     one = partial_decrypt(
         pk, keys_2_of_3.shares[0], ciphertexts, context=CONTEXT, rng=seeded_rng("x")
     )
@@ -312,7 +304,7 @@ def test_serialization_round_trips_and_repr_hides_secrets(
 def test_ciphertext_bytes_refuse_non_units(keys_2_of_3: ThresholdKeyMaterial) -> None:
     pk = keys_2_of_3.public_key
     width = pk.ciphertext_bytes
-    ciphertexts = _encrypt(keys_2_of_3, [1, 2])
+    ciphertexts = encrypt(keys_2_of_3, [1, 2])
     assert ciphertexts_from_bytes(pk, ciphertexts_to_bytes(pk, ciphertexts)) == ciphertexts
     for bad in (0, pk.n, pk.nsquare, pk.nsquare - pk.n):
         data = (
