@@ -15,6 +15,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "INSECURE_SILO_HEADER",
     "FloatVector",
+    "RoundReport",
     "RoundStatus",
     "TlsFiles",
     "chunk_words",
@@ -79,3 +80,15 @@ class TlsFiles:
     ca: bytes
     cert: bytes
     key: bytes
+
+
+@dataclass(frozen=True)
+class RoundReport:
+    """How a round ended: what the coordinator records and what each silo is told (``GetResult``)."""
+
+    round: int
+    status: RoundStatus
+    survivors: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
+    new_model_hash: bytes = b""
+    reason: str = ""

@@ -37,7 +37,7 @@ import numpy.typing as npt
 
 from audits import EventKind
 from coordinator._malloc import release_free_memory
-from coordinator.common import FloatVector, RoundStatus
+from coordinator.common import FloatVector, RoundReport, RoundStatus
 from coordinator.config import Deadlines, PrivacyConfig, SiloDPConfig
 from coordinator.errors import DuplicateSubmission, InvalidInput, NotFound, StageError, Unauthorized
 from coordinator.rounds.audit import AuditTrail, attest_contribution
@@ -98,16 +98,10 @@ def _canonical(body: Mapping[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
-class RoundOutcome:
-    """How a round ended."""
+class RoundOutcome(RoundReport):
+    """How a round ended, with the silo-level DP facts of a completed round (recorded in the ledger)."""
 
-    round: int
-    status: RoundStatus
-    survivors: tuple[str, ...] = ()
-    dropped: tuple[str, ...] = ()
-    new_model_hash: bytes = b""
-    reason: str = ""
-    silo_dp: Mapping[str, Any] | None = None  # silo-level DP facts of a completed round
+    silo_dp: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from coordinator.common import DEFAULT_MAX_MESSAGE_BYTES, RoundStatus, TlsFiles
+from coordinator.common import DEFAULT_MAX_MESSAGE_BYTES, RoundReport, RoundStatus, TlsFiles
 from coordinator.config import SiloConfig, SiloPolicy
 from coordinator.errors import Aborted, NotFound, StageError, Unauthorized
 from coordinator.pki import load_ed25519_private
@@ -95,18 +95,6 @@ class RoundContext(Generic[ConfigT]):
     round: int
     weights: npt.NDArray[np.float32] = field(repr=False)
     config: ConfigT
-
-
-@dataclass(frozen=True)
-class RoundReport:
-    """How a round ended, from this silo's point of view."""
-
-    round: int
-    status: RoundStatus
-    survivors: tuple[str, ...] = ()
-    dropped: tuple[str, ...] = ()
-    new_model_hash: bytes = b""
-    reason: str = ""
 
 
 @runtime_checkable
