@@ -574,6 +574,10 @@ def test_retried_upload_with_the_same_attestation_is_counted_once(
                     ),
                 )
             )
+            # the coordinator notices the broken stream asynchronously: retry once it has rolled it back
+            wait_until(
+                lambda: received_words(coord, "d") == 0, what="d's broken upload rolled back"
+            )
             # a retry may not change what it attests (here: a higher, still honest-looking claim)
             d.use(dataclasses.replace(d.attest(update), epsilon=2 * d.attest(update).epsilon))
             changed.append(
