@@ -848,7 +848,9 @@ def run_silo(args: argparse.Namespace) -> int:
         from coordinator.sdk.paillier import PaillierSilo
 
         files = PaillierFiles.for_silo(paths.root, args.silo)
-        public_key, share = files.load(federation=paths.federation)
+        public_key, share = files.load(
+            federation=paths.federation, consortium_key=identity["consortium_key"]
+        )
         return PaillierSilo(
             address=address, public_key=public_key, share=share, state_dir=args.state, **identity
         )

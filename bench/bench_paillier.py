@@ -28,6 +28,8 @@ from secagg.hazmat.paillier import (
     PartialDecryption,
     ciphertexts_from_bytes,
     deal_threshold_key,
+    fold_ciphertexts,
+    fold_weights,
     lagrange_combine,
     partial_decrypt,
     verify_partial_decryptions,
@@ -35,6 +37,7 @@ from secagg.hazmat.paillier import (
 from secagg.hazmat.paillier.proofs import BATCH_BITS
 from secagg.paillier import (
     DecryptionRequest,
+    FoldRequest,
     InMemoryDecryptionHistory,
     PaillierAggregator,
     PaillierContributor,
@@ -81,6 +84,10 @@ def _cpu_seconds() -> float:
         resource.getrusage(resource.RUSAGE_CHILDREN),
     )
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def roster_of(signing: dict[str, Ed25519PrivateKey]) -> dict[str, bytes]:
+    return {s: k.public_key().public_bytes_raw() for s, k in signing.items()}
 
 
 def main() -> None:
@@ -162,7 +169,7 @@ def main() -> None:
     )
 
     signing = {f"silo-{i:02d}": Ed25519PrivateKey.generate() for i in range(SILOS)}
-    roster = {s: k.public_key().public_bytes_raw() for s, k in signing.items()}
+    roster = roster_of(signing)
     updates = {s: gen.integers(-bound, bound + 1, size=length) for s in signing}
     first = next(iter(signing))
     contributor = PaillierContributor(
@@ -170,7 +177,24 @@ def main() -> None:
     )
     online, submission = _timed(lambda: contributor.encrypt_update(updates[first]))
     chunks, commitment = submission
-    row("ours online: pack + encrypt + Merkle + sign", f"{online:.3f} s", "(target < 1 s)")
+    row(
+        "ours online: pack + encrypt + Merkle + knowledge fold + proof + sign",
+        f"{online:.3f} s",
+        "(target < 1 s)",
+    )
+    seconds, _ = _timed(
+        lambda: commitment.verify(
+            roster_of(signing),
+            public_key=pk,
+            context=config.context(pk),
+            vector_length=length,
+            ciphertext_count=count,
+        )
+    )
+    row(
+        "coordinator/decrypter: verify one commitment (signature + proof of knowledge)",
+        f"{seconds * 1e3:.1f} ms",
+    )
     ours_total = offline + online
     row(
         "speed-up vs naive phe (offline + online, 1 core)",
@@ -196,12 +220,14 @@ def main() -> None:
 
     # --- coordinator aggregation of 10 silos -----------------------------------------------------------------
     submissions = {first: submission}
+    contributors = {first: contributor}
     for silo in list(signing)[1:]:
         silo_pool = ObfuscatorPool(pk)
         silo_pool.fill(count, workers=2)
-        submissions[silo] = PaillierContributor(
+        contributors[silo] = PaillierContributor(
             silo_id=silo, signing_key=signing[silo], public_key=pk, config=config, pool=silo_pool
-        ).encrypt_update(updates[silo])
+        )
+        submissions[silo] = contributors[silo].encrypt_update(updates[silo])
     aggregator = PaillierAggregator(public_key=pk, config=config, roster=roster, workers=2)
 
     def aggregate() -> DecryptionRequest:
@@ -212,22 +238,76 @@ def main() -> None:
         return aggregator.decryption_request()
 
     seconds, request = _timed(aggregate)
-    row(f"coordinator: aggregate {SILOS} silos (verify, Merkle, multiply)", f"{seconds:.2f} s")
-
-    # --- threshold decryption ------------------------------------------------------------------------------------
-    holders = list(signing)[:THRESHOLD]
-    decrypter = PartialDecrypter(
-        silo_id=holders[0],
-        share=keys.shares[0],
-        public_key=pk,
-        config=config,
-        roster=roster,
-        history=InMemoryDecryptionHistory(),
+    row(
+        f"coordinator: aggregate {SILOS} silos (verify proofs, Merkle, multiply, fold check)",
+        f"{seconds:.2f} s",
+        _load(),
     )
+
+    # --- whole-aggregate integrity: challenges, folds, checks ----------------------------------------------------
+    holders = list(signing)[:THRESHOLD]
+    decrypters = {
+        silo: PartialDecrypter(
+            silo_id=silo,
+            share=keys.shares[k],
+            public_key=pk,
+            config=config,
+            roster=roster,
+            history=InMemoryDecryptionHistory(),
+            workers=2,
+        )
+        for k, silo in enumerate(holders)
+    }
+    decrypter = decrypters[holders[0]]
     seconds_check, challenge = _timed(lambda: decrypter.challenge(request))
-    seconds_open, _ = _timed(lambda: aggregator.open_spot_checks(challenge))
-    row("decrypter: verify 10 signed commitments + draw positions", f"{seconds_check:.2f} s")
-    row("coordinator: open spot checks (Merkle paths)", f"{seconds_open:.2f} s")
+    row(
+        f"decrypter: verify {SILOS} commitments (signatures + proofs) + draw challenge",
+        f"{seconds_check:.2f} s",
+    )
+    challenges = {holders[0]: challenge} | {
+        silo: d.challenge(request) for silo, d in decrypters.items() if silo != holders[0]
+    }
+    for silo, c in challenges.items():
+        aggregator.record_challenge(silo, c)
+    fold_requests = aggregator.fold_requests()
+    seconds_fold, answers = _timed(lambda: contributor.answer_folds(fold_requests))
+    row(
+        f"contributor: {THRESHOLD} signed folds + proofs of knowledge (one per decrypter)",
+        f"{seconds_fold:.2f} s",
+        f"({seconds_fold / THRESHOLD:.3f} s each) {_load()}",
+    )
+    seconds_accept, _ = _timed(lambda: aggregator.accept_folds(first, answers))
+    for silo, c in contributors.items():
+        if silo != first:
+            aggregator.accept_folds(silo, c.answer_folds(fold_requests))
+    row(
+        f"coordinator: check one contributor's {THRESHOLD} folds (signatures + proofs)",
+        f"{seconds_accept:.2f} s",
+    )
+    seconds_open, response = _timed(lambda: aggregator.open_spot_checks(challenge))
+    row("coordinator: open spot checks (Merkle paths) + hand over folds", f"{seconds_open:.2f} s")
+    seed = challenge.fold_seed
+    seconds_agg_fold, _ = _timed(
+        lambda: fold_ciphertexts(
+            pk, ciphertexts_from_bytes(pk, request.aggregate), fold_weights(seed, count), workers=2
+        )
+    )
+    verify_one = next(a for a in response.folds if a.silo_id == first)
+    seconds_verify, _ = _timed(
+        lambda: verify_one.verify(
+            roster,
+            public_key=pk,
+            context=config.context(pk),
+            commitment=commitment,
+            request=FoldRequest(holders[0], seed),
+        )
+    )
+    integrity = seconds_agg_fold + SILOS * seconds_verify
+    row(
+        f"decrypter: whole-aggregate fold check ({SILOS} folds verified + aggregate fold, 2 workers)",
+        f"{integrity:.2f} s",
+        f"(aggregate fold {seconds_agg_fold:.2f} s; soundness 2^-128) {_load()}",
+    )
 
     # --- threshold decryption of the whole aggregate, every proof verified (measured in full) -------------------
     aggregate_cts = ciphertexts_from_bytes(pk, request.aggregate)
@@ -282,11 +362,12 @@ def main() -> None:
         f"{combine:.1f} s",
         f"(CPU {cpu:.1f} s) {_before(BEFORE['combine'], full)}{_load()}",
     )
-    wall = per_party[2] + combine
+    wall = seconds_fold + integrity + per_party[2] + combine
     row(
         "threshold decryption total, wall clock",
         f"{wall:.1f} s",
-        f"(parties in parallel, 2 workers each; target <= 60 s) {_before(BEFORE['wall'], full)}{_load()}",
+        "(folds + fold check + partial decryption + combine; parties in parallel, 2 workers each; "
+        f"target <= 60 s) {_before(BEFORE['wall'], full)}{_load()}",
     )
     row(
         "threshold decryption total, compute",

@@ -160,14 +160,19 @@ class MaskingDeadlines(ConfigModel):
 class PaillierDeadlines(ConfigModel):
     """The ``[deadlines.paillier]`` table: seconds each stage of a Paillier round waits for the silos.
 
-    The defaults equal the masking stages they stand for: ``collect`` = ``advertise`` + ``masked_input``,
-    ``decrypt`` = ``consistency`` + ``unmask``.
+    ``collect`` and ``decrypt`` default to the masking stages they stand for (``advertise`` + ``masked_input``,
+    ``consistency`` + ``unmask``); ``challenge`` and ``fold`` are short exchanges of a few kilobytes.
     """
 
     _table = ("deadlines", "paillier")
 
     collect: Positive = 150.0
     """Collect: every silo trains and streams its packed ciphertexts (local training happens here)."""
+    challenge: Positive = 30.0
+    """Challenge: key holders fetch the aggregate and post their spot-check positions and fold seeds."""
+    fold: Positive = 30.0
+    """Fold: every contributor returns its signed, proven folds for the key holders' seeds. A contributor
+    that does not answer makes the round abort: its ciphertexts are in the aggregate and cannot be checked."""
     decrypt: Positive = 60.0
     """Decrypt: key holders check the aggregate and return their partial decryptions."""
 
@@ -191,7 +196,7 @@ class Deadlines(ConfigModel):
                 if key in MaskingDeadlines.model_fields:
                     raise value_error(
                         "deadlines are per mode now: move it under [deadlines.masking] "
-                        "(Paillier mode reads [deadlines.paillier] collect and decrypt)",
+                        "(Paillier mode reads [deadlines.paillier] collect, challenge, fold and decrypt)",
                         key=key,
                     )
                 if key == "round_start":

@@ -3,6 +3,7 @@
 Files, next to the consortium's other keys (see :class:`PaillierFiles`)::
 
     paillier.pub.json                   joint public key (coordinator and every silo; 0644)
+    paillier.pub.sig                    the consortium key's Ed25519 signature over its fingerprint (hex; 0644)
     silos/<id>/paillier-x25519.key      the silo's X25519 key the share is sealed to (PEM PKCS#8, 0600)
     silos/<id>/paillier-share.json      the silo's share, sealed to that key (0600)
 
@@ -14,6 +15,10 @@ Notes:
     key and hands only the public half to the dealer (``recipients=``); the development layout generates them
     here, like the rest of the development consortium. Files are created exclusively: an existing key is never
     replaced (a second ceremony would orphan every share).
+
+    The consortium key (the one that signs the roster) signs the joint key's fingerprint for the federation,
+    and a silo loads the key only if that signature verifies under its pinned consortium key: whoever can
+    place a file next to the roster cannot substitute a key whose shares they dealt themselves.
 """
 
 from __future__ import annotations
@@ -28,9 +33,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from coordinator.errors import PKIError
-from coordinator.pki import ConsortiumPaths, write_new_file
-from secagg.errors import InvalidParameters, SecAggError
-from secagg.hazmat.keys import RandomSource, new_x25519, public_bytes
+from coordinator.pki import ConsortiumPaths, load_ed25519_private, write_new_file
+from secagg.errors import InvalidParameters, InvalidSignature, SecAggError
+from secagg.hazmat.keys import RandomSource, encode_fields, new_x25519, public_bytes, sign, verify
 from secagg.hazmat.paillier import (
     DEFAULT_KEY_BITS,
     SUPPORTED_KEY_BITS,
@@ -50,7 +55,12 @@ from secagg.paillier import (
 if TYPE_CHECKING:  # config and pki are peers (DESIGN 3): a type only, no import at run time
     from coordinator.config import SiloConfig
 
-__all__ = ["PaillierFiles", "create_paillier_keys"]
+__all__ = ["PaillierFiles", "create_paillier_keys", "key_statement"]
+
+
+def key_statement(federation: str, public_key: ThresholdPublicKey) -> bytes:
+    """What the consortium key signs for a joint Paillier key: the federation and the key's fingerprint."""
+    return encode_fields("secagg/paillier-public-key/v1", federation, public_key.fingerprint())
 
 
 def _write(path: Path, data: bytes, *, private: bool) -> None:
@@ -105,7 +115,9 @@ def create_paillier_keys(
         raise PKIError(f"Paillier key ceremony refused: {exc}") from exc
     files = {silo: PaillierFiles.for_silo(consortium.root, silo) for silo in silos}
     public_path = files[silos[0]].public_key
-    existing = [p for f in files.values() for p in (f.share, f.public_key) if p.exists()]
+    existing = [
+        p for f in files.values() for p in (f.share, f.public_key, f.signature) if p.exists()
+    ]
     if existing:
         raise PKIError(f"{existing[0]} already exists; refusing to replace Paillier key material")
     private_keys: dict[str, X25519PrivateKey] = {}
@@ -114,6 +126,7 @@ def create_paillier_keys(
         recipients = {silo: public_bytes(key) for silo, key in private_keys.items()}
     if set(recipients) != set(silos) or any(len(k) != 32 for k in recipients.values()):
         raise PKIError("recipients must give one 32-byte X25519 public key per roster silo")
+    signer = load_ed25519_private(consortium.consortium_key)
     try:
         result = run_key_ceremony(
             federation_id=consortium.federation,
@@ -137,6 +150,8 @@ def create_paillier_keys(
     for silo in silos:
         sealed = result.sealed_shares[silo].to_json().encode("utf-8")
         _write(files[silo].share, sealed, private=True)
+    signature = sign(signer, key_statement(consortium.federation, result.public_key))
+    _write(files[silos[0]].signature, (signature.hex() + "\n").encode(), private=False)
     _write(public_path, result.public_key.to_bytes(), private=False)
     return public_path
 
@@ -147,6 +162,7 @@ class PaillierFiles:
 
     Attributes:
         public_key: the joint public key (JSON), for the coordinator and every silo.
+        signature: the consortium key's signature over it (:func:`key_statement`, hex).
         share: ``silos/<id>/paillier-share.json``: the silo's key share sealed to its X25519 key.
         x25519_key: ``silos/<id>/paillier-x25519.key``: the silo's X25519 private key (PEM, mode 0600).
     """
@@ -154,6 +170,7 @@ class PaillierFiles:
     public_key: Path
     share: Path
     x25519_key: Path
+    signature: Path
 
     @classmethod
     def for_silo(cls, root: Path, silo: str) -> PaillierFiles:
@@ -163,6 +180,7 @@ class PaillierFiles:
             public_key=root / "paillier.pub.json",
             share=directory / "paillier-share.json",
             x25519_key=directory / "paillier-x25519.key",
+            signature=root / "paillier.pub.sig",
         )
 
     @classmethod
@@ -174,23 +192,39 @@ class PaillierFiles:
             public_key=config.roster.parent / "paillier.pub.json",
             share=directory / "paillier-share.json",
             x25519_key=directory / "paillier-x25519.key",
+            signature=config.roster.parent / "paillier.pub.sig",
         )
 
-    def load(self, *, federation: str) -> tuple[ThresholdPublicKey, KeyShare]:
-        """Read the public key and open this silo's sealed share.
+    def load(
+        self, *, federation: str, consortium_key: bytes
+    ) -> tuple[ThresholdPublicKey, KeyShare]:
+        """Read the public key, check the consortium's signature on it, and open this silo's sealed share.
+
+        Args:
+            federation: the federation id the key was dealt for.
+            consortium_key: the pinned consortium public key (32 bytes; the one the roster verifies under).
 
         Raises:
-            PKIError: a file is missing or malformed, the share does not open with this silo's key, or it does
-                not match its verification key in the public key.
+            PKIError: a file is missing or malformed, the key is not signed by the consortium for this
+                federation, the share does not open with this silo's key, or it does not match its
+                verification key in the public key.
         """
         try:
             public_key = ThresholdPublicKey.from_json(self.public_key.read_bytes())
+            signature = bytes.fromhex(self.signature.read_text(encoding="utf-8").strip())
             sealed = SealedShare.from_json(self.share.read_bytes())
             private = serialization.load_pem_private_key(
                 self.x25519_key.read_bytes(), password=None
             )
         except (OSError, ValueError, SecAggError) as exc:
             raise PKIError(f"cannot load the Paillier key material: {type(exc).__name__}") from exc
+        try:
+            verify(consortium_key, signature, key_statement(federation, public_key))
+        except InvalidSignature as exc:
+            raise PKIError(
+                f"{self.public_key} is not signed by the pinned consortium key for federation "
+                f"{federation!r}; do not use it, and ask the consortium for the key its ceremony made"
+            ) from exc
         if not isinstance(private, X25519PrivateKey):
             raise PKIError(f"{self.x25519_key} is not an X25519 private key")
         try:

@@ -1,22 +1,28 @@
-"""Paillier mode's stages on the round driver: collect packed ciphertexts, then threshold-decrypt the aggregate.
+"""Paillier mode's stages on the round driver: collect packed ciphertexts, then check and threshold-decrypt.
 
-A round has two stages:
+A round has four stages:
 
 - ``collect`` (``[deadlines.paillier] collect``): each silo streams its packed ciphertexts after a signed
-  Merkle commitment; the :class:`~secagg.paillier.PaillierAggregator` multiplies every chunk into the running
-  aggregate as it arrives and spools it (:class:`~coordinator.store.spool.SQLiteContributionStore`) for spot
+  Merkle commitment with a proof of plaintext knowledge; the :class:`~secagg.paillier.PaillierAggregator`
+  verifies the proof, multiplies every chunk into the running aggregate as it arrives, checks the fold the
+  proof covers, and spools the ciphertexts (:class:`~coordinator.store.spool.SQLiteContributionStore`) for spot
   checks. The stage closes early once every roster member has contributed or broken off.
-- ``decrypt`` (``[deadlines.paillier] decrypt``): key holders fetch the aggregate with the signed
-  commitments, challenge the coordinator at positions they draw themselves, and return partial decryptions
-  (or refuse). The coordinator combines as soon as ``t`` valid ones are in and decodes the exact integer sum;
-  the driver applies FedAvg.
+- ``challenge`` (``challenge``): key holders fetch the aggregate with the signed commitments and post a
+  challenge they draw themselves after binding the request: spot-check positions and a fold seed. Fewer than
+  ``t`` challenges abort the round.
+- ``fold`` (``fold``): every contributor fetches the recorded seeds and returns, signed and proven, the fold
+  of its own ciphertexts for each. A contributor that does not answer aborts the round: its ciphertexts are in
+  the aggregate, and no key holder decrypts an aggregate it cannot check.
+- ``decrypt`` (``decrypt``): each key holder gets the openings and every contributor's fold for its seed,
+  checks them, and returns its partial decryption (or refuses). The coordinator combines as soon as ``t``
+  valid ones are in and decodes the exact integer sum; the driver applies FedAvg.
 
 Notes:
     - The coordinator holds only the joint public key (DESIGN 5): it can multiply ciphertexts, never decrypt
-      one. It asks key holders to decrypt the aggregate only; a silo checks that the aggregate is the product of
-      at least ``min_cohort`` roster-signed contributions at positions it picks after the request is fixed, and
-      keeps a persistent one-request-per-round history, so the coordinator cannot use it as a decryption oracle
-      for one silo's ciphertext (:mod:`secagg.paillier` Notes).
+      one. It asks key holders to decrypt the aggregate only; a silo checks that the aggregate is exactly the
+      product of at least ``min_cohort`` roster-signed, proven contributions at every position (the fold,
+      soundness error 2^-128) and keeps a persistent one-request-per-round history, so the coordinator cannot
+      use it as a decryption oracle for one silo's ciphertext (:mod:`secagg.paillier` Notes).
     - The round's session id is ``SHA-256(label, 16 random bytes, SHA-256(global model))``
       (:func:`secagg.paillier.session_id_for`). It is bound into the round context every commitment is signed
       over, and each silo recomputes it from the nonce and the hash of the model it downloaded, so a
@@ -33,13 +39,13 @@ import enum
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
 from audits import EventKind
 from coordinator.common import DEFAULT_MAX_MESSAGE_BYTES, FloatVector, chunk_words
-from coordinator.errors import InvalidInput, StageError, Unauthorized
+from coordinator.errors import InvalidInput, NotFound, StageError, Unauthorized
 from coordinator.rounds.driver import Aggregate, RoundDriver, RoundState
 from coordinator.rounds.uploads import Upload
 from coordinator.store.spool import SQLiteContributionStore
@@ -51,6 +57,8 @@ from secagg.paillier import (
     SESSION_NONCE_BYTES,
     CiphertextChunk,
     DecryptionRequest,
+    FoldAnswer,
+    FoldRequest,
     PaillierAggregator,
     PaillierRoundConfig,
     PartialDecryptionMessage,
@@ -72,6 +80,8 @@ class PaillierStage(enum.StrEnum):
     """Stages of a Paillier-mode round as the service runs it."""
 
     COLLECT = "collect"
+    CHALLENGE = "challenge"
+    FOLD = "fold"
     DECRYPT = "decrypt"
     DONE = "done"
     ABORTED = "aborted"
@@ -157,7 +167,12 @@ class PaillierRounds(RoundDriver):
     """
 
     mode = "paillier"
-    stages = (PaillierStage.COLLECT, PaillierStage.DECRYPT)
+    stages = (
+        PaillierStage.COLLECT,
+        PaillierStage.CHALLENGE,
+        PaillierStage.FOLD,
+        PaillierStage.DECRYPT,
+    )
     done = PaillierStage.DONE
     aborted = PaillierStage.ABORTED
     upload_stage = PaillierStage.COLLECT
@@ -211,7 +226,7 @@ class PaillierRounds(RoundDriver):
     # The driver's hooks ----------------------------------------------------------------------------------
     def stage_deadlines(self) -> Sequence[float]:
         d = self.settings.deadlines.paillier
-        return (d.collect, d.decrypt)
+        return (d.collect, d.challenge, d.fold, d.decrypt)
 
     def settings_facts(self) -> dict[str, Any]:
         return {"mode": "paillier", "paillier_key_fingerprint": self._key_fingerprint.hex()}
@@ -223,6 +238,10 @@ class PaillierRounds(RoundDriver):
             "key_fingerprint": self._key_fingerprint.hex(),
             "key_ceremony": "trusted dealer (Shoup / Damgard-Jurik threshold Paillier, safe primes)",
             "spot_checks": self._spot_checks,
+            "aggregate_integrity": "every decrypter checks a fold of the whole aggregate with 128-bit "
+            "weights it draws after the request is bound against the contributors' signed folds",
+            "contribution_proofs": "proof of plaintext knowledge per contribution (CDN 2001 Sigma "
+            "protocol, Fiat-Shamir), checked by the coordinator and every decrypter",
         }
 
     def announce(self, round_: int, session_id: bytes = b"\0" * 32) -> PaillierRoundConfig:
@@ -266,23 +285,45 @@ class PaillierRounds(RoundDriver):
     def may_close(self, state: RoundState) -> bool:
         if state.stage is PaillierStage.COLLECT:
             return super().may_close(state)
+        if state.stage is PaillierStage.CHALLENGE:
+            # every key holder, a silo whose upload broke off included: it may still decrypt
+            return state.expected <= state.arrived
         p = _round(state)
+        if state.stage is PaillierStage.FOLD:
+            return set(p.aggregator.contributors) <= state.arrived
         answered = set(p.partials) | set(p.refusals)
         t = self.public_key.threshold
-        return (len(p.partials) >= t and len(p.partials) > p.combined) or state.expected <= answered
+        return (len(p.partials) >= t and len(p.partials) > p.combined) or _challengers(
+            p
+        ) <= answered
 
     def close_stage(self, state: RoundState, *, expired: bool) -> bool:
         p = _round(state)
-        if p.stage is PaillierStage.COLLECT:
-            with self.cond:
+        t = self.public_key.threshold
+        with self.cond:
+            if p.stage is PaillierStage.COLLECT:
                 # incomplete contributions are divided back out here; RoundAborted below min_cohort
                 p.request = p.aggregator.decryption_request()
-            return True
-        with self.cond:
+                return True
+            if p.stage is PaillierStage.CHALLENGE:
+                challengers = _challengers(p)
+                if len(challengers) < t:
+                    raise RoundAborted(
+                        f"{len(challengers)} key holders challenged the decryption request, {t} "
+                        f"needed{_refused(p.refusals)}"
+                    )
+                return True
+            if p.stage is PaillierStage.FOLD:
+                silent = sorted(set(p.aggregator.contributors) - set(p.aggregator.folded))
+                if silent:
+                    raise RoundAborted(
+                        f"contributors {silent} did not answer the fold requests: the aggregate "
+                        "cannot be checked"
+                    )
+                return True
             partials = list(p.partials.values())
             refusals = dict(p.refusals)
-            everyone = p.expected <= (set(p.partials) | set(p.refusals))
-        t = self.public_key.threshold
+            everyone = _challengers(p) <= (set(p.partials) | set(p.refusals))
         last_chance = expired or everyone
         if len(partials) >= t and len(partials) > p.combined:
             p.combined = len(partials)
@@ -308,8 +349,7 @@ class PaillierRounds(RoundDriver):
             return True
         if not last_chance:
             return False
-        detail = f"; refused by {sorted(refusals)}" if refusals else ""
-        raise RoundAborted(f"{len(partials)} partial decryptions, {t} needed{detail}")
+        raise RoundAborted(f"{len(partials)} partial decryptions, {t} needed{_refused(refusals)}")
 
     def close_round(self, state: RoundState) -> None:
         _round(state).spool.close()
@@ -344,18 +384,64 @@ class PaillierRounds(RoundDriver):
         return self.open_upload(silo, round_, sink, attestation=attestation, signature=signature)
 
     def decryption_request(self, silo: str, round_: int, wait: float) -> DecryptionRequest:
-        """Stage decrypt: the request every key holder is asked to check and partially decrypt."""
+        """Stage challenge: the request every key holder is asked to check and partially decrypt."""
         self.member(silo)
         request = _round(self.wait_past(round_, PaillierStage.COLLECT, wait)).request
         if request is None:
             raise StageError(f"round {round_} has no decryption request")
         return request
 
-    def open_spot_checks(
-        self, silo: str, round_: int, challenge: SpotCheckChallenge
-    ) -> SpotCheckResponse:
-        """Stage decrypt: open every contribution at the caller's positions."""
+    def challenge(self, silo: str, round_: int, challenge: SpotCheckChallenge) -> None:
+        """Stage challenge: a key holder's spot-check positions and fold seed.
+
+        Raises:
+            InvalidInput: too many positions, another request, a malformed seed, or a second challenge.
+        """
         self.member(silo)
+        with self.cond:
+            spot_checks = _round(self.current(round_, PaillierStage.CHALLENGE)).config.spot_checks
+        if len(challenge.positions) > max(spot_checks, DEFAULT_SPOT_CHECKS) * 4:
+            raise InvalidInput("too many spot-check positions")
+        self.submit(
+            silo,
+            round_,
+            PaillierStage.CHALLENGE,
+            lambda state: _round(state).aggregator.record_challenge(silo, challenge),
+            already="challenged the decryption request",
+        )
+
+    def fold_requests(
+        self, silo: str, round_: int, wait: float
+    ) -> tuple[bytes, tuple[FoldRequest, ...]]:
+        """Stage fold: the request's digest and every recorded challenge's seed, for a contributor.
+
+        Raises:
+            Unauthorized: the caller did not contribute to the request.
+        """
+        self.member(silo)
+        p = _round(self.wait_past(round_, PaillierStage.CHALLENGE, wait))
+        with self.cond:
+            if p.request is None or silo not in p.aggregator.contributors:
+                raise Unauthorized(f"{silo} did not contribute to round {round_}")
+            return p.request.digest(), p.aggregator.fold_requests()
+
+    def folds(self, silo: str, round_: int, answers: Sequence[FoldAnswer]) -> None:
+        """Stage fold: a contributor's signed folds, one per recorded challenge (signatures and proofs checked)."""
+        self.submit(
+            silo,
+            round_,
+            PaillierStage.FOLD,
+            lambda state: _round(state).aggregator.accept_folds(silo, answers),
+            already="answered the fold requests",
+        )
+
+    def open_spot_checks(
+        self, silo: str, round_: int, challenge: SpotCheckChallenge, wait: float = 0.0
+    ) -> SpotCheckResponse:
+        """Stage decrypt: open every contribution at the caller's positions, with the folds for its seed
+        (blocks until the fold stage has closed)."""
+        self.member(silo)
+        self.wait_past(round_, PaillierStage.FOLD, wait)
         with self.cond:
             p = _round(self.current(round_, PaillierStage.DECRYPT))
             if len(challenge.positions) > max(p.config.spot_checks, DEFAULT_SPOT_CHECKS) * 4:
@@ -390,8 +476,13 @@ class PaillierRounds(RoundDriver):
         )
 
     def refuse(self, silo: str, round_: int, request_digest: bytes, reason: str) -> None:
-        """Stage decrypt: a key holder refuses the request; recorded as a verification failure."""
+        """Stage challenge, fold or decrypt: a key holder refuses the request; recorded as a verification
+        failure."""
         text = reason[:_REASON_CHARS] or "refused"
+        with self.cond:
+            stage = next(
+                (s for s in _CHECK_STAGES if self.stage_open_for(round_, s)), PaillierStage.DECRYPT
+            )
 
         def receive(state: RoundState) -> None:
             _round(state).refusals[silo] = text
@@ -406,13 +497,27 @@ class PaillierRounds(RoundDriver):
                 },
             )
 
-        self.submit(
-            silo,
-            round_,
-            PaillierStage.DECRYPT,
-            receive,
-            already="answered the decryption request",
-        )
+        self.submit(silo, round_, stage, receive, already="answered the decryption request")
+
+    def stage_open_for(self, round_: int, stage: PaillierStage) -> bool:
+        """Whether round ``round_`` is open in ``stage`` (caller holds :attr:`cond`)."""
+        try:
+            self.current(round_, stage)
+        except (StageError, NotFound):
+            return False
+        return True
+
+
+_CHECK_STAGES: Final = (PaillierStage.CHALLENGE, PaillierStage.FOLD, PaillierStage.DECRYPT)
+"""The stages in which a key holder may refuse the request."""
+
+
+def _challengers(p: _PaillierRound) -> set[str]:
+    return {r.decrypter for r in p.aggregator.fold_requests()} if p.request is not None else set()
+
+
+def _refused(refusals: dict[str, str]) -> str:
+    return f"; refused by {sorted(refusals)}" if refusals else ""
 
 
 def _round(state: RoundState) -> _PaillierRound:

@@ -11,15 +11,18 @@ A complete silo::
 Each round the silo: checks the round's parameters against its pinned roster, pinned joint key and own policy;
 downloads the global model and checks it against the session id; fills its obfuscator pool (offline work,
 before training); trains; quantizes, packs and encrypts the update; streams the ciphertext chunks after a
-signed Merkle commitment (with its signed privacy attestation when training returns one). Then, as a key
-holder, it fetches the decryption request, checks at positions it draws itself that the aggregate is the
-product of at least ``min_cohort`` roster-signed contributions, and only then returns its partial decryption.
+signed Merkle commitment and a proof of plaintext knowledge (with its signed privacy attestation when training
+returns one). Then, as a key holder, it fetches the decryption request, binds it, posts a challenge it draws
+itself (spot-check positions and a fold seed); as a contributor it answers every key holder's fold seed with a
+signed, proven fold of its own ciphertexts; and as a key holder again it checks the openings and that the
+product of every contributor's fold is the fold of the aggregate, and only then returns its partial
+decryption.
 
 Notes:
     - Decryption-oracle defence (DESIGN 5, :mod:`secagg.paillier` Notes). The silo refuses (and tells the
       coordinator, which records it in the audit ledger) any request with fewer than ``min_cohort`` distinct
-      roster-signed commitments for this round, or whose aggregate is not the product of the committed
-      ciphertexts at the spot-checked positions. The one request it agreed to consider per round is kept in
+      roster-signed, proven commitments for this round, or whose aggregate is not the product of the committed
+      ciphertexts (at the spot-checked positions, and at every position through the folds). The one request it agreed to consider per round is kept in
       a SQLite file in the silo's state directory (:class:`SQLiteDecryptionHistory`, fsynced before the
       positions are revealed), so restarting the silo does not let a coordinator present a second aggregate
       for the same round or fish for new positions.
@@ -68,21 +71,27 @@ from coordinator.sdk.loop import (
 )
 from coordinator.sdk.transport import Transport
 from coordinator.wire.paillier import (
+    challenge_to_pb,
     commitment_to_pb,
+    fold_requests_from_pb,
+    fold_to_pb,
     openings_from_pb,
     partial_to_pb,
     request_from_pb,
 )
 from secagg import Quantizer
-from secagg.errors import ProtocolViolation
+from secagg.errors import InvalidParameters, ProtocolViolation
 from secagg.hazmat.paillier import KeyShare, ObfuscatorPool, ThresholdPublicKey
 from secagg.paillier import (
     DEFAULT_SPOT_CHECKS,
     CiphertextChunk,
+    DecryptionRequest,
     PaillierContributor,
     PaillierRoundConfig,
     PartialDecrypter,
     SignedCommitment,
+    SpotCheckChallenge,
+    check_trust_parameters,
     session_id_for,
 )
 
@@ -249,9 +258,12 @@ class PaillierSilo(
         if tls is None:
             raise Unauthorized("Paillier mode requires mTLS")
         files = files or PaillierFiles.from_silo_config(config)
-        public_key, share = files.load(federation=config.federation)
+        connection = connection_from_config(config)
+        public_key, share = files.load(
+            federation=config.federation, consortium_key=connection["consortium_key"]
+        )
         arguments: dict[str, Any] = {
-            **connection_from_config(config),
+            **connection,
             "tls": tls,
             "public_key": public_key,
             "share": share,
@@ -316,6 +328,21 @@ class _PaillierMode(
             raise Unauthorized("the round uses another Paillier key")
         if info.threshold != self._public_key.threshold:
             raise Unauthorized("the round states another threshold than the key's")
+        # the key's t must beat the larger of the round's c and this silo's own assumption (DESIGN 5): with
+        # t <= c, the coordinator and c colluders decrypt one contribution; with min_cohort - c < 2, an
+        # aggregate may hold a single honest one
+        collusion = max(int(info.collusion), policy.max_collusion_assumed)
+        try:
+            check_trust_parameters(
+                threshold=self._public_key.threshold,
+                collusion=collusion,
+                min_cohort=config.min_cohort,
+                parties=len(roster.members),
+            )
+        except InvalidParameters as exc:
+            raise Unauthorized(
+                f"the Paillier key is unsafe against {collusion} colluding silos: {exc}"
+            ) from exc
         if config.min_cohort < policy.min_cohort:
             raise Unauthorized(
                 f"round min_cohort {config.min_cohort} is below this silo's {policy.min_cohort}"
@@ -353,6 +380,7 @@ class _PaillierMode(
             public_key=self._public_key,
             config=config,
             pool=pool,
+            rng=self.member.rng,
         )
 
     def obfuscators(self, config: PaillierRoundConfig) -> ObfuscatorPool:
@@ -399,7 +427,8 @@ class _PaillierRound(RoundStages[PaillierRoundConfig, Slots]):
         # collect is the first stage: the silo trains before it, as soon as it accepted the round
         encoded = train()
         pool = self._pool if self._pool is not None else self._mode.obfuscators(self.config)
-        chunks, commitment = self._mode.contributor(self.config, pool).encrypt_update(encoded)
+        contributor = self._mode.contributor(self.config, pool)
+        chunks, commitment = contributor.encrypt_update(encoded)
         session_id = self.config.session_id.hex()
         attestation = attest(session_id)
         self._transport.upload(
@@ -408,10 +437,15 @@ class _PaillierRound(RoundStages[PaillierRoundConfig, Slots]):
         # the witness proves this attestation reached the log (completeness), as in masking mode
         sent = attestation.sent(round=self.config.round_number, session_id=session_id)
         self._transport.record("sent", sent)
-        return self._decrypt()
+        return self._decrypt(contributor)
 
-    def _decrypt(self) -> str | None:
-        """Check and partially decrypt the round's aggregate; returns the refusal reason if it refused."""
+    def _decrypt(self, contributor: PaillierContributor) -> str | None:
+        """Challenge, fold, check and partially decrypt the round's aggregate; returns the refusal reason if it
+        refused.
+
+        The stages after collect are bounded by the coordinator's deadlines, which the silo learns only
+        stage by stage: their long polls wait until the coordinator closes or aborts the stage.
+        """
         t, stub, r = self._transport, self._stub, self.config.round_number
         width = self._mode.ciphertext_bytes
         collect = functools.partial(request_from_pb, width=width)
@@ -423,18 +457,21 @@ class _PaillierRound(RoundStages[PaillierRoundConfig, Slots]):
         except InvalidInput as exc:
             return f"malformed decryption request: {exc}"
         decrypter = self._mode.decrypter(self.config)
+
+        def posted(challenge: SpotCheckChallenge, wait: float = 0.0) -> ppb.SpotCheckChallenge:
+            return challenge_to_pb(
+                challenge, federation=t.federation, round_=r, silo=t.silo, wait=wait
+            )
+
         try:
             challenge = decrypter.challenge(request)
-            spot_checks = ppb.SpotCheckChallenge(
-                federation=t.federation,
-                round=r,
-                silo=t.silo,
-                request_digest=challenge.request_digest,
-                positions=list(challenge.positions),
+            t.submit(stub.PostChallenge, posted(challenge))
+            if t.silo in {c.silo_id for c in request.contributions}:
+                self._fold(contributor, request)
+            response = t.poll(
+                lambda wait: t.read(stub.OpenSpotChecks, posted(challenge, wait), openings_from_pb)
             )
-            partial = decrypter.partially_decrypt(
-                t.read(stub.OpenSpotChecks, spot_checks, openings_from_pb)
-            )
+            partial = decrypter.partially_decrypt(response)
         except (ProtocolViolation, InvalidInput) as exc:
             refusal = ppb.DecryptionRefusal(
                 federation=t.federation,
@@ -457,6 +494,27 @@ class _PaillierRound(RoundStages[PaillierRoundConfig, Slots]):
                 ),
             )
         return None
+
+    def _fold(self, contributor: PaillierContributor, request: DecryptionRequest) -> None:
+        """As a contributor: answer every key holder's fold seed for the request this silo checked.
+
+        Raises:
+            ProtocolViolation: the fold requests name another request, or a key holder asks twice.
+        """
+        t, stub, r = self._transport, self._stub, self.config.round_number
+        answer = t.poll(lambda wait: t.call(stub.GetFoldRequests, t.stage_request(r, wait)))
+        if bytes(answer.request_digest) != request.digest():
+            raise ProtocolViolation("fold requests for another decryption request")
+        folds = contributor.answer_folds(fold_requests_from_pb(answer))
+        t.submit(
+            stub.SubmitFolds,
+            ppb.FoldAnswers(
+                federation=t.federation,
+                round=r,
+                silo=t.silo,
+                answers=[fold_to_pb(a) for a in folds],
+            ),
+        )
 
     def _upload(
         self,

@@ -24,15 +24,15 @@ from coordinator.rounds.paillier import PaillierRounds
 from coordinator.server.app import bind_server, tls_files
 from coordinator.server.base import ServicerBase, acked, drain_upload, refuse_empty
 from coordinator.wire.paillier import (
+    challenge_from_pb,
     commitment_from_pb,
+    fold_from_pb,
+    fold_requests_to_pb,
     openings_to_pb,
     partial_from_pb,
     request_to_pb,
 )
 from secagg.hazmat.paillier import ThresholdPublicKey
-from secagg.paillier import (
-    SpotCheckChallenge,
-)
 
 log = logging.getLogger(__name__)
 
@@ -146,17 +146,43 @@ class PaillierServicer(ServicerBase, ppb_grpc.PaillierFederationServicer):
         )
         yield from request_to_pb(found, width=self._width, per_part=self._service.chunk_ciphertexts)
 
+    def PostChallenge(
+        self, request: ppb.SpotCheckChallenge, context: grpc.ServicerContext
+    ) -> pb.Ack:
+        challenge = challenge_from_pb(request)
+        return self._serve(
+            context,
+            request,
+            acked(lambda silo: self._service.challenge(silo, request.round, challenge)),
+        )
+
+    def GetFoldRequests(
+        self, request: pb.StageRequest, context: grpc.ServicerContext
+    ) -> ppb.FoldRequests:
+        wait = self._wait(request.wait_seconds)
+
+        def run(silo: str) -> ppb.FoldRequests:
+            digest, requests = self._service.fold_requests(silo, request.round, wait)
+            return fold_requests_to_pb(digest, requests)
+
+        return self._serve(context, request, run)
+
+    def SubmitFolds(self, request: ppb.FoldAnswers, context: grpc.ServicerContext) -> pb.Ack:
+        def run(silo: str) -> None:
+            answers = [fold_from_pb(a) for a in request.answers]
+            self._service.folds(silo, request.round, answers)
+
+        return self._serve(context, request, acked(run))
+
     def OpenSpotChecks(
         self, request: ppb.SpotCheckChallenge, context: grpc.ServicerContext
     ) -> Iterator[ppb.SpotCheckOpenings]:
-        challenge = SpotCheckChallenge(
-            request_digest=bytes(request.request_digest),
-            positions=tuple(int(p) for p in request.positions),
-        )
+        challenge = challenge_from_pb(request)
+        wait = self._wait(request.wait_seconds)
         response = self._serve(
             context,
             request,
-            lambda silo: self._service.open_spot_checks(silo, request.round, challenge),
+            lambda silo: self._service.open_spot_checks(silo, request.round, challenge, wait),
         )
         yield from openings_to_pb(response, budget=self._max_message_bytes // 2)
 

@@ -1,4 +1,5 @@
-"""Paillier mode: protobuf <-> dataclass translation of commitments, requests, openings and partial decryptions."""
+"""Paillier mode: protobuf <-> dataclass translation of commitments, requests, challenges, folds, openings and
+partial decryptions."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ from coordinator.errors import (
     InvalidInput,
 )
 from coordinator.proto.v1 import paillier_pb2 as ppb
-from secagg.hazmat.paillier import PartialDecryption
+from secagg.hazmat.paillier import ObfuscatorMode, PartialDecryption, PlaintextProof
 from secagg.paillier import (
     DecryptionRequest,
+    FoldAnswer,
+    FoldRequest,
     PartialDecryptionMessage,
     SignedCommitment,
+    SpotCheckChallenge,
     SpotCheckOpening,
     SpotCheckResponse,
 )
@@ -26,6 +30,38 @@ def int_to_bytes(value: int) -> bytes:
     return int(value).to_bytes(max(1, (int(value).bit_length() + 7) // 8), "big")
 
 
+def _int(data: bytes) -> int:
+    return int.from_bytes(data, "big")
+
+
+def proof_to_pb(p: PlaintextProof) -> ppb.PlaintextProof:
+    """Dataclass -> wire."""
+    return ppb.PlaintextProof(
+        form=p.form.value,
+        commitment=int_to_bytes(p.commitment),
+        response=int_to_bytes(p.response),
+        randomness=int_to_bytes(p.randomness),
+    )
+
+
+def proof_from_pb(m: ppb.PlaintextProof) -> PlaintextProof:
+    """Wire -> dataclass.
+
+    Raises:
+        InvalidInput: an unknown proof form.
+    """
+    try:
+        form = ObfuscatorMode(m.form)
+    except ValueError as exc:
+        raise InvalidInput(f"unknown proof form {m.form!r}") from exc
+    return PlaintextProof(
+        form=form,
+        commitment=_int(m.commitment),
+        response=_int(m.response),
+        randomness=_int(m.randomness),
+    )
+
+
 def commitment_to_pb(c: SignedCommitment) -> ppb.SignedCommitment:
     """Dataclass -> wire."""
     return ppb.SignedCommitment(
@@ -35,17 +71,90 @@ def commitment_to_pb(c: SignedCommitment) -> ppb.SignedCommitment:
         ciphertext_count=c.ciphertext_count,
         merkle_root=c.merkle_root,
         signature=c.signature,
+        knowledge_fold=int_to_bytes(c.knowledge_fold),
+        knowledge_proof=proof_to_pb(c.knowledge_proof),
     )
 
 
 def commitment_from_pb(m: ppb.SignedCommitment) -> SignedCommitment:
-    """Wire -> dataclass."""
+    """Wire -> dataclass.
+
+    Raises:
+        InvalidInput: an unknown proof form.
+    """
     return SignedCommitment(
         silo_id=m.silo,
         context=bytes(m.context),
         vector_length=int(m.vector_length),
         ciphertext_count=int(m.ciphertext_count),
         merkle_root=bytes(m.merkle_root),
+        knowledge_fold=_int(m.knowledge_fold),
+        knowledge_proof=proof_from_pb(m.knowledge_proof),
+        signature=bytes(m.signature),
+    )
+
+
+def challenge_to_pb(
+    c: SpotCheckChallenge, *, federation: str, round_: int, silo: str, wait: float = 0.0
+) -> ppb.SpotCheckChallenge:
+    """Dataclass -> wire."""
+    return ppb.SpotCheckChallenge(
+        federation=federation,
+        round=round_,
+        silo=silo,
+        request_digest=c.request_digest,
+        positions=list(c.positions),
+        fold_seed=c.fold_seed,
+        wait_seconds=wait,
+    )
+
+
+def challenge_from_pb(m: ppb.SpotCheckChallenge) -> SpotCheckChallenge:
+    """Wire -> dataclass."""
+    return SpotCheckChallenge(
+        request_digest=bytes(m.request_digest),
+        positions=tuple(int(p) for p in m.positions),
+        fold_seed=bytes(m.fold_seed),
+    )
+
+
+def fold_requests_to_pb(digest: bytes, requests: Iterable[FoldRequest]) -> ppb.FoldRequests:
+    """Dataclasses -> wire."""
+    return ppb.FoldRequests(
+        request_digest=digest,
+        requests=[ppb.FoldRequest(decrypter=r.decrypter, seed=r.seed) for r in requests],
+    )
+
+
+def fold_requests_from_pb(m: ppb.FoldRequests) -> tuple[FoldRequest, ...]:
+    """Wire -> dataclasses."""
+    return tuple(FoldRequest(decrypter=r.decrypter, seed=bytes(r.seed)) for r in m.requests)
+
+
+def fold_to_pb(a: FoldAnswer) -> ppb.FoldAnswer:
+    """Dataclass -> wire."""
+    return ppb.FoldAnswer(
+        silo=a.silo_id,
+        decrypter=a.decrypter,
+        seed=a.seed,
+        fold=int_to_bytes(a.fold),
+        proof=proof_to_pb(a.proof),
+        signature=a.signature,
+    )
+
+
+def fold_from_pb(m: ppb.FoldAnswer) -> FoldAnswer:
+    """Wire -> dataclass.
+
+    Raises:
+        InvalidInput: an unknown proof form.
+    """
+    return FoldAnswer(
+        silo_id=m.silo,
+        decrypter=m.decrypter,
+        seed=bytes(m.seed),
+        fold=_int(m.fold),
+        proof=proof_from_pb(m.proof),
         signature=bytes(m.signature),
     )
 
@@ -113,7 +222,12 @@ def openings_to_pb(response: SpotCheckResponse, *, budget: int) -> Iterator[ppb.
             batch, size = [], 0
         batch.append(message)
         size += cost
-    yield ppb.SpotCheckOpenings(request_digest=response.request_digest, openings=batch, last=True)
+    yield ppb.SpotCheckOpenings(
+        request_digest=response.request_digest,
+        openings=batch,
+        last=True,
+        folds=[fold_to_pb(a) for a in response.folds],
+    )
 
 
 def openings_from_pb(parts: Iterable[ppb.SpotCheckOpenings]) -> SpotCheckResponse:
@@ -139,7 +253,8 @@ def openings_from_pb(parts: Iterable[ppb.SpotCheckOpenings]) -> SpotCheckRespons
             for o in part.openings
         )
         if part.last:
-            return SpotCheckResponse(request_digest=digest, openings=tuple(openings))
+            folds = tuple(fold_from_pb(a) for a in part.folds)
+            return SpotCheckResponse(request_digest=digest, openings=tuple(openings), folds=folds)
     raise InvalidInput("spot-check openings ended without their last part")
 
 

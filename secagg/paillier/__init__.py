@@ -5,13 +5,13 @@ The roles are explicit stage machines (DESIGN 5, STYLE rule 7), one module each:
 - :func:`run_key_ceremony` (:mod:`.ceremony`; trusted dealer, run by the consortium at setup) -> public key +
   sealed shares;
 - :class:`PaillierContributor` (:mod:`.contributor`; silo): ``encrypt_update`` -> ciphertext chunks + a signed
-  Merkle commitment;
+  Merkle commitment with a proof of plaintext knowledge; ``answer_folds`` -> signed folds for the decrypters;
 - :class:`PaillierAggregator` (:mod:`.aggregator`; coordinator): multiplies chunks into a running aggregate as
   they arrive, builds the :class:`DecryptionRequest`, answers spot-check challenges, combines partial
   decryptions;
 - :class:`PartialDecrypter` (:mod:`.decrypter`; silo): checks that the aggregate is the product of
-  >= ``min_cohort`` roster-signed contributions at positions IT chooses, then partially decrypts it once per
-  round.
+  >= ``min_cohort`` roster-signed contributions, over the whole vector against the contributors' signed folds
+  for a seed IT draws (and at positions it chooses), then partially decrypts it once per round.
 
 The round parameters are in :mod:`.config`, the messages in :mod:`.messages`.
 
@@ -27,10 +27,20 @@ Notes:
     - Spot-check openings show a decrypter other silos' individual ciphertexts at a few positions. They are
       still encrypted under the threshold key, so only a coalition of >= t key holders could read them, which
       is the trust assumption of Paillier mode anyway.
-    - Out of scope (see threat model): silos colluding with the coordinator can submit signed ciphertexts that
-      cancel honest contributions (e.g. a re-randomised inverse of another silo's ciphertext); stopping that
-      needs per-silo zero-knowledge proofs of plaintext knowledge/range, which this package does not provide.
-      Byte-identical duplicate contributions are refused.
+    - Whole-aggregate integrity and no cancellation by colluders (:mod:`secagg.paillier.decrypter`,
+      :mod:`secagg.hazmat.paillier.knowledge`): each contribution carries a proof of plaintext knowledge of a
+      fold of its ciphertexts (weights fixed by its signed root; the coordinator checks the fold as chunks
+      arrive), and after the request is fixed every decrypter draws a fold seed, every contributor signs its
+      fold for that seed with a proof, and the decrypter compares the product of the folds with the fold of
+      the aggregate (soundness 2^-128). A silo colluding with the coordinator can therefore neither swap
+      positions of the aggregate nor submit ciphertexts derived from another silo's (inverted or
+      re-randomised): it would have to know their plaintexts. A contributor that leaves before answering the
+      folds makes decrypters refuse the request (the round aborts; its ciphertexts are in the aggregate).
+    - Slot overflow (integrity only): no range proof bounds what a silo encrypts. A malicious silo can put any
+      value in ``[0, N)`` into a plaintext, so it can shift any slot of the decoded sum by any amount and
+      carry into the slots above it; it cannot read anything (its plaintext is added, never compared), and
+      honest silos' values stay hidden. The decoded aggregate is therefore only as correct as the silos are
+      honest, as in masking mode; DP noise bounds an honest silo's influence, not a malicious one's.
 """
 
 from secagg.paillier.aggregator import (
@@ -66,6 +76,8 @@ from secagg.paillier.decrypter import (
 from secagg.paillier.messages import (
     CiphertextChunk,
     DecryptionRequest,
+    FoldAnswer,
+    FoldRequest,
     PartialDecryptionMessage,
     SignedCommitment,
     SpotCheckChallenge,
@@ -86,6 +98,8 @@ __all__ = [
     "DecrypterStage",
     "DecryptionHistory",
     "DecryptionRequest",
+    "FoldAnswer",
+    "FoldRequest",
     "InMemoryContributionStore",
     "InMemoryDecryptionHistory",
     "KeyCeremonyResult",

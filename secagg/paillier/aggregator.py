@@ -1,4 +1,5 @@
-"""The coordinator's role in Paillier mode: stream-multiply contributions, open spot checks, combine partials."""
+"""The coordinator's role in Paillier mode: stream-multiply and fold-check contributions, relay challenges and
+folds, open spot checks, combine partials."""
 
 from __future__ import annotations
 
@@ -15,20 +16,25 @@ from gmpy2 import mpz
 from secagg.errors import ProtocolError, ProtocolViolation, RoundAborted
 from secagg.hazmat.merkle import CompactRange, MerkleTree, leaf_hash
 from secagg.hazmat.paillier import (
+    FOLD_SEED_BYTES,
     ThresholdPublicKey,
     ciphertexts_from_bytes,
     ciphertexts_to_bytes,
     combine_partial_decryptions,
+    fold_ciphertexts,
 )
 from secagg.paillier.config import PaillierRoundConfig
 from secagg.paillier.messages import (
     CiphertextChunk,
     DecryptionRequest,
+    FoldAnswer,
+    FoldRequest,
     PartialDecryptionMessage,
     SignedCommitment,
     SpotCheckChallenge,
     SpotCheckOpening,
     SpotCheckResponse,
+    knowledge_weights,
     proof_context,
 )
 
@@ -87,8 +93,10 @@ class AggregatorStage(enum.StrEnum):
 @dataclass
 class _InFlight:
     commitment: SignedCommitment
+    weights: list[int]
     next_chunk: int = 0
     received: int = 0
+    fold: Any = 1
     merkle: CompactRange = field(default_factory=CompactRange)
 
 
@@ -108,6 +116,12 @@ class PaillierAggregator:
         silos); sums are never re-obfuscated, since the product of fresh ciphertexts is already uniformly
         randomised. A contribution enters the aggregate chunk by chunk and is divided back out (inverses of its
         stored ciphertexts) if it turns out incomplete or inconsistent with its signed commitment.
+
+        Each contribution carries a proof of plaintext knowledge of its fold with weights fixed by its signed
+        Merkle root; the aggregator folds the chunks as they arrive and refuses a contribution whose
+        ciphertexts are not the ones proven (a silo that submits another silo's ciphertexts, re-randomised or
+        inverted, cannot prove it; :mod:`secagg.paillier`). Decrypters do not rely on this check: they verify
+        the folds the contributors sign for their own seeds (:meth:`record_challenge`, :meth:`accept_folds`).
     """
 
     def __init__(
@@ -134,6 +148,8 @@ class PaillierAggregator:
         self._complete: dict[str, SignedCommitment] = {}
         self._refused: set[str] = set()
         self._request: DecryptionRequest | None = None
+        self._challenges: dict[str, SpotCheckChallenge] = {}
+        self._folds: dict[str, dict[str, FoldAnswer]] = {}  # contributor -> decrypter -> answer
         self.stage = AggregatorStage.COLLECTING
 
     def __repr__(self) -> str:
@@ -160,13 +176,15 @@ class PaillierAggregator:
             raise ProtocolViolation("silo already contributed to this round")
         commitment.verify(
             self._roster,
+            public_key=self._public_key,
             context=self._context,
             vector_length=self._config.vector_length,
             ciphertext_count=self._count,
         )
         if any(c.merkle_root == commitment.merkle_root for c in self._complete.values()):
             raise ProtocolViolation("duplicate of another silo's contribution")
-        self._in_flight[silo] = _InFlight(commitment=commitment)
+        weights = knowledge_weights(self._context, silo, commitment.merkle_root, self._count)
+        self._in_flight[silo] = _InFlight(commitment=commitment, weights=weights)
 
     def accept_chunk(self, chunk: CiphertextChunk) -> None:
         """Multiply one chunk into the running aggregate; the last chunk completes the contribution.
@@ -196,6 +214,10 @@ class PaillierAggregator:
         for k, c in enumerate(ciphertexts):
             state.merkle.append(leaf_hash(chunk.data[k * width : (k + 1) * width]))
             self._aggregate[start + k] = self._aggregate[start + k] * c % self._nsq
+        weights = state.weights[start : start + len(ciphertexts)]
+        state.fold = (
+            state.fold * fold_ciphertexts(self._public_key, ciphertexts, weights) % self._nsq
+        )
         state.next_chunk += 1
         state.received += len(ciphertexts)
         if state.received == self._count:
@@ -203,6 +225,12 @@ class PaillierAggregator:
                 self._drop(chunk.silo_id)
                 raise ProtocolViolation(
                     "ciphertexts do not match the signed commitment; contribution dropped"
+                )
+            if state.fold != state.commitment.knowledge_fold:
+                self._drop(chunk.silo_id)
+                raise ProtocolViolation(
+                    "ciphertexts are not those the proof of plaintext knowledge covers; "
+                    "contribution dropped"
                 )
             del self._in_flight[chunk.silo_id]
             self._complete[chunk.silo_id] = state.commitment
@@ -242,16 +270,95 @@ class PaillierAggregator:
         self.stage = AggregatorStage.DECRYPTING
         return self._request
 
-    def open_spot_checks(self, challenge: SpotCheckChallenge) -> SpotCheckResponse:
-        """Open every contributor's ciphertext at the challenged positions, with inclusion proofs.
+    @property
+    def request(self) -> DecryptionRequest:
+        """The decryption request in progress.
 
         Raises:
-            ProtocolError: wrong stage, another request, or positions out of range.
+            ProtocolError: before :meth:`decryption_request` or after :meth:`finish`.
         """
         self._require(AggregatorStage.DECRYPTING)
         if self._request is None:  # unreachable after _require; keeps mypy honest
             raise ProtocolError("no request in progress")
-        if challenge.request_digest != self._request.digest():
+        return self._request
+
+    def record_challenge(self, decrypter: str, challenge: SpotCheckChallenge) -> None:
+        """Keep a key holder's challenge: its positions are opened and its fold seed forwarded to contributors.
+
+        Raises:
+            ProtocolError: wrong stage, another request, positions out of range, a malformed seed, or a second,
+                different challenge from the same decrypter.
+        """
+        request = self.request
+        if decrypter not in self._roster:
+            raise ProtocolError("challenge from a silo outside the roster")
+        if challenge.request_digest != request.digest():
+            raise ProtocolError("challenge for another request")
+        positions = sorted(set(challenge.positions))
+        if not positions or positions[0] < 0 or positions[-1] >= self._count:
+            raise ProtocolError("challenge positions out of range")
+        if len(challenge.fold_seed) != FOLD_SEED_BYTES:
+            raise ProtocolError("malformed fold seed")
+        if self._challenges.setdefault(decrypter, challenge) != challenge:
+            raise ProtocolError("this decrypter already challenged the request")
+
+    def fold_requests(self) -> tuple[FoldRequest, ...]:
+        """The recorded challenges' seeds, for every contributor to fold with.
+
+        Raises:
+            ProtocolError: no request in progress.
+        """
+        self._require(AggregatorStage.DECRYPTING)
+        return tuple(FoldRequest(d, c.fold_seed) for d, c in sorted(self._challenges.items()))
+
+    def accept_folds(self, contributor: str, answers: Sequence[FoldAnswer]) -> None:
+        """Keep a contributor's signed folds, one per recorded challenge (checked: signature and proof).
+
+        Checking a fold against the stored ciphertexts would cost a multi-exponentiation per pair; decrypters
+        do the check that matters (the product of the folds against the aggregate's own fold).
+
+        Raises:
+            ProtocolViolation: not a contributor, a second, different answer for a decrypter, or an answer
+                that does not verify.
+        """
+        request = self.request
+        commitments = {c.silo_id: c for c in request.contributions}
+        commitment = commitments.get(contributor)
+        if commitment is None:
+            raise ProtocolViolation("folds from a silo outside the request")
+        wanted = {r.decrypter: r for r in self.fold_requests()}
+        held = self._folds.get(contributor, {})
+        kept: dict[str, FoldAnswer] = {}
+        for answer in answers:
+            fold_request = wanted.get(answer.decrypter)
+            if fold_request is None or answer.decrypter in kept:
+                raise ProtocolViolation("fold for a decrypter that did not challenge, or twice")
+            if held.get(answer.decrypter, answer) != answer:
+                raise ProtocolViolation("a second, different fold for the same decrypter")
+            answer.verify(
+                self._roster,
+                public_key=self._public_key,
+                context=self._context,
+                commitment=commitment,
+                request=fold_request,
+            )
+            kept[answer.decrypter] = answer
+        self._folds[contributor] = held | kept
+
+    @property
+    def folded(self) -> tuple[str, ...]:
+        """Contributors whose folds are in."""
+        return tuple(sorted(self._folds))
+
+    def open_spot_checks(self, challenge: SpotCheckChallenge) -> SpotCheckResponse:
+        """Open every contributor's ciphertext at the challenged positions, with inclusion proofs, and hand
+        over every contributor's fold for the challenge's seed.
+
+        Raises:
+            ProtocolError: wrong stage, another request, or positions out of range.
+        """
+        request = self.request
+        if challenge.request_digest != request.digest():
             raise ProtocolError("challenge for another request")
         positions = sorted(set(challenge.positions))
         if not positions or positions[0] < 0 or positions[-1] >= self._count:
@@ -272,7 +379,15 @@ class PaillierAggregator:
                         proof=tuple(tree.inclusion_proof(position)),
                     )
                 )
-        return SpotCheckResponse(request_digest=challenge.request_digest, openings=tuple(openings))
+        folds = tuple(
+            answer
+            for silo in sorted(self._folds)
+            for answer in self._folds[silo].values()
+            if answer.seed == challenge.fold_seed
+        )
+        return SpotCheckResponse(
+            request_digest=challenge.request_digest, openings=tuple(openings), folds=folds
+        )
 
     def finish(self, partials: Sequence[PartialDecryptionMessage]) -> npt.NDArray[np.int64]:
         """Combine any ``t`` valid partial decryptions into the exact integer sum vector.
@@ -280,11 +395,9 @@ class PaillierAggregator:
         Raises:
             RoundAborted: fewer than ``t`` valid partial decryptions for this request.
         """
-        self._require(AggregatorStage.DECRYPTING)
-        if self._request is None:  # unreachable after _require; keeps mypy honest
-            raise ProtocolError("no request in progress")
+        request = self.request
         result = combine_partials(
-            self._public_key, self._config, self._request, partials, workers=self._workers
+            self._public_key, self._config, request, partials, workers=self._workers
         )
         self.stage = AggregatorStage.DONE
         return result

@@ -1,6 +1,17 @@
-"""A key holder's role in Paillier mode: check the aggregate at positions it draws, then partially decrypt it.
+"""A key holder's role in Paillier mode: check the whole aggregate against signed folds, then partially decrypt.
 
 Notes:
+    Whole-aggregate integrity. After the request is fixed the decrypter draws a fresh 32-byte fold seed;
+    every contributor returns, signed, the fold ``F_s = prod_j c_sj^(w_j)`` of its own ciphertexts with the
+    seed's 128-bit weights and a proof that it knows ``F_s``'s plaintext. The decrypter checks each
+    signature and proof and that ``prod_s F_s`` equals the fold of the aggregate it is asked to decrypt. A
+    coordinator that changed any position of the aggregate (the swap of one silo's ciphertext into it, or of
+    many) passes with probability at most 2^-128 (:mod:`secagg.hazmat.paillier.knowledge`); a colluding
+    contributor can sign any fold it likes, but only one whose plaintext it knows, so its effective
+    contribution cannot be another silo's ciphertexts inverted or re-randomised. This is what the guarantee
+    rests on; the spot checks below remain as a cheap first filter.
+
+    Spot checks:
     Why decrypter-chosen positions rather than Fiat-Shamir from the request hash: a coordinator that tampers
     with a fraction f of the positions passes k hashed positions with probability (1 - f)^k per attempt, and
     with Fiat-Shamir it could re-randomise the request (contributor order, a re-encrypted aggregate) offline
@@ -23,16 +34,20 @@ from secagg.errors import InvalidMerkleProof, ProtocolError, ProtocolViolation
 from secagg.hazmat.keys import RandomSource
 from secagg.hazmat.merkle import leaf_hash, verify_inclusion
 from secagg.hazmat.paillier import (
+    FOLD_SEED_BYTES,
     KeyShare,
     ThresholdPublicKey,
     check_key_share,
     ciphertexts_from_bytes,
+    fold_ciphertexts,
+    fold_weights,
     partial_decrypt,
 )
 from secagg.hazmat.random import randbelow
 from secagg.paillier.config import PaillierRoundConfig
 from secagg.paillier.messages import (
     DecryptionRequest,
+    FoldRequest,
     PartialDecryptionMessage,
     SpotCheckChallenge,
     SpotCheckOpening,
@@ -167,6 +182,7 @@ class PartialDecrypter:
         for commitment in contributions:
             commitment.verify(
                 self._roster,
+                public_key=self._public_key,
                 context=self._context,
                 vector_length=self._config.vector_length,
                 ciphertext_count=self._count,
@@ -187,18 +203,23 @@ class PartialDecrypter:
             drawn.add(randbelow(self._rng, self._count))
         digest = request.digest()
         positions = self._history.bind(self._context, digest, tuple(sorted(drawn)))
+        # drawn after the request is bound: the coordinator learns the weights only once it cannot change it
+        seed = self._rng(FOLD_SEED_BYTES)
         self._request = request
         self._aggregate = aggregate
-        self._challenge = SpotCheckChallenge(request_digest=digest, positions=positions)
+        self._challenge = SpotCheckChallenge(
+            request_digest=digest, positions=positions, fold_seed=seed
+        )
         self.stage = DecrypterStage.AWAITING_OPENINGS
         return self._challenge
 
     def partially_decrypt(self, response: SpotCheckResponse) -> PartialDecryptionMessage:
-        """Verify the openings, then partially decrypt the aggregate with a proof.
+        """Verify the openings and the folds, then partially decrypt the aggregate with a proof.
 
         Raises:
             ProtocolViolation: a missing or extra opening, a bad inclusion proof, or a product of contributions
-                that differs from the aggregate at a checked position.
+                that differs from the aggregate at a checked position; a missing, unsigned or unproven fold,
+                or folds whose product is not the aggregate's fold.
         """
         self._require(DecrypterStage.AWAITING_OPENINGS)
         if (
@@ -240,6 +261,7 @@ class PartialDecrypter:
                 product = product * value % nsq
             if product != self._aggregate[position]:
                 raise ProtocolViolation("aggregate is not the product of the signed contributions")
+        self._check_folds(self._request, self._challenge.fold_seed, response)
         partial = partial_decrypt(
             self._public_key,
             self._share,
@@ -252,3 +274,32 @@ class PartialDecrypter:
         return PartialDecryptionMessage(
             silo_id=self.silo_id, request_digest=digest, partial=partial
         )
+
+    def _check_folds(
+        self, request: DecryptionRequest, seed: bytes, response: SpotCheckResponse
+    ) -> None:
+        """Every contributor's signed, proven fold for this decrypter's seed; their product = the aggregate's."""
+        fold_request = FoldRequest(decrypter=self.silo_id, seed=seed)
+        commitments = {c.silo_id: c for c in request.contributions}
+        answers = {a.silo_id: a for a in response.folds}
+        if len(answers) != len(response.folds) or set(answers) != set(commitments):
+            raise ProtocolViolation("missing, extra or repeated folds")
+        nsq = mpz(self._public_key.nsquare)
+        product = mpz(1)
+        for silo, commitment in commitments.items():
+            answers[silo].verify(
+                self._roster,
+                public_key=self._public_key,
+                context=self._context,
+                commitment=commitment,
+                request=fold_request,
+            )
+            product = product * answers[silo].fold % nsq
+        weights = fold_weights(seed, self._count)
+        expected = fold_ciphertexts(
+            self._public_key, self._aggregate, weights, workers=self._workers
+        )
+        if product != expected:
+            raise ProtocolViolation(
+                "aggregate is not the product of the signed contributions (whole-vector fold)"
+            )

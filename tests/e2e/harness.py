@@ -162,14 +162,17 @@ def settings(
 
 
 def deadlines_with(**short: float) -> Deadlines:
-    """LONG deadlines except the named stages: masking stages, or Paillier's ``collect`` and ``decrypt``.
+    """LONG deadlines except the named stages: masking stages, or Paillier's.
 
     A Paillier stage not named lasts as long as the masking stages it stands for (``collect`` = ``advertise`` +
-    ``masked_input``, ``decrypt`` = ``consistency`` + ``unmask``), so shortening those shortens it too.
+    ``masked_input``, ``challenge`` = ``consistency``, ``fold`` = ``unmask``, ``decrypt`` = ``consistency`` +
+    ``unmask``), so shortening those shortens it too.
     """
     masking = {stage: short.pop(stage, LONG) for stage in MaskingDeadlines.model_fields}
     paillier = {
         "collect": masking["advertise"] + masking["masked_input"],
+        "challenge": masking["consistency"],
+        "fold": masking["unmask"],
         "decrypt": masking["consistency"] + masking["unmask"],
         **short,
     }

@@ -15,6 +15,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from audits import CheckpointSigner, EventKind, verify_bundle, write_bundle
 from coordinator.common import RoundStatus, ledger_origin, model_hash
@@ -30,7 +31,12 @@ from coordinator.sdk.masking import RetryPolicy, RoundReport, SiloPolicy
 from coordinator.sdk.paillier import PaillierRoundContext, PaillierSilo
 from coordinator.server.paillier import PaillierServicer, create_paillier_server
 from coordinator.store import RoundRecord, SQLiteStore
-from coordinator.wire.paillier import openings_to_pb, request_from_pb, request_to_pb
+from coordinator.wire.paillier import (
+    challenge_from_pb,
+    openings_to_pb,
+    request_from_pb,
+    request_to_pb,
+)
 from dp.accounting import (
     DP_SGD_MECHANISM,
     MechanismStep,
@@ -60,6 +66,8 @@ KEY_BITS = 512  # insecure, tests only: the ceremony refuses it without insecure
 THRESHOLD = 2
 LENGTH = 600
 COLLECT_SHORT = {"advertise": 1.0, "masked_input": 2.0}  # collect = advertise + masked_input = 3 s
+# and a key holder that stopped (refused at upload) is waited for 2 s at the challenge stage
+CHALLENGE_SHORT = {"challenge": 2.0}
 
 
 def _paillier_consortium(directory: Path, silos: list[str]) -> Consortium:
@@ -144,9 +152,17 @@ def paillier_settings(n: int, **kwargs: object) -> FederationSettings:
 
 
 # -- silos --------------------------------------------------------------------------------------------------------
-def sdk(consortium: Consortium, silo: str, address: str, state: Path) -> PaillierSilo:
+def sdk(
+    consortium: Consortium,
+    silo: str,
+    address: str,
+    state: Path,
+    policy: SiloPolicy = SiloPolicy(min_cohort=2),  # noqa: B008 (frozen: safe as a default)
+) -> PaillierSilo:
     files = PaillierFiles.for_silo(consortium.paths.root, silo)
-    key, share = files.load(federation=consortium.federation)
+    key, share = files.load(
+        federation=consortium.federation, consortium_key=consortium.consortium_key
+    )
     return PaillierSilo(
         address=address,
         federation=consortium.federation,
@@ -158,7 +174,7 @@ def sdk(consortium: Consortium, silo: str, address: str, state: Path) -> Paillie
         public_key=key,
         share=share,
         state_dir=state / silo,
-        policy=SiloPolicy(min_cohort=2),
+        policy=policy,
         retry=RetryPolicy(attempts=4, initial=0.1, maximum=0.5),
     )
 
@@ -212,6 +228,75 @@ def test_aggregate_is_the_exact_sum_and_fedavg_is_right(quad: Consortium, tmp_pa
         assert [rep.new_model_hash for rep in silo_reports] == [r.new_model_hash for r in records]
 
 
+def test_a_silo_that_assumes_more_colluders_than_the_key_resists_takes_no_part(
+    quad: Consortium, tmp_path: Path
+) -> None:
+    """t = 2: the federation assumes c = 0, silo d assumes c = 2 (then the coordinator and two silos hold t
+    shares and could decrypt d's ciphertexts). d refuses the round before it encrypts anything; the others,
+    whose policy accepts the key (the positive control), complete it without d."""
+    units = updates(quad.silos, 1)
+    config = paillier_settings(4, deadlines=deadlines_with(**COLLECT_SHORT, **CHALLENGE_SHORT))
+
+    def silo(name: str) -> list[RoundReport] | Exception:
+        policy = SiloPolicy(min_cohort=3, max_collusion_assumed=THRESHOLD if name == "d" else 0)
+        try:
+            with sdk(quad, name, coord.address, tmp_path, policy) as client:
+                return list(client.run(lambda ctx: exact(units[name, ctx.round])))
+        except Unauthorized as exc:  # d's refusal is the result under test
+            return exc
+
+    with running(quad, tmp_path / "c.db", config) as coord:
+        outcomes = in_threads(*[lambda s=s: silo(s) for s in quad.silos])
+        records = coord.rounds()
+    assert isinstance(outcomes[3], Unauthorized)
+    assert "unsafe against 2 colluding silos" in str(outcomes[3])
+    assert "threshold t=2 must exceed collusion c=2" in str(outcomes[3])
+    assert records[0].status is RoundStatus.COMPLETED
+    assert (records[0].survivors, records[0].dropped) == (("a", "b", "c"), ("d",))
+
+
+def test_a_substituted_public_key_or_key_share_is_refused_at_load(tmp_path: Path) -> None:
+    """Whoever can write next to the roster replaces the joint key (with one whose shares it dealt) or one
+    silo's sealed share. Each file is well formed and loads in the consortium that made it (the positive
+    control); the silo refuses it: the key is not signed by its pinned consortium key, the share does not
+    belong to the signed key."""
+    ours = Consortium.create(tmp_path / "ours", silos=["a", "b", "c"])
+    theirs = Consortium.create(tmp_path / "theirs", silos=["a", "b", "c"])
+    mine = {s: PaillierFiles.for_silo(ours.paths.root, s) for s in ours.silos}
+    create_paillier_keys(ours.paths, threshold=2, key_bits=KEY_BITS, insecure_test_key_size=True)
+    x25519 = {  # their ceremony deals to our silos' own X25519 keys, so its shares are sealed to them
+        s: serialization.load_pem_private_key(mine[s].x25519_key.read_bytes(), password=None)
+        .public_key()
+        .public_bytes_raw()  # type: ignore[union-attr]
+        for s in ours.silos
+    }
+    for consortium, recipients in ((theirs, x25519),):
+        create_paillier_keys(
+            consortium.paths,
+            threshold=2,
+            key_bits=KEY_BITS,
+            insecure_test_key_size=True,
+            recipients=recipients,
+        )
+    other = PaillierFiles.for_silo(theirs.paths.root, "a")
+    substituted = dataclasses.replace(mine["a"], public_key=other.public_key)
+    with pytest.raises(PKIError, match="not signed by the pinned consortium key"):
+        substituted.load(federation=ours.federation, consortium_key=ours.consortium_key)
+    resigned = dataclasses.replace(substituted, signature=other.signature)  # their signature too
+    with pytest.raises(PKIError, match="not signed by the pinned consortium key"):
+        resigned.load(federation=ours.federation, consortium_key=ours.consortium_key)
+    # positive control: their files, with our silo's X25519 key, load in their consortium
+    theirs_for_a = dataclasses.replace(other, x25519_key=mine["a"].x25519_key)
+    key, _ = theirs_for_a.load(federation=theirs.federation, consortium_key=theirs.consortium_key)
+    assert (
+        key.fingerprint()
+        != ThresholdPublicKey.from_json(mine["a"].public_key.read_bytes()).fingerprint()
+    )
+    swapped_share = dataclasses.replace(mine["a"], share=other.share)
+    with pytest.raises(PKIError, match="does not open"):
+        swapped_share.load(federation=ours.federation, consortium_key=ours.consortium_key)
+
+
 def test_too_few_contributions_abort_the_round_and_the_next_one_works(
     trio3: Consortium, tmp_path: Path
 ) -> None:
@@ -253,6 +338,7 @@ class OracleLiar(PaillierServicer):
 
     only_a_listed = False
     honest_digest = b""
+    forged_digest = b""
 
     def __init__(self, service: PaillierRounds) -> None:
         super().__init__(service)
@@ -286,13 +372,29 @@ class OracleLiar(PaillierServicer):
         )
         yield from request_to_pb(forged, width=width, per_part=8)
 
+    def _relabelled(self, request: ppb.SpotCheckChallenge) -> SpotCheckChallenge:
+        return replace(challenge_from_pb(request), request_digest=self.honest_digest)
+
+    def PostChallenge(
+        self, request: ppb.SpotCheckChallenge, context: grpc.ServicerContext
+    ) -> pb.Ack:
+        self.forged_digest = bytes(request.request_digest)
+        self._service.challenge(request.silo, request.round, self._relabelled(request))
+        return pb.Ack()
+
+    def GetFoldRequests(
+        self, request: pb.StageRequest, context: grpc.ServicerContext
+    ) -> ppb.FoldRequests:
+        answer = super().GetFoldRequests(request, context)
+        answer.request_digest = self.forged_digest  # what the contributors were shown
+        return answer
+
     def OpenSpotChecks(
         self, request: ppb.SpotCheckChallenge, context: grpc.ServicerContext
     ) -> Iterator[ppb.SpotCheckOpenings]:
-        challenge = SpotCheckChallenge(
-            request_digest=self.honest_digest, positions=tuple(request.positions)
+        response = self._service.open_spot_checks(
+            request.silo, request.round, self._relabelled(request), request.wait_seconds
         )
-        response = self._service.open_spot_checks(request.silo, request.round, challenge)
         yield from openings_to_pb(
             replace(response, request_digest=bytes(request.request_digest)), budget=1 << 20
         )
@@ -420,7 +522,9 @@ def test_key_files_are_private_and_never_replaced(tmp_path: Path) -> None:
         files = PaillierFiles.for_silo(consortium.paths.root, silo)
         for secret in (files.share, files.x25519_key):
             assert stat.S_IMODE(secret.stat().st_mode) == 0o600
-        key, share = files.load(federation=consortium.federation)
+        key, share = files.load(
+            federation=consortium.federation, consortium_key=consortium.consortium_key
+        )
         assert share.index == consortium.roster.index(silo)
         assert key.threshold == 2 and key.parties == 3
     with pytest.raises(PKIError, match="already exists"):
@@ -472,7 +576,7 @@ def test_attestations_are_verified_and_an_over_budget_silo_is_refused(
 ) -> None:
     units = updates(quad.silos, 1)
     config = dataclasses.replace(
-        paillier_settings(4, deadlines=deadlines_with(**COLLECT_SHORT)),
+        paillier_settings(4, deadlines=deadlines_with(**COLLECT_SHORT, **CHALLENGE_SHORT)),
         privacy=PrivacyConfig(epsilon=3.0, delta=DELTA),
     )
 

@@ -11,11 +11,14 @@ vectors, aggregates and partial decryptions travel in chunks sized below the neg
 size, never relying on gRPC's 4 MiB default. The caller's silo identity comes from its mTLS client
 certificate; the `silo` fields below must match it or the call is refused with PERMISSION_DENIED.
 
-A round has two stages. "collect": each silo streams its encrypted, packed update with a signed Merkle
-commitment; the coordinator multiplies the chunks into a running aggregate as they arrive. "decrypt": each
-key holder fetches the aggregate with the signed commitments it claims to combine, challenges the
-coordinator to open positions it picks itself, checks the openings, and only then returns its partial
-decryption (or reports that it refuses). The coordinator combines t partial decryptions.
+A round has four stages. "collect": each silo streams its encrypted, packed update with a signed Merkle
+commitment and a proof of plaintext knowledge; the coordinator multiplies the chunks into a running
+aggregate as they arrive. "challenge": each key holder fetches the aggregate with the signed commitments it
+claims to combine and posts a challenge it draws itself (spot-check positions and a fold seed). "fold":
+each contributor fetches the key holders' fold seeds and returns, signed and proven, the fold of its own
+ciphertexts for each. "decrypt": each key holder gets the openings and every contributor's fold for its
+seed, checks them against the aggregate, and only then returns its partial decryption (or reports that it
+refuses). The coordinator combines t partial decryptions.
 """
 
 from collections import abc as _abc
@@ -103,7 +106,7 @@ class PaillierRoundInfo(_message.Message):
     round: _builtins.int
     state: _coordinator_pb2.RoundState.ValueType
     stage: _builtins.str
-    """"collect", "decrypt", "done" or "aborted" """
+    """"collect", "challenge", "fold", "decrypt", "done" or "aborted" """
     model_hash: _builtins.bytes
     """SHA-256 of the global model this round starts from"""
     vector_length: _builtins.int
@@ -165,8 +168,44 @@ class PaillierRoundInfo(_message.Message):
 Global___PaillierRoundInfo: _TypeAlias = PaillierRoundInfo  # noqa: Y015
 
 @_typing.final
+class PlaintextProof(_message.Message):
+    """A non-interactive proof of knowledge of one ciphertext's plaintext (CDN 2001 Sigma protocol, Fiat-Shamir)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FORM_FIELD_NUMBER: _builtins.int
+    COMMITMENT_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    RANDOMNESS_FIELD_NUMBER: _builtins.int
+    form: _builtins.str
+    """"standard" (randomness rho^N) or "short-exponent" (hs^u)"""
+    commitment: _builtins.bytes
+    """a in Z*_{N^2} (big-endian)"""
+    response: _builtins.bytes
+    """z in [0, N)"""
+    randomness: _builtins.bytes
+    """rho in Z*_N, or the integer u"""
+    def __init__(
+        self,
+        *,
+        form: _builtins.str = ...,
+        commitment: _builtins.bytes = ...,
+        response: _builtins.bytes = ...,
+        randomness: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commitment", b"commitment", "form", b"form", "randomness", b"randomness", "response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlaintextProof: _TypeAlias = PlaintextProof  # noqa: Y015
+
+@_typing.final
 class SignedCommitment(_message.Message):
-    """A silo's signed RFC 6962 Merkle root over its ciphertext vector, bound to the round context."""
+    """A silo's signed RFC 6962 Merkle root over its ciphertext vector, bound to the round context, with a proof
+    that it knows the plaintext of a fold of its ciphertexts whose weights its Merkle root fixes.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -176,6 +215,8 @@ class SignedCommitment(_message.Message):
     CIPHERTEXT_COUNT_FIELD_NUMBER: _builtins.int
     MERKLE_ROOT_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    KNOWLEDGE_FOLD_FIELD_NUMBER: _builtins.int
+    KNOWLEDGE_PROOF_FIELD_NUMBER: _builtins.int
     silo: _builtins.str
     context: _builtins.bytes
     """32-byte round context digest"""
@@ -183,7 +224,11 @@ class SignedCommitment(_message.Message):
     ciphertext_count: _builtins.int
     merkle_root: _builtins.bytes
     signature: _builtins.bytes
-    """Ed25519 by the silo's roster key"""
+    """Ed25519 by the silo's roster key, over every other field"""
+    knowledge_fold: _builtins.bytes
+    """prod_j c_j^(w_j) mod N^2, w from the Merkle root (big-endian)"""
+    @_builtins.property
+    def knowledge_proof(self) -> Global___PlaintextProof: ...
     def __init__(
         self,
         *,
@@ -193,10 +238,12 @@ class SignedCommitment(_message.Message):
         ciphertext_count: _builtins.int = ...,
         merkle_root: _builtins.bytes = ...,
         signature: _builtins.bytes = ...,
+        knowledge_fold: _builtins.bytes = ...,
+        knowledge_proof: Global___PlaintextProof | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["knowledge_proof", b"knowledge_proof"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext_count", b"ciphertext_count", "context", b"context", "merkle_root", b"merkle_root", "signature", b"signature", "silo", b"silo", "vector_length", b"vector_length"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext_count", b"ciphertext_count", "context", b"context", "knowledge_fold", b"knowledge_fold", "knowledge_proof", b"knowledge_proof", "merkle_root", b"merkle_root", "signature", b"signature", "silo", b"silo", "vector_length", b"vector_length"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -305,11 +352,17 @@ class SpotCheckChallenge(_message.Message):
     SILO_FIELD_NUMBER: _builtins.int
     REQUEST_DIGEST_FIELD_NUMBER: _builtins.int
     POSITIONS_FIELD_NUMBER: _builtins.int
+    FOLD_SEED_FIELD_NUMBER: _builtins.int
+    WAIT_SECONDS_FIELD_NUMBER: _builtins.int
     federation: _builtins.str
     round: _builtins.int
     silo: _builtins.str
     request_digest: _builtins.bytes
     """SHA-256 of the decryption request the caller is checking"""
+    fold_seed: _builtins.bytes
+    """32 random bytes drawn after the request was fixed: the fold weights"""
+    wait_seconds: _builtins.float
+    """OpenSpotChecks: longest time to block for the fold stage to close"""
     @_builtins.property
     def positions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """positions drawn by the caller after the request was fixed"""
@@ -322,14 +375,131 @@ class SpotCheckChallenge(_message.Message):
         silo: _builtins.str = ...,
         request_digest: _builtins.bytes = ...,
         positions: _abc.Iterable[_builtins.int] | None = ...,
+        fold_seed: _builtins.bytes = ...,
+        wait_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["federation", b"federation", "positions", b"positions", "request_digest", b"request_digest", "round", b"round", "silo", b"silo"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["federation", b"federation", "fold_seed", b"fold_seed", "positions", b"positions", "request_digest", b"request_digest", "round", b"round", "silo", b"silo", "wait_seconds", b"wait_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SpotCheckChallenge: _TypeAlias = SpotCheckChallenge  # noqa: Y015
+
+@_typing.final
+class FoldRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECRYPTER_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    decrypter: _builtins.str
+    """the key holder whose challenge this is"""
+    seed: _builtins.bytes
+    """its fold seed"""
+    def __init__(
+        self,
+        *,
+        decrypter: _builtins.str = ...,
+        seed: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decrypter", b"decrypter", "seed", b"seed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FoldRequest: _TypeAlias = FoldRequest  # noqa: Y015
+
+@_typing.final
+class FoldRequests(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_DIGEST_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    request_digest: _builtins.bytes
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___FoldRequest]: ...
+    def __init__(
+        self,
+        *,
+        request_digest: _builtins.bytes = ...,
+        requests: _abc.Iterable[Global___FoldRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_digest", b"request_digest", "requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FoldRequests: _TypeAlias = FoldRequests  # noqa: Y015
+
+@_typing.final
+class FoldAnswer(_message.Message):
+    """A contributor's fold of its own ciphertexts with one decrypter's weights, signed, with a proof."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SILO_FIELD_NUMBER: _builtins.int
+    DECRYPTER_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    FOLD_FIELD_NUMBER: _builtins.int
+    PROOF_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    silo: _builtins.str
+    decrypter: _builtins.str
+    seed: _builtins.bytes
+    fold: _builtins.bytes
+    """big-endian, mod N^2"""
+    signature: _builtins.bytes
+    """Ed25519 by the contributor's roster key (round context and root included)"""
+    @_builtins.property
+    def proof(self) -> Global___PlaintextProof: ...
+    def __init__(
+        self,
+        *,
+        silo: _builtins.str = ...,
+        decrypter: _builtins.str = ...,
+        seed: _builtins.bytes = ...,
+        fold: _builtins.bytes = ...,
+        proof: Global___PlaintextProof | None = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["proof", b"proof"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decrypter", b"decrypter", "fold", b"fold", "proof", b"proof", "seed", b"seed", "signature", b"signature", "silo", b"silo"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FoldAnswer: _TypeAlias = FoldAnswer  # noqa: Y015
+
+@_typing.final
+class FoldAnswers(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEDERATION_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    SILO_FIELD_NUMBER: _builtins.int
+    ANSWERS_FIELD_NUMBER: _builtins.int
+    federation: _builtins.str
+    round: _builtins.int
+    silo: _builtins.str
+    @_builtins.property
+    def answers(self) -> _containers.RepeatedCompositeFieldContainer[Global___FoldAnswer]: ...
+    def __init__(
+        self,
+        *,
+        federation: _builtins.str = ...,
+        round: _builtins.int = ...,
+        silo: _builtins.str = ...,
+        answers: _abc.Iterable[Global___FoldAnswer] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answers", b"answers", "federation", b"federation", "round", b"round", "silo", b"silo"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FoldAnswers: _TypeAlias = FoldAnswers  # noqa: Y015
 
 @_typing.final
 class SpotCheckOpening(_message.Message):
@@ -370,21 +540,27 @@ class SpotCheckOpenings(_message.Message):
     REQUEST_DIGEST_FIELD_NUMBER: _builtins.int
     OPENINGS_FIELD_NUMBER: _builtins.int
     LAST_FIELD_NUMBER: _builtins.int
+    FOLDS_FIELD_NUMBER: _builtins.int
     request_digest: _builtins.bytes
     last: _builtins.bool
     """true on the final part"""
     @_builtins.property
     def openings(self) -> _containers.RepeatedCompositeFieldContainer[Global___SpotCheckOpening]: ...
+    @_builtins.property
+    def folds(self) -> _containers.RepeatedCompositeFieldContainer[Global___FoldAnswer]:
+        """final part: every contributor's fold for the caller's seed"""
+
     def __init__(
         self,
         *,
         request_digest: _builtins.bytes = ...,
         openings: _abc.Iterable[Global___SpotCheckOpening] | None = ...,
         last: _builtins.bool = ...,
+        folds: _abc.Iterable[Global___FoldAnswer] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["last", b"last", "openings", b"openings", "request_digest", b"request_digest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["folds", b"folds", "last", b"last", "openings", b"openings", "request_digest", b"request_digest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -62,6 +62,21 @@ class PaillierFederationStub:
                 request_serializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.StageRequest.SerializeToString,
                 response_deserializer=coordinator_dot_proto_dot_v1_dot_paillier__pb2.DecryptionRequestPart.FromString,
                 _registered_method=True)
+        self.PostChallenge = channel.unary_unary(
+                '/coordinator.proto.v1.PaillierFederation/PostChallenge',
+                request_serializer=coordinator_dot_proto_dot_v1_dot_paillier__pb2.SpotCheckChallenge.SerializeToString,
+                response_deserializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.Ack.FromString,
+                _registered_method=True)
+        self.GetFoldRequests = channel.unary_unary(
+                '/coordinator.proto.v1.PaillierFederation/GetFoldRequests',
+                request_serializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.StageRequest.SerializeToString,
+                response_deserializer=coordinator_dot_proto_dot_v1_dot_paillier__pb2.FoldRequests.FromString,
+                _registered_method=True)
+        self.SubmitFolds = channel.unary_unary(
+                '/coordinator.proto.v1.PaillierFederation/SubmitFolds',
+                request_serializer=coordinator_dot_proto_dot_v1_dot_paillier__pb2.FoldAnswers.SerializeToString,
+                response_deserializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.Ack.FromString,
+                _registered_method=True)
         self.OpenSpotChecks = channel.unary_stream(
                 '/coordinator.proto.v1.PaillierFederation/OpenSpotChecks',
                 request_serializer=coordinator_dot_proto_dot_v1_dot_paillier__pb2.SpotCheckChallenge.SerializeToString,
@@ -119,16 +134,39 @@ class PaillierFederationServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetDecryptionRequest(self, request, context):
-        """Stage "decrypt": the aggregate and the signed commitments it claims to be the product of, streamed in
+        """Stage "challenge": the aggregate and the signed commitments it claims to be the product of, streamed in
         parts (blocks until the collect stage closes).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PostChallenge(self, request, context):
+        """Stage "challenge": the caller's challenge (positions and fold seed), drawn after it bound the request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFoldRequests(self, request, context):
+        """Stage "fold": every recorded challenge's fold seed, for a contributor to answer (blocks until the
+        challenge stage closes).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitFolds(self, request, context):
+        """Stage "fold": a contributor's signed, proven folds, one per fold request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def OpenSpotChecks(self, request, context):
-        """Stage "decrypt": opens every contributor's ciphertext at the positions the caller chose, with RFC 6962
-        inclusion proofs against the signed commitments; streamed in parts.
+        """Stage "decrypt": opens every contributor's ciphertext at the positions the caller posted, with RFC 6962
+        inclusion proofs against the signed commitments, and hands over every contributor's fold for the caller's
+        seed; streamed in parts (blocks until the fold stage closes).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -182,6 +220,21 @@ def add_PaillierFederationServicer_to_server(servicer, server):
                     servicer.GetDecryptionRequest,
                     request_deserializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.StageRequest.FromString,
                     response_serializer=coordinator_dot_proto_dot_v1_dot_paillier__pb2.DecryptionRequestPart.SerializeToString,
+            ),
+            'PostChallenge': grpc.unary_unary_rpc_method_handler(
+                    servicer.PostChallenge,
+                    request_deserializer=coordinator_dot_proto_dot_v1_dot_paillier__pb2.SpotCheckChallenge.FromString,
+                    response_serializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.Ack.SerializeToString,
+            ),
+            'GetFoldRequests': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFoldRequests,
+                    request_deserializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.StageRequest.FromString,
+                    response_serializer=coordinator_dot_proto_dot_v1_dot_paillier__pb2.FoldRequests.SerializeToString,
+            ),
+            'SubmitFolds': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitFolds,
+                    request_deserializer=coordinator_dot_proto_dot_v1_dot_paillier__pb2.FoldAnswers.FromString,
+                    response_serializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.Ack.SerializeToString,
             ),
             'OpenSpotChecks': grpc.unary_stream_rpc_method_handler(
                     servicer.OpenSpotChecks,
@@ -341,6 +394,87 @@ class PaillierFederation:
             '/coordinator.proto.v1.PaillierFederation/GetDecryptionRequest',
             coordinator_dot_proto_dot_v1_dot_coordinator__pb2.StageRequest.SerializeToString,
             coordinator_dot_proto_dot_v1_dot_paillier__pb2.DecryptionRequestPart.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PostChallenge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordinator.proto.v1.PaillierFederation/PostChallenge',
+            coordinator_dot_proto_dot_v1_dot_paillier__pb2.SpotCheckChallenge.SerializeToString,
+            coordinator_dot_proto_dot_v1_dot_coordinator__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFoldRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordinator.proto.v1.PaillierFederation/GetFoldRequests',
+            coordinator_dot_proto_dot_v1_dot_coordinator__pb2.StageRequest.SerializeToString,
+            coordinator_dot_proto_dot_v1_dot_paillier__pb2.FoldRequests.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitFolds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordinator.proto.v1.PaillierFederation/SubmitFolds',
+            coordinator_dot_proto_dot_v1_dot_paillier__pb2.FoldAnswers.SerializeToString,
+            coordinator_dot_proto_dot_v1_dot_coordinator__pb2.Ack.FromString,
             options,
             channel_credentials,
             insecure,

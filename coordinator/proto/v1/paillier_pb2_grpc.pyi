@@ -11,11 +11,14 @@ vectors, aggregates and partial decryptions travel in chunks sized below the neg
 size, never relying on gRPC's 4 MiB default. The caller's silo identity comes from its mTLS client
 certificate; the `silo` fields below must match it or the call is refused with PERMISSION_DENIED.
 
-A round has two stages. "collect": each silo streams its encrypted, packed update with a signed Merkle
-commitment; the coordinator multiplies the chunks into a running aggregate as they arrive. "decrypt": each
-key holder fetches the aggregate with the signed commitments it claims to combine, challenges the
-coordinator to open positions it picks itself, checks the openings, and only then returns its partial
-decryption (or reports that it refuses). The coordinator combines t partial decryptions.
+A round has four stages. "collect": each silo streams its encrypted, packed update with a signed Merkle
+commitment and a proof of plaintext knowledge; the coordinator multiplies the chunks into a running
+aggregate as they arrive. "challenge": each key holder fetches the aggregate with the signed commitments it
+claims to combine and posts a challenge it draws itself (spot-check positions and a fold seed). "fold":
+each contributor fetches the key holders' fold seeds and returns, signed and proven, the fold of its own
+ciphertexts for each. "decrypt": each key holder gets the openings and every contributor's fold for its
+seed, checks them against the aggregate, and only then returns its partial decryption (or reports that it
+refuses). The coordinator combines t partial decryptions.
 """
 
 from collections import abc as _abc
@@ -62,12 +65,21 @@ class PaillierFederationStub:
     signed commitment (and the privacy attestation). Multiplied into the aggregate as it arrives.
     """
     GetDecryptionRequest: _grpc.UnaryStreamMultiCallable[_coordinator_pb2.StageRequest, _paillier_pb2.DecryptionRequestPart]
-    """Stage "decrypt": the aggregate and the signed commitments it claims to be the product of, streamed in
+    """Stage "challenge": the aggregate and the signed commitments it claims to be the product of, streamed in
     parts (blocks until the collect stage closes).
     """
+    PostChallenge: _grpc.UnaryUnaryMultiCallable[_paillier_pb2.SpotCheckChallenge, _coordinator_pb2.Ack]
+    """Stage "challenge": the caller's challenge (positions and fold seed), drawn after it bound the request."""
+    GetFoldRequests: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.StageRequest, _paillier_pb2.FoldRequests]
+    """Stage "fold": every recorded challenge's fold seed, for a contributor to answer (blocks until the
+    challenge stage closes).
+    """
+    SubmitFolds: _grpc.UnaryUnaryMultiCallable[_paillier_pb2.FoldAnswers, _coordinator_pb2.Ack]
+    """Stage "fold": a contributor's signed, proven folds, one per fold request."""
     OpenSpotChecks: _grpc.UnaryStreamMultiCallable[_paillier_pb2.SpotCheckChallenge, _paillier_pb2.SpotCheckOpenings]
-    """Stage "decrypt": opens every contributor's ciphertext at the positions the caller chose, with RFC 6962
-    inclusion proofs against the signed commitments; streamed in parts.
+    """Stage "decrypt": opens every contributor's ciphertext at the positions the caller posted, with RFC 6962
+    inclusion proofs against the signed commitments, and hands over every contributor's fold for the caller's
+    seed; streamed in parts (blocks until the fold stage closes).
     """
     SubmitPartialDecryption: _grpc.StreamUnaryMultiCallable[_paillier_pb2.PartialDecryptionPart, _coordinator_pb2.Ack]
     """Stage "decrypt": the caller's partial decryption of the aggregate with its proof, client-streamed."""
@@ -94,12 +106,21 @@ class PaillierFederationAsyncStub(PaillierFederationStub):
     signed commitment (and the privacy attestation). Multiplied into the aggregate as it arrives.
     """
     GetDecryptionRequest: _aio.UnaryStreamMultiCallable[_coordinator_pb2.StageRequest, _paillier_pb2.DecryptionRequestPart]  # type: ignore[assignment]
-    """Stage "decrypt": the aggregate and the signed commitments it claims to be the product of, streamed in
+    """Stage "challenge": the aggregate and the signed commitments it claims to be the product of, streamed in
     parts (blocks until the collect stage closes).
     """
+    PostChallenge: _aio.UnaryUnaryMultiCallable[_paillier_pb2.SpotCheckChallenge, _coordinator_pb2.Ack]  # type: ignore[assignment]
+    """Stage "challenge": the caller's challenge (positions and fold seed), drawn after it bound the request."""
+    GetFoldRequests: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.StageRequest, _paillier_pb2.FoldRequests]  # type: ignore[assignment]
+    """Stage "fold": every recorded challenge's fold seed, for a contributor to answer (blocks until the
+    challenge stage closes).
+    """
+    SubmitFolds: _aio.UnaryUnaryMultiCallable[_paillier_pb2.FoldAnswers, _coordinator_pb2.Ack]  # type: ignore[assignment]
+    """Stage "fold": a contributor's signed, proven folds, one per fold request."""
     OpenSpotChecks: _aio.UnaryStreamMultiCallable[_paillier_pb2.SpotCheckChallenge, _paillier_pb2.SpotCheckOpenings]  # type: ignore[assignment]
-    """Stage "decrypt": opens every contributor's ciphertext at the positions the caller chose, with RFC 6962
-    inclusion proofs against the signed commitments; streamed in parts.
+    """Stage "decrypt": opens every contributor's ciphertext at the positions the caller posted, with RFC 6962
+    inclusion proofs against the signed commitments, and hands over every contributor's fold for the caller's
+    seed; streamed in parts (blocks until the fold stage closes).
     """
     SubmitPartialDecryption: _aio.StreamUnaryMultiCallable[_paillier_pb2.PartialDecryptionPart, _coordinator_pb2.Ack]  # type: ignore[assignment]
     """Stage "decrypt": the caller's partial decryption of the aggregate with its proof, client-streamed."""
@@ -153,9 +174,35 @@ class PaillierFederationServicer(metaclass=_abc_1.ABCMeta):
         request: _coordinator_pb2.StageRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_paillier_pb2.DecryptionRequestPart], _abc.AsyncIterator[_paillier_pb2.DecryptionRequestPart]]:
-        """Stage "decrypt": the aggregate and the signed commitments it claims to be the product of, streamed in
+        """Stage "challenge": the aggregate and the signed commitments it claims to be the product of, streamed in
         parts (blocks until the collect stage closes).
         """
+
+    @_abc_1.abstractmethod
+    def PostChallenge(
+        self,
+        request: _paillier_pb2.SpotCheckChallenge,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.Ack, _abc.Awaitable[_coordinator_pb2.Ack]]:
+        """Stage "challenge": the caller's challenge (positions and fold seed), drawn after it bound the request."""
+
+    @_abc_1.abstractmethod
+    def GetFoldRequests(
+        self,
+        request: _coordinator_pb2.StageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_paillier_pb2.FoldRequests, _abc.Awaitable[_paillier_pb2.FoldRequests]]:
+        """Stage "fold": every recorded challenge's fold seed, for a contributor to answer (blocks until the
+        challenge stage closes).
+        """
+
+    @_abc_1.abstractmethod
+    def SubmitFolds(
+        self,
+        request: _paillier_pb2.FoldAnswers,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.Ack, _abc.Awaitable[_coordinator_pb2.Ack]]:
+        """Stage "fold": a contributor's signed, proven folds, one per fold request."""
 
     @_abc_1.abstractmethod
     def OpenSpotChecks(
@@ -163,8 +210,9 @@ class PaillierFederationServicer(metaclass=_abc_1.ABCMeta):
         request: _paillier_pb2.SpotCheckChallenge,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_paillier_pb2.SpotCheckOpenings], _abc.AsyncIterator[_paillier_pb2.SpotCheckOpenings]]:
-        """Stage "decrypt": opens every contributor's ciphertext at the positions the caller chose, with RFC 6962
-        inclusion proofs against the signed commitments; streamed in parts.
+        """Stage "decrypt": opens every contributor's ciphertext at the positions the caller posted, with RFC 6962
+        inclusion proofs against the signed commitments, and hands over every contributor's fold for the caller's
+        seed; streamed in parts (blocks until the fold stage closes).
         """
 
     @_abc_1.abstractmethod

@@ -3,7 +3,7 @@
 One module per concern: :mod:`.primes` (safe primes), :mod:`.keys` (key material and the dealer),
 :mod:`.sealing` (shares sealed to their silos), :mod:`.obfuscators` (ciphertext randomness),
 :mod:`.cipher` (encryption, homomorphic addition, byte form), :mod:`.proofs` (a partial decryption and its
-batched proof), :mod:`.threshold` (partial decryption and combination), :mod:`.multiexp` (products of many
+batched proof), :mod:`.knowledge` (folds and proofs of plaintext knowledge), :mod:`.threshold` (partial decryption and combination), :mod:`.multiexp` (products of many
 powers), :mod:`.parallel` (worker processes), :mod:`.packing` (mixed-radix slots).
 
 Notes:
@@ -22,6 +22,7 @@ from secagg.hazmat.paillier.cipher import (
     ciphertexts_from_bytes,
     ciphertexts_to_bytes,
     encrypt_plaintexts,
+    encrypt_with,
     multiply_ciphertexts,
 )
 from secagg.hazmat.paillier.keys import (
@@ -33,6 +34,16 @@ from secagg.hazmat.paillier.keys import (
     ThresholdPublicKey,
     check_key_share,
     deal_threshold_key,
+)
+from secagg.hazmat.paillier.knowledge import (
+    FOLD_SEED_BYTES,
+    FOLD_WEIGHT_BITS,
+    PlaintextProof,
+    fold_ciphertexts,
+    fold_own,
+    fold_weights,
+    prove_plaintext_knowledge,
+    verify_plaintext_knowledge,
 )
 from secagg.hazmat.paillier.obfuscators import (
     SHORT_EXPONENT_ASSUMPTION,
@@ -53,6 +64,8 @@ from secagg.hazmat.paillier.threshold import (
 
 __all__ = [
     "DEFAULT_KEY_BITS",
+    "FOLD_SEED_BYTES",
+    "FOLD_WEIGHT_BITS",
     "MIN_PRODUCTION_KEY_BITS",
     "SHORT_EXPONENT_ASSUMPTION",
     "SHORT_EXPONENT_BITS",
@@ -61,6 +74,7 @@ __all__ = [
     "ObfuscatorMode",
     "ObfuscatorPool",
     "PartialDecryption",
+    "PlaintextProof",
     "RadixPacking",
     "SealedShare",
     "ThresholdKeyMaterial",
@@ -71,12 +85,18 @@ __all__ = [
     "combine_partial_decryptions",
     "deal_threshold_key",
     "encrypt_plaintexts",
+    "encrypt_with",
+    "fold_ciphertexts",
+    "fold_own",
+    "fold_weights",
     "generate_safe_prime",
     "lagrange_combine",
     "multiply_ciphertexts",
     "open_share",
     "partial_decrypt",
+    "prove_plaintext_knowledge",
     "seal_share",
     "verify_partial_decryption",
     "verify_partial_decryptions",
+    "verify_plaintext_knowledge",
 ]

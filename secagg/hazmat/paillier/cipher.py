@@ -19,6 +19,7 @@ __all__ = [
     "ciphertexts_from_bytes",
     "ciphertexts_to_bytes",
     "encrypt_plaintexts",
+    "encrypt_with",
     "multiply_ciphertexts",
 ]
 
@@ -31,9 +32,19 @@ def encrypt_plaintexts(
     Raises:
         ValueError: a plaintext is outside ``[0, N)``.
     """
+    return encrypt_with(public_key, plaintexts, pool.take(len(plaintexts)))
+
+
+def encrypt_with(
+    public_key: ThresholdPublicKey, plaintexts: Sequence[int], obfuscators: Sequence[int]
+) -> list[int]:
+    """Encrypt each plaintext with the given obfuscator (taken once from an :class:`ObfuscatorPool`).
+
+    Raises:
+        ValueError: a plaintext is outside ``[0, N)``.
+    """
     n = mpz(public_key.n)
     nsq = n * n
-    obfuscators = pool.take(len(plaintexts))
     out: list[int] = []
     for plaintext, obfuscator in zip(plaintexts, obfuscators, strict=True):
         if not 0 <= plaintext < n:

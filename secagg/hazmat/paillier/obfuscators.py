@@ -136,6 +136,7 @@ class ObfuscatorPool:
         self._mode = ObfuscatorMode(mode)
         self._rng = rng
         self._pool: list[Any] = []
+        self._witnesses: list[int] = []  # a_j or r_j of each obfuscator: secret, never logged
         self.computed_online = 0
 
     def __repr__(self) -> str:
@@ -185,16 +186,27 @@ class ObfuscatorPool:
             executor = "thread" if self._mode is ObfuscatorMode.STANDARD else "process"
         if executor not in ("process", "thread"):
             raise ValueError("executor must be 'process' or 'thread'")
-        self._pool.extend(self._compute(self._seeds(count), workers, executor))
+        seeds = self._seeds(count)
+        self._pool.extend(self._compute(seeds, workers, executor))
+        self._witnesses.extend(seeds)
 
     def take(self, count: int) -> list[Any]:
         """Remove and return ``count`` obfuscators, computing any shortfall now."""
+        return self.take_with_witnesses(count)[0]
+
+    def take_with_witnesses(self, count: int) -> tuple[list[Any], list[int]]:
+        """Remove ``count`` obfuscators; return them with their witnesses (``a_j`` or ``r_j``, see the mode).
+
+        The witnesses let a silo fold and prove knowledge of its own ciphertexts
+        (:mod:`secagg.hazmat.paillier.knowledge`); they are as secret as the plaintexts.
+        """
         if count < 0:
             raise ValueError("count must be >= 0")
         shortfall = max(0, count - len(self._pool))
         if shortfall:
             self.fill(shortfall)
             self.computed_online += shortfall
-        taken = self._pool[len(self._pool) - count :] if count else []
-        del self._pool[len(self._pool) - count :]
-        return taken
+        cut = len(self._pool) - count
+        taken, witnesses = self._pool[cut:], self._witnesses[cut:]
+        del self._pool[cut:], self._witnesses[cut:]
+        return taken, witnesses

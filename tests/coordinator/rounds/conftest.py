@@ -48,6 +48,7 @@ from secagg.paillier import (
     PartialDecrypter,
     PartialDecryptionMessage,
     SignedCommitment,
+    SpotCheckChallenge,
     session_id_for,
 )
 
@@ -146,7 +147,9 @@ def deadlines(seconds: float = LIMIT) -> Deadlines:
             consistency=seconds,
             unmask=seconds,
         ),
-        paillier=PaillierDeadlines(collect=seconds, decrypt=seconds),
+        paillier=PaillierDeadlines(
+            collect=seconds, challenge=seconds, fold=seconds, decrypt=seconds
+        ),
     )
 
 
@@ -485,7 +488,7 @@ class PaillierSilo:
             clip=EXACT_CLIP, bits=self.config.value_bits, max_silos=self.config.max_contributors
         )
         values = quantizer.encode(exact(units)).view(np.int32).astype(np.int64)
-        contributor = PaillierContributor(
+        self.contributor = PaillierContributor(
             silo_id=self.silo,
             signing_key=self.signing_key,
             public_key=self.keys.public_key,
@@ -493,8 +496,9 @@ class PaillierSilo:
             pool=ObfuscatorPool(
                 self.keys.public_key, rng=seeded(f"obfuscators/{self.silo}/{self.round}")
             ),
+            rng=seeded(f"proofs/{self.silo}/{self.round}"),
         )
-        return contributor.encrypt_update(values)
+        return self.contributor.encrypt_update(values)
 
     def contribute(self, units: IntVector) -> None:
         chunks, commitment = self.encrypt(units)
@@ -503,10 +507,10 @@ class PaillierSilo:
                 upload.add(chunk.chunk_index, chunk.data)
             upload.finish()
 
-    def partial(self) -> PartialDecryptionMessage:
-        """Fetch the request, spot-check the aggregate at positions drawn here, partially decrypt it."""
+    def challenge(self) -> SpotCheckChallenge:
+        """Stage challenge: fetch the request, bind it, post the positions and fold seed drawn here."""
         request = self.driver.decryption_request(self.silo, self.round, WAIT)
-        decrypter = PartialDecrypter(
+        self.decrypter = PartialDecrypter(
             silo_id=self.silo,
             share=self.keys.shares[self.roster.index(self.silo) - 1],
             public_key=self.keys.public_key,
@@ -515,10 +519,19 @@ class PaillierSilo:
             history=InMemoryDecryptionHistory(),
             rng=seeded(f"decrypter/{self.silo}/{self.round}"),
         )
-        challenge = decrypter.challenge(request)
-        return decrypter.partially_decrypt(
-            self.driver.open_spot_checks(self.silo, self.round, challenge)
-        )
+        self.challenged = self.decrypter.challenge(request)
+        self.driver.challenge(self.silo, self.round, self.challenged)
+        return self.challenged
+
+    def fold(self) -> None:
+        """Stage fold: answer every recorded fold seed with this contributor's signed, proven folds."""
+        _, requests = self.driver.fold_requests(self.silo, self.round, WAIT)
+        self.driver.folds(self.silo, self.round, self.contributor.answer_folds(requests))
+
+    def partial(self) -> PartialDecryptionMessage:
+        """Stage decrypt: check the openings and folds for this silo's challenge, partially decrypt."""
+        response = self.driver.open_spot_checks(self.silo, self.round, self.challenged, WAIT)
+        return self.decrypter.partially_decrypt(response)
 
     def decrypt(self) -> None:
         self.driver.partial_decryption(self.silo, self.round, self.partial())
@@ -526,6 +539,28 @@ class PaillierSilo:
     def refuse(self, reason: str = "the aggregate looks wrong") -> None:
         request = self.driver.decryption_request(self.silo, self.round, WAIT)
         self.driver.refuse(self.silo, self.round, request.digest(), reason)
+
+
+def check_aggregate(
+    rig: Rig[PaillierRounds],
+    silos: Mapping[str, PaillierSilo],
+    *,
+    round_: int = 0,
+    challengers: Sequence[str] | None = None,
+) -> None:
+    """Stages challenge and fold: ``challengers`` (default: every silo) challenge the request, then every
+    contributor answers the fold seeds; a challenge stage that waits for a silo that never answers is closed
+    by moving the clock past its deadline. Afterwards the decrypt stage is open."""
+    challengers = tuple(silos) if challengers is None else tuple(challengers)
+    request = rig.driver.decryption_request(next(iter(silos)), round_, WAIT)
+    for s in challengers:
+        silos[s].challenge()
+    if set(challengers) != set(silos):
+        rig.expire()
+    rig.driver.wait_past(round_, PaillierStage.CHALLENGE, WAIT)
+    for c in request.contributions:
+        silos[c.silo_id].fold()
+    rig.driver.wait_past(round_, PaillierStage.FOLD, WAIT)
 
 
 def paillier_silos(
@@ -543,8 +578,9 @@ def run_paillier_round(
     contributors: Sequence[str] | None = None,
     decrypters: Sequence[str] = ("a", "b"),
 ) -> RoundOutcome:
-    """``contributors`` (default: everyone) contribute, then ``decrypters`` partially decrypt; a stage left waiting
-    for a silo that never answers is closed by moving the clock past its deadline."""
+    """``contributors`` (default: everyone) contribute, every silo challenges, the contributors fold, then
+    ``decrypters`` partially decrypt; a stage left waiting for a silo that never answers is closed by moving the
+    clock past its deadline."""
     silos = paillier_silos(rig, keys, round_)
     contributors = tuple(silos) if contributors is None else tuple(contributors)
     for s in contributors:
@@ -553,6 +589,7 @@ def run_paillier_round(
         rig.expire()
     try:
         rig.driver.wait_past(round_, PaillierStage.COLLECT, WAIT)
+        check_aggregate(rig, silos, round_=round_)
         for s in decrypters:
             silos[s].decrypt()
         if len(decrypters) < keys.public_key.threshold:

@@ -25,7 +25,7 @@ from coordinator.errors import (
     StageError,
     Unauthorized,
 )
-from coordinator.rounds.paillier import PaillierRounds, PaillierStage
+from coordinator.rounds.paillier import PaillierRounds
 from secagg import Quantizer, RoundAborted
 from secagg.hazmat.paillier import ThresholdKeyMaterial
 from secagg.paillier import DecryptionRequest, SpotCheckChallenge
@@ -42,6 +42,7 @@ from tests.coordinator.rounds.conftest import (
     PaillierSilo,
     Rig,
     StreamBroke,
+    check_aggregate,
     eventually,
     expected_model,
     independent_fedavg,
@@ -52,11 +53,11 @@ from tests.coordinator.rounds.conftest import (
     updates,
 )
 
-COLLECT, DECRYPT = PaillierStage.COLLECT, PaillierStage.DECRYPT
+COLLECT, CHALLENGE, FOLD, DECRYPT = PaillierRounds.stages
 
 
 # -- stage transitions and early closes ---------------------------------------------------------------------------
-def test_collect_then_decrypt_each_closing_as_soon_as_it_can(
+def test_each_stage_closes_as_soon_as_it_can(
     paillier: Rig[PaillierRounds], paillier_keys: ThresholdKeyMaterial
 ) -> None:
     units = updates(SILOS)
@@ -72,6 +73,8 @@ def test_collect_then_decrypt_each_closing_as_soon_as_it_can(
         silos[s].contribute(units[s])
     request = paillier.driver.decryption_request("a", 0, WAIT)  # closed: every member contributed
     assert [c.silo_id for c in request.contributions] == list(SILOS)
+    assert paillier.driver.view().stage is CHALLENGE
+    check_aggregate(paillier, silos)  # every key holder challenged, every contributor folded
     assert paillier.driver.view().stage is DECRYPT
     silos["a"].decrypt()
     with pytest.raises(TimeoutError):  # one partial decryption is not enough
@@ -195,6 +198,90 @@ def test_fewer_than_t_partial_decryptions_by_the_deadline_abort_the_round(
     )
 
 
+def test_fewer_than_t_challenges_by_the_deadline_abort_the_round(
+    coordinators: Coordinators, paillier_keys: ThresholdKeyMaterial
+) -> None:
+    rig = coordinators.paillier(paillier_keys, rounds=2)
+    units = updates(SILOS)
+    silos = paillier_silos(rig, paillier_keys)
+    for s in SILOS:
+        silos[s].contribute(units[s])
+    silos["a"].challenge()
+    rig.expire()
+    outcome = rig.driver.result(0, WAIT)
+    assert (outcome.status, outcome.reason) == (
+        RoundStatus.ABORTED,
+        "1 key holders challenged the decryption request, 2 needed",
+    )
+    (aborted,) = rig.events(EventKind.ROUND_ABORTED)
+    assert aborted.body["stage"] == "challenge"
+    assert run_paillier_round(rig, paillier_keys, updates(SILOS, 1), round_=1).status is (
+        RoundStatus.COMPLETED
+    )
+
+
+def test_a_contributor_that_does_not_fold_aborts_the_round_naming_it(
+    coordinators: Coordinators, paillier_keys: ThresholdKeyMaterial
+) -> None:
+    # its ciphertexts are in the aggregate: without its folds no key holder can check the aggregate, so the
+    # round cannot go on without it (the price of whole-aggregate integrity; DESIGN 5)
+    rig = coordinators.paillier(paillier_keys, rounds=2)
+    units = updates(SILOS)
+    silos = paillier_silos(rig, paillier_keys)
+    for s in SILOS:
+        silos[s].contribute(units[s])
+    for s in SILOS:
+        silos[s].challenge()
+    rig.driver.wait_past(0, CHALLENGE, WAIT)
+    for s in "abc":
+        silos[s].fold()
+    with pytest.raises(TimeoutError):
+        rig.driver.wait_past(0, FOLD, 0.05)
+    rig.expire()
+    outcome = rig.driver.result(0, WAIT)
+    assert (outcome.status, outcome.reason) == (
+        RoundStatus.ABORTED,
+        "contributors ['d'] did not answer the fold requests: the aggregate cannot be checked",
+    )
+    assert run_paillier_round(rig, paillier_keys, updates(SILOS, 1), round_=1).status is (
+        RoundStatus.COMPLETED
+    )
+
+
+def test_folds_are_checked_and_answered_once(
+    paillier: Rig[PaillierRounds], paillier_keys: ThresholdKeyMaterial
+) -> None:
+    units = updates(SILOS)
+    silos = paillier_silos(paillier, paillier_keys)
+    for s in SILOS:
+        silos[s].contribute(units[s])
+    for s in SILOS:
+        silos[s].challenge()
+        if s == "a":
+            with pytest.raises(DuplicateSubmission, match="challenged the decryption request"):
+                paillier.driver.challenge("a", 0, silos["a"].challenged)
+    _, requests = paillier.driver.fold_requests("a", 0, WAIT)
+    assert [r.decrypter for r in requests] == list(SILOS)
+    answers = silos["a"].contributor.answer_folds(requests)
+    with pytest.raises(
+        InvalidInput, match="fold signature"
+    ):  # the coordinator cannot invent a fold
+        paillier.driver.folds(
+            "a", 0, [dataclasses.replace(answers[0], fold=answers[1].fold), *answers[1:]]
+        )
+    with pytest.raises(InvalidInput, match="another decrypter"):  # nor move one to another seed
+        paillier.driver.folds("b", 0, answers)
+    paillier.driver.folds("a", 0, answers)
+    with pytest.raises(DuplicateSubmission, match="answered the fold requests"):
+        paillier.driver.folds("a", 0, answers)
+    for s in "bcd":
+        silos[s].fold()
+    paillier.driver.wait_past(0, FOLD, WAIT)
+    for s in "ab":
+        silos[s].decrypt()
+    assert paillier.driver.result(0, WAIT).status is RoundStatus.COMPLETED
+
+
 def test_refusals_are_recorded_and_the_round_aborts_naming_them(
     paillier: Rig[PaillierRounds], paillier_keys: ThresholdKeyMaterial
 ) -> None:
@@ -205,11 +292,13 @@ def test_refusals_are_recorded_and_the_round_aborts_naming_them(
     silos["a"].refuse("the aggregate is not the product of the signed contributions")
     silos["b"].refuse()
     with pytest.raises(TimeoutError):  # c and d may still answer
-        paillier.driver.wait_past(0, DECRYPT, 0.05)
+        paillier.driver.wait_past(0, CHALLENGE, 0.05)
     paillier.expire()
     outcome = paillier.driver.result(0, WAIT)
     assert outcome.status is RoundStatus.ABORTED
-    assert outcome.reason == "0 partial decryptions, 2 needed; refused by ['a', 'b']"
+    assert outcome.reason == (
+        "0 key holders challenged the decryption request, 2 needed; refused by ['a', 'b']"
+    )
     failures = paillier.events(EventKind.VERIFICATION_FAILURE)
     assert [(e.body["silo"], e.body["what"]) for e in failures] == [
         ("a", "decryption_request"),
@@ -220,7 +309,7 @@ def test_refusals_are_recorded_and_the_round_aborts_naming_them(
     )
 
 
-def test_the_decrypt_stage_closes_early_once_every_key_holder_refused(
+def test_the_challenge_stage_closes_early_once_every_key_holder_refused(
     paillier: Rig[PaillierRounds], paillier_keys: ThresholdKeyMaterial
 ) -> None:
     units = updates(SILOS)
@@ -242,6 +331,7 @@ def test_an_invalid_partial_decryption_is_recorded_and_t_valid_ones_still_comple
     silos = paillier_silos(paillier, paillier_keys)
     for s in SILOS:
         silos[s].contribute(units[s])
+    check_aggregate(paillier, silos)
     honest = silos["a"].partial()
     forged = dataclasses.replace(
         honest, partial=dataclasses.replace(honest.partial, response=honest.partial.response + 1)
@@ -284,6 +374,7 @@ def test_a_contribution_broken_midway_is_divided_out_and_cannot_be_restarted(
     request = rig.driver.decryption_request("a", 0, WAIT)
     assert rig.clock() == start
     assert [c.silo_id for c in request.contributions] == ["a", "b", "c"]
+    check_aggregate(rig, silos)
     for s in "ab":
         silos[s].decrypt()
     outcome = rig.driver.result(0, WAIT)
@@ -312,6 +403,7 @@ def test_a_contribution_still_open_at_the_deadline_is_cut_off(
         assert [c.silo_id for c in request.contributions] == ["a", "b", "c"]
         with pytest.raises(StageError, match="discarded"):
             stalled.add(chunks[1].chunk_index, chunks[1].data)
+    check_aggregate(rig, silos)
     for s in "ab":
         silos[s].decrypt()
     outcome = rig.driver.result(0, WAIT)
@@ -349,6 +441,7 @@ def test_second_submissions_are_refused(
         paillier.driver.contribution("a", 0, commitment)
     for s in "bcd":
         silos[s].contribute(units[s])
+    check_aggregate(paillier, silos)
     partial = silos["a"].partial()
     paillier.driver.partial_decryption("a", 0, partial)
     with pytest.raises(DuplicateSubmission, match="answered the decryption request"):
@@ -365,12 +458,18 @@ def test_messages_for_another_stage_are_refused(
     units = updates(SILOS)
     silos = paillier_silos(paillier, paillier_keys)
     digest = b"\0" * 32
-    with pytest.raises(StageError, match="is in stage collect, not decrypt"):
-        paillier.driver.open_spot_checks("a", 0, SpotCheckChallenge(digest, (0,)))
+    challenge = SpotCheckChallenge(digest, (0,), b"\0" * 32)
+    with pytest.raises(StageError, match="is in stage collect, not challenge"):
+        paillier.driver.challenge("a", 0, challenge)
+    with pytest.raises(StageError, match="is in stage collect, not fold"):
+        paillier.driver.folds("a", 0, [])
     with pytest.raises(StageError, match="is in stage collect, not decrypt"):
         paillier.driver.refuse("a", 0, digest, "no")
     for s in SILOS:
         silos[s].contribute(units[s])
+    with pytest.raises(TimeoutError, match="stage fold of round 0 is still open"):  # a long poll
+        paillier.driver.open_spot_checks("a", 0, challenge)
+    check_aggregate(paillier, silos)
     partial = silos["a"].partial()
     _, commitment = PaillierSilo(paillier, paillier_keys, "a").encrypt(units["a"])
     with pytest.raises(StageError, match="is in stage decrypt, not collect"):
@@ -385,6 +484,7 @@ def test_a_partial_decryption_of_another_request_is_invalid_input(
     silos = paillier_silos(paillier, paillier_keys)
     for s in SILOS:
         silos[s].contribute(units[s])
+    check_aggregate(paillier, silos)
     partial = silos["a"].partial()
     with pytest.raises(InvalidInput, match="another request"):
         paillier.driver.partial_decryption(
@@ -421,8 +521,12 @@ def test_a_caller_that_is_not_a_member_or_not_itself_is_unauthorized(
         paillier.driver.decryption_request("mallory", 0, 0)
     for s in SILOS:
         silos[s].contribute(units[s])
+    mallory = SpotCheckChallenge(b"\0" * 32, (0,), b"\0" * 32)
     with pytest.raises(Unauthorized, match="not a member"):
-        paillier.driver.open_spot_checks("mallory", 0, SpotCheckChallenge(b"\0" * 32, (0,)))
+        paillier.driver.challenge("mallory", 0, mallory)
+    check_aggregate(paillier, silos)
+    with pytest.raises(Unauthorized, match="not a member"):
+        paillier.driver.open_spot_checks("mallory", 0, mallory)
     partial_of_b = silos["b"].partial()
     with pytest.raises(Unauthorized, match="decrypt as itself"):
         paillier.driver.partial_decryption("a", 0, partial_of_b)
@@ -594,5 +698,6 @@ def test_the_key_ceremony_command_refuses_a_threshold_or_cohort_the_colluders_co
         key_bits=256,
         insecure_test_key_size=True,
     )
-    key, share = files.load(federation="fed")
+    pinned = bytes.fromhex(consortium.consortium_public_key.read_text(encoding="utf-8"))
+    key, share = files.load(federation="fed", consortium_key=pinned)
     assert (key.threshold, share.index) == (3, 1)

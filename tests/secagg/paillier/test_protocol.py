@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+import gmpy2
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -20,11 +21,18 @@ from secagg.errors import (
     RoundAborted,
 )
 from secagg.hazmat.keys import public_bytes, sign
+from secagg.hazmat.merkle import leaf_hash, merkle_root
 from secagg.hazmat.paillier import (
     KeyShare,
+    ObfuscatorMode,
     ObfuscatorPool,
     ThresholdPublicKey,
+    ciphertexts_from_bytes,
     ciphertexts_to_bytes,
+    encrypt_plaintexts,
+    fold_ciphertexts,
+    partial_decrypt,
+    prove_plaintext_knowledge,
 )
 from secagg.paillier import (
     AggregatorStage,
@@ -36,19 +44,25 @@ from secagg.paillier import (
     PaillierContributor,
     PaillierRoundConfig,
     PartialDecrypter,
+    PartialDecryptionMessage,
     SignedCommitment,
+    SpotCheckChallenge,
     SpotCheckResponse,
     check_trust_parameters,
     combine_partials,
     open_key_share,
     run_key_ceremony,
 )
+from secagg.paillier.messages import knowledge_proof_context, knowledge_weights, proof_context
 
 from .conftest import TEST_KEY_BITS, seeded_rng
 
 FEDERATION = "fed-test"
 Submission = tuple[tuple[CiphertextChunk, ...], SignedCommitment]
 SILOS = [f"silo-{i}" for i in range(1, 6)]
+# Every contributor made by `contribute`, by Merkle root: the honest silos that answer the decrypters' fold
+# requests (the coordinator forwards them) for whatever aggregator their commitment went to.
+CONTRIBUTORS: dict[bytes, PaillierContributor] = {}
 
 
 @dataclass(frozen=True)
@@ -123,8 +137,24 @@ def contribute(
         public_key=consortium.public_key,
         config=config,
         pool=pool,
+        rng=seeded_rng(f"proofs-{silo}-{config.round_number}"),
     )
-    return contributor.encrypt_update(values)
+    chunks, commitment = contributor.encrypt_update(values)
+    CONTRIBUTORS[commitment.merkle_root] = contributor
+    return chunks, commitment
+
+
+def opened(
+    aggregator: PaillierAggregator, decrypter_id: str, challenge: SpotCheckChallenge
+) -> SpotCheckResponse:
+    """The coordinator's honest relay: record the challenge, collect every contributor's signed folds for the
+    recorded seeds, then open the spot checks (with the folds for this challenge's seed)."""
+    aggregator.record_challenge(decrypter_id, challenge)
+    requests = aggregator.fold_requests()
+    for commitment in aggregator.request.contributions:
+        contributor = CONTRIBUTORS[commitment.merkle_root]
+        aggregator.accept_folds(contributor.silo_id, contributor.answer_folds(requests))
+    return aggregator.open_spot_checks(challenge)
 
 
 def decrypter(
@@ -163,7 +193,7 @@ def run_round(
     partials = []
     for silo in decrypters:
         d = decrypter(consortium, config, roster, silo)
-        partials.append(d.partially_decrypt(aggregator.open_spot_checks(d.challenge(request))))
+        partials.append(d.partially_decrypt(opened(aggregator, d.silo_id, d.challenge(request))))
     return aggregator.finish(partials)
 
 
@@ -221,7 +251,7 @@ def test_a_silo_that_never_submits_or_stops_midway_does_not_block_the_round(
     partials = []
     for silo in ("silo-1", "silo-4", "silo-5"):  # key holders need not be contributors
         d = decrypter(consortium, config, roster, silo)
-        partials.append(d.partially_decrypt(aggregator.open_spot_checks(d.challenge(request))))
+        partials.append(d.partially_decrypt(opened(aggregator, d.silo_id, d.challenge(request))))
     np.testing.assert_array_equal(aggregator.finish(partials), sum(updates[s] for s in SILOS[:3]))
     assert aggregator.stage is AggregatorStage.DONE
 
@@ -258,7 +288,7 @@ def test_combiner_needs_t_valid_partials(
     partials = []
     for silo in SILOS[:3]:
         d = decrypter(consortium, config, roster, silo)
-        partials.append(d.partially_decrypt(aggregator.open_spot_checks(d.challenge(request))))
+        partials.append(d.partially_decrypt(opened(aggregator, d.silo_id, d.challenge(request))))
     with pytest.raises(RoundAborted):
         combine_partials(consortium.public_key, config, request, partials[:2])
     bad = replace(
@@ -350,7 +380,8 @@ def test_forged_replayed_or_duplicated_commitments_are_refused(
         ((*request.contributions, forged_by_outsider), "signature"),
         ((*request.contributions, relabelled), "signature"),
         ((*request.contributions[1:], old_round), "another round"),
-        ((*request.contributions, duplicate), "same ciphertexts"),
+        # a copy under another name: its proof of plaintext knowledge is bound to the silo that made it
+        ((*request.contributions, duplicate), "plaintext knowledge"),
         ((*request.contributions, unknown), "roster"),
         ((*request.contributions, request.contributions[0]), "twice"),
     ]
@@ -376,7 +407,7 @@ def test_openings_that_do_not_match_are_refused(
 
     def attempt(tamper: Callable[[SpotCheckResponse], SpotCheckResponse]) -> None:
         d = decrypter(consortium, config, roster, "silo-4")
-        response = aggregator.open_spot_checks(d.challenge(request))
+        response = opened(aggregator, d.silo_id, d.challenge(request))
         with pytest.raises(ProtocolViolation):
             d.partially_decrypt(tamper(response))
 
@@ -423,7 +454,7 @@ def test_aggregate_tampered_at_one_position_is_caught_at_that_position(
     d2 = decrypter(consortium, config, roster, "silo-4")
     challenge = d2.challenge(tampered)
     assert position in challenge.positions
-    honest_openings = aggregator.open_spot_checks(probe)
+    honest_openings = opened(aggregator, "silo-4", probe)
     with pytest.raises(ProtocolViolation, match="product"):
         d2.partially_decrypt(replace(honest_openings, request_digest=challenge.request_digest))
 
@@ -436,7 +467,7 @@ def test_one_request_per_round_and_no_fishing_for_new_positions(
     history = InMemoryDecryptionHistory()
     first = decrypter(consortium, config, roster, "silo-4", history)
     challenge = first.challenge(request)
-    message = first.partially_decrypt(aggregator.open_spot_checks(challenge))
+    message = first.partially_decrypt(opened(aggregator, "silo-4", challenge))
     assert message.partial.index == consortium.shares["silo-4"].index
     # Same request again (e.g. a retry): same positions, never fresh ones.
     again = PartialDecrypter(
@@ -492,7 +523,7 @@ def test_contribution_not_matching_its_commitment_is_dropped_and_rolled_back(
     partials = []
     for silo in SILOS[:3]:
         d = decrypter(consortium, config, roster, silo)
-        partials.append(d.partially_decrypt(aggregator.open_spot_checks(d.challenge(request))))
+        partials.append(d.partially_decrypt(opened(aggregator, d.silo_id, d.challenge(request))))
     np.testing.assert_array_equal(aggregator.finish(partials), np.full(100, 1 + 2 + 3))
 
 
@@ -523,7 +554,9 @@ def test_illegal_transitions_raise(
         aggregator.decryption_request()
     d = decrypter(consortium, config, roster, "silo-5")
     with pytest.raises(ProtocolError):
-        d.partially_decrypt(SpotCheckResponse(request_digest=request.digest(), openings=()))
+        d.partially_decrypt(
+            SpotCheckResponse(request_digest=request.digest(), openings=(), folds=())
+        )
     d.challenge(request)
     with pytest.raises(ProtocolError):
         d.challenge(request)
@@ -585,3 +618,242 @@ def test_ceremony_refuses_a_threshold_or_cohort_the_colluders_could_defeat(
     # The boundary cases are accepted: t = c + 1 and min_cohort = c + 2.
     check_trust_parameters(threshold=3, collusion=2, min_cohort=4, parties=5)
     check_trust_parameters(threshold=2, collusion=0, min_cohort=2)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Whole-aggregate integrity and cancellation (issue 14): each attack first succeeds on the unguarded path
+
+
+def decrypt_unchecked(
+    consortium: Consortium, config: PaillierRoundConfig, request: DecryptionRequest
+) -> np.ndarray:
+    """What three key holders would release if they decrypted ``request`` without any check: the payoff of an
+    attack that gets past the guards (the positive control)."""
+    pk = consortium.public_key
+    digest = request.digest()
+    aggregate = ciphertexts_from_bytes(pk, request.aggregate)
+    partials = [
+        PartialDecryptionMessage(
+            silo_id=s,
+            request_digest=digest,
+            partial=partial_decrypt(
+                pk,
+                consortium.shares[s],
+                aggregate,
+                context=proof_context(request.context, digest),
+                rng=seeded_rng(f"unchecked-{s}"),
+                workers=1,
+            ),
+        )
+        for s in SILOS[:3]
+    ]
+    return combine_partials(pk, config, request, partials, workers=1)
+
+
+def spot_checks_pass(
+    consortium: Consortium, request: DecryptionRequest, response: SpotCheckResponse
+) -> bool:
+    """The spot checks alone (the pre-fold guarantee): at each opened position, the product of the openings
+    equals the aggregate."""
+    pk = consortium.public_key
+    aggregate = ciphertexts_from_bytes(pk, request.aggregate)
+    products: dict[int, int] = {}
+    for o in response.openings:
+        value = ciphertexts_from_bytes(pk, o.ciphertext)[0]
+        products[o.position] = products.get(o.position, 1) * value % pk.nsquare
+    return all(aggregate[p] == v for p, v in products.items())
+
+
+@pytest.mark.parametrize("swaps", ["one", "many"])
+def test_a_coordinator_that_swaps_a_silos_ciphertexts_into_the_aggregate_is_caught_every_time(
+    consortium: Consortium,
+    roster: dict[str, bytes],
+    roster_keys: dict[str, Ed25519PrivateKey],
+    swaps: str,
+) -> None:
+    """Attack 1 of the review: aggregate position j replaced by silo-1's own ciphertext at j, at positions the
+    decrypter does not spot-check, decrypts to silo-1's exact values there. The fold catches it whatever the
+    positions (soundness error 2^-128), not with the probability the spot checks give."""
+    config = make_config(round_number=20, vector_length=2000)
+    pk = consortium.public_key
+    width = pk.ciphertext_bytes
+    gen = np.random.default_rng(20)
+    updates = {s: gen.integers(-2047, 2048, size=2000) for s in SILOS[:3]}
+    aggregator = PaillierAggregator(public_key=pk, config=config, roster=roster)
+    victim = b""
+    for silo in SILOS[:3]:
+        chunks, commitment = contribute(consortium, config, roster_keys, silo, updates[silo])
+        victim = b"".join(c.data for c in chunks) if silo == "silo-1" else victim
+        aggregator.accept_commitment(commitment)
+        for chunk in chunks:
+            aggregator.accept_chunk(chunk)
+    request = aggregator.decryption_request()
+    count = len(request.aggregate) // width
+    # the coordinator learns the positions only after the request is bound; here the test peeks at them
+    # (same seeded rng) so the swap lands where the spot checks do not look
+    drawn = set(decrypter(consortium, config, roster, "silo-4").challenge(request).positions)
+    unchecked = [j for j in range(count) if j not in drawn]
+    swapped = unchecked[:1] if swaps == "one" else unchecked
+    aggregate = bytearray(request.aggregate)
+    for j in swapped:
+        aggregate[j * width : (j + 1) * width] = victim[j * width : (j + 1) * width]
+    tampered = replace(request, aggregate=bytes(aggregate))
+
+    # positive control: the spot checks pass, and decrypting releases silo-1's values at the swapped slots
+    d = decrypter(consortium, config, roster, "silo-4")
+    challenge = d.challenge(tampered)
+    assert set(challenge.positions) == drawn
+    honest_view = replace(challenge, request_digest=request.digest())
+    response = replace(opened(aggregator, "silo-4", honest_view), request_digest=tampered.digest())
+    assert spot_checks_pass(consortium, tampered, response)
+    released = decrypt_unchecked(consortium, config, tampered)
+    packing = config.packing(pk)
+    slots = packing.slots_per_plaintext
+    leaked = [i for j in swapped for i in range(j * slots, min((j + 1) * slots, 2000))]
+    # decoded as a sum of 3 contributions, a slot holding one is off by the 2 offsets the attacker adds back
+    assert np.array_equal(released[leaked] + 2 * packing.offset, updates["silo-1"][leaked])
+
+    # the defence: the product of the contributors' signed folds is not the tampered aggregate's fold
+    with pytest.raises(ProtocolViolation, match="whole-vector fold"):
+        d.partially_decrypt(response)
+    assert d.stage is DecrypterStage.AWAITING_OPENINGS  # nothing was decrypted
+
+
+def forged_contribution(
+    consortium: Consortium,
+    config: PaillierRoundConfig,
+    roster_keys: dict[str, Ed25519PrivateKey],
+    silo: str,
+    ciphertexts: list[int],
+) -> tuple[tuple[CiphertextChunk, ...], SignedCommitment]:
+    """A colluding silo's contribution of ciphertexts it did not encrypt itself, correctly signed, with the best
+    proof of plaintext knowledge it can make: one for a guessed opening (it does not know the real one)."""
+    pk = consortium.public_key
+    width = pk.ciphertext_bytes
+    context = config.context(pk)
+    data = ciphertexts_to_bytes(pk, ciphertexts)
+    root = merkle_root(leaf_hash(data[o : o + width]) for o in range(0, len(data), width))
+    fold = fold_ciphertexts(
+        pk, ciphertexts, knowledge_weights(context, silo, root, len(ciphertexts))
+    )
+    proof = prove_plaintext_knowledge(
+        pk,
+        fold,
+        0,
+        1,
+        ObfuscatorMode.STANDARD,
+        context=knowledge_proof_context(context, silo, root),
+        rng=seeded_rng(f"forger-{silo}"),
+    )
+    unsigned = SignedCommitment(
+        silo_id=silo,
+        context=context,
+        vector_length=config.vector_length,
+        ciphertext_count=len(ciphertexts),
+        merkle_root=root,
+        knowledge_fold=fold,
+        knowledge_proof=proof,
+        signature=b"",
+    )
+    commitment = replace(unsigned, signature=sign(roster_keys[silo], unsigned.signed_message()))
+    chunks = tuple(
+        CiphertextChunk(silo_id=silo, chunk_index=i, data=data[i * width : (i + 1) * width])
+        for i in range(len(ciphertexts))
+    )
+    return chunks, commitment
+
+
+@pytest.mark.parametrize("attack", ["cancel", "re-randomised copy"])
+def test_a_colluding_silo_cannot_submit_ciphertexts_derived_from_another_silos(
+    consortium: Consortium,
+    roster: dict[str, bytes],
+    roster_keys: dict[str, Ed25519PrivateKey],
+    attack: str,
+) -> None:
+    """Attack 2 of the review: the coordinator and silo-2 collude. silo-2 submits ``Enc(2 * offsets) / c_3``,
+    which cancels silo-3's contribution, so the aggregate of silo-1, silo-2 and silo-3 decrypts to silo-1's
+    exact update; or a re-randomised copy of silo-1's ciphertexts (a new Merkle root, so no duplicate). Every
+    signature is valid; only the proof of plaintext knowledge stops it."""
+    config = make_config(round_number=21, vector_length=200)
+    pk = consortium.public_key
+    nsq = pk.nsquare
+    gen = np.random.default_rng(21)
+    updates = {s: gen.integers(-2047, 2048, size=200) for s in ("silo-1", "silo-3")}
+    honest = {s: contribute(consortium, config, roster_keys, s, updates[s]) for s in updates}
+    ciphertexts = {
+        s: ciphertexts_from_bytes(pk, b"".join(c.data for c in chunks))
+        for s, (chunks, _) in honest.items()
+    }
+    pool = ObfuscatorPool(pk, rng=seeded_rng(f"colluder-{attack}"))
+    count = len(ciphertexts["silo-1"])
+    zeros = encrypt_plaintexts(pk, config.packing(pk).pack(np.zeros(200, dtype=np.int64)), pool)
+    if attack == "cancel":
+        forged = [
+            z * z % nsq * int(gmpy2.invert(c, nsq)) % nsq
+            for z, c in zip(zeros, ciphertexts["silo-3"], strict=True)
+        ]
+    else:  # silo-1's ciphertexts times fresh encryptions of 0: the same plaintexts, fresh randomness
+        fresh = encrypt_plaintexts(pk, [0] * count, pool)
+        forged = [c * r % nsq for c, r in zip(ciphertexts["silo-1"], fresh, strict=True)]
+    _, commitment = forged_contribution(consortium, config, roster_keys, "silo-2", forged)
+    assert commitment.merkle_root != honest["silo-1"][1].merkle_root  # not caught as a duplicate
+
+    # positive control: admitted without the proof, the aggregate gives silo-1's update away
+    aggregate = [
+        a * b % nsq * c % nsq
+        for a, b, c in zip(ciphertexts["silo-1"], forged, ciphertexts["silo-3"], strict=True)
+    ]
+    contributions = tuple(
+        sorted((honest["silo-1"][1], commitment, honest["silo-3"][1]), key=lambda c: c.silo_id)
+    )
+    request = DecryptionRequest(
+        context=config.context(pk),
+        aggregate=ciphertexts_to_bytes(pk, aggregate),
+        contributions=contributions,
+    )
+    released = decrypt_unchecked(consortium, config, request)
+    if attack == "cancel":
+        assert np.array_equal(released, updates["silo-1"])
+    else:  # silo-1 counted twice: its update is (sum - silo-3) / 2
+        assert np.array_equal(released, 2 * updates["silo-1"] + updates["silo-3"])
+
+    # the defence: the coordinator refuses it at the door, and so does every key holder
+    aggregator = PaillierAggregator(public_key=pk, config=config, roster=roster)
+    with pytest.raises(ProtocolViolation, match="plaintext knowledge"):
+        aggregator.accept_commitment(commitment)
+    with pytest.raises(ProtocolViolation, match="plaintext knowledge"):
+        decrypter(consortium, config, roster, "silo-4").challenge(request)
+    # and a proof made for honest ciphertexts cannot be reused for the forged ones
+    stolen = replace(
+        commitment,
+        knowledge_fold=honest["silo-1"][1].knowledge_fold,
+        knowledge_proof=honest["silo-1"][1].knowledge_proof,
+    )
+    stolen = replace(stolen, signature=sign(roster_keys["silo-2"], stolen.signed_message()))
+    with pytest.raises(ProtocolViolation, match="plaintext knowledge"):
+        aggregator.accept_commitment(stolen)
+
+
+def test_a_contribution_whose_chunks_are_not_the_proven_ciphertexts_is_dropped(
+    consortium: Consortium, roster: dict[str, bytes], roster_keys: dict[str, Ed25519PrivateKey]
+) -> None:
+    """A silo that proves knowledge for its own ciphertexts but streams others: the Merkle check catches a
+    different root; the fold check catches the rest (the proof covers the fold the root's weights give)."""
+    config = make_config(round_number=22)
+    pk = consortium.public_key
+    aggregator = PaillierAggregator(public_key=pk, config=config, roster=roster)
+    chunks, commitment = contribute(
+        consortium, config, roster_keys, "silo-1", np.ones(100, dtype=np.int64)
+    )
+    other = ciphertexts_from_bytes(pk, b"".join(c.data for c in chunks))
+    other[0] = other[0] * (pk.n + 1) % pk.nsquare  # one plaintext changed
+    _, forged = forged_contribution(consortium, config, roster_keys, "silo-1", other)
+    # the honest proof and fold with the forged ciphertexts' root: signed, but the proof is for another root
+    mixed = replace(
+        forged,
+        knowledge_fold=commitment.knowledge_fold,
+        knowledge_proof=commitment.knowledge_proof,
+    )
+    mixed = replace(mixed, signature=sign(roster_keys["silo-1"], mixed.signed_message()))
+    with pytest.raises(ProtocolViolation, match="plaintext knowledge"):
+        aggregator.accept_commitment(mixed)
