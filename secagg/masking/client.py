@@ -8,6 +8,12 @@ Notes:
     ids or keys, ciphertexts moved between recipients or replayed, survivor sets that differ between silos
     (consistency check with >= t roster signatures), survivor/dropped sets that overlap or leave U2, and any
     request for the second share type of a peer.
+
+    On the SecAgg+ graph (Bell et al., CCS 2020; :mod:`secagg.masking.graph`) the silo shares to and masks with
+    its neighbours only, and every guard holds per neighbourhood: shares from non-neighbours are refused, the
+    survivor and dropped sets must partition its own U2 within its neighbourhood, and it reveals a share of a
+    peer only with t valid signatures on the identical survivor set *from that peer's closed neighbourhood* --
+    the Bonawitz argument (t > (n + c)/2) applied to the k + 1 silos that hold the peer's shares.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from secagg.hazmat.keys import (
 )
 from secagg.hazmat.prg import MaskStream, mask_key
 from secagg.masking.config import RoundConfig
+from secagg.masking.graph import CommunicationGraph, communication_graph
 from secagg.masking.messages import (
     COMMITMENT_BYTES,
     Advertisement,
@@ -197,6 +204,7 @@ class SecAggClient:
         ] = {}  # peer -> (share of b_peer, share of mask sk_peer)
         self._signed_survivors: tuple[str, ...] = ()
         self._revealed: dict[str, str] = {}
+        self._graph: CommunicationGraph | None = None
 
     def __repr__(self) -> str:
         return f"SecAggClient(silo={self.silo!r}, stage={self.stage.value!r})"
@@ -205,6 +213,13 @@ class SecAggClient:
     def session_id(self) -> bytes:
         """The session id, known after stage 2 starts."""
         return self._session
+
+    @property
+    def graph(self) -> CommunicationGraph:
+        """The round's communication graph, known after stage 2 starts (full unless ``graph_degree`` is set)."""
+        if self._graph is None:
+            raise ProtocolError(f"{self.silo}: the graph is known once U1 has been received")
+        return self._graph
 
     @property
     def holds_secrets(self) -> bool:
@@ -258,7 +273,8 @@ class SecAggClient:
     @_stage(Stage.SHARE_KEYS)
     def share_keys(self, advertisements: Sequence[Advertisement]) -> ShareKeys:
         """Stage 2: verify U1 against the roster, then Shamir-share b_u (drawn in stage 1) and the mask key
-        (in its clamped form, :func:`clamped_scalar`) to every member.
+        (in its clamped form, :func:`clamped_scalar`) to every member of its closed neighbourhood in U1 (every
+        member on the full graph).
 
         Raises:
             ProtocolViolation: an advertisement is forged, duplicated, substituted or for another model.
@@ -266,7 +282,15 @@ class SecAggClient:
         """
         self._check_advertisements(advertisements)
         self._session = session_id(self._config, advertisements)
-        members = sorted(self._advertisements)
+        self._graph = communication_graph(
+            self._roster.members, self._config.graph_degree, self._session
+        )
+        members = sorted(self._graph.closed_neighbourhood(self.silo) & set(self._advertisements))
+        if len(members) < self._config.local_required:
+            raise RoundAborted(
+                f"only {len(members)} silos of this silo's neighbourhood advertised keys; the round needs "
+                f"{self._config.local_required}"
+            )
         xs = [self._roster.index(m) for m in members]
         t = self._config.threshold
         seed_shares = shamir.split(self._seed, threshold=t, xs=xs, rng=self._rng)
@@ -388,6 +412,8 @@ class SecAggClient:
                 raise ProtocolViolation(f"received a share addressed to {share.recipient}")
             if share.sender not in self._advertisements or share.sender == self.silo:
                 raise ProtocolViolation(f"share from {share.sender!r}, who is not in U1")
+            if share.sender not in self.graph.neighbours(self.silo):
+                raise ProtocolViolation(f"share from {share.sender}, who is not a neighbour")
             secret = agree(self._enc_key, self._advertisements[share.sender].enc_public)
             key = share_key(secret, self._session, share.sender, self.silo)
             try:
@@ -405,10 +431,16 @@ class SecAggClient:
                 plaintext[shamir.SHARE_BYTES :],
             )
         self._u2 = tuple(sorted([*senders, self.silo]))
-        if len(self._u2) < self._config.required_survivors:
+        if len(self._u2) < self._config.local_required:
             raise RoundAborted(
-                f"only {len(self._u2)} silos shared keys; the round needs {self._config.required_survivors}"
+                f"only {len(self._u2)} silos shared keys; the round needs {self._config.local_required}"
             )
+
+    def _local(self, silos: Sequence[str]) -> set[str]:
+        """The silos of ``silos`` in this silo's closed neighbourhood (all of them on the full graph)."""
+        if self.graph.is_full:
+            return set(silos)
+        return set(silos) & self.graph.closed_neighbourhood(self.silo)
 
     # Stage 4 -------------------------------------------------------------------------------------------
     @_stage(Stage.CONSISTENCY_CHECK)
@@ -426,8 +458,18 @@ class SecAggClient:
             raise ProtocolViolation("repeated id in the survivor set")
         if self.silo not in survivors:
             raise ProtocolViolation("this silo submitted but is missing from the survivor set")
-        if not set(survivors) <= set(self._u2):
+        mine = self._local(survivors)
+        if not mine <= set(self._u2):
             raise ProtocolViolation("survivor set contains a silo outside U2")
+        if self.graph.is_full:
+            pass  # U3 is inside U2 = the neighbourhood; the cohort check below is the only one
+        elif not set(survivors) <= set(self._advertisements):
+            raise ProtocolViolation("survivor set contains a silo outside U1")
+        elif len(mine) < self._config.local_required:
+            raise RoundAborted(
+                f"only {len(mine)} silos of this silo's neighbourhood submitted; the round "
+                f"needs {self._config.local_required}"
+            )
         if len(survivors) < self._config.required_survivors:
             raise RoundAborted(
                 f"only {len(survivors)} silos submitted; the round needs {self._config.required_survivors}"
@@ -443,11 +485,11 @@ class SecAggClient:
                 request for the other share type of a peer.
         """
         self._check_unmask(request)
-        self_shares = {peer: self._held[peer][0] for peer in request.survivors}
-        key_shares = {peer: self._held[peer][1] for peer in request.dropped}
-        for peer in request.survivors:
+        self_shares = {p: self._held[p][0] for p in request.survivors if p in self._u2}
+        key_shares = {p: self._held[p][1] for p in request.dropped if p in self._u2}
+        for peer in self_shares:
             self._revealed[peer] = "self-mask"
-        for peer in request.dropped:
+        for peer in key_shares:
             self._revealed[peer] = "mask-key"
         self._held.clear()
         self._seed = b""
@@ -464,7 +506,9 @@ class SecAggClient:
             raise ProtocolViolation("a silo is reported both as survivor and as dropped")
         if tuple(sorted(survivors)) != self._signed_survivors:
             raise ProtocolViolation("the survivor set differs from the one this silo signed")
-        if set(survivors) | set(dropped) != set(self._u2):
+        if not self.graph.is_full and not set(survivors) | set(dropped) <= set(self._advertisements):
+            raise ProtocolViolation("survivors and dropped silos reach outside U1")
+        if self._local([*survivors, *dropped]) != set(self._u2):
             raise ProtocolViolation("survivors and dropped silos do not partition U2")
         for peer in survivors:
             if self._revealed.get(peer, "self-mask") != "self-mask":
@@ -481,7 +525,11 @@ class SecAggClient:
                 except InvalidSignature:
                     continue
                 valid.add(signature.silo)
-        if len(valid) < self._config.threshold:
-            raise ProtocolViolation(
-                f"only {len(valid)} valid signatures on the survivor set; need {self._config.threshold}"
-            )
+        for peer in self._u2:  # whose shares this silo is about to reveal
+            signed = valid & self.graph.closed_neighbourhood(peer)
+            if len(signed) < self._config.threshold:
+                where = "" if self.graph.is_full else f" from {peer}'s neighbourhood"
+                raise ProtocolViolation(
+                    f"only {len(signed)} valid signatures on the survivor set{where}; "
+                    f"need {self._config.threshold}"
+                )

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from secagg.errors import InvalidParameters
 from secagg.hazmat.keys import encode_fields
 from secagg.hazmat.quantize import Quantizer
+from secagg.masking.graph import check_graph_shape
 
 __all__ = ["PROTOCOL_VERSION", "RoundConfig", "check_threshold", "minimum_threshold"]
 
@@ -67,6 +68,9 @@ class RoundConfig:
         silo_dp_hash: digest of the silo-level distributed-DP plan the round runs with
             (``dp.distributed.DistributedDPPlan.digest``), empty without silo-level DP. Each silo sets the
             digest of the plan it derived itself, the server that of its own plan.
+        graph_degree: 0 for the full graph (Bonawitz); else the even degree k of the SecAgg+ Harary graph
+            (:mod:`secagg.masking.graph`), and ``threshold`` is then the threshold of each closed neighbourhood
+            of k + 1 silos.
 
     Notes:
         ``silo_dp_hash`` is part of :meth:`params_hash`, hence of every advertisement signature and of the
@@ -85,6 +89,7 @@ class RoundConfig:
     collusion: int
     min_cohort: int
     silo_dp_hash: bytes = b""
+    graph_degree: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.round < 2**32:
@@ -97,20 +102,32 @@ class RoundConfig:
             raise InvalidParameters("silo_dp_hash must be empty or a SHA-256 digest")
         if self.quantizer.max_silos < self.n:
             raise InvalidParameters("quantizer.max_silos is smaller than the federation")
-        check_threshold(
-            n=self.n, threshold=self.threshold, collusion=self.collusion, min_cohort=self.min_cohort
-        )
+        if self.graph_degree == 0:
+            check_threshold(
+                n=self.n, threshold=self.threshold, collusion=self.collusion, min_cohort=self.min_cohort
+            )
+        else:
+            # the per-neighbourhood rule; the threshold that resists c colluders is the parameter function's
+            check_threshold(n=self.n, threshold=self.n, collusion=self.collusion, min_cohort=self.min_cohort)
+            check_graph_shape(n=self.n, degree=self.graph_degree, threshold=self.threshold)
 
     @property
     def required_survivors(self) -> int:
         """Fewest silos that must survive to the end: max(t, min_cohort)."""
         return max(self.threshold, self.min_cohort)
 
+    @property
+    def local_required(self) -> int:
+        """Fewest members of one silo's closed neighbourhood that must remain: ``required_survivors`` on the full
+        graph, t on a SecAgg+ graph (``min_cohort`` counts the whole cohort, not one neighbourhood)."""
+        return self.required_survivors if self.graph_degree == 0 else self.threshold
+
     def params_hash(self) -> bytes:
         """SHA-256 over every parameter except the model hash: signed into each advertisement.
 
-        The silo-level DP plan's digest is the last field when there is one; a round without silo-level DP
-        hashes exactly as before the field existed (the encoding is injective either way).
+        The silo-level DP plan's digest follows when there is one, then the graph's label and degree when the
+        SecAgg+ graph is on; a full-graph round without silo-level DP hashes exactly as before these fields
+        existed (the typed encoding is injective either way: a digest is bytes, the label a string).
         """
         q = self.quantizer
         fields: list[bytes | str | int] = [
@@ -128,4 +145,6 @@ class RoundConfig:
         ]
         if self.silo_dp_hash:
             fields.append(self.silo_dp_hash)
+        if self.graph_degree:
+            fields += ["secaggplus-harary", self.graph_degree]
         return hashlib.sha256(encode_fields(*fields)).digest()

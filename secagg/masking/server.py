@@ -25,6 +25,11 @@ Notes:
     part of this version. Exact naming is guaranteed up to floor((k - t + 1) / 2) wrong holders of k responses;
     beyond that (up to k - t), independently made wrong shares are still named, colluding ones may shift the
     blame (see :func:`~secagg.hazmat.shamir.decode`); the sum is exact whenever the round completes.
+
+    On the SecAgg+ graph (``RoundConfig.graph_degree``, :mod:`secagg.masking.graph`) every silo sends shares to
+    its neighbours only, a peer's secrets are reconstructed from the responses of its closed neighbourhood with
+    the per-neighbourhood threshold, and the checks above (commitments, decoding, naming) run per secret over
+    the holders that hold it.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from secagg.hazmat.keys import KEY_BYTES, RandomSource, agree, verify
 from secagg.hazmat.prg import MaskStream
 from secagg.masking.client import clamped_scalar, pairwise_mask_key, self_mask_key
 from secagg.masking.config import RoundConfig
+from secagg.masking.graph import CommunicationGraph, communication_graph
 from secagg.masking.messages import (
     COMMITMENT_BYTES,
     Advertisement,
@@ -143,6 +149,7 @@ class SecAggServer:
         self._responses: dict[str, UnmaskResponse] = {}
         self._rng = rng
         self._culprits: dict[str, list[str]] = {}
+        self._graph: CommunicationGraph | None = None
 
     def __repr__(self) -> str:
         return f"SecAggServer(round={self.config.round}, stage={self.stage.value!r})"
@@ -151,6 +158,17 @@ class SecAggServer:
     def session_id(self) -> bytes:
         """The session id, known once stage 1 has closed."""
         return self._session
+
+    @property
+    def graph(self) -> CommunicationGraph:
+        """The round's communication graph, known once stage 1 has closed."""
+        if self._graph is None:
+            raise ProtocolError("the graph is known once stage 1 has closed")
+        return self._graph
+
+    def _view(self, silo: str) -> frozenset[str]:
+        """The U2 a silo of U2 sees: itself and the U2 senders among its neighbours (whose shares it holds)."""
+        return self.graph.closed_neighbourhood(silo) & set(self._u2)
 
     @property
     def culprits(self) -> Mapping[str, str]:
@@ -220,23 +238,26 @@ class SecAggServer:
         self._require(len(self._ads), "advertised keys")
         ads = tuple(self._ads[s] for s in sorted(self._ads))
         self._session = session_id(self.config, ads)
+        self._graph = communication_graph(
+            self._roster.members, self.config.graph_degree, self._session
+        )
         self.stage = Stage.SHARE_KEYS
         return ads
 
     # Stage 2 -------------------------------------------------------------------------------------------
     def receive_shares(self, message: ShareKeys) -> None:
-        """Accept one sender's share ciphertexts: exactly one for every other member of U1."""
+        """Accept one sender's share ciphertexts: exactly one for every other member of U1 (every neighbour in
+        U1 on a SecAgg+ graph)."""
         self._expect(Stage.SHARE_KEYS)
         if message.sender not in self._ads:
             raise ProtocolError(f"{message.sender!r} is not in U1")
         if message.sender in self._shares:
             raise ProtocolError(f"{message.sender} already sent its shares")
         recipients = [s.recipient for s in message.shares]
-        expected = set(self._ads) - {message.sender}
+        expected = set(self._ads) & self.graph.neighbours(message.sender)
         if len(recipients) != len(expected) or set(recipients) != expected:
-            raise ProtocolError(
-                f"{message.sender} must send exactly one share to every other member of U1"
-            )
+            whom = "other member" if self.graph.is_full else "neighbour in"
+            raise ProtocolError(f"{message.sender} must send exactly one share to every {whom} U1")
         if any(s.sender != message.sender for s in message.shares):
             raise ProtocolError("share sender does not match the message sender")
         self._shares[message.sender] = message
@@ -355,9 +376,10 @@ class SecAggServer:
             raise ProtocolError(f"{response.silo!r} did not sign the survivor set")
         if response.silo in self._responses:
             raise ProtocolError(f"{response.silo} already sent its unmask shares")
-        if set(response.self_mask_shares) != set(self._request.survivors) or set(
+        view = self._view(response.silo)
+        if set(response.self_mask_shares) != set(self._request.survivors) & view or set(
             response.mask_key_shares
-        ) != set(self._request.dropped):
+        ) != set(self._request.dropped) & view:
             raise ProtocolError(f"unmask shares of {response.silo} do not match the request")
         for share in (*response.self_mask_shares.values(), *response.mask_key_shares.values()):
             if len(share) != shamir.SHARE_BYTES or int.from_bytes(share, "big") >= shamir.PRIME:
@@ -397,7 +419,7 @@ class SecAggServer:
             stream.add(total, self_mask_key(seeds[silo], self._session, index(silo)), subtract=True)
         for gone in self._request.dropped:
             private = X25519PrivateKey.from_private_bytes(keys[gone])
-            for silo in self._request.survivors:
+            for silo in sorted(set(self._request.survivors) & self._view(gone)):
                 secret = agree(private, self._ads[silo].mask_public)
                 key = pairwise_mask_key(secret, self._session, index(silo), index(gone))
                 # the survivor added +PRG when its index is lower, -PRG otherwise; undo that
@@ -431,13 +453,17 @@ class SecAggServer:
         holder_at = {x: h for h, x in x_of.items()}
 
         def shares(secret: _Secret, holders: list[str]) -> dict[int, bytes]:
-            return {x_of[h]: self._share(h, secret) for h in holders}
+            return {x_of[h]: self._share(h, secret) for h in holders if self._holds(h, secret)}
 
         recovered: dict[_Secret, bytes] = {}
         pending = secrets
         everyone = [shares(s, active) for s in secrets]
+        groups: dict[tuple[int, ...], list[dict[int, bytes]]] = {}  # one check per set of holders
+        for held in everyone:
+            groups.setdefault(tuple(sorted(held)), []).append(held)
         try:
-            shamir.check_consistent(everyone, threshold=t, rng=self._rng)
+            for group in groups.values():
+                shamir.check_consistent(group, threshold=t, rng=self._rng)
         except ProtocolViolation:
             pass  # some share is wrong: decode every secret below
         else:
@@ -462,8 +488,12 @@ class SecAggServer:
                     if value is not None and accept(value):
                         recovered[secret] = value
                         continue
-                    failed[secret] = "its holders agree on another secret"
-                    if len(holders) > t:
+                    failed[secret] = (
+                        "its holders agree on another secret"
+                        if len(held) >= t
+                        else f"only {len(held)} of its holders responded"
+                    )
+                    if len(held) > t:
                         # t + 1 or more holders agree, so (with at most k - t wrong holders) the dealer lied
                         self._blame_dealer(secret, len(holders))
                         caught.add(secret.peer)
@@ -496,7 +526,7 @@ class SecAggServer:
             # redo every reconstruction without the culprits: t consistent holders must remain for each secret
             for secret, value in recovered.items():
                 held = shares(secret, active)
-                if not _on_one_polynomial(held, t) or _first_t(held, t) != value:
+                if len(held) < t or not _on_one_polynomial(held, t) or _first_t(held, t) != value:
                     failed[secret] = "the remaining holders are not consistent"
         if failed or len(active) < t:
             problems = []
@@ -512,6 +542,11 @@ class SecAggServer:
                 problems.append(f"culprits: {', '.join(sorted(self._culprits))}")
             raise RoundAborted(f"round {self.config.round} unmask failed: {'; '.join(problems)}")
         return _by_kind(recovered)
+
+    def _holds(self, holder: str, secret: _Secret) -> bool:
+        response = self._responses[holder]
+        shares = response.self_mask_shares if secret.kind == _SELF_MASK else response.mask_key_shares
+        return secret.peer in shares
 
     def _share(self, holder: str, secret: _Secret) -> bytes:
         response = self._responses[holder]
