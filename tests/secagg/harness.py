@@ -126,6 +126,7 @@ def make_config(
     bits: int = 16,
     min_cohort: int = 2,
     model: bytes = b"model",
+    graph_degree: int = 0,
 ) -> RoundConfig:
     n = len(fed.roster.members)
     return RoundConfig(
@@ -138,6 +139,7 @@ def make_config(
         threshold=threshold if threshold is not None else minimum_threshold(n, collusion),
         collusion=collusion,
         min_cohort=min(min_cohort, n),
+        graph_degree=graph_degree,
     )
 
 
