@@ -449,6 +449,12 @@ class SecAggServer:
         ]
         responses = len(self._responses)
         active = sorted(self._responses, key=index)
+        short = [s for s in secrets if sum(self._holds(h, s) for h in active) < t]
+        if short:  # only on a SecAgg+ graph: the full graph's holders are all responders, already >= t
+            raise RoundAborted(
+                f"round {self.config.round} unmask failed: fewer than {t} holders responded for the "
+                + ", ".join(s.matching for s in short)
+            )
         x_of = {h: index(h) for h in active}  # Roster.index is a list search: look each up once
         holder_at = {x: h for h, x in x_of.items()}
 
