@@ -506,7 +506,9 @@ class SecAggClient:
             raise ProtocolViolation("a silo is reported both as survivor and as dropped")
         if tuple(sorted(survivors)) != self._signed_survivors:
             raise ProtocolViolation("the survivor set differs from the one this silo signed")
-        if not self.graph.is_full and not set(survivors) | set(dropped) <= set(self._advertisements):
+        if not self.graph.is_full and not set(survivors) | set(dropped) <= set(
+            self._advertisements
+        ):
             raise ProtocolViolation("survivors and dropped silos reach outside U1")
         if self._local([*survivors, *dropped]) != set(self._u2):
             raise ProtocolViolation("survivors and dropped silos do not partition U2")

@@ -104,11 +104,16 @@ class RoundConfig:
             raise InvalidParameters("quantizer.max_silos is smaller than the federation")
         if self.graph_degree == 0:
             check_threshold(
-                n=self.n, threshold=self.threshold, collusion=self.collusion, min_cohort=self.min_cohort
+                n=self.n,
+                threshold=self.threshold,
+                collusion=self.collusion,
+                min_cohort=self.min_cohort,
             )
         else:
             # the per-neighbourhood rule; the threshold that resists c colluders is the parameter function's
-            check_threshold(n=self.n, threshold=self.n, collusion=self.collusion, min_cohort=self.min_cohort)
+            check_threshold(
+                n=self.n, threshold=self.n, collusion=self.collusion, min_cohort=self.min_cohort
+            )
             check_graph_shape(n=self.n, degree=self.graph_degree, threshold=self.threshold)
 
     @property

@@ -171,7 +171,9 @@ def _disconnection(n: int, degree: int, removed: int) -> Fraction:
     return min(Fraction(1), n * (n - 1) // 2 * hit)
 
 
-def security_failure(*, n: int, degree: int, threshold: int, collusion: int, dropouts: int = 0) -> Fraction:
+def security_failure(
+    *, n: int, degree: int, threshold: int, collusion: int, dropouts: int = 0
+) -> Fraction:
     """Upper bound on the probability that the graph breaks privacy (good-graph conditions 1 and 2).
 
     Args:

@@ -377,9 +377,10 @@ class SecAggServer:
         if response.silo in self._responses:
             raise ProtocolError(f"{response.silo} already sent its unmask shares")
         view = self._view(response.silo)
-        if set(response.self_mask_shares) != set(self._request.survivors) & view or set(
-            response.mask_key_shares
-        ) != set(self._request.dropped) & view:
+        if (
+            set(response.self_mask_shares) != set(self._request.survivors) & view
+            or set(response.mask_key_shares) != set(self._request.dropped) & view
+        ):
             raise ProtocolError(f"unmask shares of {response.silo} do not match the request")
         for share in (*response.self_mask_shares.values(), *response.mask_key_shares.values()):
             if len(share) != shamir.SHARE_BYTES or int.from_bytes(share, "big") >= shamir.PRIME:
@@ -450,7 +451,9 @@ class SecAggServer:
         responses = len(self._responses)
         active = sorted(self._responses, key=index)
         short = [s for s in secrets if sum(self._holds(h, s) for h in active) < t]
-        if short:  # only on a SecAgg+ graph: the full graph's holders are all responders, already >= t
+        if (
+            short
+        ):  # only on a SecAgg+ graph: the full graph's holders are all responders, already >= t
             raise RoundAborted(
                 f"round {self.config.round} unmask failed: fewer than {t} holders responded for the "
                 + ", ".join(s.matching for s in short)
@@ -551,7 +554,9 @@ class SecAggServer:
 
     def _holds(self, holder: str, secret: _Secret) -> bool:
         response = self._responses[holder]
-        shares = response.self_mask_shares if secret.kind == _SELF_MASK else response.mask_key_shares
+        shares = (
+            response.self_mask_shares if secret.kind == _SELF_MASK else response.mask_key_shares
+        )
         return secret.peer in shares
 
     def _share(self, holder: str, secret: _Secret) -> bytes:

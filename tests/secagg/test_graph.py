@@ -125,7 +125,9 @@ def test_disconnection_bound_covers_every_placement(n: int, k: int, removed: int
 
 
 @pytest.mark.parametrize(("n", "k", "t", "c"), [(10, 4, 3, 2), (12, 4, 4, 3), (11, 6, 5, 3)])
-def test_neighbourhood_corruption_bound_covers_every_placement(n: int, k: int, t: int, c: int) -> None:
+def test_neighbourhood_corruption_bound_covers_every_placement(
+    n: int, k: int, t: int, c: int
+) -> None:
     """Fails when some honest silo has >= 2t - k - 1 corrupted neighbours (then two survivor sets could each
     gather t signatures in its neighbourhood); connectivity failures are counted too."""
     graph = ring(n, k)
@@ -158,9 +160,12 @@ def test_correctness_bound_covers_every_dropout_set(n: int, k: int, t: int, d: i
 
 
 @pytest.mark.parametrize(
-    ("n", "gamma", "delta"), [(100, 0.05, 0.05), (200, 0.1, 0.1), (200, 0.2, 0.1), (500, 0.05, 0.05)]
+    ("n", "gamma", "delta"),
+    [(100, 0.05, 0.05), (200, 0.1, 0.1), (200, 0.2, 0.1), (500, 0.05, 0.05)],
 )
-def test_parameters_meet_both_bounds_and_are_the_smallest_degree(n: int, gamma: float, delta: float) -> None:
+def test_parameters_meet_both_bounds_and_are_the_smallest_degree(
+    n: int, gamma: float, delta: float
+) -> None:
     p = secaggplus_parameters(n=n, dropout_rate=delta, collusion_fraction=gamma)
     assert p.degree < n - 1 and p.degree % 2 == 0
     assert (p.degree + 1) / 2 < p.threshold <= p.degree + 1
@@ -175,13 +180,22 @@ def test_parameters_meet_both_bounds_and_are_the_smallest_degree(n: int, gamma: 
         assert all(
             security_failure(n=n, degree=k, threshold=t, collusion=p.collusion, dropouts=p.dropouts)
             > Fraction(1, 2**40)
-            or correctness_failure(n=n, degree=k, threshold=t, dropouts=p.dropouts) > Fraction(1, 2**20)
+            or correctness_failure(n=n, degree=k, threshold=t, dropouts=p.dropouts)
+            > Fraction(1, 2**20)
             for t in range(k // 2 + 1, k + 2)
         )
     # and for that degree, the threshold is the smallest that is secure
-    assert security_failure(
-        n=n, degree=p.degree, threshold=p.threshold - 1, collusion=p.collusion, dropouts=p.dropouts
-    ) > Fraction(1, 2**40) or p.threshold - 1 <= (p.degree + 1) / 2
+    assert (
+        security_failure(
+            n=n,
+            degree=p.degree,
+            threshold=p.threshold - 1,
+            collusion=p.collusion,
+            dropouts=p.dropouts,
+        )
+        > Fraction(1, 2**40)
+        or p.threshold - 1 <= (p.degree + 1) / 2
+    )
 
 
 def test_the_graph_saves_work_at_scale() -> None:
@@ -203,7 +217,10 @@ def test_a_count_and_a_fraction_give_the_same_parameters() -> None:
         ({"n": 100, "dropout_rate": 1.0, "collusion": 0}, "dropout_rate"),
         ({"n": 100, "dropout_rate": 0.1, "collusion": 100}, "collusion bound"),
         ({"n": 100, "dropout_rate": 0.1}, "exactly one of"),
-        ({"n": 100, "dropout_rate": 0.1, "collusion": 1, "collusion_fraction": 0.1}, "exactly one of"),
+        (
+            {"n": 100, "dropout_rate": 0.1, "collusion": 1, "collusion_fraction": 0.1},
+            "exactly one of",
+        ),
         ({"n": 3, "dropout_rate": 0.1, "collusion": 0}, "at least 4 silos"),
         ({"n": 100, "dropout_rate": 0.1, "collusion": 1, "security": Fraction(0)}, "in \\(0, 1\\)"),
     ],
@@ -218,7 +235,9 @@ def test_a_silo_refuses_a_graph_too_weak_for_its_collusion_bound() -> None:
     p = secaggplus_parameters(n=200, dropout_rate=0.1, collusion_fraction=0.1)
     check_graph_security(n=200, degree=p.degree, threshold=p.threshold, collusion=p.collusion)
     with pytest.raises(InvalidParameters, match="fails privacy with probability"):
-        check_graph_security(n=200, degree=p.degree, threshold=p.degree // 2 + 1, collusion=p.collusion)
+        check_graph_security(
+            n=200, degree=p.degree, threshold=p.degree // 2 + 1, collusion=p.collusion
+        )
 
 
 # --- the round config binds the graph ---------------------------------------------------------------------------
@@ -229,7 +248,10 @@ def test_round_config_binds_the_degree_and_checks_the_neighbourhood_threshold() 
     full = make_config(fed, length=4)
     sparse = make_config(fed, length=4, threshold=3, graph_degree=4)
     assert sparse.params_hash() != full.params_hash()
-    assert sparse.params_hash() != make_config(fed, length=4, threshold=4, graph_degree=6).params_hash()
+    assert (
+        sparse.params_hash()
+        != make_config(fed, length=4, threshold=4, graph_degree=6).params_hash()
+    )
     assert sparse.local_required == 3 and full.local_required == full.required_survivors
     with pytest.raises(InvalidParameters, match="even k"):
         make_config(fed, length=4, threshold=3, graph_degree=5)
