@@ -21,6 +21,13 @@ from secagg.masking.config import (
     check_threshold,
     minimum_threshold,
 )
+from secagg.masking.graph import (
+    CommunicationGraph,
+    GraphParameters,
+    check_graph_security,
+    communication_graph,
+    secaggplus_parameters,
+)
 from secagg.masking.messages import (
     Advertisement,
     EncryptedShare,
@@ -37,8 +44,10 @@ __all__ = [
     "PROTOCOL_VERSION",
     "Advertisement",
     "AggregateResult",
+    "CommunicationGraph",
     "DecryptionError",
     "EncryptedShare",
+    "GraphParameters",
     "InvalidParameters",
     "InvalidSignature",
     "ProtocolError",
@@ -55,6 +64,9 @@ __all__ = [
     "SurvivorSignature",
     "UnmaskRequest",
     "UnmaskResponse",
+    "check_graph_security",
     "check_threshold",
+    "communication_graph",
     "minimum_threshold",
+    "secaggplus_parameters",
 ]

@@ -31,6 +31,7 @@ from coordinator.config.demo import write_demo_configs
 from coordinator.config.schema import json_schema
 from coordinator.config.serve import (
     Deadlines,
+    MaskingConfig,
     MaskingDeadlines,
     ModelConfig,
     PaillierDeadlines,
@@ -44,6 +45,7 @@ from coordinator.config.silo import SiloConfig, SiloPolicy, TaskConfig
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "Deadlines",
+    "MaskingConfig",
     "MaskingDeadlines",
     "ModelConfig",
     "PaillierDeadlines",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -33,10 +34,19 @@ from coordinator.config.base import (
 )
 from coordinator.config.errors import kind, rule_error, value_error
 from coordinator.errors import ConfigError
-from secagg import InvalidParameters, Quantizer, Roster, check_threshold, minimum_threshold
+from secagg import (
+    GraphParameters,
+    InvalidParameters,
+    Quantizer,
+    Roster,
+    check_threshold,
+    minimum_threshold,
+    secaggplus_parameters,
+)
 
 __all__ = [
     "Deadlines",
+    "MaskingConfig",
     "MaskingDeadlines",
     "ModelConfig",
     "PaillierDeadlines",
@@ -155,6 +165,49 @@ class MaskingDeadlines(ConfigModel):
     """Consistency check: survivors sign the list of silos whose masked input arrived."""
     unmask: Positive = 30.0
     """Unmask: survivors reveal the shares that remove the masks."""
+
+
+class MaskingConfig(ConfigModel):
+    """The ``[masking]`` table: when masking mode switches from the full graph to the SecAgg+ graph.
+
+    Notes:
+        Above ``graph_above`` silos every silo masks with and secret-shares to only k neighbours of a Harary
+        graph (Bell et al., CCS 2020; :mod:`secagg.masking.graph`), with k and the per-neighbourhood threshold
+        computed from the roster's size, ``dropout_rate``, ``[rounds] collusion`` and the two failure bounds;
+        ``[rounds] threshold`` then applies only at or below ``graph_above``. At cross-silo sizes the full graph
+        costs little and needs no probabilistic argument, hence the default (DESIGN 4; Google's implementation
+        also keeps the full graph below about 65 clients).
+    """
+
+    _table = ("masking",)
+
+    graph_above: NonNegative = 64
+    """Rosters with more silos than this use the SecAgg+ graph; at or below it, the full graph."""
+    dropout_rate: float = Field(default=0.05, ge=0, lt=1)
+    """Fraction of silos the graph must tolerate dropping out during a round (at any stage)."""
+    security_bits: int = Field(default=40, ge=20, le=128)
+    """The graph breaks privacy with probability at most 2^-security_bits."""
+    correctness_bits: int = Field(default=20, ge=1, le=64)
+    """A round with the planned dropouts fails to unmask with probability at most 2^-correctness_bits."""
+
+    def graph(self, *, n: int, collusion: int) -> GraphParameters | None:
+        """The SecAgg+ graph for ``n`` silos, or ``None`` for the full graph.
+
+        Raises:
+            ConfigError: no Harary graph meets the bounds (the message says so, and how to fix it).
+        """
+        if n <= self.graph_above:
+            return None
+        try:
+            return secaggplus_parameters(
+                n=n,
+                dropout_rate=self.dropout_rate,
+                collusion=collusion,
+                security=Fraction(1, 2**self.security_bits),
+                correctness=Fraction(1, 2**self.correctness_bits),
+            )
+        except InvalidParameters as exc:
+            raise ConfigError(f"[masking]: {exc}, or raise graph_above to {n}") from exc
 
 
 class PaillierDeadlines(ConfigModel):
@@ -305,6 +358,8 @@ class ServeConfig(FederationConfig):
     """Round count and protocol parameters (the threshold resolved when omitted)."""
     deadlines: Deadlines = Field(default_factory=Deadlines)
     """Per-stage deadlines of each mode."""
+    masking: MaskingConfig = Field(default_factory=MaskingConfig)
+    """When masking mode uses the SecAgg+ graph instead of the full graph."""
     privacy: PrivacyConfig | None = None
     """The federation's privacy ceiling and attestation policy; absent for a federation without a ceiling."""
     silo_dp: SiloDPConfig | None = None
@@ -337,6 +392,10 @@ class ServeConfig(FederationConfig):
         if isinstance(info.context, LoadContext) and info.context.roster is not None:
             # the threshold rules against the roster's size; the ConfigError passes through pydantic as it is
             self.rounds.check(len(info.context.roster.members))
+            if self.mode == "masking":
+                self.masking.graph(
+                    n=len(info.context.roster.members), collusion=self.rounds.collusion
+                )
         return self
 
     @property

@@ -22,7 +22,7 @@ from coordinator.config.base import (
 )
 from coordinator.config.errors import rule_error, value_error
 from coordinator.errors import Unauthorized
-from secagg import Roster, RoundConfig, minimum_threshold
+from secagg import InvalidParameters, Roster, RoundConfig, check_graph_security, minimum_threshold
 
 __all__ = ["SiloConfig", "SiloPolicy", "TaskConfig"]
 
@@ -59,6 +59,19 @@ class SiloPolicy(ConfigModel):
             raise Unauthorized(
                 f"round min_cohort {config.min_cohort} is below this silo's {self.min_cohort}"
             )
+        if config.graph_degree:
+            # SecAgg+ graph: the silo recomputes the privacy bound of the announced graph itself (DESIGN 2:
+            # nothing it relies on is taken from the coordinator's word when it can check it)
+            try:
+                check_graph_security(
+                    n=config.n,
+                    degree=config.graph_degree,
+                    threshold=config.threshold,
+                    collusion=self.max_collusion_assumed,
+                )
+            except InvalidParameters as exc:
+                raise Unauthorized(str(exc)) from exc
+            return
         needed = minimum_threshold(config.n, self.max_collusion_assumed)
         if config.threshold < needed:
             raise Unauthorized(

@@ -38,7 +38,7 @@ import numpy.typing as npt
 from audits import EventKind
 from coordinator._malloc import release_free_memory
 from coordinator.common import FloatVector, RoundReport, RoundStatus
-from coordinator.config import Deadlines, PrivacyConfig, SiloDPConfig
+from coordinator.config import Deadlines, MaskingConfig, PrivacyConfig, SiloDPConfig
 from coordinator.errors import DuplicateSubmission, InvalidInput, NotFound, StageError, Unauthorized
 from coordinator.rounds.audit import AuditTrail, attest_contribution
 from coordinator.rounds.fedavg import fedavg
@@ -75,10 +75,18 @@ class FederationSettings:
     deadlines: Deadlines = field(default_factory=Deadlines)
     privacy: PrivacyConfig | None = None
     silo_dp: SiloDPConfig | None = None
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
 
     def as_dict(self) -> dict[str, Any]:
-        """The settings as plain JSON values."""
-        return json.loads(json.dumps(dataclasses.asdict(self), default=_plain))  # type: ignore[no-any-return]
+        """The settings as plain JSON values.
+
+        ``masking`` is left out: what it decides (the SecAgg+ graph, when on) is a mode fact that masking mode
+        stores itself, so a federation created before the table existed restarts with the same settings.
+        """
+        body = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "masking"
+        }
+        return json.loads(json.dumps(body, default=_plain))  # type: ignore[no-any-return]
 
     def to_json(self) -> str:
         """Canonical JSON of the settings (stored with the federation; a restart must match it)."""

@@ -10,6 +10,11 @@ Notes:
     advertisement and names each silo whose shares are inconsistent; every one is recorded in the ledger as a
     ``verification_failure`` (``what = "unmask_shares"``, with the silo and the evidence) before the round
     completes without that silo's shares or aborts naming it (DESIGN 4.4).
+
+    Above ``[masking] graph_above`` silos the rounds run on the SecAgg+ graph (Bell et al., CCS 2020): the
+    degree and per-neighbourhood threshold are computed once from the roster's size, the dropout rate, the
+    collusion bound and the failure bounds, announced in every round's parameters (hence bound into the session
+    id), stored with the federation's settings and recorded in the ledger's threat model.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from dp.errors import TooFewContributors
 from secagg import (
     Advertisement,
     EncryptedShare,
+    GraphParameters,
     Roster,
     RoundAborted,
     RoundConfig,
@@ -140,6 +146,9 @@ class MaskingRounds(RoundDriver):
     def __init__(self, *, store: Store, **kwargs: Any) -> None:
         super().__init__(store=store, **kwargs)
         settings = self.settings
+        self.graph: GraphParameters | None = settings.masking.graph(
+            n=len(self.roster.members), collusion=settings.collusion
+        )
         self.silo_dp_plan: DistributedDPPlan | None = None
         if settings.silo_dp is not None:
             d = settings.silo_dp
@@ -164,6 +173,29 @@ class MaskingRounds(RoundDriver):
     def stage_deadlines(self) -> Sequence[float]:
         d = self.settings.deadlines.masking
         return (d.advertise, d.share_keys, d.masked_input, d.consistency, d.unmask)
+
+    def settings_facts(self) -> dict[str, Any]:
+        return {} if self.graph is None else {"graph": self._graph_facts()}
+
+    def threat_model(self) -> dict[str, Any]:
+        facts = super().threat_model()
+        if self.graph is not None:
+            facts["graph"] = self._graph_facts()
+        return facts
+
+    def _graph_facts(self) -> dict[str, Any]:
+        g = self.graph
+        assert g is not None
+        return {
+            "kind": "harary",
+            "degree": g.degree,
+            "threshold": g.threshold,
+            "collusion": g.collusion,
+            "dropouts": g.dropouts,
+            "security_failure": g.security_failure,
+            "correctness_failure": g.correctness_failure,
+            "min_honest_per_sum": g.min_honest_per_sum,
+        }
 
     def privacy_facts(self) -> dict[str, Any]:
         p = self.silo_dp_plan
@@ -196,10 +228,11 @@ class MaskingRounds(RoundDriver):
             vector_length=p.padded_dimension if p is not None else s.vector_length,
             quantizer=self.quantizer,
             n=len(self.roster.members),
-            threshold=s.threshold,
+            threshold=s.threshold if self.graph is None else self.graph.threshold,
             collusion=s.collusion,
             min_cohort=s.min_cohort,
             silo_dp_hash=p.digest() if p is not None else b"",
+            graph_degree=0 if self.graph is None else self.graph.degree,
         )
 
     def open_state(self, round_: int, start: FloatVector, start_hash: bytes) -> RoundState:

@@ -271,11 +271,11 @@ class _MaskingRound(RoundStages[RoundConfig, MaskedVector]):
         """Raise ``RoundAborted`` unless U2 is a cohort this silo may train for.
 
         U2 is this silo and the U1 members whose shares decrypted for it (``SecAggClient.open_inbox``); the
-        round needs ``max(t, min_cohort)`` of them, and with silo-level DP the plan's minimum contributors (the
-        coordinator would otherwise have to abort after this silo spent its budget, or release a sum with too
-        little noise).
+        round needs ``max(t, min_cohort)`` of them (on a SecAgg+ graph, where U2 is this silo's neighbourhood,
+        t), and with silo-level DP the plan's minimum contributors (the coordinator would otherwise have to
+        abort after this silo spent its budget, or release a sum with too little noise).
         """
-        needed = self.config.required_survivors
+        needed = self.config.local_required  # on a SecAgg+ graph U2 is this silo's neighbourhood
         if self._silo_dp is not None and not self._mode.trust_announced_plan:
             needed = max(needed, self._silo_dp.config.min_contributors)
         if len(u2) < needed:

@@ -158,6 +158,7 @@ def start_coordinator(config: ServeConfig) -> Coordinator:
         deadlines=config.deadlines,
         privacy=config.privacy,
         silo_dp=config.silo_dp,
+        masking=config.masking,
     )
     if config.model.initial is not None:
         initial = np.load(config.model.initial, allow_pickle=False).astype(np.float32)

@@ -138,6 +138,7 @@ def config_to_pb(config: RoundConfig, info: pb.RoundInfo) -> None:
     info.threshold = config.threshold
     info.collusion = config.collusion
     info.min_cohort = config.min_cohort
+    info.graph_degree = config.graph_degree
 
 
 def config_from_pb(info: pb.RoundInfo) -> RoundConfig:
@@ -153,4 +154,5 @@ def config_from_pb(info: pb.RoundInfo) -> RoundConfig:
         threshold=info.threshold,
         collusion=info.collusion,
         min_cohort=info.min_cohort,
+        graph_degree=info.graph_degree,
     )

@@ -189,6 +189,7 @@ class RoundInfo(_message.Message):
     ROUNDS_FIELD_NUMBER: _builtins.int
     STAGE_DEADLINE_UNIX_FIELD_NUMBER: _builtins.int
     SILO_DP_FIELD_NUMBER: _builtins.int
+    GRAPH_DEGREE_FIELD_NUMBER: _builtins.int
     federation: _builtins.str
     round: _builtins.int
     state: Global___RoundState.ValueType
@@ -210,6 +211,10 @@ class RoundInfo(_message.Message):
     """planned number of rounds"""
     stage_deadline_unix: _builtins.float
     """when the current stage closes at the latest"""
+    graph_degree: _builtins.int
+    """the padded dimension and silos encode with it instead of the quantizer)
+    0: full graph; else the degree k of the SecAgg+ Harary graph, and threshold is
+    """
     @_builtins.property
     def quantization(self) -> Global___Quantization: ...
     @_builtins.property
@@ -233,10 +238,11 @@ class RoundInfo(_message.Message):
         rounds: _builtins.int = ...,
         stage_deadline_unix: _builtins.float = ...,
         silo_dp: Global___SiloDP | None = ...,
+        graph_degree: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["quantization", b"quantization", "silo_dp", b"silo_dp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collusion", b"collusion", "federation", b"federation", "min_cohort", b"min_cohort", "model_hash", b"model_hash", "n", b"n", "quantization", b"quantization", "round", b"round", "rounds", b"rounds", "silo_dp", b"silo_dp", "stage", b"stage", "stage_deadline_unix", b"stage_deadline_unix", "state", b"state", "threshold", b"threshold", "vector_length", b"vector_length"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collusion", b"collusion", "federation", b"federation", "graph_degree", b"graph_degree", "min_cohort", b"min_cohort", "model_hash", b"model_hash", "n", b"n", "quantization", b"quantization", "round", b"round", "rounds", b"rounds", "silo_dp", b"silo_dp", "stage", b"stage", "stage_deadline_unix", b"stage_deadline_unix", "state", b"state", "threshold", b"threshold", "vector_length", b"vector_length"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
