@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audits import CheckpointSigner, Event, EventKind
 from coordinator.common import ledger_origin
-from coordinator.config import Deadlines, MaskingDeadlines, PaillierDeadlines
+from coordinator.config import Deadlines, MaskingConfig, MaskingDeadlines, PaillierDeadlines
 from coordinator.rounds.audit import AuditTrail
 from coordinator.rounds.driver import FederationSettings, RoundDriver, RoundOutcome
 from coordinator.rounds.fedavg import fedavg
@@ -159,6 +159,7 @@ def federation_settings(
     rounds: int = 1,
     length: int = LENGTH,
     min_cohort: int = MIN_COHORT,
+    masking: MaskingConfig | None = None,
 ) -> FederationSettings:
     return FederationSettings(
         federation=FEDERATION,
@@ -170,6 +171,7 @@ def federation_settings(
         collusion=0,
         min_cohort=min_cohort,
         deadlines=deadlines(),
+        masking=masking or MaskingConfig(),
     )
 
 
@@ -288,10 +290,13 @@ class Coordinators:
         threshold: int = MASKING_T,
         min_cohort: int = MIN_COHORT,
         start: bool = True,
+        masking: MaskingConfig | None = None,
     ) -> Rig[MaskingRounds]:
         store, audit = self._files()
         driver = MaskingRounds(
-            settings=federation_settings(threshold=threshold, rounds=rounds, min_cohort=min_cohort),
+            settings=federation_settings(
+                threshold=threshold, rounds=rounds, min_cohort=min_cohort, masking=masking
+            ),
             roster=self.members.roster,
             store=store,
             initial_model=start_model(),
