@@ -72,7 +72,7 @@ def test_the_default_keeps_the_full_graph(eight: Coordinators) -> None:
 
 def test_an_impossible_graph_is_refused_in_one_line() -> None:
     with pytest.raises(
-        ConfigError, match="no Harary graph on 8 silos.*raise graph_above to 8"
+        ConfigError, match=r"no Harary graph on 8 silos.*raise graph_above to 8"
     ) as caught:
         MaskingConfig(graph_above=4, dropout_rate=0.6).graph(n=8, collusion=0)
     assert "\n" not in str(caught.value)
