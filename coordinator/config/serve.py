@@ -210,6 +210,12 @@ class MaskingConfig(ConfigModel):
             raise ConfigError(f"[masking]: {exc}, or raise graph_above to {n}") from exc
 
 
+GRAPH_WITH_SILO_DP = (
+    "[silo_dp] does not run on the SecAgg+ graph yet (a silo sees only its neighbourhood, not the cohort it "
+    "would size its noise for): raise [masking] graph_above to the roster's size"
+)
+
+
 class PaillierDeadlines(ConfigModel):
     """The ``[deadlines.paillier]`` table: seconds each stage of a Paillier round waits for the silos.
 
@@ -393,9 +399,11 @@ class ServeConfig(FederationConfig):
             # the threshold rules against the roster's size; the ConfigError passes through pydantic as it is
             self.rounds.check(len(info.context.roster.members))
             if self.mode == "masking":
-                self.masking.graph(
+                graph = self.masking.graph(
                     n=len(info.context.roster.members), collusion=self.rounds.collusion
                 )
+                if graph is not None and self.silo_dp is not None:
+                    raise rule_error(GRAPH_WITH_SILO_DP)
         return self
 
     @property

@@ -28,7 +28,8 @@ import numpy.typing as npt
 
 from audits import EventKind
 from coordinator.common import FloatVector, RoundStatus
-from coordinator.errors import StageError, Unauthorized
+from coordinator.config.serve import GRAPH_WITH_SILO_DP
+from coordinator.errors import ConfigError, StageError, Unauthorized
 from coordinator.rounds.driver import Aggregate, RoundDriver, RoundState
 from coordinator.rounds.uploads import Upload
 from coordinator.silo_dp import decode_sum
@@ -150,6 +151,8 @@ class MaskingRounds(RoundDriver):
             n=len(self.roster.members), collusion=settings.collusion
         )
         self.silo_dp_plan: DistributedDPPlan | None = None
+        if self.graph is not None and settings.silo_dp is not None:
+            raise ConfigError(GRAPH_WITH_SILO_DP)
         if settings.silo_dp is not None:
             d = settings.silo_dp
             self.silo_dp_plan = plan(

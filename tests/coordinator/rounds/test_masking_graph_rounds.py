@@ -7,22 +7,27 @@ default ``graph_above`` keeps today's full graph, which the rest of the suite ru
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from audits import EventKind
-from coordinator.common import RoundStatus
-from coordinator.config import MaskingConfig
+from audits import CheckpointSigner, EventKind
+from coordinator.common import RoundStatus, ledger_origin
+from coordinator.config import MaskingConfig, SiloDPConfig
 from coordinator.errors import ConfigError
+from coordinator.rounds.audit import AuditTrail
 from coordinator.rounds.masking import MaskingRounds
+from coordinator.store import SQLiteStore
 from secagg import Stage
 from tests.coordinator.rounds.conftest import (
+    FEDERATION,
     Coordinators,
     FakeClock,
     Rig,
     expected_model,
+    federation_settings,
     make_members,
     masking_silos,
     run_masking_round,
@@ -79,3 +84,27 @@ def test_an_impossible_graph_is_refused_in_one_line() -> None:
     assert (
         MaskingConfig().graph(n=64, collusion=3) is None
     )  # at or below graph_above: the full graph
+
+
+def test_silo_level_dp_is_refused_on_the_graph(tmp_path: Path) -> None:
+    """A silo sizes its noise share for the cohort it sees, and on the graph it sees only its neighbourhood."""
+    members = make_members(SILOS8)
+    signer = CheckpointSigner(members.audit_key, key_name=ledger_origin(FEDERATION))
+    store = SQLiteStore(tmp_path / "c.sqlite")
+    audit = AuditTrail.open(tmp_path / "c.sqlite", federation=FEDERATION, signer=signer)
+    settings = dataclasses.replace(
+        federation_settings(threshold=5, masking=GRAPH), silo_dp=SiloDPConfig(noise_multiplier=1.0)
+    )
+    try:
+        with pytest.raises(ConfigError, match="does not run on the SecAgg\\+ graph yet"):
+            MaskingRounds(
+                settings=settings,
+                roster=members.roster,
+                store=store,
+                initial_model=start_model(),
+                audit=audit,
+                clock=FakeClock(),
+            )
+    finally:
+        store.close()
+        audit.close()
