@@ -519,9 +519,16 @@ class SecAggClient:
             if self._revealed.get(peer, "mask-key") != "mask-key":
                 raise ProtocolViolation(f"{peer}'s self-mask share was already revealed")
         payload = survivors_payload(self._session, survivors)
+        # only signatures from the neighbourhoods of the peers whose shares this silo holds count below, so
+        # only those are verified (two hops on a SecAgg+ graph; everyone on the full graph)
+        counted = frozenset().union(*(self.graph.closed_neighbourhood(p) for p in self._u2))
         valid = set()
         for signature in request.signatures:
-            if signature.silo in survivors and signature.silo not in valid:
+            if (
+                signature.silo in survivors
+                and signature.silo in counted
+                and signature.silo not in valid
+            ):
                 try:
                     verify(self._roster.key(signature.silo), signature.signature, payload)
                 except InvalidSignature:
