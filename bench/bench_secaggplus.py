@@ -68,7 +68,8 @@ def run_round(n: int, length: int, *, graph: bool) -> dict[str, float | int | st
     )
     server = SecAggServer(config=config, roster=roster)
     clients = {
-        s: SecAggClient(silo=s, signing_key=k, roster=roster, config=config) for s, k in keys.items()
+        s: SecAggClient(silo=s, signing_key=k, roster=roster, config=config)
+        for s, k in keys.items()
     }
     gen = np.random.default_rng(0)
     inputs = {s: gen.integers(0, 1 << 16, size=length, dtype=np.uint32) for s in clients}
@@ -131,7 +132,9 @@ def main() -> None:
     parser.add_argument("--params", type=int, default=None, help="vector length (default 100,000)")
     args = parser.parse_args()
     length = args.params or (10_000 if args.quick else 100_000)
-    print(f"vector length {length}; c = dropouts = ceil(5 % n); per-silo figures are medians over the silos")
+    print(
+        f"vector length {length}; c = dropouts = ceil(5 % n); per-silo figures are medians over the silos"
+    )
     header = (
         f"{'n':>4} {'graph':<14} {'t':>4} {'share ms':>9} {'mask ms':>9} {'unmask ms':>10} "
         f"{'per silo ms':>12} {'vs full':>8} {'server unmask ms':>17} {'load':>6}"
