@@ -8,12 +8,17 @@ import pytest
 
 from secagg import RoundAborted, SecAggServer
 from tests.secagg.harness import (
+    garbage_share,
     make_clients,
     make_config,
     make_federation,
     random_inputs,
     ring_sum,
     run_round,
+    run_to_consistency,
+    seeded_rng,
+    tampered,
+    unmask_responses,
 )
 
 STAGES = ("advertise", "share_keys", "masked_input", "consistency", "unmask")
@@ -119,3 +124,21 @@ def test_a_neighbourhood_that_loses_too_many_members_aborts_the_round_cleanly() 
             continue
     with pytest.raises(RoundAborted, match="unmask"):
         server.close_unmask()
+
+
+def test_a_holder_revealing_a_wrong_share_is_named_and_the_sum_stays_exact() -> None:
+    """DESIGN 4.4 per neighbourhood: the server decodes each secret over the holders that hold it, names the
+    liar and completes without its shares; the sum is exact."""
+    fed = make_federation(14)
+    config = make_config(fed, length=64, threshold=4, graph_degree=6, min_cohort=3)
+    tr = run_to_consistency(fed, config)
+    _, responses = unmask_responses(tr)
+    liar = "silo-05"
+    peer = sorted(tr.server.graph.neighbours(liar))[0]
+    responses[liar] = tampered(responses[liar], self_mask={peer: garbage_share(seeded_rng(7))})
+    for response in responses.values():
+        tr.server.receive_unmask(response)
+    result = tr.server.close_unmask()
+    assert set(result.culprits) == {liar}
+    assert peer in result.culprits[liar]
+    assert (result.total == ring_sum(tr.inputs.values(), 64)).all()
