@@ -101,6 +101,7 @@ import os
 import platform
 import pstats
 import resource
+import secrets
 import statistics
 import subprocess
 import sys
@@ -128,7 +129,14 @@ from coordinator.config import (
     ServeConfig,
     TLSPaths,
 )
-from coordinator.pki import ConsortiumPaths, create_consortium, load_ed25519_private, silo_identity
+from coordinator.pki import (
+    PASSPHRASE_ENV,
+    ConsortiumPaths,
+    create_consortium,
+    load_ed25519_private,
+    silo_identity,
+    tls_key_pem,
+)
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from coordinator.rounds.fedavg import fedavg
@@ -638,7 +646,7 @@ def run_coordinator(args: argparse.Namespace) -> int:
     tls = TlsFiles(
         paths.ca_cert.read_bytes(),
         paths.coordinator_cert.read_bytes(),
-        paths.coordinator_key.read_bytes(),
+        tls_key_pem(paths.coordinator_key),
     )
     profiles = ThreadProfiles() if args.profile else None
     if profiles is not None:
@@ -830,7 +838,7 @@ def run_silo(args: argparse.Namespace) -> int:
     paths = ConsortiumPaths.load(args.pki)
     roster, consortium_key = load_roster(paths)
     mine = paths.silos[args.silo]
-    tls = TlsFiles(mine.ca_cert.read_bytes(), mine.cert.read_bytes(), mine.key.read_bytes())
+    tls = TlsFiles(mine.ca_cert.read_bytes(), mine.cert.read_bytes(), tls_key_pem(mine.key))
     identity: dict[str, Any] = {
         "federation": paths.federation,
         "silo": args.silo,
@@ -1377,6 +1385,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-coordinator-") as tmp:
         root = Path(tmp)
+        if not os.environ.get(
+            PASSPHRASE_ENV
+        ):  # keys are encrypted at rest; children inherit the file
+            (root / "passphrase").write_text(secrets.token_urlsafe(24) + "\n", encoding="utf-8")
+            (root / "passphrase").chmod(0o600)
+            os.environ[PASSPHRASE_ENV] = str(root / "passphrase")
         consortia: dict[int, ConsortiumPaths] = {}
         paillier_keys: dict[int, tuple[int, Path]] = {}  # silos -> (key bits, joint public key)
         for i, scenario in enumerate(plan):

@@ -31,7 +31,7 @@ from coordinator.config import (
     SiloDPConfig,
     write_demo_configs,
 )
-from coordinator.pki import create_consortium
+from coordinator.pki import PASSPHRASE_ENV, create_consortium
 from coordinator.rounds.audit import export_bundle, verify_bundle_dir
 from coordinator.sdk.example import EVENT_PREFIX
 from coordinator.server.app import start_coordinator
@@ -120,6 +120,10 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
     started = time.perf_counter()
     console.print(f"[bold]secagg demo[/bold]: consortium of {len(silos)} hospitals in {out}/")
     consortium = create_consortium(out / "pki", federation="hospitals", silos=silos)
+    if consortium.passphrase_file.is_file():
+        # The keys are encrypted at rest; this process and the silo processes it starts read the generated
+        # passphrase from the file the throwaway consortium wrote (no prompt, no argument).
+        os.environ[PASSPHRASE_ENV] = str(consortium.passphrase_file.resolve())
     paillier_key = None
     if options.mode == "paillier":
         # any two silos can decrypt an aggregate; min_cohort 3 still refuses to decrypt fewer contributions

@@ -43,6 +43,9 @@ import hashlib
 import ipaddress
 import os
 import re
+import secrets
+import shutil
+import tempfile
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,10 +62,18 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from coordinator.errors import PKIError, Unauthorized
+from coordinator.pki.custody import (
+    PASSPHRASE_ENV,
+    load_encrypted_private_key,
+    read_passphrase,
+    tls_key_pem,
+    write_new_file,
+)
 from secagg import Roster
 from secagg.roster import SILO_ID_PATTERN
 
 __all__ = [
+    "PASSPHRASE_ENV",
     "ConsortiumPaths",
     "SiloPaths",
     "certificate_fingerprint",
@@ -71,8 +82,10 @@ __all__ = [
     "load_certificate",
     "load_ed25519_private",
     "load_private_key",
+    "read_passphrase",
     "silo_identity",
     "spiffe_id",
+    "tls_key_pem",
     "write_new_file",
 ]
 
@@ -84,8 +97,6 @@ _DNS_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
 """An RFC 1123 host name, what a DNS SAN may hold (no wildcards: a consortium never needs one)."""
 
 _CLOCK_SKEW = _dt.timedelta(minutes=5)
-_PRIVATE_MODE = 0o600
-_PUBLIC_MODE = 0o644
 _DIR_MODE = 0o700
 
 
@@ -202,6 +213,11 @@ class ConsortiumPaths:
             out += [silo.cert, silo.key, silo.signing_key, silo.ca_cert]
         return out
 
+    @property
+    def passphrase_file(self) -> Path:
+        """Where :func:`create_consortium` writes the passphrase it generated (absent if one was given)."""
+        return self.root / "passphrase"
+
     def private_files(self) -> list[Path]:
         """The files holding private keys (written with mode 0600)."""
         out = [self.ca_key, self.consortium_key, self.coordinator_key, self.audit_key]
@@ -225,8 +241,14 @@ def create_consortium(
     hosts: Sequence[str] = ("localhost", "127.0.0.1"),
     validity_days: int = 30,
     now: _dt.datetime | None = None,
+    passphrase: bytes | None = None,
 ) -> ConsortiumPaths:
-    """Write a throwaway development consortium into ``directory`` (see the module docstring).
+    """Write a throwaway development consortium into ``directory`` by running every enrolment step.
+
+    One process plays every party of :mod:`coordinator.pki.enrol` in turn: a governor, the CA operator
+    (``ca init``), the coordinator and each silo (``request``), the CA again (``sign``, ``publish``) and each
+    organisation (``install``). Only the directory layout differs from production: every party's directory
+    sits under ``directory`` (see the module docstring).
 
     Args:
         directory: where to write; created if missing, and it must be empty.
@@ -235,6 +257,9 @@ def create_consortium(
         hosts: DNS names and IP addresses the coordinator's certificate is valid for.
         validity_days: lifetime of every certificate.
         now: the issuing time (UTC); defaults to the current time.
+        passphrase: encrypts every private key. Default: the one ``$SECAGG_PASSPHRASE_FILE`` names if set,
+            else a fresh 256-bit random one written to ``directory/passphrase`` (mode 0600; point
+            ``SECAGG_PASSPHRASE_FILE`` at it to run the consortium).
 
     Returns:
         The paths of everything written.
@@ -244,10 +269,13 @@ def create_consortium(
         PKIError: ``directory`` is not empty (an existing consortium is never overwritten) or writing failed.
 
     Notes:
-        Private keys are unencrypted PKCS#8 PEM created with ``O_CREAT | O_EXCL`` and mode 0600, so an existing
-        file is never replaced and no key is ever readable by other users, even briefly. This is a
-        development consortium: see the module docstring for what production does instead.
+        Private keys are encrypted PKCS#8 PEM created with ``O_CREAT | O_EXCL`` and mode 0600, so an existing
+        file is never replaced and no key is ever readable by other users, even briefly. The generated
+        passphrase lies next to the keys, which is acceptable only because this consortium is throwaway: a
+        production consortium runs the enrolment steps on separate machines (README, "Production enrolment").
     """
+    from coordinator.pki import enrol
+
     _check_name("federation", federation)
     if not silos:
         raise ValueError("a consortium needs at least one silo")
@@ -263,80 +291,71 @@ def create_consortium(
         _general_name(host)  # validate before writing anything
 
     root = Path(directory)
-    try:
-        root.mkdir(parents=True, exist_ok=True, mode=_DIR_MODE)
-        if any(root.iterdir()):
-            raise PKIError(
-                f"{root} is not empty: refusing to overwrite an existing consortium "
-                "(choose a new directory or delete this one)"
-            )
-    except OSError as exc:
-        raise PKIError(f"cannot create consortium directory {root}: {exc}") from exc
+    if root.is_dir() and any(root.iterdir()):
+        raise PKIError(
+            f"{root} is not empty: refusing to overwrite an existing consortium "
+            "(choose a new directory or delete this one)"
+        )
+    generated = passphrase is None and not os.environ.get(PASSPHRASE_ENV)
+    if passphrase is None:
+        passphrase = secrets.token_urlsafe(32).encode() if generated else read_passphrase()
     paths = ConsortiumPaths.at(root, federation=federation, silos=silos)
     issued_at = _utcnow(now)
-
-    try:
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca_cert = _ca_certificate(ca_key, federation, issued_at, validity_days)
-        ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
-        write_new_file(paths.ca_cert, ca_pem, private=False)
-        write_new_file(paths.ca_key, _pkcs8(ca_key), private=True)
-
-        consortium_key = Ed25519PrivateKey.generate()
-        write_new_file(paths.consortium_key, _pkcs8(consortium_key), private=True)
-        write_new_file(
-            paths.consortium_public_key,
-            (consortium_key.public_key().public_bytes_raw().hex() + "\n").encode(),
-            private=False,
-        )
-
-        paths.coordinator_cert.parent.mkdir(mode=_DIR_MODE)
-        cert_pem, key_pem = issue_certificate(
-            ca_cert,
-            ca_key,
-            common_name="coordinator",
-            server=True,
-            hosts=hosts,
-            uris=(f"spiffe://{federation}/coordinator",),
+    governor_dir = root / "governors" / "dev"
+    with tempfile.TemporaryDirectory(prefix="secagg-governor-") as scratch:
+        # The governor's key is made in its own directory; ca init only ever sees its public key.
+        governor_pub = enrol.governor_init(Path(scratch) / "dev", passphrase=passphrase)
+        governor = bytes.fromhex(governor_pub.read_text(encoding="ascii").strip())
+        enrol.ca_init(
+            root,
+            federation=federation,
+            governors=[governor],
+            quorum=1,
+            passphrase=passphrase,
             validity_days=validity_days,
             now=issued_at,
         )
-        write_new_file(paths.coordinator_cert, cert_pem, private=False)
-        write_new_file(paths.coordinator_key, key_pem, private=True)
-        audit_key = Ed25519PrivateKey.generate()
-        write_new_file(paths.audit_key, _pkcs8(audit_key), private=True)
-        write_new_file(
-            paths.audit_public_key,
-            (audit_key.public_key().public_bytes_raw().hex() + "\n").encode(),
-            private=False,
-        )
-
-        members: dict[str, bytes] = {}
+        try:
+            governor_dir.parent.mkdir(mode=_DIR_MODE)
+            shutil.copytree(Path(scratch) / "dev", governor_dir)
+        except OSError as exc:
+            raise PKIError(f"writing the consortium in {root} failed: {exc}") from exc
+    if generated:
+        try:
+            write_new_file(paths.passphrase_file, passphrase + b"\n", private=True)
+        except OSError as exc:
+            raise PKIError(f"writing the consortium in {root} failed: {exc}") from exc
+    organisations: list[tuple[Path, str, enrol.Role, Sequence[str]]] = [
+        (paths.coordinator_cert.parent, "coordinator", "coordinator", hosts)
+    ]
+    try:
         (root / "silos").mkdir(mode=_DIR_MODE)
-        for silo, silo_paths in paths.silos.items():
-            silo_paths.directory.mkdir(mode=_DIR_MODE)
-            cert_pem, key_pem = issue_certificate(
-                ca_cert,
-                ca_key,
-                common_name=silo,
-                server=False,
-                uris=(spiffe_id(federation, silo),),
-                validity_days=validity_days,
-                now=issued_at,
-            )
-            write_new_file(silo_paths.cert, cert_pem, private=False)
-            write_new_file(silo_paths.key, key_pem, private=True)
-            write_new_file(silo_paths.ca_cert, ca_pem, private=False)
-            signing_key = Ed25519PrivateKey.generate()
-            write_new_file(silo_paths.signing_key, _pkcs8(signing_key), private=True)
-            members[silo] = signing_key.public_key().public_bytes_raw()
-
-        roster = Roster.create(
-            federation=federation, members=members, consortium_key=consortium_key
-        )
-        write_new_file(paths.roster, (roster.dumps() + "\n").encode(), private=False)
+        (root / "requests").mkdir(mode=_DIR_MODE)
     except OSError as exc:
         raise PKIError(f"writing the consortium in {root} failed: {exc}") from exc
+    organisations += [(p.directory, s, "silo", ()) for s, p in paths.silos.items()]
+    for org_dir, member, role, org_hosts in organisations:
+        org, _ = enrol.request(
+            org_dir,
+            member=member,
+            role=role,
+            federation=federation,
+            passphrase=passphrase,
+            hosts=org_hosts,
+        )
+        checked = enrol.read_request(root, org.request)
+        issued = enrol.issue(
+            root,
+            checked,
+            root / "requests" / f"{member}.issued.json",
+            passphrase=passphrase,
+            validity_days=validity_days,
+            now=issued_at,
+        )
+        enrol.install(org_dir, issued, now=issued_at)
+    federation_file = enrol.publish(root, root / "federation.json")
+    for org_dir, _, _, _ in organisations:
+        enrol.install(org_dir, federation_file)
     return paths
 
 
@@ -376,15 +395,40 @@ def issue_certificate(
     names = [_general_name(h) for h in hosts] + [x509.UniformResourceIdentifier(u) for u in uris]
     if not names:
         raise ValueError("a certificate needs at least one subject alternative name")
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _leaf_certificate(
+        ca_cert,
+        ca_key,
+        key.public_key(),
+        common_name=common_name,
+        server=server,
+        names=names,
+        validity_days=validity_days,
+        now=now,
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), _pkcs8(key)
+
+
+def _leaf_certificate(
+    ca_cert: x509.Certificate,
+    ca_key: CertificateIssuerPrivateKeyTypes,
+    public_key: ec.EllipticCurvePublicKey,
+    *,
+    common_name: str,
+    server: bool,
+    names: Sequence[x509.GeneralName],
+    validity_days: int,
+    now: _dt.datetime | None,
+) -> x509.Certificate:
+    """A leaf TLS certificate for ``public_key`` (serverAuth or clientAuth), never outliving the CA."""
     issued_at = _utcnow(now)
     not_after = min(issued_at + _dt.timedelta(days=validity_days), ca_cert.not_valid_after_utc)
-    key = ec.generate_private_key(ec.SECP256R1())
     usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-    cert = (
+    return (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(issued_at - _CLOCK_SKEW)
         .not_valid_after(not_after)
@@ -405,41 +449,36 @@ def issue_certificate(
         )
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
             critical=False,
         )
         .sign(ca_key, hashes.SHA256())
     )
-    return cert.public_bytes(serialization.Encoding.PEM), _pkcs8(key)
 
 
-def load_private_key(path: str | os.PathLike[str]) -> PrivateKeyTypes:
-    """Load an unencrypted PEM private key.
+def load_private_key(
+    path: str | os.PathLike[str], passphrase: bytes | None = None
+) -> PrivateKeyTypes:
+    """Load an encrypted PEM private key (mode 0600); the passphrase defaults to :func:`read_passphrase`.
 
     Raises:
-        PKIError: the file is missing, unreadable, encrypted or not a private key (the message names the
-            file, never its content).
+        PKIError: the file is missing, unreadable, readable by others, unencrypted, under another passphrase
+            or not a private key (the message names the file and what to do, never its content).
     """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise PKIError(f"cannot read private key {path}: {exc.strerror}") from exc
-    try:
-        return serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        # The parser's message can quote the input; it never reaches the caller.
-        raise PKIError(f"{path} is not an unencrypted PEM private key") from exc
+    return load_encrypted_private_key(path, passphrase)
 
 
-def load_ed25519_private(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
-    """Load an Ed25519 private key (roster, consortium or audit key).
+def load_ed25519_private(
+    path: str | os.PathLike[str], passphrase: bytes | None = None
+) -> Ed25519PrivateKey:
+    """Load an Ed25519 private key (roster, consortium, governor or audit key).
 
     Raises:
         PKIError: as :func:`load_private_key`, or the key is of another type.
     """
-    key = load_private_key(path)
+    key = load_private_key(path, passphrase)
     if not isinstance(key, Ed25519PrivateKey):
         raise PKIError(f"{path} holds a {type(key).__name__}, not an Ed25519 private key")
     return key
@@ -602,25 +641,6 @@ def _pkcs8(key: ec.EllipticCurvePrivateKey | Ed25519PrivateKey) -> bytes:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-
-
-def write_new_file(path: Path, data: bytes, *, private: bool) -> None:
-    """Create ``path`` exclusively (never replace a file) with mode 0600 for keys, 0644 otherwise, fsynced.
-
-    Raises:
-        FileExistsError: ``path`` exists (an existing key is never replaced).
-    """
-    mode = _PRIVATE_MODE if private else _PUBLIC_MODE
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
-    try:
-        # The umask may have removed bits from ``mode``; set it exactly (a key is never wider than 0600).
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _utcnow(now: _dt.datetime | None) -> _dt.datetime:

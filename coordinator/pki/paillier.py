@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from coordinator.errors import PKIError
 from coordinator.pki import ConsortiumPaths, load_ed25519_private, write_new_file
+from coordinator.pki.custody import encrypt_private_key, load_encrypted_private_key, read_passphrase
 from secagg.errors import InvalidParameters, InvalidSignature, SecAggError
 from secagg.hazmat.keys import RandomSource, encode_fields, new_x25519, public_bytes, sign, verify
 from secagg.hazmat.paillier import (
@@ -80,6 +80,7 @@ def create_paillier_keys(
     recipients: Mapping[str, bytes] | None = None,
     rng: RandomSource = os.urandom,
     insecure_test_key_size: bool = False,
+    passphrase: bytes | None = None,
 ) -> Path:
     """Deal a t-of-n threshold Paillier key to the consortium's silos and write it into its directory.
 
@@ -94,6 +95,8 @@ def create_paillier_keys(
             generated for every silo and written to its directory (development consortiums).
         rng: randomness for the dealer and the X25519 keys.
         insecure_test_key_size: allow small keys (tests only).
+        passphrase: opens the consortium key and encrypts the X25519 keys it makes; defaults to
+            :func:`coordinator.pki.read_passphrase`.
 
     Returns:
         The path of the joint public key file (what the coordinator loads).
@@ -126,7 +129,7 @@ def create_paillier_keys(
         recipients = {silo: public_bytes(key) for silo, key in private_keys.items()}
     if set(recipients) != set(silos) or any(len(k) != 32 for k in recipients.values()):
         raise PKIError("recipients must give one 32-byte X25519 public key per roster silo")
-    signer = load_ed25519_private(consortium.consortium_key)
+    signer = load_ed25519_private(consortium.consortium_key, passphrase)
     try:
         result = run_key_ceremony(
             federation_id=consortium.federation,
@@ -140,13 +143,10 @@ def create_paillier_keys(
         )
     except InvalidParameters as exc:
         raise PKIError(f"Paillier key ceremony refused: {exc}") from exc
+    if private_keys:  # encrypted at rest like every other key (coordinator.pki.custody)
+        secret = read_passphrase() if passphrase is None else passphrase
     for silo, key in private_keys.items():
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        _write(files[silo].x25519_key, pem, private=True)
+        _write(files[silo].x25519_key, encrypt_private_key(key, secret), private=True)
     for silo in silos:
         sealed = result.sealed_shares[silo].to_json().encode("utf-8")
         _write(files[silo].share, sealed, private=True)
@@ -213,9 +213,7 @@ class PaillierFiles:
             public_key = ThresholdPublicKey.from_json(self.public_key.read_bytes())
             signature = bytes.fromhex(self.signature.read_text(encoding="utf-8").strip())
             sealed = SealedShare.from_json(self.share.read_bytes())
-            private = serialization.load_pem_private_key(
-                self.x25519_key.read_bytes(), password=None
-            )
+            private = load_encrypted_private_key(self.x25519_key)
         except (OSError, ValueError, SecAggError) as exc:
             raise PKIError(f"cannot load the Paillier key material: {type(exc).__name__}") from exc
         try:

@@ -53,7 +53,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from coordinator.common import DEFAULT_MAX_MESSAGE_BYTES, RoundReport, RoundStatus, TlsFiles
 from coordinator.config import SiloConfig, SiloPolicy
 from coordinator.errors import Aborted, NotFound, StageError, Unauthorized
-from coordinator.pki import load_ed25519_private
+from coordinator.pki import load_ed25519_private, tls_key_pem
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.sdk.transport import RetryPolicy, Transport
 from dp.accounting import PrivacyAttestation
@@ -196,7 +196,7 @@ def tls_from_config(config: SiloConfig) -> TlsFiles | None:
     if config.tls is None:
         return None
     return TlsFiles(
-        config.tls.ca.read_bytes(), config.tls.cert.read_bytes(), config.tls.key.read_bytes()
+        config.tls.ca.read_bytes(), config.tls.cert.read_bytes(), tls_key_pem(config.tls.key)
     )
 
 

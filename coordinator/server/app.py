@@ -20,6 +20,7 @@ from coordinator import modes
 from coordinator._malloc import tune_allocator
 from coordinator.common import TlsFiles
 from coordinator.config import ServeConfig, TLSPaths
+from coordinator.pki import tls_key_pem
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from coordinator.rounds.audit import open_audit_trail
 from coordinator.rounds.driver import FederationSettings, RoundDriver
@@ -116,7 +117,7 @@ def tls_files(paths: TLSPaths | None) -> TlsFiles | None:
     """The PEM bytes of a configuration's ``[tls]`` files (``None`` without TLS)."""
     if paths is None:
         return None
-    return TlsFiles(paths.ca.read_bytes(), paths.cert.read_bytes(), paths.key.read_bytes())
+    return TlsFiles(paths.ca.read_bytes(), paths.cert.read_bytes(), tls_key_pem(paths.key))
 
 
 @dataclass

@@ -37,6 +37,7 @@ from coordinator.pki import (
     load_private_key,
     silo_identity,
     spiffe_id,
+    tls_key_pem,
 )
 from secagg import InvalidSignature, Roster
 from tests.coordinator.conftest import FEDERATION, SILOS
@@ -85,7 +86,7 @@ def test_every_file_is_written_with_the_right_mode(consortium: ConsortiumPaths) 
         assert mode == (0o600 if path in private else 0o644), path
     for path in private:
         assert b"PRIVATE KEY" in path.read_bytes()
-        assert b"ENCRYPTED" not in path.read_bytes()  # unencrypted PKCS#8: a dev consortium
+        assert path.read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
     assert list(consortium.silos) == sorted(SILOS)
 
 
@@ -274,9 +275,12 @@ def test_key_loaders_refuse_wrong_files_without_echoing_them(consortium: Consort
     with pytest.raises(PKIError, match="not an Ed25519 private key") as wrong_type:
         load_ed25519_private(consortium.coordinator_key)
     assert "BEGIN" not in str(wrong_type.value)
-    with pytest.raises(PKIError, match="not an unencrypted PEM private key") as not_key:
-        load_private_key(consortium.roster)
-    assert FEDERATION not in str(not_key.value).replace(str(consortium.roster), "")
+    not_a_key = consortium.root / "roster-copy.key"
+    not_a_key.write_bytes(consortium.roster.read_bytes())
+    not_a_key.chmod(0o600)
+    with pytest.raises(PKIError, match="not a PEM private key") as not_key:
+        load_private_key(not_a_key)
+    assert FEDERATION not in str(not_key.value).replace(str(not_a_key), "")
     with pytest.raises(PKIError, match="cannot read private key"):
         load_private_key(consortium.root / "missing.key")
     with pytest.raises(PKIError, match="not a PEM certificate"):
@@ -361,7 +365,7 @@ def mtls_server(consortium: ConsortiumPaths) -> Iterator[tuple[int, _Identifying
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     credentials = grpc.ssl_server_credentials(
-        [(consortium.coordinator_key.read_bytes(), consortium.coordinator_cert.read_bytes())],
+        [(tls_key_pem(consortium.coordinator_key), consortium.coordinator_cert.read_bytes())],
         root_certificates=consortium.ca_cert.read_bytes(),
         require_client_auth=True,
     )
@@ -394,7 +398,7 @@ def test_mtls_handshake_identifies_each_silo(
     for target in (f"localhost:{port}", f"127.0.0.1:{port}"):  # DNS and IP SANs
         for silo, paths in consortium.silos.items():
             response = _check(
-                target, ca=ca, key=paths.key.read_bytes(), cert=paths.cert.read_bytes()
+                target, ca=ca, key=tls_key_pem(paths.key), cert=paths.cert.read_bytes()
             )
             assert response.status == health_pb2.HealthCheckResponse.SERVING
             assert servicer.callers[-1] == silo
@@ -417,7 +421,7 @@ def test_mtls_refuses_a_rogue_ca_client_certificate(
         _check(
             f"localhost:{port}",
             ca=consortium.ca_cert.read_bytes(),
-            key=impostor.key.read_bytes(),
+            key=tls_key_pem(impostor.key),
             cert=impostor.cert.read_bytes(),
         )
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -448,7 +452,7 @@ def test_a_silo_refuses_a_coordinator_outside_its_consortium(
         _check(
             f"localhost:{port}",
             ca=rogue_consortium.ca_cert.read_bytes(),
-            key=silo.key.read_bytes(),
+            key=tls_key_pem(silo.key),
             cert=silo.cert.read_bytes(),
         )
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from audits import CheckpointSigner
 from coordinator.common import RoundStatus, TlsFiles, ledger_origin
 from coordinator.config import Deadlines, MaskingDeadlines, PaillierDeadlines
-from coordinator.pki import ConsortiumPaths, create_consortium, load_ed25519_private
+from coordinator.pki import ConsortiumPaths, create_consortium, load_ed25519_private, tls_key_pem
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from coordinator.rounds.audit import AuditTrail
@@ -98,12 +98,12 @@ class Consortium:
 
     def silo_tls(self, silo: str) -> TlsFiles:
         p = self.paths.silos[silo]
-        return TlsFiles(p.ca_cert.read_bytes(), p.cert.read_bytes(), p.key.read_bytes())
+        return TlsFiles(p.ca_cert.read_bytes(), p.cert.read_bytes(), tls_key_pem(p.key))
 
     def coordinator_tls(self) -> TlsFiles:
         p = self.paths
         return TlsFiles(
-            p.ca_cert.read_bytes(), p.coordinator_cert.read_bytes(), p.coordinator_key.read_bytes()
+            p.ca_cert.read_bytes(), p.coordinator_cert.read_bytes(), tls_key_pem(p.coordinator_key)
         )
 
     def signing_key(self, silo: str) -> Ed25519PrivateKey:

@@ -1,0 +1,197 @@
+"""Key custody: every private key file is mode 0600 and encrypted at rest under a passphrase.
+
+The passphrase comes from the file named by ``SECAGG_PASSPHRASE_FILE`` (itself owner-only), or from an
+interactive prompt on the terminal; never from a command-line argument, which other users can read in
+``/proc/<pid>/cmdline`` and which shells keep in their history.
+
+Notes:
+    - Keys are PKCS#8 ``EncryptedPrivateKeyInfo`` (RFC 5958 section 3) written with ``cryptography``'s
+      ``BestAvailableEncryption`` (today PBES2 = PBKDF2-HMAC-SHA256 + AES-256-CBC, RFC 8018), which OpenSSL,
+      gRPC's BoringSSL and every HSM import tool read. PBKDF2's iteration count there is modest, so the
+      passphrase itself must carry the strength: the development consortium generates a 256-bit random one;
+      an operator should use a long passphrase (NIST SP 800-63B section 5.1.1.2).
+    - A key readable by the group or other users is refused before it is read, as OpenSSH refuses a private
+      key with permissions wider than 0600 (``sshd(8)``, "Permissions ... are too open"): a key that others
+      could have copied cannot be trusted to be secret, even if it is encrypted.
+    - An unencrypted key is refused too, so a key written by an old tool or by hand cannot silently weaken
+      custody; the message says how to encrypt it.
+    - gRPC's TLS stack takes the private key only as unencrypted PEM bytes, so :func:`tls_key_pem` decrypts
+      in memory and hands over bytes that never touch the disk.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import stat
+import sys
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+
+from coordinator.errors import PKIError
+
+__all__ = [
+    "PASSPHRASE_ENV",
+    "encrypt_private_key",
+    "load_encrypted_private_key",
+    "read_passphrase",
+    "tls_key_pem",
+    "write_new_file",
+    "write_private_key",
+]
+
+PASSPHRASE_ENV = "SECAGG_PASSPHRASE_FILE"  # noqa: S105 - the name of a variable, not a secret
+"""Environment variable naming the file that holds the key passphrase (first line, mode 0600)."""
+
+_MIN_PASSPHRASE = 8
+_PRIVATE_MODE = 0o600
+_PUBLIC_MODE = 0o644
+_TOO_OPEN = 0o077
+
+
+def read_passphrase(*, confirm: bool = False, purpose: str = "the private keys") -> bytes:
+    """The key passphrase: from ``$SECAGG_PASSPHRASE_FILE`` if set, else an interactive prompt.
+
+    Args:
+        confirm: ask twice when prompting (used when new keys are written).
+        purpose: what the passphrase protects, shown in the prompt.
+
+    Raises:
+        PKIError: the file is missing, readable by others, or empty; no terminal to prompt on; the two typed
+            passphrases differ or are too short.
+    """
+    named = os.environ.get(PASSPHRASE_ENV)
+    if named:
+        path = Path(named)
+        _check_owner_only(path, what="passphrase file")
+        try:
+            lines = path.read_bytes().splitlines()
+        except OSError as exc:
+            raise PKIError(f"cannot read passphrase file {path}: {exc.strerror}") from exc
+        passphrase = lines[0] if lines else b""
+        if not passphrase:
+            raise PKIError(
+                f"passphrase file {path} is empty: write the passphrase on its first line"
+            )
+        return passphrase
+    if not sys.stdin.isatty():
+        raise PKIError(
+            f"no passphrase for {purpose}: set {PASSPHRASE_ENV} to a file (mode 0600) holding it, "
+            "or run in a terminal to be prompted"
+        )
+    typed = getpass.getpass(f"passphrase for {purpose}: ")
+    if confirm:
+        if len(typed) < _MIN_PASSPHRASE:
+            raise PKIError(f"the passphrase must have at least {_MIN_PASSPHRASE} characters")
+        if getpass.getpass("repeat the passphrase: ") != typed:
+            raise PKIError("the two passphrases differ: run the command again")
+    return typed.encode("utf-8")
+
+
+def encrypt_private_key(key: PrivateKeyTypes, passphrase: bytes) -> bytes:
+    """``key`` as encrypted PKCS#8 PEM (``BEGIN ENCRYPTED PRIVATE KEY``)."""
+    if not passphrase:
+        raise ValueError("an empty passphrase does not encrypt anything")
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(passphrase),
+    )
+
+
+def write_private_key(path: Path, key: PrivateKeyTypes, passphrase: bytes) -> None:
+    """Create ``path`` (never replacing a file) with ``key`` encrypted under ``passphrase``, mode 0600.
+
+    Raises:
+        FileExistsError: ``path`` exists.
+    """
+    write_new_file(path, encrypt_private_key(key, passphrase), private=True)
+
+
+def load_encrypted_private_key(
+    path: str | os.PathLike[str], passphrase: bytes | None = None
+) -> PrivateKeyTypes:
+    """Load an encrypted PEM private key after checking that only its owner can read it.
+
+    Args:
+        path: the key file.
+        passphrase: the passphrase; :func:`read_passphrase` when ``None``.
+
+    Raises:
+        PKIError: missing or unreadable; readable by group or others; not encrypted; wrong passphrase; not a
+            private key. Each message is one line naming the file and what to do, never its content.
+    """
+    path = Path(path)
+    _check_owner_only(path, what="private key")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PKIError(f"cannot read private key {path}: {exc.strerror}") from exc
+    if b"-----BEGIN ENCRYPTED PRIVATE KEY-----" not in data:
+        if b"PRIVATE KEY-----" in data:
+            raise PKIError(
+                f"{path} is not encrypted: keys must be encrypted at rest; encrypt it with "
+                f"`openssl pkcs8 -topk8 -v2 aes-256-cbc -in {path} -out {path}.enc` and use that file"
+            )
+        raise PKIError(f"{path} is not a PEM private key")
+    secret = read_passphrase() if passphrase is None else passphrase
+    try:
+        return serialization.load_pem_private_key(data, password=secret)
+    except ValueError as exc:
+        raise PKIError(
+            f"wrong passphrase for {path}: check the file {PASSPHRASE_ENV} names "
+            "(or the passphrase you typed) is the one this key was written with"
+        ) from exc
+    except (
+        TypeError
+    ) as exc:  # the parser's message can quote the input; it never reaches the caller
+        raise PKIError(f"{path} is not an encrypted PEM private key") from exc
+
+
+def tls_key_pem(path: str | os.PathLike[str], passphrase: bytes | None = None) -> bytes:
+    """The TLS private key at ``path``, decrypted into unencrypted PKCS#8 PEM bytes in memory, for gRPC.
+
+    Raises:
+        PKIError: as :func:`load_encrypted_private_key`.
+    """
+    key = load_encrypted_private_key(path, passphrase)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def write_new_file(path: Path, data: bytes, *, private: bool) -> None:
+    """Create ``path`` exclusively (never replace a file) with mode 0600 for keys, 0644 otherwise, fsynced.
+
+    Raises:
+        FileExistsError: ``path`` exists (an existing key is never replaced).
+    """
+    mode = _PRIVATE_MODE if private else _PUBLIC_MODE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
+    try:
+        # The umask may have removed bits from ``mode``; set it exactly (a key is never wider than 0600).
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_owner_only(path: Path, *, what: str) -> None:
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise PKIError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    if not stat.S_ISREG(mode):
+        raise PKIError(f"{what} {path} is not a regular file")
+    if mode & _TOO_OPEN:
+        raise PKIError(
+            f"{what} {path} is readable by other users (mode {stat.S_IMODE(mode):04o}): "
+            f"run `chmod 600 {path}`, and replace the key if others may have copied it"
+        )

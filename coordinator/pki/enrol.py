@@ -1,0 +1,851 @@
+"""Enrolment across organisations: each party makes its own keys; only public material travels.
+
+Who runs what (``secagg pki ...``), and the files each step writes::
+
+    governor init GOV_DIR        a governor      GOV_DIR/governor.key (private), governor.pub  -> CA operator
+    ca init CA_DIR ...           the CA operator CA_DIR/ca.key, consortium.key (private), ca.pem, consortium.pub,
+                                                 governance.json (federation, K-of-N governor public keys)
+    request ORG_DIR ...          each org        ORG_DIR/key.pem, signing.key (+ audit.key) (private),
+                                                 request.json (CSR + public keys + proofs)  -> CA operator
+    sign CA_DIR REQUEST          the CA operator ISSUED (certificate + CA certificate)      -> the org
+                                                 CA_DIR/members/<id>.json, roster.json (silos)
+    publish CA_DIR --out F       the CA operator F = federation.json (CA certificate, signed roster,
+                                                 consortium and audit public keys)       -> every org
+    install ORG_DIR ISSUED|F     each org        ORG_DIR/cert.pem, ca.pem | roster.json, consortium.pub, audit.pub
+
+A request proves possession of every key it names: the CSR is signed by the TLS key (PKCS#10, RFC 2986
+section 4.2) and carries, in an extension the CSR signature covers, the Ed25519 roster key (and the
+coordinator's audit key) with an Ed25519 signature by each over a statement binding it to the federation,
+the id, the role and the TLS public key. A proof therefore cannot be replayed for another organisation, id or
+TLS key, and nobody can enrol a key they do not hold (the "proof of possession" of RFC 4211 section 4).
+
+Notes:
+    - The CA checks each request against its own federation, the role's rules (a silo carries exactly its
+      ``spiffe://<federation>/silo/<id>`` URI and no host; the coordinator ``spiffe://<federation>/coordinator``
+      and at least one host) and refuses an id already enrolled; it never copies an extension it did not check.
+    - Out-of-band confirmation: the organisation prints its key fingerprints when it makes the request; the CA
+      operator compares them (by phone, signed letter) with what ``sign`` prints before issuing. A request
+      swapped in transit is caught there, as in the ACME-less enterprise flows of RFC 7030 section 4.2.
+    - ``install`` checks the chain with ``cryptography.x509.verification`` (RFC 5280 path validation, the
+      clientAuth or serverAuth policy of the role) and that the certificate is for this organisation's own
+      TLS key, id and federation; the CA certificate is trusted on first install and pinned after it.
+    - The roster is signed with the consortium key held by the CA operator. K-of-N governor signatures on
+      roster versions are recorded in ``governance.json`` but not yet enforced (the roster command is future
+      work, see the README).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+
+from coordinator.errors import PKIError
+from coordinator.pki import (
+    _ca_certificate,
+    _check_name,
+    _general_name,
+    _leaf_certificate,
+    _utcnow,
+    certificate_fingerprint,
+    load_ed25519_private,
+    load_private_key,
+    spiffe_id,
+)
+from coordinator.pki.custody import write_new_file, write_private_key
+from secagg import Roster, SecAggError
+from secagg.hazmat.keys import encode_fields
+
+__all__ = [
+    "CaPaths",
+    "EnrolmentRequest",
+    "OrgPaths",
+    "Role",
+    "ca_init",
+    "governor_init",
+    "install",
+    "issue",
+    "publish",
+    "read_request",
+    "request",
+]
+
+Role = Literal["silo", "coordinator"]
+_ROLES: tuple[Role, ...] = ("silo", "coordinator")
+_FORMAT = 1
+_KIND_REQUEST = "secagg-enrolment-request"
+_KIND_ISSUED = "secagg-issued-certificate"
+_KIND_FEDERATION = "secagg-federation"
+_POP_LABEL = "secagg enrolment proof of possession"
+# A UUID-derived OID (ITU-T X.667 / RFC 4122 "2.25" arc): needs no registration and cannot collide.
+_KEYS_EXTENSION = x509.ObjectIdentifier("2.25.152573094958221593640916125962735087463")
+_DIR_MODE = 0o700
+
+
+@dataclass(frozen=True)
+class OrgPaths:
+    """An organisation's directory (``secagg pki request`` / ``install``): its private keys never leave it.
+
+    Attributes:
+        directory: ORG_DIR.
+        request: ``request.json`` (public; travels to the CA operator).
+        key: TLS private key (encrypted PKCS#8, 0600).
+        signing_key: Ed25519 roster key (encrypted, 0600).
+        audit_key, audit_public_key: the coordinator's Ed25519 checkpoint key (encrypted, 0600) and its hex.
+        cert, ca_cert: installed TLS certificate and the pinned CA certificate.
+        roster, consortium_public_key: installed signed roster and the consortium key (hex) it verifies under.
+    """
+
+    directory: Path
+    request: Path
+    key: Path
+    signing_key: Path
+    audit_key: Path
+    audit_public_key: Path
+    cert: Path
+    ca_cert: Path
+    roster: Path
+    consortium_public_key: Path
+
+    @classmethod
+    def at(cls, directory: str | os.PathLike[str]) -> OrgPaths:
+        """The standard layout under ``directory`` (nothing is read or written)."""
+        d = Path(directory)
+        return cls(
+            directory=d,
+            request=d / "request.json",
+            key=d / "key.pem",
+            signing_key=d / "signing.key",
+            audit_key=d / "audit.key",
+            audit_public_key=d / "audit.pub",
+            cert=d / "cert.pem",
+            ca_cert=d / "ca.pem",
+            roster=d / "roster.json",
+            consortium_public_key=d / "consortium.pub",
+        )
+
+
+@dataclass(frozen=True)
+class CaPaths:
+    """The CA operator's directory (``secagg pki ca init``).
+
+    Attributes:
+        directory: CA_DIR.
+        ca_cert, ca_key: the TLS certificate authority (key encrypted, 0600).
+        consortium_key, consortium_public_key: the Ed25519 roster-signing key (encrypted) and its hex.
+        governance: ``governance.json``: federation, quorum and governor public keys.
+        roster: the signed roster of every enrolled silo.
+        members: ``members/``: one public record per enrolled organisation.
+    """
+
+    directory: Path
+    ca_cert: Path
+    ca_key: Path
+    consortium_key: Path
+    consortium_public_key: Path
+    governance: Path
+    roster: Path
+    members: Path
+
+    @classmethod
+    def at(cls, directory: str | os.PathLike[str]) -> CaPaths:
+        """The standard layout under ``directory``."""
+        d = Path(directory)
+        return cls(
+            directory=d,
+            ca_cert=d / "ca.pem",
+            ca_key=d / "ca.key",
+            consortium_key=d / "consortium.key",
+            consortium_public_key=d / "consortium.pub",
+            governance=d / "governance.json",
+            roster=d / "roster.json",
+            members=d / "members",
+        )
+
+
+@dataclass(frozen=True)
+class EnrolmentRequest:
+    """A parsed, fully checked request (:func:`read_request`): what ``sign`` shows and issues.
+
+    Attributes:
+        federation, member, role: who asks.
+        csr: the PKCS#10 request (its signature verified).
+        hosts: the coordinator's DNS names and IP addresses (empty for a silo).
+        roster_key, audit_key: the Ed25519 public keys (raw 32 bytes; ``audit_key`` only for a coordinator).
+    """
+
+    federation: str
+    member: str
+    role: Role
+    csr: x509.CertificateSigningRequest
+    hosts: tuple[str, ...]
+    roster_key: bytes
+    audit_key: bytes | None
+
+    def fingerprints(self) -> dict[str, str]:
+        """SHA-256 fingerprints to confirm out of band (the organisation printed the same at request time)."""
+        return _fingerprints(self.csr.public_key(), self.roster_key, self.audit_key)
+
+
+def governor_init(directory: str | os.PathLike[str], *, passphrase: bytes) -> Path:
+    """Make a governor's Ed25519 key in ``directory``; returns ``governor.pub`` (hex, travels to the CA).
+
+    Raises:
+        PKIError: ``directory`` is not empty or cannot be written.
+    """
+    root = _new_directory(directory, what="governor")
+    key = Ed25519PrivateKey.generate()
+    try:
+        write_private_key(root / "governor.key", key, passphrase)
+        public = root / "governor.pub"
+        write_new_file(public, _hex_line(key.public_key().public_bytes_raw()), private=False)
+    except OSError as exc:
+        raise PKIError(f"writing the governor key in {root} failed: {exc}") from exc
+    return public
+
+
+def ca_init(
+    directory: str | os.PathLike[str],
+    *,
+    federation: str,
+    governors: Sequence[bytes],
+    quorum: int,
+    passphrase: bytes,
+    validity_days: int = 365,
+    now: _dt.datetime | None = None,
+) -> CaPaths:
+    """Create the consortium CA, the roster-signing key and the governance record in ``directory``.
+
+    Args:
+        directory: new or empty directory.
+        federation: the federation id (SPIFFE trust domain).
+        governors: the N governors' Ed25519 public keys (raw 32 bytes), from ``governor.pub`` files.
+        quorum: K, the number of governor signatures a roster version needs.
+        passphrase: encrypts the CA and consortium keys.
+        validity_days: the CA certificate's lifetime.
+        now: issuing time (UTC).
+
+    Raises:
+        ValueError: invalid federation, K not in 1..N, a governor key twice or malformed.
+        PKIError: ``directory`` is not empty or cannot be written.
+    """
+    _check_name("federation", federation)
+    if not governors:
+        raise ValueError("a consortium needs at least one governor")
+    if len(set(governors)) != len(governors):
+        raise ValueError("the same governor key is given twice")
+    for key in governors:
+        Ed25519PublicKey.from_public_bytes(key)  # ValueError if not 32 bytes
+    if not 1 <= quorum <= len(governors):
+        raise ValueError(f"the quorum must be between 1 and the {len(governors)} governors")
+    if validity_days < 1:
+        raise ValueError("validity_days must be >= 1")
+    paths = CaPaths.at(_new_directory(directory, what="CA"))
+    issued_at = _utcnow(now)
+    try:
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_cert = _ca_certificate(ca_key, federation, issued_at, validity_days)
+        write_new_file(
+            paths.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), private=False
+        )
+        write_private_key(paths.ca_key, ca_key, passphrase)
+        consortium_key = Ed25519PrivateKey.generate()
+        write_private_key(paths.consortium_key, consortium_key, passphrase)
+        consortium_public = consortium_key.public_key().public_bytes_raw()
+        write_new_file(paths.consortium_public_key, _hex_line(consortium_public), private=False)
+        governance = {
+            "format": _FORMAT,
+            "federation": federation,
+            "quorum": quorum,
+            "governors": [key.hex() for key in governors],
+            "ca_fingerprint": certificate_fingerprint(ca_cert),
+            "consortium_public_key": consortium_public.hex(),
+        }
+        write_new_file(paths.governance, _json_bytes(governance), private=False)
+        paths.members.mkdir(mode=_DIR_MODE)
+    except OSError as exc:
+        raise PKIError(f"writing the CA in {paths.directory} failed: {exc}") from exc
+    return paths
+
+
+def request(
+    directory: str | os.PathLike[str],
+    *,
+    member: str,
+    role: Role,
+    federation: str,
+    passphrase: bytes,
+    hosts: Sequence[str] = (),
+) -> tuple[OrgPaths, dict[str, str]]:
+    """Make an organisation's private keys in ``directory`` and write its ``request.json``.
+
+    Args:
+        directory: new or empty ORG_DIR.
+        member: the silo id, or the coordinator's name.
+        role: ``"silo"`` or ``"coordinator"``.
+        federation: the federation to join.
+        passphrase: encrypts every key written.
+        hosts: the coordinator's DNS names and IP addresses (required for it; none for a silo).
+
+    Returns:
+        The paths and the key fingerprints to confirm with the CA operator out of band.
+
+    Raises:
+        ValueError: invalid id, federation, role or hosts.
+        PKIError: ``directory`` is not empty or cannot be written.
+    """
+    _check_name("federation", federation)
+    _check_name("id", member)
+    if role not in _ROLES:
+        raise ValueError(f"invalid role {role!r}: use silo or coordinator")
+    if role == "silo" and hosts:
+        raise ValueError("a silo certificate names no host (only the coordinator serves)")
+    if role == "coordinator" and not hosts:
+        raise ValueError("the coordinator needs at least one host (DNS name or IP address)")
+    names = [_general_name(h) for h in hosts]
+    paths = OrgPaths.at(_new_directory(directory, what="organisation"))
+    tls_key = ec.generate_private_key(ec.SECP256R1())
+    roster_key = Ed25519PrivateKey.generate()
+    audit_key = Ed25519PrivateKey.generate() if role == "coordinator" else None
+    roster_public = roster_key.public_key().public_bytes_raw()
+    audit_public = audit_key.public_key().public_bytes_raw() if audit_key else None
+    spki = _spki(tls_key.public_key())
+    proofs = {
+        "roster": roster_key.sign(
+            _pop_payload("roster", federation, member, role, spki, roster_public, audit_public)
+        ).hex()
+    }
+    if audit_key is not None:
+        proofs["audit"] = audit_key.sign(
+            _pop_payload("audit", federation, member, role, spki, roster_public, audit_public)
+        ).hex()
+    keys = {
+        "roster_key": roster_public.hex(),
+        "audit_key": audit_public.hex() if audit_public else None,
+        "proofs": proofs,
+    }
+    uri = _member_uri(federation, member, role)
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, member)]))
+        .add_extension(
+            x509.SubjectAlternativeName([*names, x509.UniformResourceIdentifier(uri)]),
+            critical=False,
+        )
+        .add_extension(
+            x509.UnrecognizedExtension(_KEYS_EXTENSION, _json_bytes(keys)), critical=False
+        )
+        .sign(tls_key, hashes.SHA256())
+    )
+    document = {
+        "format": _FORMAT,
+        "kind": _KIND_REQUEST,
+        "federation": federation,
+        "id": member,
+        "role": role,
+        "csr": csr.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+        **keys,
+    }
+    try:
+        write_private_key(paths.key, tls_key, passphrase)
+        write_private_key(paths.signing_key, roster_key, passphrase)
+        if audit_key is not None and audit_public is not None:
+            write_private_key(paths.audit_key, audit_key, passphrase)
+            write_new_file(paths.audit_public_key, _hex_line(audit_public), private=False)
+        write_new_file(paths.request, _json_bytes(document), private=False)
+    except OSError as exc:
+        raise PKIError(f"writing the request in {paths.directory} failed: {exc}") from exc
+    return paths, _fingerprints(tls_key.public_key(), roster_public, audit_public)
+
+
+def read_request(ca_dir: str | os.PathLike[str], path: str | os.PathLike[str]) -> EnrolmentRequest:
+    """Parse ``request.json`` and check it completely against the CA in ``ca_dir`` (nothing is written).
+
+    Raises:
+        PKIError: unreadable; another federation; a malformed CSR or one whose signature fails; names or
+            extensions that break the role's rules; a proof of possession that does not verify; an id or a
+            roster key already enrolled. One line each, saying what to do.
+    """
+    paths = CaPaths.at(ca_dir)
+    governance = _governance(paths)
+    doc = _read_json(Path(path), kind=_KIND_REQUEST, what="enrolment request")
+    federation, member, role = doc.get("federation"), doc.get("id"), doc.get("role")
+    if federation != governance["federation"]:
+        raise PKIError(
+            f"{path} asks to join federation {federation!r}, but this CA serves "
+            f"{governance['federation']!r}: the organisation must run `secagg pki request` with "
+            f"--federation {governance['federation']}"
+        )
+    if not isinstance(member, str) or role not in _ROLES:
+        raise PKIError(f"{path}: the request names no valid id and role (silo or coordinator)")
+    try:
+        _check_name("id", member)
+        csr = x509.load_pem_x509_csr(str(doc.get("csr", "")).encode("ascii"))
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise PKIError(f"{path}: the id or the CSR is malformed; make a new request") from exc
+    if not csr.is_signature_valid:
+        raise PKIError(f"{path}: the CSR signature does not verify; make a new request")
+    tls_public = csr.public_key()
+    if (
+        not isinstance(tls_public, ec.EllipticCurvePublicKey)
+        or tls_public.curve.name != "secp256r1"
+    ):
+        raise PKIError(f"{path}: the TLS key must be ECDSA P-256; make the request with secagg")
+    if [a.value for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)] != [member]:
+        raise PKIError(f"{path}: the CSR's CN does not name {member!r}; make a new request")
+    hosts = _check_request_names(csr, federation, member, role, path)
+    try:
+        extension = csr.extensions.get_extension_for_oid(_KEYS_EXTENSION).value
+    except x509.ExtensionNotFound as exc:
+        raise PKIError(
+            f"{path}: the CSR carries no enrolment keys; make the request with secagg"
+        ) from exc
+    assert isinstance(extension, x509.UnrecognizedExtension)
+    try:
+        keys = json.loads(extension.value)
+        roster_key = bytes.fromhex(keys["roster_key"])
+        audit_key = bytes.fromhex(keys["audit_key"]) if keys["audit_key"] is not None else None
+        proofs = {k: bytes.fromhex(v) for k, v in keys["proofs"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise PKIError(
+            f"{path}: the CSR's enrolment keys are malformed; make a new request"
+        ) from exc
+    if any(doc.get(k) != keys.get(k) for k in ("roster_key", "audit_key", "proofs")):
+        raise PKIError(f"{path}: the keys listed in the request differ from those its CSR signs")
+    if (audit_key is not None) != (role == "coordinator"):
+        raise PKIError(f"{path}: an audit key is required for the coordinator and only for it")
+    spki = _spki(tls_public)
+    for purpose, public in (("roster", roster_key), ("audit", audit_key)):
+        if public is None:
+            continue
+        try:
+            Ed25519PublicKey.from_public_bytes(public).verify(
+                proofs.get(purpose, b""),
+                _pop_payload(purpose, federation, member, role, spki, roster_key, audit_key),
+            )
+        except (InvalidSignature, ValueError) as exc:
+            raise PKIError(
+                f"{path}: the proof of possession of the {purpose} key does not verify: the requester "
+                "may not hold that key; refuse it and ask the organisation for a new request"
+            ) from exc
+    if (paths.members / f"{member}.json").exists():
+        raise PKIError(f"{member!r} is already enrolled in this CA; choose another id")
+    for record in _member_records(paths):
+        if record.get("roster_key") == roster_key.hex():
+            raise PKIError(f"{path}: this roster key is already enrolled as {record.get('id')!r}")
+    return EnrolmentRequest(
+        federation=federation,
+        member=member,
+        role=role,
+        csr=csr,
+        hosts=hosts,
+        roster_key=roster_key,
+        audit_key=audit_key,
+    )
+
+
+def issue(
+    ca_dir: str | os.PathLike[str],
+    enrolment: EnrolmentRequest,
+    out: str | os.PathLike[str],
+    *,
+    passphrase: bytes,
+    validity_days: int = 365,
+    now: _dt.datetime | None = None,
+) -> Path:
+    """Issue the certificate of a checked request, record the member, re-sign the roster; write ``out``.
+
+    Raises:
+        PKIError: ``out`` exists, the CA key does not load (wrong passphrase, too open), or writing failed.
+    """
+    paths = CaPaths.at(ca_dir)
+    out = Path(out)
+    if out.exists():
+        raise PKIError(f"{out} already exists: choose another --out")
+    ca_cert = _load_cert(paths.ca_cert)
+    ca_key = load_private_key(paths.ca_key, passphrase)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    consortium_key = load_ed25519_private(paths.consortium_key, passphrase)
+    uri = _member_uri(enrolment.federation, enrolment.member, enrolment.role)
+    names = [_general_name(h) for h in enrolment.hosts] + [x509.UniformResourceIdentifier(uri)]
+    cert = _leaf_certificate(
+        ca_cert,
+        ca_key,
+        enrolment.csr.public_key(),  # type: ignore[arg-type]
+        common_name=enrolment.member,
+        server=enrolment.role == "coordinator",
+        names=names,
+        validity_days=validity_days,
+        now=now,
+    )
+    record = {
+        "format": _FORMAT,
+        "id": enrolment.member,
+        "role": enrolment.role,
+        "certificate_fingerprint": certificate_fingerprint(cert),
+        "roster_key": enrolment.roster_key.hex(),
+        "audit_key": enrolment.audit_key.hex() if enrolment.audit_key else None,
+    }
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+    issued = {
+        "format": _FORMAT,
+        "kind": _KIND_ISSUED,
+        "federation": enrolment.federation,
+        "id": enrolment.member,
+        "role": enrolment.role,
+        "certificate": cert_pem,
+        "ca_certificate": ca_cert.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+    }
+    try:
+        write_new_file(
+            paths.members / f"{enrolment.member}.json", _json_bytes(record), private=False
+        )
+        if enrolment.role == "silo":
+            members = {
+                str(r["id"]): bytes.fromhex(str(r["roster_key"]))
+                for r in _member_records(paths)
+                if r.get("role") == "silo"
+            }
+            roster = Roster.create(
+                federation=enrolment.federation, members=members, consortium_key=consortium_key
+            )
+            _replace_file(paths.roster, (roster.dumps() + "\n").encode())
+        write_new_file(out, _json_bytes(issued), private=False)
+    except OSError as exc:
+        raise PKIError(f"issuing the certificate failed: {exc}") from exc
+    return out
+
+
+def publish(ca_dir: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
+    """Write the public federation file every organisation installs (CA certificate, roster, public keys).
+
+    Raises:
+        PKIError: no silo is enrolled yet, or ``out`` exists.
+    """
+    paths = CaPaths.at(ca_dir)
+    governance = _governance(paths)
+    if not paths.roster.is_file():
+        raise PKIError(
+            f"{paths.directory}: no silo is enrolled yet; sign the silos' requests first"
+        )
+    coordinators = [r for r in _member_records(paths) if r.get("role") == "coordinator"]
+    doc = {
+        "format": _FORMAT,
+        "kind": _KIND_FEDERATION,
+        "federation": governance["federation"],
+        "ca_certificate": paths.ca_cert.read_text(encoding="ascii"),
+        "consortium_public_key": governance["consortium_public_key"],
+        "roster": paths.roster.read_text(encoding="utf-8"),
+        "audit_public_key": coordinators[0]["audit_key"] if coordinators else None,
+        "quorum": governance["quorum"],
+        "governors": governance["governors"],
+    }
+    out = Path(out)
+    try:
+        write_new_file(out, _json_bytes(doc), private=False)
+    except FileExistsError as exc:
+        raise PKIError(f"{out} already exists: choose another --out") from exc
+    return out
+
+
+def install(
+    directory: str | os.PathLike[str],
+    document: str | os.PathLike[str],
+    *,
+    ca_fingerprint: str | None = None,
+    now: _dt.datetime | None = None,
+) -> str:
+    """Install an issued certificate or a federation file into an organisation's directory.
+
+    Args:
+        directory: the ORG_DIR ``request`` wrote.
+        document: the ISSUED file from ``sign`` or the federation file from ``publish``.
+        ca_fingerprint: the CA certificate's SHA-256 fingerprint, confirmed out of band (optional on the
+            first install; later installs are checked against the installed ``ca.pem``).
+        now: the validation time (UTC).
+
+    Returns:
+        What was installed, one line (for the CLI).
+
+    Raises:
+        PKIError: another federation, id or role; a certificate that is not for this organisation's key, does
+            not chain to the CA or breaks its role's policy; a CA that differs from the pinned one; a roster that
+            does not verify or lacks this silo's key.
+    """
+    paths = OrgPaths.at(directory)
+    mine = _read_json(paths.request, kind=_KIND_REQUEST, what="enrolment request")
+    doc = _read_json(Path(document), kind=None, what="issued certificate or federation file")
+    if doc.get("federation") != mine["federation"]:
+        raise PKIError(
+            f"{document} is for federation {doc.get('federation')!r}, but {paths.directory} enrolled in "
+            f"{mine['federation']!r}: ask the CA operator of {mine['federation']!r} for yours"
+        )
+    try:
+        ca_cert = x509.load_pem_x509_certificate(str(doc.get("ca_certificate", "")).encode("ascii"))
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise PKIError(f"{document}: the CA certificate is malformed") from exc
+    fingerprint = certificate_fingerprint(ca_cert)
+    if ca_fingerprint is not None and fingerprint != ca_fingerprint.lower().replace(":", ""):
+        raise PKIError(
+            f"{document}: the CA certificate's fingerprint {fingerprint} is not the one you confirmed; "
+            "do not install it"
+        )
+    if paths.ca_cert.is_file() and _load_cert(paths.ca_cert) != ca_cert:
+        raise PKIError(
+            f"{document}: the CA differs from the one installed in {paths.ca_cert}; do not install it"
+        )
+    if doc["kind"] == _KIND_ISSUED:
+        return _install_issued(paths, mine, doc, ca_cert, document, now)
+    if doc["kind"] == _KIND_FEDERATION:
+        if not paths.ca_cert.is_file():
+            raise PKIError(
+                f"{paths.directory}: install your issued certificate before the federation file"
+            )
+        return _install_federation(paths, mine, doc, document)
+    raise PKIError(f"{document} is neither an issued certificate nor a federation file")
+
+
+def _install_issued(
+    paths: OrgPaths,
+    mine: Mapping[str, Any],
+    doc: Mapping[str, Any],
+    ca_cert: x509.Certificate,
+    document: str | os.PathLike[str],
+    now: _dt.datetime | None,
+) -> str:
+    if (doc.get("id"), doc.get("role")) != (mine["id"], mine["role"]):
+        raise PKIError(
+            f"{document} was issued to {doc.get('role')} {doc.get('id')!r}, not to this "
+            f"{mine['role']} {mine['id']!r}: install the file issued for your request"
+        )
+    try:
+        cert = x509.load_pem_x509_certificate(str(doc.get("certificate", "")).encode("ascii"))
+        csr = x509.load_pem_x509_csr(str(mine["csr"]).encode("ascii"))
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise PKIError(f"{document}: the certificate is malformed") from exc
+    if _spki(cert.public_key()) != _spki(csr.public_key()):
+        raise PKIError(f"{document}: the certificate is not for this organisation's TLS key")
+    builder = PolicyBuilder().store(Store([ca_cert])).time(_utcnow(now))
+    try:
+        if mine["role"] == "silo":
+            verified = builder.build_client_verifier().verify(cert, [])
+            uris = verified.subjects or []
+            expected = x509.UniformResourceIdentifier(spiffe_id(mine["federation"], mine["id"]))
+            if expected not in uris:
+                raise PKIError(f"{document}: the certificate does not name {expected.value}")
+        else:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            hosts = [n for n in san if isinstance(n, x509.DNSName | x509.IPAddress)]
+            if not hosts:
+                raise PKIError(f"{document}: the coordinator certificate names no host")
+            builder.build_server_verifier(hosts[0]).verify(cert, [])
+            if (
+                ExtendedKeyUsageOID.SERVER_AUTH
+                not in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+            ):
+                raise PKIError(f"{document}: not a serverAuth certificate")
+    except (VerificationError, x509.ExtensionNotFound) as exc:
+        raise PKIError(
+            f"{document}: the certificate does not chain to its CA under the {mine['role']} policy "
+            f"({exc}); ask the CA operator to issue it again"
+        ) from exc
+    try:
+        write_new_file(paths.cert, cert.public_bytes(serialization.Encoding.PEM), private=False)
+        if not paths.ca_cert.is_file():
+            write_new_file(
+                paths.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), private=False
+            )
+    except OSError as exc:
+        raise PKIError(f"installing into {paths.directory} failed: {exc}") from exc
+    return (
+        f"installed {paths.cert} for {mine['role']} {mine['id']!r}; CA {paths.ca_cert} fingerprint "
+        f"{certificate_fingerprint(ca_cert)} (confirm it out of band)"
+    )
+
+
+def _install_federation(
+    paths: OrgPaths,
+    mine: Mapping[str, Any],
+    doc: Mapping[str, Any],
+    document: str | os.PathLike[str],
+) -> str:
+    try:
+        consortium_key = bytes.fromhex(str(doc["consortium_public_key"]))
+        roster = Roster.loads(str(doc["roster"]))
+        roster.verify(consortium_key)
+        audit_key = doc.get("audit_public_key")
+        audit = bytes.fromhex(audit_key) if audit_key is not None else None
+    except (
+        ValueError,
+        KeyError,
+        TypeError,
+        SecAggError,
+    ) as exc:  # one message for malformed or forged
+        raise PKIError(
+            f"{document}: the roster does not verify under the consortium key it names; do not install it"
+        ) from exc
+    if roster.federation != mine["federation"]:
+        raise PKIError(f"{document}: the roster is for another federation")
+    if mine["role"] == "silo" and roster.members.get(mine["id"]) != bytes.fromhex(
+        mine["roster_key"]
+    ):
+        raise PKIError(
+            f"{document}: the roster does not list {mine['id']!r} with this silo's roster key; "
+            "ask the CA operator to publish the roster after signing your request"
+        )
+    try:
+        _replace_file(paths.roster, (roster.dumps() + "\n").encode())
+        _replace_file(paths.consortium_public_key, _hex_line(consortium_key))
+        if audit is not None and mine["role"] == "silo":
+            _replace_file(paths.audit_public_key, _hex_line(audit))
+    except OSError as exc:
+        raise PKIError(f"installing into {paths.directory} failed: {exc}") from exc
+    return (
+        f"installed roster of {len(roster.members)} silos (sha256 {roster.fingerprint()}) into "
+        f"{paths.roster}; consortium key {consortium_key.hex()}"
+    )
+
+
+def _check_request_names(
+    csr: x509.CertificateSigningRequest,
+    federation: str,
+    member: str,
+    role: Role,
+    path: str | os.PathLike[str],
+) -> tuple[str, ...]:
+    try:
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound as exc:
+        raise PKIError(f"{path}: the CSR names no SPIFFE id; make the request with secagg") from exc
+    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    if uris != [_member_uri(federation, member, role)]:
+        raise PKIError(
+            f"{path}: the CSR must carry exactly the URI {_member_uri(federation, member, role)}"
+        )
+    hosts = [str(h) for h in san.get_values_for_type(x509.DNSName)] + [
+        str(ip) for ip in san.get_values_for_type(x509.IPAddress)
+    ]
+    others = len(san) - len(uris) - len(hosts)
+    if others or (role == "silo" and hosts) or (role == "coordinator" and not hosts):
+        raise PKIError(
+            f"{path}: a {role} certificate names {'hosts' if role == 'coordinator' else 'no host'} only"
+        )
+    return tuple(hosts)
+
+
+def _member_uri(federation: str, member: str, role: Role) -> str:
+    return spiffe_id(federation, member) if role == "silo" else f"spiffe://{federation}/coordinator"
+
+
+def _pop_payload(
+    purpose: str,
+    federation: str,
+    member: str,
+    role: str,
+    spki: bytes,
+    roster_key: bytes,
+    audit_key: bytes | None,
+) -> bytes:
+    return encode_fields(
+        _POP_LABEL, _FORMAT, purpose, federation, member, role, spki, roster_key, audit_key or b""
+    )
+
+
+def _fingerprints(tls_public: object, roster_key: bytes, audit_key: bytes | None) -> dict[str, str]:
+    out = {
+        "tls key": hashlib.sha256(_spki(tls_public)).hexdigest(),
+        "roster key": hashlib.sha256(roster_key).hexdigest(),
+    }
+    if audit_key is not None:
+        out["audit key"] = hashlib.sha256(audit_key).hexdigest()
+    return out
+
+
+def _spki(public_key: object) -> bytes:
+    return public_key.public_bytes(  # type: ignore[attr-defined,no-any-return]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _governance(paths: CaPaths) -> dict[str, Any]:
+    try:
+        doc = json.loads(paths.governance.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PKIError(
+            f"{paths.directory} is not a CA directory (run `secagg pki ca init` first)"
+        ) from exc
+    if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
+        raise PKIError(f"{paths.governance}: unknown format")
+    return doc
+
+
+def _member_records(paths: CaPaths) -> list[dict[str, Any]]:
+    out = []
+    for record in sorted(paths.members.glob("*.json")):
+        out.append(json.loads(record.read_text(encoding="utf-8")))
+    return out
+
+
+def _read_json(path: Path, *, kind: str | None, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PKIError(f"cannot read the {what} {path}: not a readable JSON file") from exc
+    if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
+        raise PKIError(f"{path} is not a secagg {what} (unknown format)")
+    if kind is not None and doc.get("kind") != kind:
+        raise PKIError(f"{path} is not a secagg {what}")
+    return doc
+
+
+def _load_cert(path: Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise PKIError(f"cannot read the certificate {path}") from exc
+
+
+def _new_directory(directory: str | os.PathLike[str], *, what: str) -> Path:
+    root = Path(directory)
+    try:
+        root.mkdir(parents=True, exist_ok=True, mode=_DIR_MODE)
+        if any(root.iterdir()):
+            raise PKIError(
+                f"{root} is not empty: refusing to overwrite an existing {what} directory "
+                "(choose a new directory)"
+            )
+    except OSError as exc:
+        raise PKIError(f"cannot create the {what} directory {root}: {exc}") from exc
+    return root
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """Atomically replace a public file (write a sibling, fsync, rename)."""
+    partial = path.with_name(path.name + ".partial")
+    partial.unlink(missing_ok=True)
+    write_new_file(partial, data, private=False)
+    os.replace(partial, path)
+
+
+def _json_bytes(doc: Mapping[str, Any]) -> bytes:
+    return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def _hex_line(key: bytes) -> bytes:
+    return (key.hex() + "\n").encode("ascii")
