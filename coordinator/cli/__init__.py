@@ -39,19 +39,269 @@ def _root(
 # (owned by the PKI layer: coordinator/pki.py; other commands live outside this block)
 
 _DEV_WARNING = (
-    "WARNING: this is a THROWAWAY DEVELOPMENT consortium. Its private keys (CA, roster, TLS, signing) are "
-    "stored UNENCRYPTED on disk. Never use it for real data; a production consortium keeps its CA and "
-    "roster key offline and issues silo certificates from CSRs."
+    "WARNING: this is a THROWAWAY DEVELOPMENT consortium. One process made every party's keys, so whoever ran "
+    "it holds them all (encrypted, with the passphrase next to them unless SECAGG_PASSPHRASE_FILE was set). "
+    "Never use it for real data; a production consortium enrols each organisation with `secagg pki request`, "
+    "`sign` and `install` (README, Production enrolment)."
+)
+
+_KEY_CUSTODY_NOTE = (
+    "Private keys are encrypted under the passphrase in the file $SECAGG_PASSPHRASE_FILE names, or typed at "
+    "a prompt; never give it as an argument."
 )
 
 pki_app = typer.Typer(
     no_args_is_help=True,
-    help="Consortium PKI: CA, TLS certificates, signed roster and keys (development consortiums only).",
+    help="Consortium PKI: enrolment (governor/ca init, request, sign, publish, install) and the development "
+    "consortium (init). " + _KEY_CUSTODY_NOTE,
 )
 app.add_typer(pki_app, name="pki")
+governor_app = typer.Typer(no_args_is_help=True, help="A roster governor's own signing key.")
+pki_app.add_typer(governor_app, name="governor")
+ca_app = typer.Typer(no_args_is_help=True, help="The consortium certificate authority.")
+pki_app.add_typer(ca_app, name="ca")
 
 
-@pki_app.command("init", help="Create a throwaway DEVELOPMENT consortium. " + _DEV_WARNING)
+def _pki_error(exc: Exception) -> typer.Exit:
+    """Print a one-line PKI error and return the exit to raise."""
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=1)
+
+
+def _new_passphrase(purpose: str) -> bytes:
+    from coordinator.pki import read_passphrase
+
+    return read_passphrase(confirm=True, purpose=purpose)
+
+
+def _print_fingerprints(fingerprints: dict[str, str]) -> None:
+    for name, value in fingerprints.items():
+        typer.echo(f"  {name:<11} sha256 {value}")
+
+
+@governor_app.command("init")
+def _pki_governor_init(
+    directory: Annotated[
+        Path,
+        typer.Argument(
+            metavar="GOV_DIR", help="New or empty directory, on the governor's machine."
+        ),
+    ],
+) -> None:
+    """Make a governor's Ed25519 signing key in GOV_DIR; send GOV_DIR/governor.pub to the CA operator."""
+    from coordinator.errors import PKIError
+    from coordinator.pki.enrol import governor_init
+
+    try:
+        public = governor_init(directory, passphrase=_new_passphrase("the governor key"))
+    except PKIError as exc:
+        raise _pki_error(exc) from exc
+    typer.echo(f"governor key written to {directory}/governor.key (encrypted, 0600)")
+    typer.echo(
+        f"public key {public.read_text(encoding='ascii').strip()} in {public}: send this file"
+    )
+
+
+@ca_app.command("init")
+def _pki_ca_init(
+    directory: Annotated[
+        Path, typer.Argument(metavar="CA_DIR", help="New or empty directory (offline).")
+    ],
+    federation: Annotated[
+        str, typer.Option("--federation", help="Federation id (also the SPIFFE trust domain).")
+    ],
+    governors: Annotated[
+        int, typer.Option("--governors", min=1, help="N, the number of governors.")
+    ],
+    quorum: Annotated[
+        int, typer.Option("--quorum", min=1, help="K, governor signatures a roster version needs.")
+    ],
+    governor: Annotated[
+        list[Path],
+        typer.Option("--governor", help="A governor's governor.pub (repeat N times)."),
+    ],
+    validity_days: Annotated[
+        int, typer.Option("--validity-days", min=1, help="CA certificate lifetime in days.")
+    ] = 365,
+) -> None:
+    """Create the consortium CA, its roster-signing key and the K-of-N governance record in CA_DIR."""
+    from coordinator.errors import PKIError
+    from coordinator.pki.enrol import ca_init
+
+    if len(governor) != governors:
+        raise typer.BadParameter(
+            f"--governors {governors} but {len(governor)} --governor files given"
+        )
+    try:
+        keys = [bytes.fromhex(p.read_text(encoding="ascii").strip()) for p in governor]
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise typer.BadParameter(
+            "each --governor must be a governor.pub file (64 hex digits)"
+        ) from exc
+    try:
+        paths = ca_init(
+            directory,
+            federation=federation,
+            governors=keys,
+            quorum=quorum,
+            passphrase=_new_passphrase("the CA keys"),
+            validity_days=validity_days,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    except PKIError as exc:
+        raise _pki_error(exc) from exc
+    from coordinator.pki import certificate_fingerprint, load_certificate
+
+    typer.echo(
+        f"CA for federation {federation!r} written to {paths.directory} ({quorum} of {governors})"
+    )
+    typer.echo(
+        f"  CA certificate  {paths.ca_cert} sha256 {certificate_fingerprint(load_certificate(paths.ca_cert))}"
+    )
+    typer.echo(
+        f"  consortium key  {paths.consortium_public_key.read_text(encoding='ascii').strip()}"
+    )
+
+
+@pki_app.command("request")
+def _pki_request(
+    directory: Annotated[
+        Path,
+        typer.Argument(
+            metavar="ORG_DIR", help="New or empty directory, on the organisation's machine."
+        ),
+    ],
+    member: Annotated[str, typer.Option("--id", help="The silo id, or the coordinator's name.")],
+    role: Annotated[str, typer.Option("--role", help="silo or coordinator.")],
+    federation: Annotated[str, typer.Option("--federation", help="The federation to join.")],
+    host: Annotated[
+        list[str],
+        typer.Option(
+            "--host", help="Coordinator only: a DNS name or IP address it serves on (repeatable)."
+        ),
+    ] = [],  # noqa: B006 - typer reads the default, never mutates it
+) -> None:
+    """Make this organisation's keys in ORG_DIR and ORG_DIR/request.json (send only request.json)."""
+    from coordinator.errors import PKIError
+    from coordinator.pki.enrol import request
+
+    if role not in ("silo", "coordinator"):
+        raise typer.BadParameter("--role must be silo or coordinator")
+    try:
+        paths, fingerprints = request(
+            directory,
+            member=member,
+            role=role,  # type: ignore[arg-type]
+            federation=federation,
+            passphrase=_new_passphrase(f"the keys of {member}"),
+            hosts=host,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    except PKIError as exc:
+        raise _pki_error(exc) from exc
+    typer.echo(f"keys of {role} {member!r} written to {paths.directory} (encrypted, 0600)")
+    typer.echo(
+        f"request written to {paths.request}: send it to the CA operator and confirm these by phone:"
+    )
+    _print_fingerprints(fingerprints)
+
+
+@pki_app.command("sign")
+def _pki_sign(
+    ca_dir: Annotated[Path, typer.Argument(metavar="CA_DIR", help="The CA directory.")],
+    request_file: Annotated[
+        Path, typer.Argument(metavar="REQUEST", help="An organisation's request.json.")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Where to write the issued certificate (ISSUED).")
+    ],
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Do not ask: the fingerprints were confirmed out of band.")
+    ] = False,
+    validity_days: Annotated[
+        int, typer.Option("--validity-days", min=1, help="Certificate lifetime in days.")
+    ] = 365,
+) -> None:
+    """Check a request's proofs of possession, show its fingerprints, and issue its certificate."""
+    from coordinator.errors import PKIError
+    from coordinator.pki import read_passphrase
+    from coordinator.pki.enrol import issue, read_request
+
+    try:
+        checked = read_request(ca_dir, request_file)
+    except PKIError as exc:
+        raise _pki_error(exc) from exc
+    typer.echo(
+        f"request of {checked.role} {checked.member!r} for federation {checked.federation!r}:"
+    )
+    _print_fingerprints(checked.fingerprints())
+    if checked.hosts:
+        typer.echo(f"  hosts       {', '.join(checked.hosts)}")
+    if not yes and not typer.confirm("do these match what the organisation told you out of band?"):
+        typer.echo("not issued")
+        raise typer.Exit(code=1)
+    try:
+        issued = issue(
+            ca_dir,
+            checked,
+            out,
+            passphrase=read_passphrase(purpose="the CA keys"),
+            validity_days=validity_days,
+        )
+    except PKIError as exc:
+        raise _pki_error(exc) from exc
+    typer.echo(f"issued {issued}: send it to {checked.member!r}")
+
+
+@pki_app.command("publish")
+def _pki_publish(
+    ca_dir: Annotated[Path, typer.Argument(metavar="CA_DIR", help="The CA directory.")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the federation file.")],
+) -> None:
+    """Write the public federation file (CA certificate, signed roster, public keys) every member installs."""
+    from coordinator.errors import PKIError
+    from coordinator.pki.enrol import publish
+
+    try:
+        written = publish(ca_dir, out)
+    except PKIError as exc:
+        raise _pki_error(exc) from exc
+    typer.echo(f"federation file written to {written}: send it to every member")
+
+
+@pki_app.command("install")
+def _pki_install(
+    directory: Annotated[
+        Path, typer.Argument(metavar="ORG_DIR", help="Your organisation's directory.")
+    ],
+    document: Annotated[
+        Path,
+        typer.Argument(metavar="ISSUED", help="The issued certificate, or the federation file."),
+    ],
+    ca_fingerprint: Annotated[
+        str | None,
+        typer.Option(
+            "--ca-fingerprint", help="The CA certificate's sha256 you confirmed out of band."
+        ),
+    ] = None,
+) -> None:
+    """Check an issued certificate's chain (or a federation file's roster) and install it in ORG_DIR."""
+    from coordinator.errors import PKIError
+    from coordinator.pki.enrol import install
+
+    try:
+        typer.echo(install(directory, document, ca_fingerprint=ca_fingerprint))
+    except PKIError as exc:
+        raise _pki_error(exc) from exc
+
+
+@pki_app.command(
+    "init",
+    help="Create a throwaway DEVELOPMENT consortium by running every enrolment step in one process. "
+    + _DEV_WARNING,
+)
 def _pki_init(
     directory: Annotated[
         Path, typer.Argument(metavar="DIR", help="New or empty directory for the consortium.")
@@ -100,7 +350,12 @@ def _pki_init(
         typer.echo(
             f"  silo {silo:<12} {silo_paths.directory}/ (cert.pem, key.pem, signing.key, ca.pem)"
         )
-    typer.echo(f"private keys ({len(paths.private_files())} files) are mode 0600.")
+    typer.echo(f"private keys ({len(paths.private_files())} files) are mode 0600 and encrypted.")
+    if paths.passphrase_file.is_file():
+        typer.echo(
+            f"their passphrase is in {paths.passphrase_file}: export "
+            f"SECAGG_PASSPHRASE_FILE={paths.passphrase_file.resolve()} to run this consortium"
+        )
     typer.secho(_DEV_WARNING, fg=typer.colors.YELLOW, bold=True, err=True)
 
 
