@@ -73,6 +73,7 @@ from secagg import Roster, SecAggError
 from secagg.hazmat.keys import encode_fields
 
 __all__ = [
+    "ENROLMENT_KEYS_OID",
     "CaPaths",
     "EnrolmentRequest",
     "OrgPaths",
@@ -94,7 +95,8 @@ _KIND_ISSUED = "secagg-issued-certificate"
 _KIND_FEDERATION = "secagg-federation"
 _POP_LABEL = "secagg enrolment proof of possession"
 # A UUID-derived OID (ITU-T X.667 / RFC 4122 "2.25" arc): needs no registration and cannot collide.
-_KEYS_EXTENSION = x509.ObjectIdentifier("2.25.152573094958221593640916125962735087463")
+ENROLMENT_KEYS_OID = x509.ObjectIdentifier("2.25.152573094958221593640916125962735087463")
+"""The CSR extension holding the roster (and audit) public keys and their proofs of possession (JSON)."""
 _DIR_MODE = 0o700
 
 
@@ -349,7 +351,7 @@ def request(
             critical=False,
         )
         .add_extension(
-            x509.UnrecognizedExtension(_KEYS_EXTENSION, _json_bytes(keys)), critical=False
+            x509.UnrecognizedExtension(ENROLMENT_KEYS_OID, _json_bytes(keys)), critical=False
         )
         .sign(tls_key, hashes.SHA256())
     )
@@ -411,7 +413,7 @@ def read_request(ca_dir: str | os.PathLike[str], path: str | os.PathLike[str]) -
         raise PKIError(f"{path}: the CSR's CN does not name {member!r}; make a new request")
     hosts = _check_request_names(csr, federation, member, role, path)
     try:
-        extension = csr.extensions.get_extension_for_oid(_KEYS_EXTENSION).value
+        extension = csr.extensions.get_extension_for_oid(ENROLMENT_KEYS_OID).value
     except x509.ExtensionNotFound as exc:
         raise PKIError(
             f"{path}: the CSR carries no enrolment keys; make the request with secagg"
