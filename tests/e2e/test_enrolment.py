@@ -93,7 +93,7 @@ def enrol(root: Path) -> Enrolment:
         secagg(g, "pki", "governor", "init", str(g.directory))
         (mailbox / f"{g.name}.pub").write_bytes((g.directory / "governor.pub").read_bytes())
     governor_args = [a for g in governors for a in ("--governor", str(mailbox / f"{g.name}.pub"))]
-    secagg(  # 2. the CA operator
+    created = secagg(  # 2. the CA operator
         ca,
         "pki",
         "ca",
@@ -107,6 +107,7 @@ def enrol(root: Path) -> Enrolment:
         "2",
         *governor_args,
     )
+    (ca_fingerprint,) = re.findall(r"CA certificate .* sha256 ([0-9a-f]{64})", created)
     for org, role in [(coordinator, "coordinator"), *((s, "silo") for s in silos)]:
         hosts = ["--host", "localhost", "--host", "127.0.0.1"] if role == "coordinator" else []
         told = secagg(  # 3. each organisation makes its keys and request
@@ -137,7 +138,15 @@ def enrol(root: Path) -> Enrolment:
         )
         fingerprints = re.findall(r"sha256 ([0-9a-f]{64})", told)
         assert fingerprints and fingerprints == re.findall(r"sha256 ([0-9a-f]{64})", shown)
-        secagg(org, "pki", "install", str(org.directory), str(mailbox / f"{org.name}.issued.json"))
+        secagg(
+            org,
+            "pki",
+            "install",
+            str(org.directory),
+            str(mailbox / f"{org.name}.issued.json"),
+            "--ca-fingerprint",
+            ca_fingerprint,  # read out by the CA operator, confirmed out of band
+        )
     secagg(ca, "pki", "publish", str(ca.directory), "--out", str(mailbox / "federation.json"))
     for org in (coordinator, *silos):  # 5. every member installs the public federation file
         secagg(org, "pki", "install", str(org.directory), str(mailbox / "federation.json"))
