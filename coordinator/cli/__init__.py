@@ -258,14 +258,17 @@ def _pki_sign(
 @pki_app.command("publish")
 def _pki_publish(
     ca_dir: Annotated[Path, typer.Argument(metavar="CA_DIR", help="The CA directory.")],
+    roster: Annotated[
+        Path, typer.Option("--roster", help="The roster version K governors signed (roster sign).")
+    ],
     out: Annotated[Path, typer.Option("--out", help="Where to write the federation file.")],
 ) -> None:
-    """Write the public federation file (CA certificate, signed roster, public keys) every member installs."""
+    """Write the public federation file (CA certificate, roster version, public keys) every member installs."""
     from coordinator.errors import PKIError
     from coordinator.pki.enrol import publish
 
     try:
-        written = publish(ca_dir, out)
+        written = publish(ca_dir, out, roster_version=roster)
     except PKIError as exc:
         raise _pki_error(exc) from exc
     typer.echo(f"federation file written to {written}: send it to every member")
@@ -406,6 +409,127 @@ def _pki_paillier(
     typer.echo(
         "each silo's key share is sealed to that silo in silos/<id>/paillier-share.json (0600)"
     )
+
+
+roster_app = typer.Typer(
+    no_args_is_help=True,
+    help="Roster versions: proposed by the CA operator, valid with K of N governor signatures.",
+)
+pki_app.add_typer(roster_app, name="roster")
+
+
+def _show_version(version: object) -> None:
+    from coordinator.pki.governance import RosterVersion
+
+    assert isinstance(version, RosterVersion)
+    typer.echo(
+        f"roster version {version.version} of federation {version.federation!r} "
+        f"(digest {version.digest()}; previous {version.previous or '-'})"
+    )
+    for silo, key in version.roster.members.items():
+        typer.echo(f"  member {silo:<16} roster key {key.hex()}")
+    for governor in version.signatures:
+        typer.echo(f"  signed by governor {governor.hex()}")
+
+
+@roster_app.command("propose")
+def _pki_roster_propose(
+    ca_dir: Annotated[Path, typer.Argument(metavar="CA_DIR", help="The CA directory.")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the proposed roster version.")],
+    add: Annotated[
+        list[str], typer.Option("--add", help="An enrolled silo to add (repeatable).")
+    ] = [],  # noqa: B006 - typer reads the default, never mutates it
+    remove: Annotated[
+        list[str], typer.Option("--remove", help="A member to remove (repeatable).")
+    ] = [],  # noqa: B006 - typer reads the default, never mutates it
+) -> None:
+    """Propose the next roster version (version 1: every enrolled silo); send it to the governors."""
+    from coordinator.errors import PKIError
+    from coordinator.pki import read_passphrase
+    from coordinator.pki.enrol import propose
+
+    try:
+        version = propose(
+            ca_dir, out, passphrase=read_passphrase(purpose="the CA keys"), add=add, remove=remove
+        )
+    except PKIError as exc:
+        raise _pki_error(exc) from exc
+    _show_version(version)
+    typer.echo(f"written to {out}: each governor runs `secagg pki roster sign GOV_DIR {out}`")
+
+
+@roster_app.command("sign")
+def _pki_roster_sign(
+    governor_dir: Annotated[
+        Path, typer.Argument(metavar="GOV_DIR", help="Your governor directory.")
+    ],
+    proposal: Annotated[
+        Path, typer.Argument(metavar="VERSION", help="The proposed roster version.")
+    ],
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Do not ask: you reviewed the members.")
+    ] = False,
+) -> None:
+    """Review a proposed roster version and add your governor signature to it (the file is updated)."""
+    from coordinator.errors import PKIError
+    from coordinator.pki import read_passphrase
+    from coordinator.pki.enrol import sign_roster
+    from coordinator.pki.governance import RosterVersion
+
+    try:
+        _show_version(RosterVersion.load(proposal))
+    except PKIError as exc:
+        raise _pki_error(exc) from exc
+    if not yes and not typer.confirm("sign this roster version?"):
+        typer.echo("not signed")
+        raise typer.Exit(code=1)
+    try:
+        signed = sign_roster(
+            governor_dir, proposal, passphrase=read_passphrase(purpose="the governor key")
+        )
+    except PKIError as exc:
+        raise _pki_error(exc) from exc
+    typer.echo(f"signed: {len(signed.signatures)} governor signature(s) in {proposal}")
+
+
+@roster_app.command("show")
+def _pki_roster_show(
+    version_file: Annotated[Path, typer.Argument(metavar="VERSION", help="A roster version file.")],
+    org: Annotated[
+        Path | None,
+        typer.Option(
+            "--org", help="Check it against this organisation's pins (exit 1 if refused)."
+        ),
+    ] = None,
+) -> None:
+    """Show a roster version; with --org, whether that organisation would install it."""
+    import json
+
+    from coordinator.errors import PKIError
+    from coordinator.pki.enrol import OrgPaths
+    from coordinator.pki.governance import RosterVersion, check_extends, governance_pins
+
+    try:
+        version = RosterVersion.load(version_file)
+        _show_version(version)
+        if org is not None:
+            paths = OrgPaths.at(org)
+            governors, quorum = governance_pins(json.loads(paths.governance.read_text()))
+            pinned = RosterVersion.load(paths.roster_version)
+            version.verify(
+                consortium_key=bytes.fromhex(paths.consortium_public_key.read_text().strip()),
+                governors=governors,
+                quorum=quorum,
+                federation=pinned.federation,
+            )
+            if pinned.digest() != version.digest():
+                check_extends(version, pinned)
+            typer.echo(
+                f"valid for {org}: {len(version.valid_signers(governors))} of {quorum} required governor "
+                f"signatures; extends pinned version {pinned.version}"
+            )
+    except (PKIError, OSError, ValueError) as exc:
+        raise _pki_error(exc) from exc
 
 
 # --- end pki ----------------------------------------------------------------------------------------------

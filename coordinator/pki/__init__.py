@@ -246,8 +246,8 @@ def create_consortium(
     """Write a throwaway development consortium into ``directory`` by running every enrolment step.
 
     One process plays every party of :mod:`coordinator.pki.enrol` in turn: a governor, the CA operator
-    (``ca init``), the coordinator and each silo (``request``), the CA again (``sign``, ``publish``) and each
-    organisation (``install``). Only the directory layout differs from production: every party's directory
+    (``ca init``), the coordinator and each silo (``request``), the CA again (``sign``, ``roster propose``),
+    the governor (``roster sign``, a quorum of one), the CA (``publish``) and each organisation (``install``). Only the directory layout differs from production: every party's directory
     sits under ``directory`` (see the module docstring).
 
     Args:
@@ -353,7 +353,10 @@ def create_consortium(
             now=issued_at,
         )
         enrol.install(org_dir, issued, now=issued_at)
-    federation_file = enrol.publish(root, root / "federation.json")
+    roster_version = root / "requests" / "roster-v1.json"
+    enrol.propose(root, roster_version, passphrase=passphrase)
+    enrol.sign_roster(governor_dir, roster_version, passphrase=passphrase)  # the quorum of one
+    federation_file = enrol.publish(root, root / "federation.json", roster_version=roster_version)
     for org_dir, _, _, _ in organisations:
         enrol.install(org_dir, federation_file)
     return paths

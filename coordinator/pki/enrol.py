@@ -8,10 +8,13 @@ Who runs what (``secagg pki ...``), and the files each step writes::
     request ORG_DIR ...          each org        ORG_DIR/key.pem, signing.key (+ audit.key) (private),
                                                  request.json (CSR + public keys + proofs)  -> CA operator
     sign CA_DIR REQUEST          the CA operator ISSUED (certificate + CA certificate)      -> the org
-                                                 CA_DIR/members/<id>.json, roster.json (silos)
-    publish CA_DIR --out F       the CA operator F = federation.json (CA certificate, signed roster,
-                                                 consortium and audit public keys)       -> every org
-    install ORG_DIR ISSUED|F     each org        ORG_DIR/cert.pem, ca.pem | roster.json, consortium.pub, audit.pub
+                                                 CA_DIR/members/<id>.json
+    roster propose CA_DIR        the CA operator V = roster version n+1, consortium-signed -> governors
+    roster sign GOV_DIR V        K governors     their signatures added to V             -> CA operator
+    publish CA_DIR --roster V    the CA operator F = federation.json (CA certificate, roster version V,
+                                                 consortium, audit and governor public keys) -> every org
+    install ORG_DIR ISSUED|F|V   each org        ORG_DIR/cert.pem, ca.pem | roster.json, roster-version.json,
+                                                 governance.json, consortium.pub, audit.pub
 
 A request proves possession of every key it names: the CSR is signed by the TLS key (PKCS#10, RFC 2986
 section 4.2) and carries, in an extension the CSR signature covers, the Ed25519 roster key (and the
@@ -29,9 +32,8 @@ Notes:
     - ``install`` checks the chain with ``cryptography.x509.verification`` (RFC 5280 path validation, the
       clientAuth or serverAuth policy of the role) and that the certificate is for this organisation's own
       TLS key, id and federation; the CA certificate is trusted on first install and pinned after it.
-    - The roster is signed with the consortium key held by the CA operator. K-of-N governor signatures on
-      roster versions are recorded in ``governance.json`` but not yet enforced (the roster command is future
-      work, see the README).
+    - A member installs a roster only as a version K governors signed that extends the one it pins
+      (:mod:`coordinator.pki.governance`); the CA operator's consortium key alone cannot change it.
 """
 
 from __future__ import annotations
@@ -69,7 +71,13 @@ from coordinator.pki import (
     spiffe_id,
 )
 from coordinator.pki.custody import write_new_file, write_private_key
-from secagg import Roster, SecAggError
+from coordinator.pki.governance import (
+    KIND_ROSTER_VERSION,
+    RosterVersion,
+    check_extends,
+    governance_pins,
+)
+from secagg import Roster
 from secagg.hazmat.keys import encode_fields
 
 __all__ = [
@@ -82,9 +90,11 @@ __all__ = [
     "governor_init",
     "install",
     "issue",
+    "propose",
     "publish",
     "read_request",
     "request",
+    "sign_roster",
 ]
 
 Role = Literal["silo", "coordinator"]
@@ -112,6 +122,8 @@ class OrgPaths:
         audit_key, audit_public_key: the coordinator's Ed25519 checkpoint key (encrypted, 0600) and its hex.
         cert, ca_cert: installed TLS certificate and the pinned CA certificate.
         roster, consortium_public_key: installed signed roster and the consortium key (hex) it verifies under.
+        roster_version, governance: the pinned roster version (with its governor signatures) and the pinned
+            governor keys and quorum.
     """
 
     directory: Path
@@ -124,6 +136,8 @@ class OrgPaths:
     ca_cert: Path
     roster: Path
     consortium_public_key: Path
+    roster_version: Path
+    governance: Path
 
     @classmethod
     def at(cls, directory: str | os.PathLike[str]) -> OrgPaths:
@@ -140,6 +154,8 @@ class OrgPaths:
             ca_cert=d / "ca.pem",
             roster=d / "roster.json",
             consortium_public_key=d / "consortium.pub",
+            roster_version=d / "roster-version.json",
+            governance=d / "governance.json",
         )
 
 
@@ -152,7 +168,7 @@ class CaPaths:
         ca_cert, ca_key: the TLS certificate authority (key encrypted, 0600).
         consortium_key, consortium_public_key: the Ed25519 roster-signing key (encrypted) and its hex.
         governance: ``governance.json``: federation, quorum and governor public keys.
-        roster: the signed roster of every enrolled silo.
+        roster, roster_version: the published roster version (K governors signed it) and its roster.
         members: ``members/``: one public record per enrolled organisation.
     """
 
@@ -163,6 +179,7 @@ class CaPaths:
     consortium_public_key: Path
     governance: Path
     roster: Path
+    roster_version: Path
     members: Path
 
     @classmethod
@@ -177,6 +194,7 @@ class CaPaths:
             consortium_public_key=d / "consortium.pub",
             governance=d / "governance.json",
             roster=d / "roster.json",
+            roster_version=d / "roster-version.json",
             members=d / "members",
         )
 
@@ -471,7 +489,7 @@ def issue(
     validity_days: int = 365,
     now: _dt.datetime | None = None,
 ) -> Path:
-    """Issue the certificate of a checked request, record the member, re-sign the roster; write ``out``.
+    """Issue the certificate of a checked request and record the member; write ``out``.
 
     Raises:
         PKIError: ``out`` exists, the CA key does not load (wrong passphrase, too open), or writing failed.
@@ -483,7 +501,6 @@ def issue(
     ca_cert = _load_cert(paths.ca_cert)
     ca_key = load_private_key(paths.ca_key, passphrase)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    consortium_key = load_ed25519_private(paths.consortium_key, passphrase)
     uri = _member_uri(enrolment.federation, enrolment.member, enrolment.role)
     names = [_general_name(h) for h in enrolment.hosts] + [x509.UniformResourceIdentifier(uri)]
     cert = _leaf_certificate(
@@ -518,34 +535,123 @@ def issue(
         write_new_file(
             paths.members / f"{enrolment.member}.json", _json_bytes(record), private=False
         )
-        if enrolment.role == "silo":
-            members = {
-                str(r["id"]): bytes.fromhex(str(r["roster_key"]))
-                for r in _member_records(paths)
-                if r.get("role") == "silo"
-            }
-            roster = Roster.create(
-                federation=enrolment.federation, members=members, consortium_key=consortium_key
-            )
-            _replace_file(paths.roster, (roster.dumps() + "\n").encode())
         write_new_file(out, _json_bytes(issued), private=False)
     except OSError as exc:
         raise PKIError(f"issuing the certificate failed: {exc}") from exc
     return out
 
 
-def publish(ca_dir: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
-    """Write the public federation file every organisation installs (CA certificate, roster, public keys).
+def propose(
+    ca_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    passphrase: bytes,
+    add: Sequence[str] = (),
+    remove: Sequence[str] = (),
+) -> RosterVersion:
+    """Propose the next roster version: the published one plus ``add`` minus ``remove`` (version 1: every silo).
+
+    The roster is signed with the consortium key; governors then add their signatures (:func:`sign_roster`).
 
     Raises:
-        PKIError: no silo is enrolled yet, or ``out`` exists.
+        PKIError: an id that is not an enrolled silo, is already a member (add) or is not one (remove); an empty
+            roster; the consortium key does not load; ``out`` exists.
     """
     paths = CaPaths.at(ca_dir)
     governance = _governance(paths)
-    if not paths.roster.is_file():
-        raise PKIError(
-            f"{paths.directory}: no silo is enrolled yet; sign the silos' requests first"
-        )
+    out = Path(out)
+    if out.exists():
+        raise PKIError(f"{out} already exists: choose another --out")
+    enrolled = {
+        str(r["id"]): bytes.fromhex(str(r["roster_key"]))
+        for r in _member_records(paths)
+        if r.get("role") == "silo"
+    }
+    pinned = RosterVersion.load(paths.roster_version) if paths.roster_version.is_file() else None
+    if pinned is None:
+        if add or remove:
+            raise PKIError(
+                "the first roster version lists every enrolled silo: drop --add/--remove"
+            )
+        members = dict(enrolled)
+    else:
+        members = dict(pinned.roster.members)
+        for silo in add:
+            if silo not in enrolled:
+                raise PKIError(f"--add {silo}: not an enrolled silo; sign its request first")
+            if silo in members:
+                raise PKIError(f"--add {silo}: already a member of version {pinned.version}")
+            members[silo] = enrolled[silo]
+        for silo in remove:
+            if silo not in members:
+                raise PKIError(f"--remove {silo}: not a member of version {pinned.version}")
+            del members[silo]
+    if not members:
+        raise PKIError("the roster would have no member: enrol a silo first")
+    consortium_key = load_ed25519_private(paths.consortium_key, passphrase)
+    roster = Roster.create(
+        federation=str(governance["federation"]), members=members, consortium_key=consortium_key
+    )
+    proposal = RosterVersion(
+        version=1 if pinned is None else pinned.version + 1,
+        previous="" if pinned is None else pinned.digest(),
+        roster=roster,
+    )
+    try:
+        write_new_file(out, (proposal.dumps() + "\n").encode(), private=False)
+    except OSError as exc:
+        raise PKIError(f"writing {out} failed: {exc}") from exc
+    return proposal
+
+
+def sign_roster(
+    governor_dir: str | os.PathLike[str], proposal: str | os.PathLike[str], *, passphrase: bytes
+) -> RosterVersion:
+    """Add this governor's signature to the roster version file ``proposal`` (rewritten in place).
+
+    Raises:
+        PKIError: the proposal is malformed, or the governor key does not load.
+    """
+    version = RosterVersion.load(proposal)
+    key = load_ed25519_private(Path(governor_dir) / "governor.key", passphrase)
+    signed = version.signed_by(key)
+    try:
+        _replace_file(Path(proposal), (signed.dumps() + "\n").encode())
+    except OSError as exc:
+        raise PKIError(f"writing {proposal} failed: {exc}") from exc
+    return signed
+
+
+def publish(
+    ca_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    roster_version: str | os.PathLike[str],
+) -> Path:
+    """Write the public federation file every organisation installs, with a roster version K governors signed.
+
+    The version must verify (consortium key, K of N governors) and extend the one last published (or be it);
+    it becomes the CA's published version (``roster.json``, ``roster-version.json``).
+
+    Raises:
+        PKIError: the version does not verify or extend; ``out`` exists.
+    """
+    paths = CaPaths.at(ca_dir)
+    governance = _governance(paths)
+    out = Path(out)
+    if out.exists():
+        raise PKIError(f"{out} already exists: choose another --out")
+    version = RosterVersion.load(roster_version)
+    governors, quorum = governance_pins(governance)
+    version.verify(
+        consortium_key=bytes.fromhex(str(governance["consortium_public_key"])),
+        governors=governors,
+        quorum=quorum,
+        federation=str(governance["federation"]),
+    )
+    pinned = RosterVersion.load(paths.roster_version) if paths.roster_version.is_file() else None
+    if pinned is None or pinned.digest() != version.digest():
+        check_extends(version, pinned)
     coordinators = [r for r in _member_records(paths) if r.get("role") == "coordinator"]
     doc = {
         "format": _FORMAT,
@@ -553,16 +659,17 @@ def publish(ca_dir: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path
         "federation": governance["federation"],
         "ca_certificate": paths.ca_cert.read_text(encoding="ascii"),
         "consortium_public_key": governance["consortium_public_key"],
-        "roster": paths.roster.read_text(encoding="utf-8"),
+        "roster_version": version.dumps(),
         "audit_public_key": coordinators[0]["audit_key"] if coordinators else None,
-        "quorum": governance["quorum"],
-        "governors": governance["governors"],
+        "quorum": quorum,
+        "governors": [g.hex() for g in governors],
     }
-    out = Path(out)
     try:
+        _replace_file(paths.roster_version, (version.dumps() + "\n").encode())
+        _replace_file(paths.roster, (version.roster.dumps() + "\n").encode())
         write_new_file(out, _json_bytes(doc), private=False)
-    except FileExistsError as exc:
-        raise PKIError(f"{out} already exists: choose another --out") from exc
+    except OSError as exc:
+        raise PKIError(f"publishing failed: {exc}") from exc
     return out
 
 
@@ -593,6 +700,14 @@ def install(
     paths = OrgPaths.at(directory)
     mine = _read_json(paths.request, kind=_KIND_REQUEST, what="enrolment request")
     doc = _read_json(Path(document), kind=None, what="issued certificate or federation file")
+    if doc.get("kind") == KIND_ROSTER_VERSION:
+        if not paths.governance.is_file():
+            raise PKIError(
+                f"{paths.directory}: install the federation file before a roster version"
+            )
+        return _install_roster_version(
+            paths, mine, RosterVersion.load(document), governance=None, document=document
+        )
     if doc.get("federation") != mine["federation"]:
         raise PKIError(
             f"{document} is for federation {doc.get('federation')!r}, but {paths.directory} enrolled in "
@@ -687,41 +802,102 @@ def _install_federation(
     doc: Mapping[str, Any],
     document: str | os.PathLike[str],
 ) -> str:
+    governance = {"governors": doc.get("governors"), "quorum": doc.get("quorum")}
+    governance_pins(governance)  # well-formed before anything is written
     try:
+        version = RosterVersion.loads(str(doc["roster_version"]))
         consortium_key = bytes.fromhex(str(doc["consortium_public_key"]))
-        roster = Roster.loads(str(doc["roster"]))
-        roster.verify(consortium_key)
         audit_key = doc.get("audit_public_key")
         audit = bytes.fromhex(audit_key) if audit_key is not None else None
-    except (
-        ValueError,
-        KeyError,
-        TypeError,
-        SecAggError,
-    ) as exc:  # one message for malformed or forged
+    except (ValueError, KeyError, TypeError) as exc:
         raise PKIError(
-            f"{document}: the roster does not verify under the consortium key it names; do not install it"
+            f"{document}: malformed federation file; ask the CA operator for it again"
         ) from exc
-    if roster.federation != mine["federation"]:
-        raise PKIError(f"{document}: the roster is for another federation")
-    if mine["role"] == "silo" and roster.members.get(mine["id"]) != bytes.fromhex(
-        mine["roster_key"]
+    if (
+        paths.consortium_public_key.is_file()
+        and _read_hex(paths.consortium_public_key) != consortium_key
     ):
         raise PKIError(
-            f"{document}: the roster does not list {mine['id']!r} with this silo's roster key; "
-            "ask the CA operator to publish the roster after signing your request"
+            f"{document}: the consortium key differs from the one installed; do not install it"
         )
+    if paths.governance.is_file() and json.loads(paths.governance.read_text()) != governance:
+        raise PKIError(
+            f"{document}: the governors differ from the ones installed; do not install it"
+        )
+    line = _install_roster_version(
+        paths,
+        mine,
+        version,
+        governance=governance,
+        document=document,
+        consortium_key=consortium_key,
+    )
     try:
-        _replace_file(paths.roster, (roster.dumps() + "\n").encode())
+        _replace_file(paths.governance, _json_bytes(governance))
         _replace_file(paths.consortium_public_key, _hex_line(consortium_key))
         if audit is not None and mine["role"] == "silo":
             _replace_file(paths.audit_public_key, _hex_line(audit))
     except OSError as exc:
         raise PKIError(f"installing into {paths.directory} failed: {exc}") from exc
+    return f"{line}; consortium key {consortium_key.hex()}"
+
+
+def _install_roster_version(
+    paths: OrgPaths,
+    mine: Mapping[str, Any],
+    version: RosterVersion,
+    *,
+    governance: Mapping[str, Any] | None,
+    document: str | os.PathLike[str],
+    consortium_key: bytes | None = None,
+) -> str:
+    """Verify ``version`` against the pins (or, on first install, the federation file's) and install it."""
+    if governance is None:
+        governance = json.loads(paths.governance.read_text(encoding="utf-8"))
+    governors, quorum = governance_pins(governance)
+    if consortium_key is None:
+        consortium_key = _read_hex(paths.consortium_public_key)
+    try:
+        version.verify(
+            consortium_key=consortium_key,
+            governors=governors,
+            quorum=quorum,
+            federation=str(mine["federation"]),
+        )
+    except PKIError as exc:
+        raise PKIError(f"{document}: {exc}") from exc
+    pinned = RosterVersion.load(paths.roster_version) if paths.roster_version.is_file() else None
+    if pinned is not None and pinned.digest() == version.digest():
+        return f"roster version {version.version} is already installed in {paths.roster}"
+    try:
+        check_extends(version, pinned)
+    except PKIError as exc:
+        raise PKIError(f"{document}: {exc}") from exc
+    roster = version.roster
+    if mine["role"] == "silo" and roster.members.get(mine["id"]) != bytes.fromhex(
+        mine["roster_key"]
+    ):
+        raise PKIError(
+            f"{document}: roster version {version.version} does not list {mine['id']!r} with this silo's "
+            "roster key; ask the governors for a version that adds it"
+        )
+    try:
+        _replace_file(paths.roster, (roster.dumps() + "\n").encode())
+        _replace_file(paths.roster_version, (version.dumps() + "\n").encode())
+    except OSError as exc:
+        raise PKIError(f"installing into {paths.directory} failed: {exc}") from exc
     return (
-        f"installed roster of {len(roster.members)} silos (sha256 {roster.fingerprint()}) into "
-        f"{paths.roster}; consortium key {consortium_key.hex()}"
+        f"installed roster version {version.version} of {len(roster.members)} silos "
+        f"({len(version.valid_signers(governors))} of {len(governors)} governors signed, {quorum} required) "
+        f"into {paths.roster}"
     )
+
+
+def _read_hex(path: Path) -> bytes:
+    try:
+        return bytes.fromhex(path.read_text(encoding="ascii").strip())
+    except (OSError, ValueError) as exc:
+        raise PKIError(f"cannot read the public key {path}") from exc
 
 
 def _check_request_names(

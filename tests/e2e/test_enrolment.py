@@ -147,7 +147,20 @@ def enrol(root: Path) -> Enrolment:
             "--ca-fingerprint",
             ca_fingerprint,  # read out by the CA operator, confirmed out of band
         )
-    secagg(ca, "pki", "publish", str(ca.directory), "--out", str(mailbox / "federation.json"))
+    version = str(mailbox / "roster-v1.json")
+    secagg(ca, "pki", "roster", "propose", str(ca.directory), "--out", version)
+    for g in governors[:2]:  # 2 of the 3 governors approve version 1, each in its own directory
+        secagg(g, "pki", "roster", "sign", str(g.directory), version, "--yes")
+    secagg(
+        ca,
+        "pki",
+        "publish",
+        str(ca.directory),
+        "--roster",
+        version,
+        "--out",
+        str(mailbox / "federation.json"),
+    )
     for org in (coordinator, *silos):  # 5. every member installs the public federation file
         secagg(org, "pki", "install", str(org.directory), str(mailbox / "federation.json"))
     return Enrolment(ca, governors, coordinator, silos, mailbox)

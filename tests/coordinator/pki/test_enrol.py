@@ -31,9 +31,11 @@ from coordinator.pki.enrol import (
     governor_init,
     install,
     issue,
+    propose,
     publish,
     read_request,
     request,
+    sign_roster,
 )
 from secagg import Roster
 
@@ -57,6 +59,26 @@ class World:
             hosts=hosts,
         )
         return paths
+
+    def governor(self, i: int) -> Path:
+        return self.root / f"gov-{self.federation}-{i}"
+
+    @property
+    def federation(self) -> str:
+        return json.loads(self.ca.governance.read_text())["federation"]
+
+    def roster_version(
+        self, out: str, *, signers: int = 2, add: tuple[str, ...] = (), remove: tuple[str, ...] = ()
+    ) -> Path:
+        """Propose the next roster version and have the first ``signers`` governors sign it."""
+        path = self.root / out
+        propose(self.ca.directory, path, passphrase=PASSPHRASE, add=add, remove=remove)
+        for i in range(signers):
+            sign_roster(self.governor(i), path, passphrase=PASSPHRASE)
+        return path
+
+    def publish(self, out: str, version: Path) -> Path:
+        return publish(self.ca.directory, self.root / out, roster_version=version)
 
     def sign(self, org: OrgPaths, out: str) -> Path:
         return issue(
@@ -130,7 +152,7 @@ def test_a_request_signs_every_key_it_names_and_installs_into_a_verified_roster(
     coordinator, a, b = world.org("hub", role="coordinator"), world.org("a"), world.org("b")
     for org in (coordinator, a, b):
         install(org.directory, world.sign(org, f"{org.directory.name}.issued.json"))
-    federation = publish(world.ca.directory, world.root / "federation.json")
+    federation = world.publish("federation.json", world.roster_version("v1.json"))
     for org in (coordinator, a, b):
         install(org.directory, federation)
     roster = Roster.loads(a.roster.read_text())
@@ -238,22 +260,25 @@ def test_a_certificate_for_someone_else_or_from_another_ca_is_not_installed(worl
     # Once installed, the CA is pinned: a federation file from the rogue CA is refused.
     rogue_b = rogue.org("b")
     rogue.sign(rogue_b, "rogue-b.issued.json")
+    rogue_federation = rogue.publish("rogue-federation.json", rogue.roster_version("rogue-v1.json"))
     with pytest.raises(PKIError, match="the CA differs from the one installed"):
-        install(a.directory, publish(rogue.ca.directory, world.root / "rogue-federation.json"))
+        install(a.directory, rogue_federation)
 
 
 def test_a_forged_roster_in_a_federation_file_is_refused(world: World) -> None:
     a = world.org("a")
     install(a.directory, world.sign(a, "a.issued.json"))
-    federation = publish(world.ca.directory, world.root / "federation.json")
+    federation = world.publish("federation.json", world.roster_version("v1.json"))
     doc = json.loads(federation.read_text())
-    roster = json.loads(doc["roster"])
+    version = json.loads(doc["roster_version"])
+    roster = json.loads(version["roster"])
     roster["members"]["z"] = "11" * 32
-    doc["roster"] = json.dumps(roster)
+    version["roster"] = json.dumps(roster)
+    doc["roster_version"] = json.dumps(version)
     (world.root / "forged-federation.json").write_text(json.dumps(doc))
     with pytest.raises(PKIError) as exc:
         install(a.directory, world.root / "forged-federation.json")
-    assert "does not verify" in one_line(exc)
+    assert "is not signed by the pinned consortium key" in one_line(exc)
     assert not a.roster.exists()
 
 

@@ -1,0 +1,228 @@
+"""Roster governance: a roster version is valid with K of N governor signatures and extends the pinned one.
+
+A *roster version* wraps the consortium-signed :class:`secagg.Roster` with a version number, the digest of the
+version it replaces, and the governors' Ed25519 signatures over both::
+
+    CA operator   secagg pki roster propose CA_DIR --out V.json [--remove ID]   version n+1, previous = digest(n)
+    governor (K)  secagg pki roster sign GOV_DIR V.json                         adds its signature, in place
+    anyone        secagg pki roster show V.json                                 members, version, signatures
+    each member   secagg pki install ORG_DIR V.json                             verified, then pinned
+
+Notes:
+    - Two keys must agree before a member installs a roster: the consortium key (which the CA operator holds)
+      signs the roster itself, and K distinct governors of the pinned set sign (federation, version, previous
+      digest, roster fingerprint). Neither the CA operator nor fewer than K governors can add, remove or
+      re-key a member (DESIGN section 10: "the roster changes only with a quorum of governors").
+    - A version must *extend* the pinned one: exactly the next number and the pinned version's digest as
+      ``previous``. A replayed old version, a fork (two different version n+1 from the same n) installed after
+      the other, or a skipped version is refused, as a transparency log refuses an inconsistent head
+      (RFC 6962 section 2.1.2). The first version a member installs is 1 (``previous`` empty) or, for a member
+      that joins later, any version carrying K valid signatures (trust on first install, as for the CA).
+    - The governor set and K are pinned from the federation file on first install (they come from
+      ``governance.json``, which ``ca init`` wrote from the governors' own ``governor.pub`` files); changing them
+      is not supported yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from coordinator.errors import PKIError
+from secagg import Roster, SecAggError
+from secagg.hazmat.keys import encode_fields
+
+__all__ = ["KIND_ROSTER_VERSION", "RosterVersion", "check_extends"]
+
+KIND_ROSTER_VERSION = "secagg-roster-version"
+_FORMAT = 1
+_LABEL = "secagg roster version"
+
+
+@dataclass(frozen=True)
+class RosterVersion:
+    """One version of the federation's roster and the governor signatures it has collected.
+
+    Attributes:
+        version: 1, 2, ...
+        previous: SHA-256 hex digest of the version it replaces (empty for version 1).
+        roster: the consortium-signed roster.
+        signatures: governor public key (raw 32 bytes) -> Ed25519 signature over :meth:`payload`.
+    """
+
+    version: int
+    previous: str
+    roster: Roster
+    signatures: Mapping[bytes, bytes] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.version < 1:
+            raise ValueError("roster versions start at 1")
+        if (self.version == 1) != (self.previous == ""):
+            raise ValueError("version 1 has no previous digest, and every later version has one")
+        object.__setattr__(self, "signatures", MappingProxyType(dict(self.signatures)))
+
+    @property
+    def federation(self) -> str:
+        """The roster's federation."""
+        return self.roster.federation
+
+    def payload(self) -> bytes:
+        """The exact bytes every governor signs."""
+        return encode_fields(
+            _LABEL, _FORMAT, self.federation, self.version, self.previous, self.roster.fingerprint()
+        )
+
+    def digest(self) -> str:
+        """SHA-256 hex of :meth:`payload`: what the next version names as ``previous``."""
+        return hashlib.sha256(self.payload()).hexdigest()
+
+    def signed_by(self, governor_key: Ed25519PrivateKey) -> RosterVersion:
+        """A copy with ``governor_key``'s signature added (replacing an earlier one by the same key)."""
+        public = governor_key.public_key().public_bytes_raw()
+        signatures = dict(self.signatures) | {public: governor_key.sign(self.payload())}
+        return RosterVersion(self.version, self.previous, self.roster, signatures)
+
+    def valid_signers(self, governors: Sequence[bytes]) -> list[bytes]:
+        """The governors of ``governors`` whose signature verifies (each counted once)."""
+        valid = []
+        for governor in dict.fromkeys(governors):
+            signature = self.signatures.get(governor)
+            if signature is None:
+                continue
+            try:
+                Ed25519PublicKey.from_public_bytes(governor).verify(signature, self.payload())
+            except (_CryptoInvalidSignature, ValueError):
+                continue
+            valid.append(governor)
+        return valid
+
+    def verify(
+        self,
+        *,
+        consortium_key: bytes,
+        governors: Sequence[bytes],
+        quorum: int,
+        federation: str,
+    ) -> None:
+        """Check the consortium signature, the federation and a quorum of governor signatures.
+
+        Raises:
+            PKIError: one line saying which check failed and what to do.
+        """
+        if self.federation != federation:
+            raise PKIError(
+                f"roster version {self.version} is for federation {self.federation!r}, not {federation!r}"
+            )
+        try:
+            self.roster.verify(consortium_key)
+        except SecAggError as exc:
+            raise PKIError(
+                f"roster version {self.version} is not signed by the pinned consortium key; do not install it"
+            ) from exc
+        signers = self.valid_signers(governors)
+        if len(signers) < quorum:
+            raise PKIError(
+                f"roster version {self.version} has {len(signers)} valid governor signature(s) of the "
+                f"{quorum} required: ask {quorum - len(signers)} more governor(s) to run "
+                "`secagg pki roster sign`"
+            )
+
+    def dumps(self) -> str:
+        """JSON (keys and signatures as hex)."""
+        return json.dumps(
+            {
+                "format": _FORMAT,
+                "kind": KIND_ROSTER_VERSION,
+                "federation": self.federation,
+                "version": self.version,
+                "previous": self.previous,
+                "roster": self.roster.dumps(),
+                "signatures": {k.hex(): v.hex() for k, v in sorted(self.signatures.items())},
+            },
+            indent=2,
+            sort_keys=True,
+        )
+
+    @classmethod
+    def loads(cls, text: str | bytes) -> RosterVersion:
+        """Parse a roster version (then :meth:`verify` it against pinned keys).
+
+        Raises:
+            PKIError: not a roster version, or malformed.
+        """
+        try:
+            data = json.loads(text)
+            if data.get("kind") != KIND_ROSTER_VERSION or data.get("format") != _FORMAT:
+                raise ValueError("not a roster version")
+            version = cls(
+                int(data["version"]),
+                str(data["previous"]),
+                Roster.loads(data["roster"]),
+                {bytes.fromhex(k): bytes.fromhex(v) for k, v in data["signatures"].items()},
+            )
+        except (ValueError, KeyError, TypeError, AttributeError, SecAggError) as exc:
+            raise PKIError("not a well-formed secagg roster version file") from exc
+        if version.federation != data["federation"]:
+            raise PKIError("the roster version's federation differs from its roster's")
+        return version
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> RosterVersion:
+        """Read and parse ``path``.
+
+        Raises:
+            PKIError: unreadable or malformed (the message names the file).
+        """
+        try:
+            return cls.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise PKIError(f"cannot read the roster version {path}: {exc.strerror}") from exc
+        except PKIError as exc:
+            raise PKIError(f"{path}: {exc}") from exc
+
+
+def check_extends(new: RosterVersion, pinned: RosterVersion | None) -> None:
+    """Refuse ``new`` unless it is the next version after ``pinned`` (or version 1 when nothing is pinned).
+
+    Raises:
+        PKIError: an old or repeated version, a skipped version, or another branch.
+    """
+    if pinned is None:
+        return
+    if new.version <= pinned.version:
+        raise PKIError(
+            f"roster version {new.version} does not extend the pinned version {pinned.version}: "
+            "it is old or replayed; install the newest version"
+        )
+    if new.version != pinned.version + 1 or new.previous != pinned.digest():
+        raise PKIError(
+            f"roster version {new.version} does not extend the pinned version {pinned.version} "
+            f"(it must be version {pinned.version + 1} naming digest {pinned.digest()}); install the "
+            "versions in order, or report a fork to the governors"
+        )
+
+
+def governance_pins(doc: Mapping[str, Any]) -> tuple[list[bytes], int]:
+    """The governor keys and quorum of a ``governance`` mapping (from ``governance.json``).
+
+    Raises:
+        PKIError: malformed.
+    """
+    try:
+        governors = [bytes.fromhex(str(g)) for g in doc["governors"]]
+        quorum = int(doc["quorum"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PKIError("malformed governance record (governors, quorum)") from exc
+    if not 1 <= quorum <= len(governors):
+        raise PKIError("malformed governance record: the quorum is not between 1 and N")
+    return governors, quorum
