@@ -411,6 +411,30 @@ def _pki_paillier(
     )
 
 
+@pki_app.command("revoke")
+def _pki_revoke(
+    ca_dir: Annotated[Path, typer.Argument(metavar="CA_DIR", help="The CA directory.")],
+    member: Annotated[str, typer.Option("--id", help="The enrolled member to revoke.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Also copy the new revocation list here.")
+    ] = None,
+) -> None:
+    """Revoke a member's certificate: a new CA-signed revocation list (CA_DIR/crl.pem) for the coordinator."""
+    from coordinator.errors import PKIError
+    from coordinator.pki import read_passphrase
+    from coordinator.pki.enrol import revoke
+
+    try:
+        written = revoke(ca_dir, member, out, passphrase=read_passphrase(purpose="the CA keys"))
+    except PKIError as exc:
+        raise _pki_error(exc) from exc
+    typer.echo(
+        f"revoked {member!r}: revocation list {written}; copy it over the file serve.toml's "
+        f"revocation_list names (the coordinator refuses {member!r} at its next call), and propose a "
+        f"roster version with --remove {member}"
+    )
+
+
 roster_app = typer.Typer(
     no_args_is_help=True,
     help="Roster versions: proposed by the CA operator, valid with K of N governor signatures.",

@@ -374,6 +374,9 @@ class ServeConfig(FederationConfig):
     """The joint Paillier public key (``secagg pki paillier``); required in Paillier mode and only there."""
     revoked_certificates: Fingerprints = frozenset()
     """SHA-256 fingerprints (hex) of client certificates to refuse."""
+    revocation_list: InputPath | None = None
+    """The consortium CA's signed revocation list (PEM X.509 CRL from ``secagg pki revoke``); re-read when the
+    file changes, so a revoked silo is refused at its next call. Needs ``[tls]``."""
 
     @classmethod
     def _from_roster(cls, doc: dict[str, Any], roster: Roster, roster_file: Path) -> dict[str, Any]:
@@ -392,6 +395,10 @@ class ServeConfig(FederationConfig):
         if (self.mode == "paillier") != (self.paillier_public_key is not None):
             raise rule_error(
                 "is required in Paillier mode and only there", key="paillier_public_key"
+            )
+        if self.revocation_list is not None and self.tls is None:
+            raise rule_error(
+                "needs [tls]: the list is checked against its CA", key="revocation_list"
             )
         if self.mode == "paillier" and self.silo_dp is not None:
             raise rule_error("[silo_dp] is available in masking mode only")

@@ -69,12 +69,14 @@ from coordinator.pki.custody import (
     tls_key_pem,
     write_new_file,
 )
+from coordinator.pki.revocation import Revocations
 from secagg import Roster
 from secagg.roster import SILO_ID_PATTERN
 
 __all__ = [
     "PASSPHRASE_ENV",
     "ConsortiumPaths",
+    "Revocations",
     "SiloPaths",
     "certificate_fingerprint",
     "create_consortium",
@@ -527,7 +529,8 @@ def silo_identity(
     Args:
         auth_context: the mapping gRPC returns (property name -> list of bytes values).
         federation: if given, the SPIFFE trust domain must equal it (pass the served federation).
-        revoked: SHA-256 fingerprints (:func:`certificate_fingerprint`) of refused certificates.
+        revoked: SHA-256 fingerprints (:func:`certificate_fingerprint`) of refused certificates; a
+            :class:`Revocations` also refuses what its CA-signed CRL lists.
 
     Returns:
         The silo id. The caller still checks it against the roster.
@@ -548,7 +551,10 @@ def silo_identity(
         cert = _parse_pem(values[0])
     except ValueError as exc:
         raise Unauthorized("the client certificate does not parse") from exc
-    if certificate_fingerprint(cert) in revoked:
+    fingerprint = certificate_fingerprint(cert)
+    if fingerprint in revoked or (
+        isinstance(revoked, Revocations) and revoked.revokes(cert, fingerprint)
+    ):
         raise Unauthorized("the client certificate is revoked")
 
     try:

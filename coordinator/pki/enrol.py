@@ -77,6 +77,7 @@ from coordinator.pki.governance import (
     check_extends,
     governance_pins,
 )
+from coordinator.pki.revocation import crl_number, load_crl, next_crl
 from secagg import Roster
 from secagg.hazmat.keys import encode_fields
 
@@ -94,6 +95,7 @@ __all__ = [
     "publish",
     "read_request",
     "request",
+    "revoke",
     "sign_roster",
 ]
 
@@ -170,6 +172,7 @@ class CaPaths:
         governance: ``governance.json``: federation, quorum and governor public keys.
         roster, roster_version: the published roster version (K governors signed it) and its roster.
         members: ``members/``: one public record per enrolled organisation.
+        crl: the CA-signed revocation list (``secagg pki revoke``).
     """
 
     directory: Path
@@ -181,6 +184,7 @@ class CaPaths:
     roster: Path
     roster_version: Path
     members: Path
+    crl: Path
 
     @classmethod
     def at(cls, directory: str | os.PathLike[str]) -> CaPaths:
@@ -196,6 +200,7 @@ class CaPaths:
             roster=d / "roster.json",
             roster_version=d / "roster-version.json",
             members=d / "members",
+            crl=d / "crl.pem",
         )
 
 
@@ -518,6 +523,7 @@ def issue(
         "id": enrolment.member,
         "role": enrolment.role,
         "certificate_fingerprint": certificate_fingerprint(cert),
+        "serial": format(cert.serial_number, "x"),
         "roster_key": enrolment.roster_key.hex(),
         "audit_key": enrolment.audit_key.hex() if enrolment.audit_key else None,
     }
@@ -539,6 +545,52 @@ def issue(
     except OSError as exc:
         raise PKIError(f"issuing the certificate failed: {exc}") from exc
     return out
+
+
+def revoke(
+    ca_dir: str | os.PathLike[str],
+    member: str,
+    out: str | os.PathLike[str] | None = None,
+    *,
+    passphrase: bytes,
+    now: _dt.datetime | None = None,
+) -> Path:
+    """Revoke ``member``'s certificate: a new CA-signed CRL (``CA_DIR/crl.pem``, copied to ``out``).
+
+    Raises:
+        PKIError: ``member`` is not enrolled or already revoked; the CA key does not load; writing failed.
+    """
+    paths = CaPaths.at(ca_dir)
+    _governance(paths)
+    record_path = paths.members / f"{member}.json"
+    if not record_path.is_file():
+        raise PKIError(f"{member!r} is not enrolled in this CA")
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    if record.get("revoked"):
+        raise PKIError(f"{member!r} is already revoked")
+    if out is not None and Path(out).exists():
+        raise PKIError(f"{out} already exists: choose another --out")
+    ca_cert = _load_cert(paths.ca_cert)
+    ca_key = load_private_key(paths.ca_key, passphrase)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    previous = load_crl(paths.crl, ca_cert) if paths.crl.is_file() else None
+    serials = [int(str(r["serial"]), 16) for r in _member_records(paths) if r.get("revoked")]
+    crl = next_crl(
+        ca_cert,
+        ca_key,
+        [*serials, int(str(record["serial"]), 16)],
+        number=(crl_number(previous) + 1) if previous is not None else 1,
+        now=_utcnow(now),
+    )
+    pem = crl.public_bytes(serialization.Encoding.PEM)
+    try:
+        _replace_file(paths.crl, pem)
+        _replace_file(record_path, _json_bytes(record | {"revoked": True}))
+        if out is not None:
+            write_new_file(Path(out), pem, private=False)
+    except OSError as exc:
+        raise PKIError(f"writing the revocation list failed: {exc}") from exc
+    return Path(out) if out is not None else paths.crl
 
 
 def propose(

@@ -20,7 +20,8 @@ from coordinator import modes
 from coordinator._malloc import tune_allocator
 from coordinator.common import TlsFiles
 from coordinator.config import ServeConfig, TLSPaths
-from coordinator.pki import tls_key_pem
+from coordinator.errors import ConfigError, PKIError
+from coordinator.pki import Revocations, load_certificate, tls_key_pem
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from coordinator.rounds.audit import open_audit_trail
 from coordinator.rounds.driver import FederationSettings, RoundDriver
@@ -88,7 +89,8 @@ def bind_server(
         interceptors=[DecodeGuard()],
     )
     shared: dict[str, Any] = {
-        "revoked": frozenset(revoked),
+        # a Revocations (CA-signed CRL, re-read on change) passes through as it is
+        "revoked": revoked if isinstance(revoked, Revocations) else frozenset(revoked),
         "insecure": tls is None,
         "max_message_bytes": max_message_bytes,
     }
@@ -111,6 +113,24 @@ def bind_server(
     if port == 0:
         raise OSError(f"cannot bind {address}")
     return server, port
+
+
+def revocations(config: ServeConfig) -> Revocations:
+    """The certificates ``secagg serve`` refuses: ``revoked_certificates`` and the ``revocation_list`` CRL.
+
+    Raises:
+        ConfigError: the CRL does not load or is not signed by the ``[tls]`` CA.
+    """
+    if config.revocation_list is None or config.tls is None:
+        return Revocations(config.revoked_certificates)
+    try:
+        return Revocations(
+            config.revoked_certificates,
+            crl=config.revocation_list,
+            ca_cert=load_certificate(config.tls.ca),
+        )
+    except PKIError as exc:
+        raise ConfigError(f"revocation_list: {exc}") from exc
 
 
 def tls_files(paths: TLSPaths | None) -> TlsFiles | None:

@@ -4,7 +4,7 @@ translation, stream draining and model download chunks."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, Literal, NamedTuple, NoReturn, TypeVar, cast
 
 import grpc
@@ -154,7 +154,7 @@ class ServicerBase:
         self,
         rounds: RoundDriver,
         *,
-        revoked: frozenset[str],
+        revoked: Collection[str],
         insecure: bool,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:

@@ -12,7 +12,7 @@ from coordinator.config import ServeConfig
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from coordinator.rounds.masking import MaskingRounds
-from coordinator.server.app import bind_server, tls_files
+from coordinator.server.app import bind_server, revocations, tls_files
 from coordinator.server.base import (
     ServicerBase,
     StreamHeader,
@@ -227,7 +227,7 @@ def build(config: ServeConfig, **driver: Any) -> tuple[MaskingRounds, grpc.Serve
         rounds,
         config.listen,
         tls=tls_files(config.tls),
-        revoked=config.revoked_certificates,
+        revoked=revocations(config),
         max_message_bytes=config.max_message_bytes,
         insecure_debug_no_tls=config.insecure_debug_no_tls,
     )

@@ -21,7 +21,7 @@ from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import paillier_pb2 as ppb
 from coordinator.proto.v1 import paillier_pb2_grpc as ppb_grpc
 from coordinator.rounds.paillier import PaillierRounds
-from coordinator.server.app import bind_server, tls_files
+from coordinator.server.app import bind_server, revocations, tls_files
 from coordinator.server.base import ServicerBase, acked, drain_upload, refuse_empty
 from coordinator.wire.paillier import (
     challenge_from_pb,
@@ -271,7 +271,7 @@ def build(config: ServeConfig, **driver: Any) -> tuple[PaillierRounds, grpc.Serv
         service,
         config.listen,
         tls=tls,
-        revoked=config.revoked_certificates,
+        revoked=revocations(config),
         max_message_bytes=config.max_message_bytes,
     )
     return service, server, port
