@@ -472,6 +472,14 @@ def read_request(ca_dir: str | os.PathLike[str], path: str | os.PathLike[str]) -
     if (paths.members / f"{member}.json").exists():
         raise PKIError(f"{member!r} is already enrolled in this CA; choose another id")
     for record in _member_records(paths):
+        if (
+            role == "coordinator"
+            and record.get("role") == "coordinator"
+            and not record.get("revoked")
+        ):
+            raise PKIError(
+                f"{path}: the federation already has a coordinator ({record.get('id')!r}); revoke it first"
+            )
         if record.get("roster_key") == roster_key.hex():
             raise PKIError(f"{path}: this roster key is already enrolled as {record.get('id')!r}")
     return EnrolmentRequest(
@@ -704,7 +712,9 @@ def publish(
     pinned = RosterVersion.load(paths.roster_version) if paths.roster_version.is_file() else None
     if pinned is None or pinned.digest() != version.digest():
         check_extends(version, pinned)
-    coordinators = [r for r in _member_records(paths) if r.get("role") == "coordinator"]
+    coordinators = [
+        r for r in _member_records(paths) if r.get("role") == "coordinator" and not r.get("revoked")
+    ]
     doc = {
         "format": _FORMAT,
         "kind": _KIND_FEDERATION,

@@ -35,6 +35,7 @@ from coordinator.pki.enrol import (
     publish,
     read_request,
     request,
+    revoke,
     sign_roster,
 )
 from secagg import Roster
@@ -280,6 +281,16 @@ def test_a_forged_roster_in_a_federation_file_is_refused(world: World) -> None:
         install(a.directory, world.root / "forged-federation.json")
     assert "is not signed by the pinned consortium key" in one_line(exc)
     assert not a.roster.exists()
+
+
+def test_a_second_coordinator_is_refused_until_the_first_is_revoked(world: World) -> None:
+    world.sign(world.org("hub", role="coordinator"), "hub.issued.json")
+    rival = world.org("hub-2", role="coordinator")
+    with pytest.raises(PKIError) as exc:
+        read_request(world.ca.directory, rival.request)
+    assert "already has a coordinator ('hub'); revoke it first" in one_line(exc)
+    revoke(world.ca.directory, "hub", passphrase=PASSPHRASE)
+    assert read_request(world.ca.directory, rival.request).member == "hub-2"
 
 
 def test_an_id_is_enrolled_once(world: World) -> None:
