@@ -1,15 +1,21 @@
-"""The consortium's public-key infrastructure: a development CA, TLS certificates, roster and signing keys.
+"""The consortium's public-key infrastructure: TLS certificates, roster and signing keys, key custody.
 
-A *consortium* directory holds everything a federation needs to run over mutual TLS::
+Production enrolment, where every organisation makes its own keys, lives in :mod:`coordinator.pki.enrol`
+(roster governance in :mod:`coordinator.pki.governance`, revocation in :mod:`coordinator.pki.revocation`, key
+custody in :mod:`coordinator.pki.custody`). :func:`create_consortium` runs the same steps in one process and
+lays out a *development consortium* directory (the CA directory, with every party's directory inside)::
 
     ca.pem, ca.key                  ECDSA P-256 certificate authority (TLS only)
     consortium.key, consortium.pub  Ed25519 key that signs the roster (.pub is hex)
     roster.json                     signed secagg.Roster: silo id -> Ed25519 signing public key
+    governance.json, members/, ...  the CA's governance record, enrolled members, published roster version
+    governors/dev/                  the single development governor (quorum 1)
     coordinator/cert.pem, key.pem   serverAuth certificate, SAN = hosts (DNS names and IP addresses)
     coordinator/audit.key, .pub     Ed25519 key that signs ledger checkpoints (.pub is hex)
     silos/<id>/cert.pem, key.pem    clientAuth certificate: CN = <id>, SAN URI spiffe://<federation>/silo/<id>
     silos/<id>/signing.key          the silo's Ed25519 roster key
     silos/<id>/ca.pem               a copy of the CA certificate, so a silo directory is self-contained
+    passphrase                      the generated key passphrase (only if none was given)
 
 Silo identity on a connection (what :func:`silo_identity` implements): gRPC puts the verified peer
 certificate into ``context.auth_context()["x509_pem_cert"]``; we parse it and take the silo id from its single
@@ -17,10 +23,10 @@ SPIFFE URI SAN ``spiffe://<federation>/silo/<id>``, and require the subject CN t
 certificate to carry the clientAuth extended key usage. The coordinator then checks the id against the roster.
 
 Notes:
-    - **Development only.** :func:`create_consortium` writes unencrypted PKCS#8 private keys (mode 0600) so
-      that tests and ``secagg demo`` can run unattended. A production consortium keeps its CA and roster key
-      offline (ideally in an HSM) and issues each silo's certificate from a CSR so private keys never leave
-      the silo.
+    - **Development only.** :func:`create_consortium` makes every party's keys in one process (encrypted
+      PKCS#8, mode 0600, the passphrase beside them unless one is given) so that tests and ``secagg demo`` run
+      unattended. A production consortium enrols each organisation from its own request so private keys never
+      leave it (README, "Production enrolment").
     - TLS keys are ECDSA P-256 (FIPS 186-5; RFC 8446 section 4.2.3 ``ecdsa_secp256r1_sha256``), the curve every
       gRPC TLS stack (BoringSSL, OpenSSL) accepts for certificates; Ed25519 certificates are not universally
       supported by TLS peers. Roster, advertisement and checkpoint signatures use Ed25519 (RFC 8032), which

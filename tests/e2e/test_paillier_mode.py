@@ -15,13 +15,12 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 import pytest
-from cryptography.hazmat.primitives import serialization
 
 from audits import CheckpointSigner, EventKind, verify_bundle, write_bundle
 from coordinator.common import RoundStatus, ledger_origin, model_hash
 from coordinator.config import PrivacyConfig
 from coordinator.errors import PKIError, Unauthorized
-from coordinator.pki import load_ed25519_private
+from coordinator.pki import load_ed25519_private, load_private_key
 from coordinator.pki.paillier import PaillierFiles, create_paillier_keys
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import paillier_pb2 as ppb
@@ -265,7 +264,9 @@ def test_a_substituted_public_key_or_key_share_is_refused_at_load(tmp_path: Path
     mine = {s: PaillierFiles.for_silo(ours.paths.root, s) for s in ours.silos}
     create_paillier_keys(ours.paths, threshold=2, key_bits=KEY_BITS, insecure_test_key_size=True)
     x25519 = {  # their ceremony deals to our silos' own X25519 keys, so its shares are sealed to them
-        s: serialization.load_pem_private_key(mine[s].x25519_key.read_bytes(), password=None)
+        s: load_private_key(
+            mine[s].x25519_key
+        )  # encrypted at rest; the suite's passphrase file opens it
         .public_key()
         .public_bytes_raw()  # type: ignore[union-attr]
         for s in ours.silos
