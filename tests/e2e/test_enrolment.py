@@ -211,7 +211,7 @@ def test_every_private_key_stays_in_its_owners_directory_encrypted_and_0600(
                 assert raw not in path.read_bytes()
 
 
-def _silo_config(enrolment: Enrolment, silo: Party, index: int, address: str, root: Path) -> Path:
+def _silo_config(silos: int, silo: Party, index: int, address: str, root: Path) -> Path:
     d = silo.directory
     doc: dict[str, Any] = {
         "silo": silo.name,
@@ -224,14 +224,14 @@ def _silo_config(enrolment: Enrolment, silo: Party, index: int, address: str, ro
         "state_dir": str(root / "state" / silo.name),
         "tls": {"ca": str(d / "ca.pem"), "cert": str(d / "cert.pem"), "key": str(d / "key.pem")},
         "policy": {"min_cohort": 3, "max_collusion_assumed": 0},
-        "task": {"shard": index, "num_shards": len(enrolment.silos)},
+        "task": {"shard": index, "num_shards": silos},
     }
     path = root / f"silo-{silo.name}.toml"
     path.write_text(tomli_w.dumps(doc), encoding="utf-8")
     return path
 
 
-def _serve_config(enrolment: Enrolment, root: Path) -> Path:
+def _serve_config(enrolment: Enrolment, root: Path, rounds: int) -> Path:
     d = enrolment.coordinator.directory
     doc: dict[str, Any] = {
         "federation": FEDERATION,
@@ -242,29 +242,40 @@ def _serve_config(enrolment: Enrolment, root: Path) -> Path:
         "audit_key": str(d / "audit.key"),
         "tls": {"ca": str(d / "ca.pem"), "cert": str(d / "cert.pem"), "key": str(d / "key.pem")},
         "model": {"size": LENGTH},
-        "rounds": {"count": 2, "clip": 32767 / 1024, "bits": 16, "min_cohort": 3},
+        "rounds": {"count": rounds, "clip": 32767 / 1024, "bits": 16, "min_cohort": 3},
     }
     path = root / "serve.toml"
     path.write_text(tomli_w.dumps(doc), encoding="utf-8")
     return path
 
 
-def test_a_federation_runs_two_rounds_over_mtls_with_the_installed_material(
-    enrolment: Enrolment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def run_federation(
+    enrolment: Enrolment,
+    silos: tuple[Party, ...],
+    root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    rounds: int,
+) -> tuple[list[list[RoundStatus]], list[Any], list[npt.NDArray[np.float32]], dict[Any, Any]]:
+    """Run ``rounds`` rounds: the coordinator and each silo load only what their own directory holds."""
+    root.mkdir(parents=True, exist_ok=True)
     # Each party loads its own keys under its own passphrase: the coordinator first, then every silo.
     monkeypatch.setenv(PASSPHRASE_ENV, str(enrolment.coordinator.passphrase_file))
-    coordinator = start_coordinator(ServeConfig.load(_serve_config(enrolment, tmp_path)))
+    coordinator = start_coordinator(ServeConfig.load(_serve_config(enrolment, root, rounds)))
     try:
         address = f"127.0.0.1:{coordinator.port}"
         clients: list[Silo] = []
-        for index, silo in enumerate(enrolment.silos):
+        for index, silo in enumerate(silos):
             monkeypatch.setenv(PASSPHRASE_ENV, str(silo.passphrase_file))
-            config = SiloConfig.load(_silo_config(enrolment, silo, index, address, tmp_path))
+            config = SiloConfig.load(_silo_config(len(silos), silo, index, address, root))
             clients.append(
                 Silo.from_config(config, retry=RetryPolicy(attempts=4, initial=0.1, maximum=0.5))
             )
-        units = {(i, r): integer_update(10 * r + i, LENGTH) for r in range(2) for i in range(3)}
+        units = {
+            (i, r): integer_update(10 * r + i, LENGTH)
+            for r in range(rounds)
+            for i in range(len(silos))
+        }
 
         def run(index: int) -> list[RoundStatus]:
             def train(ctx: RoundContext) -> npt.NDArray[np.float64]:
@@ -273,12 +284,21 @@ def test_a_federation_runs_two_rounds_over_mtls_with_the_installed_material(
             with clients[index] as client:
                 return [report.status for report in client.run(train)]
 
-        statuses = in_threads(*[lambda i=i: run(i) for i in range(3)], timeout=120)
+        statuses = in_threads(*[lambda i=i: run(i) for i in range(len(silos))], timeout=120)
         coordinator.service.wait_finished(10)
         records = coordinator.store.rounds(FEDERATION)
-        models = [coordinator.store.model(FEDERATION, r)[0] for r in range(3)]
+        models = [coordinator.store.model(FEDERATION, r)[0] for r in range(rounds + 1)]
     finally:
         coordinator.stop()
+    return statuses, records, models, units
+
+
+def test_a_federation_runs_two_rounds_over_mtls_with_the_installed_material(
+    enrolment: Enrolment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    statuses, records, models, units = run_federation(
+        enrolment, enrolment.silos, tmp_path, monkeypatch, rounds=2
+    )
     assert statuses == [[RoundStatus.COMPLETED] * 2] * 3
     assert [r.status for r in records] == [RoundStatus.COMPLETED] * 2
     for r in range(2):
@@ -286,3 +306,49 @@ def test_a_federation_runs_two_rounds_over_mtls_with_the_installed_material(
         assert np.array_equal(
             models[r + 1], expected_model(models[r], [units[i, r] for i in range(3)])
         )
+
+
+def test_a_hospital_added_by_two_of_three_governors_takes_part_in_the_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "enrolment").mkdir()
+    enrolment = enrol(tmp_path / "enrolment")
+    ca, mailbox = enrolment.ca, enrolment.mailbox
+    newcomer = Party("st-dora", tmp_path / "enrolment" / "st-dora", tmp_path / "dora-passphrase")
+    newcomer.passphrase_file.write_text("passphrase of st-dora\n", encoding="utf-8")
+    newcomer.passphrase_file.chmod(0o600)
+    secagg(
+        newcomer,
+        "pki",
+        "request",
+        str(newcomer.directory),
+        "--id",
+        newcomer.name,
+        "--role",
+        "silo",
+        "--federation",
+        FEDERATION,
+    )
+    request_file, issued = mailbox / "st-dora.request.json", mailbox / "st-dora.issued.json"
+    request_file.write_bytes((newcomer.directory / "request.json").read_bytes())
+    secagg(ca, "pki", "sign", str(ca.directory), str(request_file), "--out", str(issued), "--yes")
+    secagg(newcomer, "pki", "install", str(newcomer.directory), str(issued))
+    v2 = str(mailbox / "roster-v2.json")
+    secagg(ca, "pki", "roster", "propose", str(ca.directory), "--add", "st-dora", "--out", v2)
+    for g in enrolment.governors[1:]:  # another pair of governors this time
+        secagg(g, "pki", "roster", "sign", str(g.directory), v2, "--yes")
+    for org in (enrolment.coordinator, *enrolment.silos):
+        assert "installed roster version 2 of 4 silos" in secagg(
+            org, "pki", "install", str(org.directory), v2
+        )
+    federation_v2 = str(mailbox / "federation-v2.json")
+    secagg(ca, "pki", "publish", str(ca.directory), "--roster", v2, "--out", federation_v2)
+    secagg(newcomer, "pki", "install", str(newcomer.directory), federation_v2)
+
+    silos = (*enrolment.silos, newcomer)
+    statuses, records, models, units = run_federation(
+        enrolment, silos, tmp_path / "run", monkeypatch, rounds=1
+    )
+    assert statuses == [[RoundStatus.COMPLETED]] * 4
+    assert records[0].survivors == (*HOSPITALS, "st-dora")
+    assert np.array_equal(models[1], expected_model(models[0], [units[i, 0] for i in range(4)]))
