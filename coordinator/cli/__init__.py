@@ -265,10 +265,13 @@ def _pki_publish(
 ) -> None:
     """Write the public federation file (CA certificate, roster version, public keys) every member installs."""
     from coordinator.errors import PKIError
+    from coordinator.pki import read_passphrase
     from coordinator.pki.enrol import publish
 
     try:
-        written = publish(ca_dir, out, roster_version=roster)
+        written = publish(
+            ca_dir, out, roster_version=roster, passphrase=read_passphrase(purpose="the CA keys")
+        )
     except PKIError as exc:
         raise _pki_error(exc) from exc
     typer.echo(f"federation file written to {written}: send it to every member")

@@ -364,7 +364,9 @@ def create_consortium(
     roster_version = root / "requests" / "roster-v1.json"
     enrol.propose(root, roster_version, passphrase=passphrase)
     enrol.sign_roster(governor_dir, roster_version, passphrase=passphrase)  # the quorum of one
-    federation_file = enrol.publish(root, root / "federation.json", roster_version=roster_version)
+    federation_file = enrol.publish(
+        root, root / "federation.json", roster_version=roster_version, passphrase=passphrase
+    )
     for org_dir, _, _, _ in organisations:
         enrol.install(org_dir, federation_file)
     return paths

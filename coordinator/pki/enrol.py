@@ -29,6 +29,9 @@ Notes:
     - Out-of-band confirmation: the organisation prints its key fingerprints when it makes the request; the CA
       operator compares them (by phone, signed letter) with what ``sign`` prints before issuing. A request
       swapped in transit is caught there, as in the ACME-less enterprise flows of RFC 7030 section 4.2.
+    - The federation file's public keys (consortium, coordinator audit key, governors and quorum) are signed
+      by the CA key, so a member takes them only from the CA it confirmed out of band, not from whoever
+      carried the file.
     - ``install`` checks the chain with ``cryptography.x509.verification`` (RFC 5280 path validation, the
       clientAuth or serverAuth policy of the role) and that the certificate is for this organisation's own
       TLS key, id and federation; the CA certificate is trusted on first install and pinned after it.
@@ -687,14 +690,17 @@ def publish(
     out: str | os.PathLike[str],
     *,
     roster_version: str | os.PathLike[str],
+    passphrase: bytes,
 ) -> Path:
     """Write the public federation file every organisation installs, with a roster version K governors signed.
 
     The version must verify (consortium key, K of N governors) and extend the one last published (or be it);
-    it becomes the CA's published version (``roster.json``, ``roster-version.json``).
+    it becomes the CA's published version (``roster.json``, ``roster-version.json``). The CA key signs the
+    federation's public keys (consortium, audit, governors, quorum), so a member that pinned the CA certificate
+    (confirmed out of band) takes them from no one else.
 
     Raises:
-        PKIError: the version does not verify or extend; ``out`` exists.
+        PKIError: the version does not verify or extend; the CA key does not load; ``out`` exists.
     """
     paths = CaPaths.at(ca_dir)
     governance = _governance(paths)
@@ -715,6 +721,16 @@ def publish(
     coordinators = [
         r for r in _member_records(paths) if r.get("role") == "coordinator" and not r.get("revoked")
     ]
+    audit_key = coordinators[0]["audit_key"] if coordinators else None
+    ca_key = load_private_key(paths.ca_key, passphrase)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    statement = _federation_statement(
+        str(governance["federation"]),
+        quorum,
+        governors,
+        bytes.fromhex(str(governance["consortium_public_key"])),
+        bytes.fromhex(audit_key) if audit_key is not None else None,
+    )
     doc = {
         "format": _FORMAT,
         "kind": _KIND_FEDERATION,
@@ -722,9 +738,10 @@ def publish(
         "ca_certificate": paths.ca_cert.read_text(encoding="ascii"),
         "consortium_public_key": governance["consortium_public_key"],
         "roster_version": version.dumps(),
-        "audit_public_key": coordinators[0]["audit_key"] if coordinators else None,
+        "audit_public_key": audit_key,
         "quorum": quorum,
         "governors": [g.hex() for g in governors],
+        "ca_signature": ca_key.sign(statement, ec.ECDSA(hashes.SHA256())).hex(),
     }
     try:
         _replace_file(paths.roster_version, (version.dumps() + "\n").encode())
@@ -875,6 +892,21 @@ def _install_federation(
         raise PKIError(
             f"{document}: malformed federation file; ask the CA operator for it again"
         ) from exc
+    governors, quorum = governance_pins(governance)
+    statement = _federation_statement(
+        str(mine["federation"]), quorum, governors, consortium_key, audit
+    )
+    ca_public = _load_cert(paths.ca_cert).public_key()
+    try:
+        assert isinstance(ca_public, ec.EllipticCurvePublicKey)
+        ca_public.verify(
+            bytes.fromhex(str(doc.get("ca_signature", ""))), statement, ec.ECDSA(hashes.SHA256())
+        )
+    except (InvalidSignature, ValueError, AssertionError) as exc:
+        raise PKIError(
+            f"{document}: the consortium, audit and governor keys are not signed by the pinned CA; do not "
+            "install it and ask the CA operator for the file again"
+        ) from exc
     if (
         paths.consortium_public_key.is_file()
         and _read_hex(paths.consortium_public_key) != consortium_key
@@ -987,6 +1019,25 @@ def _check_request_names(
             f"{path}: a {role} certificate names {'hosts' if role == 'coordinator' else 'no host'} only"
         )
     return tuple(hosts)
+
+
+def _federation_statement(
+    federation: str,
+    quorum: int,
+    governors: Sequence[bytes],
+    consortium_key: bytes,
+    audit_key: bytes | None,
+) -> bytes:
+    """What the CA signs in a federation file: every public key a member pins from it."""
+    return encode_fields(
+        "secagg federation statement",
+        _FORMAT,
+        federation,
+        quorum,
+        consortium_key,
+        audit_key or b"",
+        *governors,
+    )
 
 
 def _member_uri(federation: str, member: str, role: Role) -> str:

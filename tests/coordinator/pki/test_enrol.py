@@ -79,7 +79,9 @@ class World:
         return path
 
     def publish(self, out: str, version: Path) -> Path:
-        return publish(self.ca.directory, self.root / out, roster_version=version)
+        return publish(
+            self.ca.directory, self.root / out, roster_version=version, passphrase=PASSPHRASE
+        )
 
     def sign(self, org: OrgPaths, out: str) -> Path:
         return issue(
@@ -281,6 +283,32 @@ def test_a_forged_roster_in_a_federation_file_is_refused(world: World) -> None:
         install(a.directory, world.root / "forged-federation.json")
     assert "is not signed by the pinned consortium key" in one_line(exc)
     assert not a.roster.exists()
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["governors", "quorum", "consortium_public_key", "audit_public_key"],
+)
+def test_federation_keys_the_ca_did_not_sign_are_refused(world: World, field: str) -> None:
+    hub, a = world.org("hub", role="coordinator"), world.org("a")
+    for org in (hub, a):
+        install(org.directory, world.sign(org, f"{org.directory.name}.issued.json"))
+    doc = json.loads(world.publish("federation.json", world.roster_version("v1.json")).read_text())
+    attacker = Ed25519PrivateKey.generate().public_key().public_bytes_raw().hex()
+    doc[field] = {
+        "governors": [
+            Ed25519PrivateKey.generate().public_key().public_bytes_raw().hex() for _ in range(3)
+        ],
+        "quorum": 1,
+        "consortium_public_key": attacker,
+        "audit_public_key": attacker,
+    }[field]
+    (world.root / "swapped.json").write_text(json.dumps(doc))
+    before = snapshot(a.directory)
+    with pytest.raises(PKIError) as exc:
+        install(a.directory, world.root / "swapped.json")
+    assert "not signed by the pinned CA" in one_line(exc)
+    assert snapshot(a.directory) == before
 
 
 def test_a_second_coordinator_is_refused_until_the_first_is_revoked(world: World) -> None:
