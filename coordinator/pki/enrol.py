@@ -1015,9 +1015,12 @@ def _check_request_names(
     ]
     others = len(san) - len(uris) - len(hosts)
     if others or (role == "silo" and hosts) or (role == "coordinator" and not hosts):
-        raise PKIError(
-            f"{path}: a {role} certificate names {'hosts' if role == 'coordinator' else 'no host'} only"
+        rule = (
+            "its SPIFFE id and at least one host, nothing else"
+            if role == "coordinator"
+            else "its SPIFFE id only, no host"
         )
+        raise PKIError(f"{path}: a {role} certificate names {rule}; make a new request")
     return tuple(hosts)
 
 

@@ -207,6 +207,37 @@ def test_a_wrong_proof_of_possession_is_refused_and_nothing_is_issued(world: Wor
         )
 
 
+def test_a_silo_request_naming_a_host_is_refused(world: World) -> None:
+    """A silo that asks for a DNS name could pose as the coordinator to other TLS clients."""
+    org = world.org("a")
+    doc = json.loads(org.request.read_text())
+    old = x509.load_pem_x509_csr(doc["csr"].encode())
+    tls_key = load_private_key(org.key, PASSPHRASE)
+    assert isinstance(tls_key, ec.EllipticCurvePrivateKey)
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(old.subject)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName("coordinator.example.org"),
+                    *old.extensions.get_extension_for_class(x509.SubjectAlternativeName).value,
+                ]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            old.extensions.get_extension_for_oid(ENROLMENT_KEYS_OID).value, critical=False
+        )
+        .sign(tls_key, hashes.SHA256())
+    )
+    doc["csr"] = csr.public_bytes(serialization.Encoding.PEM).decode()
+    (world.root / "host.json").write_text(json.dumps(doc))
+    with pytest.raises(PKIError) as exc:
+        read_request(world.ca.directory, world.root / "host.json")
+    assert "a silo certificate names its SPIFFE id only, no host" in one_line(exc)
+
+
 def test_a_request_whose_listed_keys_differ_from_its_csr_is_refused(world: World) -> None:
     org = world.org("a")
     doc = json.loads(org.request.read_text())
