@@ -834,13 +834,18 @@ def _serve(
 ) -> None:
     """Run the coordinator until every planned round has run."""
     from coordinator.config import ServeConfig
+    from coordinator.errors import StoreError
     from coordinator.server.app import start_coordinator
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = _load_or_exit(ServeConfig.load, config)
-    coordinator = start_coordinator(settings)
+    try:
+        coordinator = start_coordinator(settings)
+    except (StoreError, OSError) as exc:  # another coordinator on this store, or the port is taken
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1) from exc
     typer.echo(
         f"coordinator for {settings.federation!r} listening on port {coordinator.port}", err=True
     )

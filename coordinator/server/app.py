@@ -27,7 +27,7 @@ from coordinator.rounds.audit import open_audit_trail
 from coordinator.rounds.driver import FederationSettings, RoundDriver
 from coordinator.server.audit import AuditServicer
 from coordinator.server.interceptors import DecodeGuard
-from coordinator.store import SQLiteStore
+from coordinator.store import SQLiteStore, StoreLock
 
 __all__ = ["Coordinator", "bind_server", "server_options", "start_coordinator", "tls_files"]
 
@@ -45,6 +45,9 @@ def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
     """gRPC core channel arguments of the coordinator's server (see ``grpc_types.h`` in gRPC core).
 
     - ``grpc.max_receive_message_length`` / ``grpc.max_send_message_length``: the configured message limit.
+    - ``grpc.so_reuseport`` = 0: the port is bound exclusively. gRPC sets ``SO_REUSEPORT`` by default, so a
+      second coordinator on the same address would bind too and the kernel would share the connections
+      between the two (issue 17); without it the second one fails to bind.
     - ``grpc.http2.bdp_probe`` = 0: fixed flow-control windows. With bandwidth-delay-product probing every
       concurrent upload stream grows its window to megabytes of chunks buffered in the coordinator, so its
       memory would grow with the number of silos.
@@ -56,6 +59,7 @@ def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),
         ("grpc.http2.bdp_probe", 0),
         ("grpc.http2.lookahead_bytes", STREAM_LOOKAHEAD_BYTES),
     ]
@@ -104,14 +108,18 @@ def bind_server(
         log.warning(
             "INSECURE: serving without TLS; silo identities are unauthenticated (debug only)"
         )
-        port = server.add_insecure_port(address)
-    else:
-        credentials = grpc.ssl_server_credentials(
-            [(tls.key, tls.cert)], root_certificates=tls.ca, require_client_auth=True
-        )
-        port = server.add_secure_port(address, credentials)
+    try:
+        if tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            credentials = grpc.ssl_server_credentials(
+                [(tls.key, tls.cert)], root_certificates=tls.ca, require_client_auth=True
+            )
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError:  # gRPC's "Failed to bind to address" (port in use, address not local)
+        port = 0
     if port == 0:
-        raise OSError(f"cannot bind {address}")
+        raise OSError(f"cannot bind {address}: the port is in use or the address is not local")
     return server, port
 
 
@@ -148,19 +156,22 @@ class Coordinator:
     server: grpc.Server
     port: int
     store: SQLiteStore
+    lock: StoreLock
 
     def stop(self, grace: float = 1.0) -> None:
-        """Stop serving and close the store and the ledger."""
+        """Stop serving, close the store and the ledger, and release the store's lock."""
         self.service.stop()
         self.server.stop(grace).wait()
         self.store.close()
         self.service.audit.close()
+        self.lock.release()
 
 
 def start_coordinator(config: ServeConfig) -> Coordinator:
     """Build and start the coordinator described by ``config`` in its mode (rounds begin at once).
 
     Raises:
+        StoreError: another coordinator serves the same store (nothing was read or written).
         ConfigError: the mode's optional dependencies are missing.
         ValueError: the mode refuses the configuration (Paillier mode without TLS).
     """
@@ -185,16 +196,22 @@ def start_coordinator(config: ServeConfig) -> Coordinator:
         initial = np.load(config.model.initial, allow_pickle=False).astype(np.float32)
     else:
         initial = np.zeros(config.model.size, dtype=np.float32)
-    store = SQLiteStore(config.storage)
-    driver: RoundDriver
-    driver, server, port = build(
-        config,
-        settings=settings,
-        roster=config.load_roster(),
-        store=store,
-        initial_model=initial,
-        audit=open_audit_trail(config),
-    )
-    server.start()
-    driver.start()
-    return Coordinator(driver, server, port, store)
+    # before the store is opened: a second coordinator must not even abort the first one's open round
+    lock = StoreLock(config.storage)
+    try:
+        store = SQLiteStore(config.storage)
+        driver: RoundDriver
+        driver, server, port = build(
+            config,
+            settings=settings,
+            roster=config.load_roster(),
+            store=store,
+            initial_model=initial,
+            audit=open_audit_trail(config),
+        )
+        server.start()
+        driver.start()
+    except BaseException:
+        lock.release()
+        raise
+    return Coordinator(driver, server, port, store, lock)
