@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         CompletenessError,
         LedgerError,
         ReportError,
+        StorageError,
         VerificationError,
     )
     from audits.events import Event, EventKind, LedgerEntry, SchemaError
@@ -70,6 +71,7 @@ __all__ = [
     "SchemaError",
     "SignedCheckpoint",
     "SiloEpsilonAccount",
+    "StorageError",
     "TrustAnchors",
     "VerificationError",
     "VerificationReport",
@@ -99,6 +101,7 @@ _EXPORTS: Final = {
         "CompletenessError",
         "LedgerError",
         "ReportError",
+        "StorageError",
         "VerificationError",
     ),
     "events": ("Event", "EventKind", "LedgerEntry", "SchemaError"),

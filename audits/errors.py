@@ -4,6 +4,7 @@
 
     AuditError
     ├── LedgerError              the ledger cannot append or read (storage, schema)
+    ├── StorageError             a database cannot be opened, or its schema version is not this code's
     ├── VerificationError        a bundle, proof, checkpoint or signature does not verify
     │   └── CompletenessError    everything verified, but a fact a completed round must have is missing
     └── ReportError              the report could not be printed (no headless Chromium, or it failed)
@@ -16,7 +17,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from audits.verify import VerificationReport
 
-__all__ = ["AuditError", "CompletenessError", "LedgerError", "ReportError", "VerificationError"]
+__all__ = [
+    "AuditError",
+    "CompletenessError",
+    "LedgerError",
+    "ReportError",
+    "StorageError",
+    "VerificationError",
+]
 
 
 class AuditError(Exception):
@@ -25,6 +33,10 @@ class AuditError(Exception):
 
 class LedgerError(AuditError):
     """The ledger could not append or read an entry."""
+
+
+class StorageError(AuditError):
+    """A database cannot be opened, or holds a schema version this code cannot use (the message says which)."""
 
 
 class VerificationError(AuditError):

@@ -1,11 +1,13 @@
-"""The append-only audit ledger: entries in SQLite, a Merkle tree in memory, signed checkpoints.
+"""The append-only audit ledger: entries in SQLite or PostgreSQL, a Merkle tree in memory, signed checkpoints.
 
 Notes:
     Storage follows DESIGN section 7: one SQLite file, ``journal_mode=WAL`` and
-    ``synchronous=FULL`` so a commit is on disk (fsync of the WAL) before ``append`` returns.
-    Triggers ABORT every UPDATE or DELETE on the entries, checkpoints and meta tables, and an
-    INSERT trigger refuses any entry whose index is not exactly the next one, so even a
-    second writer on the same file cannot leave a gap or overwrite history. On open, every
+    ``synchronous=FULL`` so a commit is on disk (fsync of the WAL) before ``append`` returns; or
+    a PostgreSQL database (a ``postgresql://`` URL, durable commits by default) through the same
+    :mod:`audits.database` layer. On both, triggers refuse every UPDATE or DELETE on the entries,
+    checkpoints and meta tables, and an INSERT trigger refuses any entry whose index is not exactly
+    the next one, so even a second writer on the same database cannot leave a gap or overwrite
+    history. The schema carries a version checked at open (:meth:`audits.database.Database.ensure_schema`). On open, every
     stored leaf hash is recomputed from the entry bytes and the tree is checked against the
     latest stored checkpoint (RFC 9162 root), so tampering at rest is caught before the
     ledger appends on top of it.
@@ -13,7 +15,6 @@ Notes:
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -21,15 +22,19 @@ from types import TracebackType
 from typing import Final
 
 from audits.checkpoint import CheckpointSigner, SignedCheckpoint, parse_checkpoint
-from audits.errors import LedgerError, VerificationError
+from audits.database import Database
+from audits.errors import LedgerError, StorageError, VerificationError
 from audits.events import Event, LedgerEntry
 from audits.merkle import EMPTY_ROOT, MerkleTree, leaf_hash
 
-__all__ = ["Ledger"]
+__all__ = ["SCHEMA_VERSION", "Ledger"]
 
 _FORMAT: Final = "secagg-audit-ledger-1"
 
-_SCHEMA: Final = """
+SCHEMA_VERSION: Final = 1
+"""The ledger's table layout version (version 0: the same tables, written before versions were recorded)."""
+
+_SQLITE_SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -62,12 +67,58 @@ CREATE TRIGGER IF NOT EXISTS meta_no_delete BEFORE DELETE ON meta
 BEGIN SELECT RAISE(ABORT, 'audit ledger metadata is write-once'); END;
 """
 
+_POSTGRESQL_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS entries (
+    idx       BIGINT PRIMARY KEY,
+    entry     BYTEA NOT NULL,
+    leaf_hash BYTEA NOT NULL CHECK (length(leaf_hash) = 32)
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    id   BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    size BIGINT NOT NULL CHECK (size >= 0),
+    root BYTEA NOT NULL CHECK (length(root) = 32),
+    note TEXT NOT NULL
+);
+CREATE OR REPLACE FUNCTION audit_refuse() RETURNS trigger LANGUAGE plpgsql AS
+    $$ BEGIN RAISE EXCEPTION '%', TG_ARGV[0]; END $$;
+CREATE OR REPLACE FUNCTION audit_next_index() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.idx IS DISTINCT FROM (SELECT COALESCE(MAX(idx) + 1, 0) FROM entries) THEN
+        RAISE EXCEPTION 'audit ledger is append-only: index is not the next one';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE OR REPLACE TRIGGER entries_no_update BEFORE UPDATE ON entries
+    FOR EACH ROW EXECUTE FUNCTION audit_refuse('audit ledger is append-only: UPDATE refused');
+CREATE OR REPLACE TRIGGER entries_no_delete BEFORE DELETE ON entries
+    FOR EACH ROW EXECUTE FUNCTION audit_refuse('audit ledger is append-only: DELETE refused');
+CREATE OR REPLACE TRIGGER entries_next_index BEFORE INSERT ON entries
+    FOR EACH ROW EXECUTE FUNCTION audit_next_index();
+CREATE OR REPLACE TRIGGER checkpoints_no_update BEFORE UPDATE ON checkpoints
+    FOR EACH ROW EXECUTE FUNCTION audit_refuse('audit ledger is append-only: UPDATE refused');
+CREATE OR REPLACE TRIGGER checkpoints_no_delete BEFORE DELETE ON checkpoints
+    FOR EACH ROW EXECUTE FUNCTION audit_refuse('audit ledger is append-only: DELETE refused');
+CREATE OR REPLACE TRIGGER meta_no_update BEFORE UPDATE ON meta
+    FOR EACH ROW EXECUTE FUNCTION audit_refuse('audit ledger metadata is write-once');
+CREATE OR REPLACE TRIGGER meta_no_delete BEFORE DELETE ON meta
+    FOR EACH ROW EXECUTE FUNCTION audit_refuse('audit ledger metadata is write-once');
+"""
+
+
+def _from_unversioned(db: Database) -> None:
+    """Version 0 to 1: the tables are unchanged; only ``schema_versions`` is new (created by the caller)."""
+
 
 class Ledger:
     """A tamper-evident, append-only log of :class:`~audits.events.Event` s.
 
     Args:
-        path: the SQLite file (created if missing), or ``":memory:"`` for a throwaway ledger.
+        path: the SQLite file (created if missing), ``":memory:"`` for a throwaway ledger, or a
+            ``postgresql://`` URL (one ledger per database).
         origin: the log's unique name, written into every checkpoint; fixed at creation.
 
     Raises:
@@ -81,17 +132,26 @@ class Ledger:
         if not isinstance(origin, str) or not origin or any(c.isspace() for c in origin):
             raise ValueError("origin must be a non-empty string without whitespace")
         self._lock = threading.Lock()
-        self._path = str(path)
         try:
-            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a batch is one
-            # transaction and one fsync.
-            self._db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(_SCHEMA)
+            # explicit transactions (Database.tx): a batch is one transaction and one fsync
+            self._db = Database(path)
+        except StorageError as exc:
+            raise LedgerError(f"cannot open audit ledger: {exc}") from exc
+        self._path = self._db.target
+        try:
+            self._db.ensure_schema(
+                "ledger",
+                version=SCHEMA_VERSION,
+                ddl={"sqlite": _SQLITE_SCHEMA, "postgresql": _POSTGRESQL_SCHEMA},
+                probe_table="entries",
+                migrations={0: _from_unversioned},
+            )
             self._origin = self._init_meta(origin)
-        except sqlite3.Error as exc:
+        except StorageError as exc:
+            self._db.close()
+            raise LedgerError(str(exc)) from exc
+        except self._db.errors as exc:
+            self._db.close()
             raise LedgerError(f"cannot open audit ledger {self._path}: {exc}") from exc
         self._tree = MerkleTree()
         self._load()
@@ -99,14 +159,13 @@ class Ledger:
     # ------------------------------------------------------------------ lifecycle
 
     def _init_meta(self, origin: str) -> str:
-        rows = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        rows = {str(k): str(v) for k, v in self._db.query("SELECT key, value FROM meta")}
         if not rows:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(
-                "INSERT INTO meta (key, value) VALUES (?, ?)",
-                [("format", _FORMAT), ("origin", origin)],
-            )
-            self._db.execute("COMMIT")
+            with self._db.tx() as db:
+                db.executemany(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)",
+                    [("format", _FORMAT), ("origin", origin)],
+                )
             return origin
         if rows.get("format") != _FORMAT:
             raise LedgerError(f"{self._path} is not an audit ledger of format {_FORMAT}")
@@ -118,8 +177,8 @@ class Ledger:
 
     def _load(self) -> None:
         tree = self._tree
-        cursor = self._db.execute("SELECT idx, entry, leaf_hash FROM entries ORDER BY idx")
-        for idx, entry, stored in cursor:
+        rows = self._db.query("SELECT idx, entry, leaf_hash FROM entries ORDER BY idx")
+        for idx, entry, stored in rows:
             if idx != tree.size:
                 raise LedgerError(f"audit ledger is corrupt: entry {tree.size} is missing")
             computed = leaf_hash(bytes(entry))
@@ -198,16 +257,11 @@ class Ledger:
                 prev = leaf_hash(data)
                 rows.append((start + offset, data, prev))
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    self._db.executemany(
+                with self._db.tx() as db:
+                    db.executemany(
                         "INSERT INTO entries (idx, entry, leaf_hash) VALUES (?, ?, ?)", rows
                     )
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
+            except self._db.errors as exc:
                 raise LedgerError(f"append failed, nothing written: {exc}") from exc
             for _, _, h in rows:
                 tree.append(h)
@@ -219,26 +273,19 @@ class Ledger:
             size = self._tree.size
             signed = signer.sign(origin=self._origin, size=size, root=self._tree.root(size))
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    self._db.execute(
+                with self._db.tx() as db:
+                    db.execute(
                         "INSERT INTO checkpoints (size, root, note) VALUES (?, ?, ?)",
                         (signed.size, signed.root, signed.text),
                     )
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
+            except self._db.errors as exc:
                 raise LedgerError(f"storing the checkpoint failed: {exc}") from exc
             return signed
 
     # ------------------------------------------------------------------ reading
 
     def _latest_checkpoint_locked(self) -> SignedCheckpoint | None:
-        row = self._db.execute(
-            "SELECT size, root, note FROM checkpoints ORDER BY id DESC LIMIT 1"
-        ).fetchone()
+        row = self._db.one("SELECT size, root, note FROM checkpoints ORDER BY id DESC LIMIT 1")
         if row is None:
             return None
         try:
@@ -275,9 +322,9 @@ class Ledger:
         with self._lock:
             stop = self._tree.size if end is None else end
             self._check_range(start, stop)
-            rows = self._db.execute(
+            rows = self._db.query(
                 "SELECT entry FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx", (start, stop)
-            ).fetchall()
+            )
         return [bytes(r[0]) for r in rows]
 
     def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:

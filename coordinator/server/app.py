@@ -27,7 +27,7 @@ from coordinator.rounds.audit import open_audit_trail
 from coordinator.rounds.driver import FederationSettings, RoundDriver
 from coordinator.server.audit import AuditServicer
 from coordinator.server.interceptors import DecodeGuard
-from coordinator.store import SQLiteStore, StoreLock
+from coordinator.store import SQLStore, StoreLock
 
 __all__ = ["Coordinator", "bind_server", "server_options", "start_coordinator", "tls_files"]
 
@@ -155,7 +155,7 @@ class Coordinator:
     service: RoundDriver
     server: grpc.Server
     port: int
-    store: SQLiteStore
+    store: SQLStore
     lock: StoreLock
 
     def stop(self, grace: float = 1.0) -> None:
@@ -199,7 +199,7 @@ def start_coordinator(config: ServeConfig) -> Coordinator:
     # before the store is opened: a second coordinator must not even abort the first one's open round
     lock = StoreLock(config.storage)
     try:
-        store = SQLiteStore(config.storage)
+        store = SQLStore(config.storage)
         driver: RoundDriver
         driver, server, port = build(
             config,

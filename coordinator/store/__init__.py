@@ -1,6 +1,9 @@
-"""Persistence of rounds and global models behind one interface; SQLite is the embedded default."""
+"""Persistence of rounds and global models behind one interface: SQLite (embedded default) or PostgreSQL."""
 
 from coordinator.store.lock import StoreLock
-from coordinator.store.sqlite import RoundRecord, SQLiteStore, Store
+from coordinator.store.sql import SCHEMA_VERSION, RoundRecord, SQLStore, Store
 
-__all__ = ["RoundRecord", "SQLiteStore", "Store", "StoreLock"]
+SQLiteStore = SQLStore
+"""The former name of :class:`SQLStore` (given a file path it is the SQLite store)."""
+
+__all__ = ["SCHEMA_VERSION", "RoundRecord", "SQLStore", "SQLiteStore", "Store", "StoreLock"]

@@ -1,32 +1,37 @@
-"""Persistence of federations, rounds and global models behind a small interface; SQLite by default.
+"""Persistence of federations, rounds and global models behind a small interface, on SQLite or PostgreSQL.
 
 Notes:
-    Every write is one transaction committed (``synchronous=FULL`` in WAL mode, so the commit is fsynced)
-    before the caller answers anyone, and nothing is ever updated in place except a round's status moving
+    Every write is one transaction committed and durable (SQLite: ``synchronous=FULL`` in WAL mode, so the
+    commit is fsynced; PostgreSQL: its default ``synchronous_commit``) before the caller answers anyone, and nothing is ever updated in place except a round's status moving
     forward from ``open``. A coordinator killed at any moment therefore restarts with every completed round
     and every global model; a round that was open is marked aborted on restart (its in-memory protocol state,
-    masks and shares included, is gone by design: it must never be written to disk).
+    masks and shares included, is gone by design: it must never be written to disk). Triggers on both
+    databases refuse to update a model or a finished round and to delete either, whoever connects.
+
+    The database layer (placeholders, transactions, schema versions) is :mod:`audits.database`, shared with
+    the audit ledger, which lives in the same database (its own tables).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Final, Protocol
 
 import numpy as np
 
+from audits.database import Database
+from audits.errors import StorageError
 from coordinator.common import FloatVector, RoundStatus, model_bytes_view, model_hash
 from coordinator.errors import NotFound, StoreError
 
-__all__ = ["RoundRecord", "RoundStatus", "SQLiteStore", "Store", "model_hash"]
+__all__ = ["SCHEMA_VERSION", "RoundRecord", "RoundStatus", "SQLStore", "Store", "model_hash"]
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,10 @@ class Store(Protocol):
     def settings(self, federation: str) -> str: ...
 
 
-_SCHEMA = """
+SCHEMA_VERSION: Final = 1
+"""The store's schema version (version 0: the same tables, written before versions were recorded)."""
+
+_SQLITE_SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS federations (
     id TEXT PRIMARY KEY, settings TEXT NOT NULL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS models (
@@ -86,26 +94,71 @@ CREATE TRIGGER IF NOT EXISTS rounds_final BEFORE UPDATE ON rounds WHEN OLD.statu
     BEGIN SELECT RAISE(ABORT, 'a finished round is immutable'); END;
 """
 
+_POSTGRESQL_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS federations (
+    id TEXT PRIMARY KEY, settings TEXT NOT NULL, created DOUBLE PRECISION NOT NULL);
+CREATE TABLE IF NOT EXISTS models (
+    federation TEXT NOT NULL, round INTEGER NOT NULL, hash BYTEA NOT NULL, data BYTEA NOT NULL,
+    PRIMARY KEY (federation, round));
+CREATE TABLE IF NOT EXISTS rounds (
+    federation TEXT NOT NULL, round INTEGER NOT NULL, status TEXT NOT NULL, model_hash BYTEA NOT NULL,
+    survivors TEXT NOT NULL DEFAULT '[]', dropped TEXT NOT NULL DEFAULT '[]', reason TEXT NOT NULL DEFAULT '',
+    new_model_hash BYTEA NOT NULL DEFAULT '\\x'::bytea, PRIMARY KEY (federation, round));
+CREATE OR REPLACE FUNCTION secagg_refuse() RETURNS trigger LANGUAGE plpgsql AS
+    $$ BEGIN RAISE EXCEPTION '%', TG_ARGV[0]; END $$;
+CREATE OR REPLACE TRIGGER models_immutable BEFORE UPDATE ON models
+    FOR EACH ROW EXECUTE FUNCTION secagg_refuse('models are immutable');
+CREATE OR REPLACE TRIGGER models_kept BEFORE DELETE ON models
+    FOR EACH ROW EXECUTE FUNCTION secagg_refuse('models are never deleted');
+CREATE OR REPLACE TRIGGER rounds_kept BEFORE DELETE ON rounds
+    FOR EACH ROW EXECUTE FUNCTION secagg_refuse('rounds are never deleted');
+CREATE OR REPLACE TRIGGER rounds_final BEFORE UPDATE ON rounds
+    FOR EACH ROW WHEN (OLD.status <> 'open') EXECUTE FUNCTION secagg_refuse('a finished round is immutable');
+"""
 
-class SQLiteStore:
-    """The default store: one SQLite file in WAL mode, fsync on commit. Thread-safe."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
+def _from_unversioned(db: Database) -> None:
+    """Version 0 to 1: the tables are unchanged; only ``schema_versions`` is new (created by the caller)."""
+
+
+class SQLStore:
+    """The store on SQLite (a file path: the embedded default) or PostgreSQL (a ``postgresql://`` URL).
+
+    Thread-safe. One database holds any number of federations.
+
+    Raises:
+        StoreError: the database cannot be opened, or its schema is newer than this code.
+    """
+
+    def __init__(self, target: str | Path) -> None:
         self._lock = threading.Lock()
         try:
             # No statement cache: a cached INSERT keeps its last bound model (SQLite's own copy of the
             # blob) until the statement runs again, one more vector resident for a whole round. The
             # store runs a few statements per round, so re-preparing them costs nothing measurable.
-            self._db = sqlite3.connect(
-                self.path, check_same_thread=False, isolation_level=None, cached_statements=0
+            self._db = Database(target, cached_statements=0)
+        except StorageError as exc:
+            raise StoreError(f"cannot open store: {exc}") from exc
+        self.path = self._db.target
+        try:
+            self._db.ensure_schema(
+                "store",
+                version=SCHEMA_VERSION,
+                ddl={"sqlite": _SQLITE_SCHEMA, "postgresql": _POSTGRESQL_SCHEMA},
+                probe_table="rounds",
+                migrations={0: _from_unversioned},
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
+        except StorageError as exc:
+            self._db.close()
+            raise StoreError(str(exc)) from exc
+        except self._db.errors as exc:
+            self._db.close()
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self._db.dialect
 
     def close(self) -> None:
         """Close the database connection."""
@@ -113,27 +166,27 @@ class SQLiteStore:
             self._db.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self) -> Iterator[Database]:
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                yield self._db
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._db.execute("ROLLBACK")
+                with self._db.tx() as db:
+                    yield db
+            except self._db.errors as exc:
                 raise StoreError(f"store write failed: {exc}") from exc
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+
+    def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return self._db.query(sql, params)
+            except self._db.errors as exc:
+                raise StoreError(f"store read failed: {exc}") from exc
 
     def init_federation(
         self, federation: str, *, settings: str, initial_model: FloatVector
     ) -> None:
         """Create the federation with its round-0 model; a restart with identical settings is a no-op."""
         with self._tx() as db:
-            row = db.execute(
-                "SELECT settings FROM federations WHERE id = ?", (federation,)
-            ).fetchone()
+            row = db.one("SELECT settings FROM federations WHERE id = ?", (federation,))
             if row is not None:
                 if row[0] != settings:
                     raise StoreError(
@@ -153,13 +206,10 @@ class SQLiteStore:
 
     def settings(self, federation: str) -> str:
         """The settings JSON the federation was created with."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT settings FROM federations WHERE id = ?", (federation,)
-            ).fetchone()
-        if row is None:
+        rows = self._query("SELECT settings FROM federations WHERE id = ?", (federation,))
+        if not rows:
             raise NotFound(f"unknown federation {federation!r}")
-        return str(row[0])
+        return str(rows[0][0])
 
     def open_round(self, federation: str, round_: int, model_hash: bytes) -> None:
         """Record that a round has opened on the given model."""
@@ -196,7 +246,7 @@ class SQLiteStore:
                     federation,
                     round_,
                 ),
-            ).rowcount
+            )
             if updated != 1:
                 raise StoreError(f"round {round_} of {federation} is not open")
         return digest
@@ -204,9 +254,9 @@ class SQLiteStore:
     def abort_round(self, federation: str, round_: int, reason: str) -> None:
         """Mark an open round aborted with its reason; the next round reuses this round's model."""
         with self._tx() as db:
-            start = db.execute(
+            start = db.one(
                 "SELECT hash, data FROM models WHERE federation=? AND round=?", (federation, round_)
-            ).fetchone()
+            )
             if start is None:
                 raise StoreError(f"no starting model for round {round_} of {federation}")
             db.execute(
@@ -215,29 +265,29 @@ class SQLiteStore:
             )
             # the next round starts from the same model
             db.execute(
-                "INSERT OR IGNORE INTO models (federation, round, hash, data) VALUES (?, ?, ?, ?)",
+                "INSERT INTO models (federation, round, hash, data) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (federation, round) DO NOTHING",
                 (federation, round_ + 1, start[0], start[1]),
             )
 
     def abort_open_rounds(self, federation: str, reason: str) -> list[int]:
         """Abort every round left open (after a restart); returns their numbers."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT round FROM rounds WHERE federation=? AND status='open' ORDER BY round",
-                (federation,),
-            ).fetchall()
-        for (round_,) in rows:
-            self.abort_round(federation, int(round_), reason)
-        return [int(r) for (r,) in rows]
+        rows = self._query(
+            "SELECT round FROM rounds WHERE federation=? AND status='open' ORDER BY round",
+            (federation,),
+        )
+        numbers = [int(r[0]) for r in rows]
+        for round_ in numbers:
+            self.abort_round(federation, round_, reason)
+        return numbers
 
     def rounds(self, federation: str) -> list[RoundRecord]:
         """Every round of the federation, in order."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT round, status, model_hash, survivors, dropped, reason, new_model_hash "
-                "FROM rounds WHERE federation=? ORDER BY round",
-                (federation,),
-            ).fetchall()
+        rows = self._query(
+            "SELECT round, status, model_hash, survivors, dropped, reason, new_model_hash "
+            "FROM rounds WHERE federation=? ORDER BY round",
+            (federation,),
+        )
         return [
             RoundRecord(
                 federation,
@@ -254,13 +304,13 @@ class SQLiteStore:
 
     def model(self, federation: str, round_: int) -> tuple[FloatVector, bytes]:
         """The global model round ``round_`` starts from, and its hash."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT hash, data FROM models WHERE federation=? AND round=?", (federation, round_)
-            ).fetchone()
-        if row is None:
+        rows = self._query(
+            "SELECT hash, data FROM models WHERE federation=? AND round=?", (federation, round_)
+        )
+        if not rows:
             raise NotFound(f"no model for round {round_} of {federation!r}")
-        vec = np.frombuffer(row[1], dtype="<f4").astype(np.float32)
-        if model_hash(vec) != bytes(row[0]):
+        stored, data = bytes(rows[0][0]), bytes(rows[0][1])
+        vec = np.frombuffer(data, dtype="<f4").astype(np.float32)
+        if model_hash(vec) != stored:
             raise StoreError(f"stored model of round {round_} does not match its hash")
-        return vec, bytes(row[0])
+        return vec, stored
