@@ -1,0 +1,142 @@
+"""The coordinator's store on both databases (SQLite file, real PostgreSQL server): the same tests on each.
+
+Rounds and models as the round driver writes them, the immutability triggers, settings checks, the schema
+version at open (newer refused, unversioned migrated, nothing changed on refusal), and the store lock.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from audits.database import Database
+from coordinator.common import RoundStatus, model_hash
+from coordinator.errors import NotFound, StoreError
+from coordinator.store import SCHEMA_VERSION, SQLStore, StoreLock
+
+FED = "fed-1"
+
+
+def started(storage: str, length: int = 8) -> tuple[SQLStore, np.ndarray]:
+    store = SQLStore(storage)
+    initial = np.arange(length, dtype=np.float32)
+    store.init_federation(FED, settings='{"k": 1}', initial_model=initial)
+    return store, initial
+
+
+def test_rounds_and_models_survive_a_reopen(storage: str) -> None:
+    store, initial = started(storage)
+    start_hash = model_hash(initial)
+    store.open_round(FED, 0, start_hash)
+    new = initial + 1
+    digest = store.complete_round(FED, 0, survivors=["a", "b"], dropped=["c"], new_model=new)
+    store.open_round(FED, 1, digest)
+    store.abort_round(FED, 1, "too few silos")
+    store.open_round(FED, 2, digest)
+    store.close()
+
+    again = SQLStore(storage)
+    again.init_federation(FED, settings='{"k": 1}', initial_model=initial)  # a restart: no-op
+    assert again.abort_open_rounds(FED, "interrupted by a restart") == [2]
+    records = again.rounds(FED)
+    assert [(r.round, r.status) for r in records] == [
+        (0, RoundStatus.COMPLETED),
+        (1, RoundStatus.ABORTED),
+        (2, RoundStatus.ABORTED),
+    ]
+    assert records[0].survivors == ("a", "b") and records[0].dropped == ("c",)
+    assert records[0].model_hash == start_hash and records[0].new_model_hash == digest
+    assert records[1].reason == "too few silos" and records[1].new_model_hash == b""
+    for round_ in (1, 2, 3):  # aborted rounds carry the model forward unchanged
+        vec, h = again.model(FED, round_)
+        assert np.array_equal(vec, new) and h == digest
+    assert np.array_equal(again.model(FED, 0)[0], initial)
+    assert json_settings(again) == '{"k": 1}'
+    again.close()
+
+
+def json_settings(store: SQLStore) -> str:
+    return store.settings(FED)
+
+
+def test_refusals_change_nothing(storage: str) -> None:
+    store, initial = started(storage)
+    with pytest.raises(StoreError, match="different settings"):
+        store.init_federation(FED, settings='{"k": 2}', initial_model=initial)
+    with pytest.raises(StoreError, match="not open"):
+        store.complete_round(FED, 0, survivors=[], dropped=[], new_model=initial)
+    store.open_round(FED, 0, model_hash(initial))
+    with pytest.raises(StoreError, match="store write failed"):
+        store.open_round(FED, 0, model_hash(initial))  # a round opens once
+    with pytest.raises(NotFound):
+        store.model(FED, 5)
+    with pytest.raises(NotFound):
+        store.settings("other")
+    assert [(r.round, r.status) for r in store.rounds(FED)] == [(0, RoundStatus.OPEN)]
+    store.close()
+
+
+def test_the_database_refuses_to_rewrite_models_and_finished_rounds(storage: str) -> None:
+    store, initial = started(storage)
+    store.open_round(FED, 0, model_hash(initial))
+    store.complete_round(FED, 0, survivors=["a"], dropped=[], new_model=initial * 2)
+    store.close()
+    raw = Database(storage)
+    for sql in (
+        "UPDATE models SET data = hash",
+        "DELETE FROM models",
+        "DELETE FROM rounds",
+        "UPDATE rounds SET status = 'aborted'",
+    ):
+        with pytest.raises(raw.errors, match="immutable|never deleted"):
+            with raw.tx() as db:
+                db.execute(sql)
+    raw.close()
+    again = SQLStore(storage)
+    assert np.array_equal(again.model(FED, 1)[0], initial * 2)
+    again.close()
+
+
+def test_a_newer_schema_is_refused_and_an_unversioned_one_is_migrated(storage: str) -> None:
+    store, initial = started(storage)
+    store.close()
+    raw = Database(storage)
+    query = "SELECT version FROM schema_versions WHERE component = 'store'"
+    assert raw.one(query) == (SCHEMA_VERSION,)
+    with raw.tx() as db:  # as written before versions were recorded
+        db.execute("DELETE FROM schema_versions WHERE component = 'store'")
+    migrated = SQLStore(storage)
+    assert np.array_equal(migrated.model(FED, 0)[0], initial)
+    migrated.close()
+    assert raw.one(query) == (SCHEMA_VERSION,)
+    with raw.tx() as db:
+        db.execute("UPDATE schema_versions SET version = 99 WHERE component = 'store'")
+    with pytest.raises(
+        StoreError, match="store schema version 99, newer than this secagg supports"
+    ):
+        SQLStore(storage)
+    assert raw.one(query) == (99,)
+    raw.close()
+
+
+def test_unreachable_postgresql_is_one_line_without_the_password(postgres: object) -> None:
+    from tests.postgres import PostgresServer
+
+    assert isinstance(postgres, PostgresServer)
+    with pytest.raises(StoreError) as caught:
+        SQLStore(postgres.url("missing"))
+    message = str(caught.value)
+    assert "\n" not in message and postgres.password not in message
+    assert message.startswith("cannot open store: cannot open postgresql://secagg:***@")
+
+
+def test_the_store_lock_is_exclusive_and_released(tmp_path: Path) -> None:
+    db = tmp_path / "coordinator.sqlite"
+    first = StoreLock(db)
+    with pytest.raises(StoreError, match=rf"another coordinator \(pid \d+\) is serving the store"):
+        StoreLock(db)
+    first.release()
+    with StoreLock(db):
+        pass
