@@ -33,9 +33,7 @@ __all__ = ["Database", "Dialect", "is_postgresql", "redact"]
 
 Dialect = Literal["sqlite", "postgresql"]
 
-_VERSIONS: Final = (
-    "CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
-)
+_VERSIONS: Final = "CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
 
 Migration = Callable[["Database"], None]
 """Moves a component's tables from version ``v`` to ``v + 1`` (run inside the start-up transaction)."""

@@ -96,12 +96,14 @@ def _unprivileged_user() -> str | None:
 def postgres_server() -> PostgresServer | str:
     """Start a cluster, or return why it cannot be started (the caller skips with that reason)."""
     try:
-        import psycopg  # noqa: F401
+        import psycopg
     except ImportError:
         return "psycopg is not installed (pip install 'secagg[postgresql]')"
     bin_dir = find_bin_dir()
     if bin_dir is None or not (bin_dir / "initdb").exists():
-        return "PostgreSQL binaries not found: run scripts/system-deps.sh (apt-get install postgresql)"
+        return (
+            "PostgreSQL binaries not found: run scripts/system-deps.sh (apt-get install postgresql)"
+        )
     run_as = None
     if os.geteuid() == 0:
         run_as = _unprivileged_user()
@@ -142,7 +144,17 @@ def postgres_server() -> PostgresServer | str:
     options = f"-p {server.port} -c listen_addresses=127.0.0.1 -k {root} -c fsync=off"
     start = subprocess.run(
         server._as_owner(
-            [server.tool("pg_ctl"), "start", "-w", "-D", str(data), "-o", options, "-l", str(root / "log")]
+            [
+                server.tool("pg_ctl"),
+                "start",
+                "-w",
+                "-D",
+                str(data),
+                "-o",
+                options,
+                "-l",
+                str(root / "log"),
+            ]
         ),
         capture_output=True,
         text=True,

@@ -42,9 +42,11 @@ def test_the_database_refuses_update_delete_and_gaps(storage: str) -> None:
         ("INSERT INTO entries (idx, entry, leaf_hash) VALUES (99, ?, ?)", (b"\x00", blob)),
         ("INSERT INTO entries (idx, entry, leaf_hash) VALUES (3, ?, ?)", (b"\x00", blob)),
     ):
-        with pytest.raises(raw.errors, match=r"append-only|write-once|duplicate|UNIQUE"):
-            with raw.tx() as db:
-                db.execute(sql, params)
+        with (
+            pytest.raises(raw.errors, match=r"append-only|write-once|duplicate|UNIQUE"),
+            raw.tx() as db,
+        ):
+            db.execute(sql, params)
     assert raw.one("SELECT COUNT(*) FROM entries") == (25,)
     raw.close()
 

@@ -90,9 +90,8 @@ def test_the_database_refuses_to_rewrite_models_and_finished_rounds(storage: str
         "DELETE FROM rounds",
         "UPDATE rounds SET status = 'aborted'",
     ):
-        with pytest.raises(raw.errors, match="immutable|never deleted"):
-            with raw.tx() as db:
-                db.execute(sql)
+        with pytest.raises(raw.errors, match=r"immutable|never deleted"), raw.tx() as db:
+            db.execute(sql)
     raw.close()
     again = SQLStore(storage)
     assert np.array_equal(again.model(FED, 1)[0], initial * 2)
@@ -135,7 +134,7 @@ def test_unreachable_postgresql_is_one_line_without_the_password(postgres: objec
 def test_the_store_lock_is_exclusive_and_released(tmp_path: Path) -> None:
     db = tmp_path / "coordinator.sqlite"
     first = StoreLock(db)
-    with pytest.raises(StoreError, match=rf"another coordinator \(pid \d+\) is serving the store"):
+    with pytest.raises(StoreError, match=r"another coordinator \(pid \d+\) is serving the store"):
         StoreLock(db)
     first.release()
     with StoreLock(db):
