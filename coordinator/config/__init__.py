@@ -39,6 +39,7 @@ from coordinator.config.serve import (
     RoundsConfig,
     ServeConfig,
     SiloDPConfig,
+    StorageConfig,
 )
 from coordinator.config.silo import SiloConfig, SiloPolicy, TaskConfig
 
@@ -55,6 +56,7 @@ __all__ = [
     "SiloConfig",
     "SiloDPConfig",
     "SiloPolicy",
+    "StorageConfig",
     "TLSPaths",
     "TaskConfig",
     "chunk_words",

@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from audits.database import is_postgresql
 from coordinator.common import chunk_words
 from coordinator.config.base import (
     ConfigModel,
@@ -25,7 +26,6 @@ from coordinator.config.base import (
     InputPath,
     LoadContext,
     NonNegative,
-    OutputPath,
     Positive,
     Probability,
     Text,
@@ -54,6 +54,7 @@ __all__ = [
     "RoundsConfig",
     "ServeConfig",
     "SiloDPConfig",
+    "StorageConfig",
 ]
 
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
@@ -342,6 +343,40 @@ Fingerprints = Annotated[
 ]
 
 
+def _storage_url(value: object, info: ValidationInfo) -> str:
+    if isinstance(value, str) and is_postgresql(value):
+        return value
+    return str(resolve_path(value, info.context, must_exist=False))
+
+
+def _storage_table(value: object) -> object:
+    if isinstance(value, str | Path):
+        return {"url": value}
+    if not isinstance(value, dict | StorageConfig):
+        raise value_error(f"expected a path or a [storage] table, got {kind(value)}")
+    return value
+
+
+class StorageConfig(ConfigModel):
+    """The ``[storage]`` table: the database of rounds, global models and the audit ledger (DESIGN 7, 8).
+
+    ``storage = "coordinator.sqlite"`` (a plain path) is short for ``[storage] url = "coordinator.sqlite"``.
+    One database (file) per federation: the ledger in it is that federation's log.
+    """
+
+    _table = ("storage",)
+
+    url: Annotated[str, BeforeValidator(_storage_url)]
+    """A SQLite file (relative to this file; created if missing), or a PostgreSQL URL
+    ``postgresql://user@host:port/dbname`` (needs the ``postgresql`` extra, psycopg 3). Leave the password out
+    of the file: libpq reads it from ``PGPASSWORD`` or ``~/.pgpass``."""
+
+    @property
+    def target(self) -> str | Path:
+        """What :class:`coordinator.store.SQLStore` and the ledger open: the URL, or the SQLite path."""
+        return self.url if is_postgresql(self.url) else Path(self.url)
+
+
 class ServeConfig(FederationConfig):
     """The coordinator's configuration, ``serve.toml`` (``secagg serve --config FILE``).
 
@@ -354,8 +389,8 @@ class ServeConfig(FederationConfig):
 
     listen: Text
     """``host:port`` to bind (IPv6 as ``[addr]:port``; port 0 picks a free port)."""
-    storage: OutputPath
-    """The SQLite database file (created if missing)."""
+    storage: Annotated[StorageConfig, BeforeValidator(_storage_table)]
+    """Where rounds, models and the audit ledger are kept: a SQLite file path, or a ``[storage]`` table."""
     audit_key: InputPath
     """The Ed25519 private key that signs the audit ledger's checkpoints."""
     model: ModelConfig

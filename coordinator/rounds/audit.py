@@ -101,7 +101,7 @@ class AuditTrail:
     @classmethod
     def open(
         cls,
-        path: Path,
+        path: str | Path,
         *,
         federation: str,
         signer: CheckpointSigner,
@@ -211,10 +211,10 @@ class AuditTrail:
 
 
 def open_audit_trail(config: ServeConfig) -> AuditTrail:
-    """The federation's audit trail: the ledger lives in the coordinator's SQLite file, beside the store."""
+    """The federation's audit trail: the ledger lives in the coordinator's database (its own tables)."""
     origin = ledger_origin(config.federation)
     signer = CheckpointSigner(load_ed25519_private(config.audit_key), key_name=origin)
-    return AuditTrail.open(config.storage, federation=config.federation, signer=signer)
+    return AuditTrail.open(config.storage.target, federation=config.federation, signer=signer)
 
 
 def export_bundle(config: ServeConfig, out: Path) -> SignedCheckpoint:

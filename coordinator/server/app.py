@@ -197,9 +197,9 @@ def start_coordinator(config: ServeConfig) -> Coordinator:
     else:
         initial = np.zeros(config.model.size, dtype=np.float32)
     # before the store is opened: a second coordinator must not even abort the first one's open round
-    lock = StoreLock(config.storage)
+    lock = StoreLock(config.storage.target)
     try:
-        store = SQLStore(config.storage)
+        store = SQLStore(config.storage.target)
         driver: RoundDriver
         driver, server, port = build(
             config,

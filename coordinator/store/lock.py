@@ -9,28 +9,45 @@ Notes:
     it exits (SIGKILL included), so a crashed coordinator never leaves a stale lock behind; a lock file left on
     disk is harmless. ``flock`` is per open file description and independent of SQLite's ``fcntl`` byte-range
     locks (Linux ``flock(2)``), so it cannot interfere with SQLite's own locking.
+
+    On PostgreSQL the lock is a session-level advisory lock (``pg_try_advisory_lock``, PostgreSQL manual 9.27.10)
+    on a connection of its own, held the same way: the server drops it when the session ends, including when
+    the process is killed and its TCP connection closes.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 from pathlib import Path
 from types import TracebackType
+from typing import Any, Final
 
+from audits.database import is_postgresql, redact
 from coordinator.errors import StoreError
 
-__all__ = ["StoreLock"]
+__all__ = ["ADVISORY_LOCK_KEY", "StoreLock"]
+
+ADVISORY_LOCK_KEY: Final = int.from_bytes(
+    hashlib.sha256(b"secagg coordinator store lock").digest()[:8], "big", signed=True
+)
+"""The PostgreSQL advisory lock key (a bigint) a serving coordinator holds on its database."""
 
 
 class StoreLock:
-    """An exclusive, non-blocking lock on ``<path>.lock`` (see the module notes).
+    """An exclusive, non-blocking lock on the store: ``<path>.lock`` for SQLite, an advisory lock for PostgreSQL.
 
     Raises:
         StoreError: another process holds the lock (its pid is in the message when known).
     """
 
     def __init__(self, path: str | Path) -> None:
+        self._fd: int | None = None
+        self._conn: Any = None
+        if is_postgresql(path):
+            self._lock_postgresql(str(path))
+            return
         self.path = Path(f"{path}.lock")
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -47,13 +64,41 @@ class StoreLock:
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-        self._fd: int | None = fd
+        self._fd = fd
+
+    def _lock_postgresql(self, url: str) -> None:
+        import psycopg
+
+        shown = redact(url)
+        try:
+            conn = psycopg.connect(url, autocommit=True, application_name="secagg coordinator lock")
+            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (ADVISORY_LOCK_KEY,)).fetchone()
+        except psycopg.Error as exc:
+            text = str(exc).strip().splitlines()
+            raise StoreError(f"cannot lock the store {shown}: {text[0] if text else exc}") from exc
+        if not (row and row[0]):
+            conn.close()
+            raise StoreError(
+                f"another coordinator is serving the store {shown}; "
+                "stop it first or give this one its own database"
+            )
+        self._conn = conn
+
+    @property
+    def held(self) -> bool:
+        """Whether this lock is still held (a PostgreSQL lock is lost with its connection)."""
+        if self._fd is not None:
+            return True
+        return self._conn is not None and not self._conn.closed and not self._conn.broken
 
     def release(self) -> None:
         """Release the lock (idempotent); the process's exit releases it too."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def __enter__(self) -> StoreLock:
         return self

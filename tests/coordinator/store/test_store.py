@@ -6,6 +6,11 @@ version at open (newer refused, unversioned migrated, nothing changed on refusal
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +22,7 @@ from coordinator.errors import NotFound, StoreError
 from coordinator.store import SCHEMA_VERSION, SQLStore, StoreLock
 
 FED = "fed-1"
+REPO = Path(__file__).resolve().parents[3]
 
 
 def started(storage: str, length: int = 8) -> tuple[SQLStore, np.ndarray]:
@@ -139,3 +145,53 @@ def test_the_store_lock_is_exclusive_and_released(tmp_path: Path) -> None:
     first.release()
     with StoreLock(db):
         pass
+
+
+def test_the_store_lock_on_postgresql_is_exclusive_and_released(
+    postgres: object,
+) -> None:
+    from tests.postgres import PostgresServer
+
+    assert isinstance(postgres, PostgresServer)
+    url = postgres.new_database()
+    first = StoreLock(url)
+    assert first.held
+    with pytest.raises(StoreError, match="another coordinator is serving the store") as caught:
+        StoreLock(url)
+    assert postgres.password not in str(caught.value)
+    first.release()
+    assert not first.held
+    with StoreLock(url) as again:
+        assert again.held
+
+
+def test_a_killed_holder_releases_the_store_lock(storage: str) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from coordinator.store import StoreLock; "
+            "lock = StoreLock(sys.argv[1]); print('held', flush=True); time.sleep(120)",
+            storage,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(StoreError, match="another coordinator"):
+            StoreLock(storage)
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        deadline = time.monotonic() + 20
+        while True:  # PostgreSQL notices the closed connection at once; allow for a slow machine
+            try:
+                StoreLock(storage).release()
+                break
+            except StoreError:
+                assert time.monotonic() < deadline, "the lock outlived its killed holder"
+                time.sleep(0.1)
+    finally:
+        holder.kill()
+        holder.wait()
