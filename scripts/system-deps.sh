@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The Debian packages the test suite needs beyond Python: headless Chromium (HTML/PDF report tests) and
-# poppler-utils (pdftoppm, pdftotext: the PDF report's pages). Installs what is missing when run as root
+# The Debian packages the test suite needs beyond Python: headless Chromium (HTML/PDF report tests),
+# poppler-utils (pdftoppm, pdftotext: the PDF report's pages) and postgresql (initdb, pg_ctl, pg_dump,
+# pg_restore: the suite starts its own PostgreSQL server for the PostgreSQL store, ledger and backup tests). Installs what is missing when run as root
 # (CI and fresh machines); otherwise says what to install (those tests then skip, loudly).
 set -euo pipefail
 missing=()
 command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v pdftoppm >/dev/null 2>&1 && command -v pdftotext >/dev/null 2>&1 || missing+=(poppler-utils)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null 2>&1 || missing+=(postgresql)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing Debian packages: ${missing[*]}"
@@ -14,5 +16,5 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
 else
   echo "warning: missing Debian packages (${missing[*]}); install them with:" >&2
   echo "  sudo apt-get install ${missing[*]}" >&2
-  echo "the report tests that need them will be skipped" >&2
+  echo "the report and PostgreSQL tests that need them will be skipped" >&2
 fi

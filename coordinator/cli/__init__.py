@@ -909,13 +909,24 @@ def _demo(
             help="Also add silo-level distributed DP (Skellam noise inside each silo, before masking).",
         ),
     ] = False,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            help="A postgresql:// URL of an empty database for the coordinator (default: SQLite in --out).",
+        ),
+    ] = None,
 ) -> None:
     """The main job on embedded defaults: a throwaway consortium, a coordinator and hospital silos on loopback."""
     from coordinator.demo import DemoOptions, run_demo
 
     out = out or Path(f"secagg-demo-{time.strftime('%Y%m%d-%H%M%S')}")
     raise typer.Exit(
-        code=run_demo(DemoOptions(silos=silos, rounds=rounds, out=out, silo_dp=silo_dp, mode=mode))
+        code=run_demo(
+            DemoOptions(
+                silos=silos, rounds=rounds, out=out, silo_dp=silo_dp, mode=mode, store=store
+            )
+        )
     )
 
 

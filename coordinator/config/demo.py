@@ -40,6 +40,7 @@ def write_demo_configs(
     privacy: PrivacyConfig | None = None,
     silo_dp: SiloDPConfig | None = None,
     paillier_public_key: str | os.PathLike[str] | None = None,
+    storage: str | None = None,
 ) -> tuple[Path, list[Path]]:
     """Write working TOML configurations for a consortium's coordinator and every silo (for ``secagg demo``).
 
@@ -62,6 +63,7 @@ def write_demo_configs(
         privacy: the coordinator's ``[privacy]`` table, if any.
         silo_dp: the coordinator's ``[silo_dp]`` table, if any.
         paillier_public_key: run in Paillier mode with this joint public key (``secagg pki paillier``).
+        storage: the coordinator's ``[storage] url`` (a ``postgresql://`` URL); ``coordinator.sqlite`` when ``None``.
 
     Returns:
         ``(serve_path, silo_paths)`` with silo paths in roster order.
@@ -103,7 +105,7 @@ def write_demo_configs(
     serve_doc: dict[str, Any] = {
         "federation": consortium.federation,
         "listen": listen,
-        "storage": "coordinator.sqlite",
+        "storage": {"url": storage} if storage is not None else "coordinator.sqlite",
         "roster": rel(consortium.roster),
         "consortium_public_key": pinned,
         "audit_key": rel(consortium.audit_key),

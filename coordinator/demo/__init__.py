@@ -1,4 +1,5 @@
-"""``secagg demo``: a throwaway consortium, a coordinator on SQLite, hospital silos as processes, and a final table.
+"""``secagg demo``: a throwaway consortium, a coordinator on SQLite (or ``--store`` PostgreSQL), hospital silos as
+processes, and a final table.
 
 Everything runs on loopback with mutual TLS; the silos are separate operating-system processes running
 ``secagg silo``, exactly as a real deployment would run them, and train with DP-SGD (Opacus).
@@ -22,6 +23,7 @@ from rich.live import Live
 from rich.table import Table
 
 from audits import ReportError, build_report, find_chromium, write_pdf, write_report
+from audits.database import is_postgresql, redact
 from coordinator.common import RoundStatus, ledger_origin
 from coordinator.config import (
     Deadlines,
@@ -31,10 +33,12 @@ from coordinator.config import (
     SiloDPConfig,
     write_demo_configs,
 )
+from coordinator.errors import NotFound, StoreError
 from coordinator.pki import PASSPHRASE_ENV, create_consortium
 from coordinator.rounds.audit import export_bundle, verify_bundle_dir
 from coordinator.sdk.example import EVENT_PREFIX
 from coordinator.server.app import start_coordinator
+from coordinator.store import SQLStore
 
 __all__ = ["DemoOptions", "run_demo"]
 
@@ -56,6 +60,8 @@ class DemoOptions:
     epsilon: float | None = None
     silo_dp: bool = False
     mode: str = "masking"
+    store: str | None = None
+    """A ``postgresql://`` URL of an empty database for the coordinator; ``out/coordinator.sqlite`` if ``None``."""
 
 
 @dataclass
@@ -115,6 +121,11 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
     if out.exists() and any(out.iterdir()):
         console.print(f"[red]{out} exists and is not empty; pass --out with a new directory[/red]")
         return 2
+    if options.store is not None:
+        refused = _store_refusal(options.store)
+        if refused:
+            console.print(refused, style="red", markup=False, soft_wrap=True)
+            return 2
     silos = list(HOSPITALS[: options.silos])
     epsilon = options.epsilon if options.epsilon is not None else DEMO_BUDGET.epsilon
     started = time.perf_counter()
@@ -158,6 +169,7 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
         },
         privacy=PrivacyConfig(epsilon=epsilon, delta=DEMO_BUDGET.delta),
         paillier_public_key=paillier_key,
+        storage=options.store,
         silo_dp=(
             SiloDPConfig(noise_multiplier=SILO_DP_NOISE_MULTIPLIER, delta=DEMO_BUDGET.delta)
             if options.silo_dp
@@ -298,11 +310,16 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
         f"{verified.attestations_checked} privacy attestations, every epsilon recomputed; every silo "
         f"witnessed each round's checkpoint."
     )
+    database = (
+        "coordinator.sqlite (rounds, models, ledger)"
+        if options.store is None
+        else f"and in {redact(options.store)}: rounds, models, ledger"
+    )
     console.print(
         f"Finished in {time.perf_counter() - started:.1f} s. Outputs in {out}/:\n"
         f"  audit report    {report_html}, report.json{pdf_note}\n"
         f"  audit bundle    {bundle_dir}/\n"
-        f"  summary.json, coordinator.sqlite (rounds, models, ledger), pki/ (throwaway keys), "
+        f"  summary.json, {database}, pki/ (throwaway keys), "
         f"silo-*.log, state/ (each silo's accountant and witness)",
         soft_wrap=True,
     )
@@ -315,6 +332,23 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
         markup=False,
     )
     return 0
+
+
+def _store_refusal(store: str) -> str | None:
+    """Why ``--store`` cannot be used (not PostgreSQL, unreachable, already holding the demo), or ``None``."""
+    if not is_postgresql(store):
+        return "--store takes a postgresql:// URL (without it the demo uses SQLite in --out)"
+    try:
+        probe = SQLStore(store)
+    except StoreError as exc:
+        return str(exc)
+    try:
+        probe.settings("hospitals")
+    except NotFound:
+        return None
+    finally:
+        probe.close()
+    return f"{redact(store)} already holds a demo federation; give --store an empty database"
 
 
 def _print_pdf(report_html: Path) -> str:

@@ -1,25 +1,54 @@
-"""Never two coordinators: a second ``secagg serve`` on the same store, or on the same port, refuses to start with
-a one-line error, and the running coordinator's round goes on untouched (issue 17)."""
+"""Never two coordinators, on either store: a second ``secagg serve`` on the same store (SQLite file or PostgreSQL
+database), or on the same port, refuses to start with a one-line error, and the running coordinator's round goes
+on untouched (issue 17). Also: real rounds over gRPC with mTLS on PostgreSQL, through a SIGKILL and a restart."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from coordinator.common import RoundStatus
+from audits import Ledger
+from coordinator.common import RoundStatus, ledger_origin, model_hash
 from coordinator.config import write_demo_configs
-from tests.e2e.harness import EXACT_BITS, EXACT_CLIP, Consortium, deadlines_with
-from tests.e2e.test_restart import (
-    REPO,
-    coordinator_command,
-    coordinator_process,
-    sdk_round,
-    snapshot,
+from coordinator.store import SQLStore
+from tests.e2e.harness import (
+    EXACT_BITS,
+    EXACT_CLIP,
+    FEDERATION,
+    Consortium,
+    ManualSilo,
+    deadlines_with,
+    expected_model,
 )
+from tests.e2e.test_restart import LENGTH, REPO, coordinator_process, sdk_round, units
 
 pytestmark = pytest.mark.e2e
+
+
+def serve_command(
+    consortium: Consortium, workdir: Path, storage: str, *, listen: str = "127.0.0.1:0"
+) -> list[str]:
+    """``secagg serve`` on a configuration whose ``[storage] url`` is ``storage``."""
+    serve_toml, _ = write_demo_configs(
+        consortium.paths,
+        workdir,
+        rounds=4,
+        clip=EXACT_CLIP,
+        bits=EXACT_BITS,
+        threshold=2,
+        min_cohort=3,
+        model_size=LENGTH,
+        listen=listen,
+        coordinator="127.0.0.1:1",  # the silo files are not used here
+        deadlines=deadlines_with(),
+        storage=storage,
+    )
+    return [str(Path(sys.executable).parent / "secagg"), "serve", "--config", str(serve_toml)]
 
 
 def second_serve(command: list[str]) -> subprocess.CompletedProcess[str]:
@@ -32,46 +61,44 @@ def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
     return [line for line in result.stderr.splitlines() if line.startswith("error:")]
 
 
+def statuses(storage: str) -> list[tuple[int, RoundStatus]]:
+    store = SQLStore(storage)
+    try:
+        return [(r.round, r.status) for r in store.rounds(FEDERATION)]
+    finally:
+        store.close()
+
+
 def test_a_second_coordinator_on_the_same_store_is_refused_and_the_first_goes_on(
-    trio: Consortium, tmp_path: Path
+    trio: Consortium, tmp_path: Path, storage: str
 ) -> None:
-    command, db = coordinator_command("secagg_serve", trio, tmp_path)
+    command = serve_command(trio, tmp_path, storage)
     with coordinator_process(command) as (first, address):
         second = second_serve(command)
         assert second.returncode != 0
         (message,) = error_lines(second)
-        assert "another coordinator" in message and str(db) in message
-        assert f"pid {first.pid}" in message
+        assert "another coordinator" in message
+        if storage.startswith("postgresql://"):
+            assert "postgresql://" in message and storage not in message  # password redacted
+        else:
+            assert storage in message and f"pid {first.pid}" in message
         assert "Traceback" not in second.stderr
         # the refused coordinator touched nothing: round 0 is still open, not "interrupted by a restart"
-        records, _ = snapshot(db)
-        assert [(r.round, r.status) for r in records] == [(0, RoundStatus.OPEN)]
+        assert statuses(storage) == [(0, RoundStatus.OPEN)]
         reports = sdk_round(trio, address)
         assert first.poll() is None
     assert [(r.round, r.status) for r in reports] == [(0, RoundStatus.COMPLETED)] * 3
-    records, _ = snapshot(db)
-    assert records[0].status is RoundStatus.COMPLETED
-    assert all("restart" not in r.reason for r in records)
+    assert statuses(storage)[0] == (0, RoundStatus.COMPLETED)
 
 
 def test_a_second_coordinator_on_the_same_port_is_refused(trio: Consortium, tmp_path: Path) -> None:
-    command, _ = coordinator_command("secagg_serve", trio, tmp_path / "first")
+    command = serve_command(trio, tmp_path / "first", str(tmp_path / "first.sqlite"))
     with coordinator_process(command) as (first, address):
         port = int(address.rsplit(":", 1)[1])
-        other, _ = write_demo_configs(
-            trio.paths,
-            tmp_path / "second",
-            rounds=1,
-            clip=EXACT_CLIP,
-            bits=EXACT_BITS,
-            threshold=2,
-            min_cohort=3,
-            model_size=10,
-            listen=f"127.0.0.1:{port}",
-            coordinator="127.0.0.1:1",
-            deadlines=deadlines_with(),
+        other = serve_command(
+            trio, tmp_path / "second", str(tmp_path / "second.sqlite"), listen=f"127.0.0.1:{port}"
         )
-        second = second_serve([command[0], "serve", "--config", str(other)])
+        second = second_serve(other)
         assert second.returncode != 0
         (message,) = error_lines(second)
         assert f"cannot bind 127.0.0.1:{port}" in message
@@ -79,3 +106,47 @@ def test_a_second_coordinator_on_the_same_port_is_refused(trio: Consortium, tmp_
         reports = sdk_round(trio, address)
         assert first.poll() is None
     assert [r.status for r in reports] == [RoundStatus.COMPLETED] * 3
+
+
+def test_rounds_on_postgresql_survive_a_sigkill_and_a_restart(
+    trio: Consortium, tmp_path: Path, postgres: object
+) -> None:
+    from tests.postgres import PostgresServer
+
+    assert isinstance(postgres, PostgresServer)
+    url = postgres.new_database()
+    command = serve_command(trio, tmp_path, url)
+    with coordinator_process(command) as (proc, address):
+        round0 = sdk_round(trio, address)
+        with ManualSilo(trio, "a", address) as probe:
+            assert probe.open_round(after=1).round == 1
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert statuses(url) == [(0, RoundStatus.COMPLETED), (1, RoundStatus.OPEN)]
+    with coordinator_process(command) as (proc, address):  # the kill released the advisory lock
+        round2 = sdk_round(trio, address)
+    assert [(r.round, r.status) for r in round2] == [(2, RoundStatus.COMPLETED)] * 3
+
+    store = SQLStore(url)
+    try:
+        records = store.rounds(FEDERATION)
+        models = [store.model(FEDERATION, r)[0] for r in range(4)]
+    finally:
+        store.close()
+    assert [(r.round, r.status) for r in records] == [
+        (0, RoundStatus.COMPLETED),
+        (1, RoundStatus.ABORTED),
+        (2, RoundStatus.COMPLETED),
+    ]
+    assert "restart" in records[1].reason
+    zeros = np.zeros(LENGTH, np.float32)
+    assert np.array_equal(models[1], expected_model(zeros, [units(s, 0) for s in trio.silos]))
+    assert models[2].tobytes() == models[1].tobytes()  # the aborted round changed nothing
+    assert np.array_equal(models[3], expected_model(models[2], [units(s, 2) for s in trio.silos]))
+    assert records[2].new_model_hash == round2[0].new_model_hash == model_hash(models[3])
+    assert round0[0].new_model_hash == records[0].new_model_hash
+    # the ledger in the same PostgreSQL database is one log, checkpointed up to its last entry
+    with Ledger(url, origin=ledger_origin(FEDERATION)) as ledger:
+        checkpoint = ledger.latest_checkpoint()
+        assert checkpoint is not None and checkpoint.size == ledger.size
+        assert ledger.size > 0
