@@ -815,6 +815,58 @@ def _audit_report(
         raise typer.Exit(code=code)
 
 
+# --- store backup and restore ------------------------------------------------------------------------------
+
+store_app = typer.Typer(
+    no_args_is_help=True,
+    help="Back up the coordinator's database (rounds, models, audit ledger) and restore it (README: Backup).",
+)
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("backup")
+def _store_backup(
+    config: Annotated[Path, typer.Option("--config", help="The coordinator's TOML configuration.")],
+    out: Annotated[Path, typer.Option("--out", help="New file for the backup.")],
+) -> None:
+    """Write a consistent backup while the coordinator runs (SQLite online backup, or pg_dump)."""
+    from coordinator.config import ServeConfig
+    from coordinator.errors import StoreError
+    from coordinator.store.backup import backup_store
+
+    settings = _load_or_exit(ServeConfig.load, config)
+    try:
+        backup_store(settings.storage.target, out)
+    except StoreError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1) from exc
+    typer.echo(f"backup written to {out}")
+
+
+@store_app.command("restore")
+def _store_restore(
+    config: Annotated[
+        Path,
+        typer.Option(
+            "--config", help="The configuration whose (empty) storage receives the backup."
+        ),
+    ],
+    backup: Annotated[Path, typer.Option("--from", help="The backup file.")],
+) -> None:
+    """Restore a backup into the configuration's storage, which must be empty and not served."""
+    from coordinator.config import ServeConfig
+    from coordinator.errors import StoreError
+    from coordinator.store.backup import restore_store
+
+    settings = _load_or_exit(ServeConfig.load, config)
+    try:
+        restore_store(backup, settings.storage.target)
+    except StoreError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1) from exc
+    typer.echo(f"restored {backup}; the ledger verified; start the coordinator with {config}")
+
+
 # --- serve, silo, demo --------------------------------------------------------------------------------------
 
 
