@@ -66,13 +66,22 @@ class Database:
     Args:
         target: a SQLite file path (or ``":memory:"``) or a PostgreSQL URL.
         cached_statements: SQLite's statement cache size (0 disables it; see the coordinator's store).
+        fence: run first in every transaction of :meth:`tx`; raising refuses the transaction (the
+            coordinator's leadership check, :meth:`coordinator.store.StoreLock.fence`).
 
     Raises:
         StorageError: the database cannot be opened (the message carries no password).
     """
 
-    def __init__(self, target: str | Path, *, cached_statements: int = 128) -> None:
+    def __init__(
+        self,
+        target: str | Path,
+        *,
+        cached_statements: int = 128,
+        fence: Callable[[Database], None] | None = None,
+    ) -> None:
         self.target = redact(target)
+        self._fence = fence
         self._lock = threading.RLock()
         self._conn: Any
         if is_postgresql(target):
@@ -162,6 +171,8 @@ class Database:
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
             try:
+                if self._fence is not None:
+                    self._fence(self)
                 yield self
             except BaseException:
                 self._conn.execute("ROLLBACK")

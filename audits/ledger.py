@@ -16,7 +16,7 @@ Notes:
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -120,6 +120,7 @@ class Ledger:
         path: the SQLite file (created if missing), ``":memory:"`` for a throwaway ledger, or a
             ``postgresql://`` URL (one ledger per database).
         origin: the log's unique name, written into every checkpoint; fixed at creation.
+        fence: run first in every write transaction; raising refuses it (the coordinator's leadership check).
 
     Raises:
         LedgerError: the file cannot be opened, belongs to another origin, or its stored
@@ -128,16 +129,24 @@ class Ledger:
     Thread safety: all methods take one lock; the ledger may be shared between threads.
     """
 
-    def __init__(self, path: str | Path, *, origin: str) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        origin: str,
+        fence: Callable[[Database], None] | None = None,
+    ) -> None:
         if not isinstance(origin, str) or not origin or any(c.isspace() for c in origin):
             raise ValueError("origin must be a non-empty string without whitespace")
         self._lock = threading.Lock()
         try:
             # explicit transactions (Database.tx): a batch is one transaction and one fsync
-            self._db = Database(path)
+            self._db = Database(path, fence=fence)
         except StorageError as exc:
             raise LedgerError(f"cannot open audit ledger: {exc}") from exc
         self._path = self._db.target
+        # a refused fence (StorageError) fails a write like a database error: nothing is written
+        self._write_errors: tuple[type[Exception], ...] = (StorageError, *self._db.errors)
         try:
             self._db.ensure_schema(
                 "ledger",
@@ -261,7 +270,7 @@ class Ledger:
                     db.executemany(
                         "INSERT INTO entries (idx, entry, leaf_hash) VALUES (?, ?, ?)", rows
                     )
-            except self._db.errors as exc:
+            except self._write_errors as exc:
                 raise LedgerError(f"append failed, nothing written: {exc}") from exc
             for _, _, h in rows:
                 tree.append(h)
@@ -278,7 +287,7 @@ class Ledger:
                         "INSERT INTO checkpoints (size, root, note) VALUES (?, ?, ?)",
                         (signed.size, signed.root, signed.text),
                     )
-            except self._db.errors as exc:
+            except self._write_errors as exc:
                 raise LedgerError(f"storing the checkpoint failed: {exc}") from exc
             return signed
 

@@ -370,6 +370,9 @@ class StorageConfig(ConfigModel):
     """A SQLite file (relative to this file; created if missing), or a PostgreSQL URL
     ``postgresql://user@host:port/dbname`` (needs the ``postgresql`` extra, psycopg 3). Leave the password out
     of the file: libpq reads it from ``PGPASSWORD`` or ``~/.pgpass``."""
+    standby: bool = False
+    """When another coordinator already serves this storage: ``false`` refuses to start, ``true`` stands by and
+    takes over when it stops or dies (replicas; on PostgreSQL the leader is elected by an advisory lock)."""
 
     @property
     def target(self) -> str | Path:

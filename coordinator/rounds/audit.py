@@ -37,6 +37,7 @@ from audits import (
     verify_bundle,
     write_bundle,
 )
+from audits.database import Database
 from audits.events import utc_now
 from audits.witness import WitnessStatement
 from coordinator.common import ledger_origin
@@ -106,10 +107,11 @@ class AuditTrail:
         federation: str,
         signer: CheckpointSigner,
         clock: Callable[[], str] = utc_now,
+        fence: Callable[[Database], None] | None = None,
     ) -> AuditTrail:
-        """Open (or create) the ledger of ``federation`` in ``path``."""
+        """Open (or create) the ledger of ``federation`` in ``path`` (``fence``: see :class:`audits.Ledger`)."""
         return cls(
-            Ledger(path, origin=ledger_origin(federation)),
+            Ledger(path, origin=ledger_origin(federation), fence=fence),
             signer,
             federation=federation,
             clock=clock,
@@ -210,11 +212,15 @@ class AuditTrail:
         }
 
 
-def open_audit_trail(config: ServeConfig) -> AuditTrail:
+def open_audit_trail(
+    config: ServeConfig, *, fence: Callable[[Database], None] | None = None
+) -> AuditTrail:
     """The federation's audit trail: the ledger lives in the coordinator's database (its own tables)."""
     origin = ledger_origin(config.federation)
     signer = CheckpointSigner(load_ed25519_private(config.audit_key), key_name=origin)
-    return AuditTrail.open(config.storage.target, federation=config.federation, signer=signer)
+    return AuditTrail.open(
+        config.storage.target, federation=config.federation, signer=signer, fence=fence
+    )
 
 
 def export_bundle(config: ServeConfig, out: Path) -> SignedCheckpoint:

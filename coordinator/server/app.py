@@ -7,6 +7,7 @@ The mode's own servicer comes from the mode registry (:mod:`coordinator.modes`);
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable
 from concurrent import futures
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from audits.database import redact
 from coordinator import modes
 from coordinator._malloc import tune_allocator
 from coordinator.common import TlsFiles
@@ -167,8 +169,23 @@ class Coordinator:
         self.lock.release()
 
 
-def start_coordinator(config: ServeConfig) -> Coordinator:
+def _exit_lost_lead() -> None:
+    log.critical(
+        "lost the lock on the store (database connection gone): stopping now, so that only the new "
+        "leader writes; restart this coordinator to stand by again"
+    )
+    os._exit(3)
+
+
+def start_coordinator(
+    config: ServeConfig, *, on_lost_lead: Callable[[], None] = _exit_lost_lead
+) -> Coordinator:
     """Build and start the coordinator described by ``config`` in its mode (rounds begin at once).
+
+    With ``[storage] standby = true`` and another coordinator serving the store, this first waits (nothing
+    read, nothing bound) until that one stops or dies, then leads. On PostgreSQL a watchdog calls
+    ``on_lost_lead`` (by default: exit at once with code 3) if the lock's session is lost; the fencing epoch
+    already refuses every write from then on (:class:`coordinator.store.StoreLock`).
 
     Raises:
         StoreError: another coordinator serves the same store (nothing was read or written).
@@ -197,9 +214,19 @@ def start_coordinator(config: ServeConfig) -> Coordinator:
     else:
         initial = np.zeros(config.model.size, dtype=np.float32)
     # before the store is opened: a second coordinator must not even abort the first one's open round
-    lock = StoreLock(config.storage.target)
+    target = config.storage.target
+    lock = StoreLock(
+        target,
+        wait=config.storage.standby,
+        on_wait=lambda: log.warning(
+            "standing by: another coordinator serves %s; taking over when it stops",
+            redact(target),
+        ),
+    )
+    if lock.epoch is not None:
+        log.info("leading %s (epoch %d)", redact(target), lock.epoch)
     try:
-        store = SQLStore(config.storage.target)
+        store = SQLStore(target, fence=lock.fence)
         driver: RoundDriver
         driver, server, port = build(
             config,
@@ -207,11 +234,12 @@ def start_coordinator(config: ServeConfig) -> Coordinator:
             roster=config.load_roster(),
             store=store,
             initial_model=initial,
-            audit=open_audit_trail(config),
+            audit=open_audit_trail(config, fence=lock.fence),
         )
         server.start()
         driver.start()
     except BaseException:
         lock.release()
         raise
+    lock.watch(on_lost_lead)
     return Coordinator(driver, server, port, store, lock)

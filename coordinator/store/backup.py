@@ -79,6 +79,8 @@ def backup_store(target: str | Path, out: Path) -> None:
                     _tool("pg_dump"),
                     "--format=custom",
                     "--no-owner",
+                    # who leads is not data: a restored database starts a new leadership
+                    "--exclude-table=secagg_leadership",
                     f"--file={out}",
                     f"--dbname={url}",
                 ],
@@ -156,7 +158,10 @@ def _restore_postgresql(backup: Path, url: str) -> None:
     except StorageError as exc:
         raise StoreError(str(exc)) from exc
     try:
-        tables = db.one("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+        tables = db.one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' "
+            "AND tablename <> 'secagg_leadership'"  # the restore's own store lock creates it
+        )
     finally:
         db.close()
     if tables and tables[0]:

@@ -18,7 +18,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,19 +124,22 @@ def _from_unversioned(db: Database) -> None:
 class SQLStore:
     """The store on SQLite (a file path: the embedded default) or PostgreSQL (a ``postgresql://`` URL).
 
-    Thread-safe. One database holds any number of federations.
+    Thread-safe. One database holds any number of federations. ``fence`` runs first in every write transaction
+    (see :class:`coordinator.store.StoreLock`).
 
     Raises:
         StoreError: the database cannot be opened, or its schema is newer than this code.
     """
 
-    def __init__(self, target: str | Path) -> None:
+    def __init__(
+        self, target: str | Path, *, fence: Callable[[Database], None] | None = None
+    ) -> None:
         self._lock = threading.Lock()
         try:
             # No statement cache: a cached INSERT keeps its last bound model (SQLite's own copy of the
             # blob) until the statement runs again, one more vector resident for a whole round. The
             # store runs a few statements per round, so re-preparing them costs nothing measurable.
-            self._db = Database(target, cached_statements=0)
+            self._db = Database(target, cached_statements=0, fence=fence)
         except StorageError as exc:
             raise StoreError(f"cannot open store: {exc}") from exc
         self.path = self._db.target
@@ -171,6 +174,8 @@ class SQLStore:
             try:
                 with self._db.tx() as db:
                     yield db
+            except StorageError as exc:  # the fence: this coordinator is no longer the leader
+                raise StoreError(str(exc)) from exc
             except self._db.errors as exc:
                 raise StoreError(f"store write failed: {exc}") from exc
 

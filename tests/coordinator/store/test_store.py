@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -195,3 +196,56 @@ def test_a_killed_holder_releases_the_store_lock(storage: str) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_leader_that_lost_its_lock_is_fenced_off_and_told(postgres: object) -> None:
+    """A partition: the leader's lock session dies but its process and other connections live on."""
+    from audits import Event, EventKind, Ledger, LedgerError
+    from tests.postgres import PostgresServer
+
+    assert isinstance(postgres, PostgresServer)
+    url = postgres.new_database()
+    old = StoreLock(url)
+    lost = threading.Event()
+    old.watch(lost.set, interval=0.2)
+    store = SQLStore(url, fence=old.fence)
+    initial = np.zeros(4, np.float32)
+    store.init_federation(FED, settings="{}", initial_model=initial)
+    ledger = Ledger(url, origin="o", fence=old.fence)
+    ledger.append(Event(EventKind.ROUND_CLOSED, FED, 0, {}, "2026-01-01T00:00:00Z"))
+    admin = Database(postgres.url(url.rsplit("/", 1)[1]))
+    admin.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name = 'secagg coordinator lock' AND datname = current_database()"
+    )
+    assert lost.wait(10), "the watchdog did not notice the lost lock"
+    new = StoreLock(url, wait=True, poll=0.1)
+    assert new.epoch == (old.epoch or 0) + 1
+    with pytest.raises(StoreError, match="lost the lead"):
+        store.open_round(FED, 0, model_hash(initial))
+    with pytest.raises(LedgerError, match="lost the lead"):
+        ledger.append(Event(EventKind.ROUND_CLOSED, FED, 1, {}, "2026-01-01T00:00:00Z"))
+    assert store.rounds(FED) == []  # reads still work; nothing was written
+    successor = SQLStore(url, fence=new.fence)
+    successor.open_round(FED, 0, model_hash(initial))
+    assert [r.round for r in successor.rounds(FED)] == [0]
+    for closable in (store, successor, ledger, admin):
+        closable.close()
+    new.release()
+    old.release()
+
+
+def test_a_standby_waits_for_the_lock_and_then_leads(storage: str) -> None:
+    first = StoreLock(storage)
+    waited = threading.Event()
+    got: list[StoreLock] = []
+    standby = threading.Thread(
+        target=lambda: got.append(StoreLock(storage, wait=True, on_wait=waited.set, poll=0.05))
+    )
+    standby.start()
+    assert waited.wait(10)
+    assert not got  # still standing by
+    first.release()
+    standby.join(10)
+    assert len(got) == 1 and got[0].held
+    got[0].release()
