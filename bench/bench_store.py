@@ -11,8 +11,8 @@ Workloads (what a coordinator writes per round, through :class:`coordinator.stor
   is measured, over 5 trials.
 
 PostgreSQL is ``--store URL`` (an empty database; its tables are created) or, by default, a throwaway
-cluster this script starts with ``initdb``/``pg_ctl`` (``tests/postgres.py``; fsync is then off on the server,
-so PostgreSQL figures are a lower bound of a production server's commit cost). Every figure is printed
+cluster this script starts with ``initdb``/``pg_ctl`` (``tests/postgres.py``, with fsync on, on the same disk
+as the SQLite files, so both pay a durable commit). Every figure is printed
 with the 1-minute load average next to it. ``python bench/bench_store.py`` (about a minute) or ``--quick``.
 """
 
@@ -145,7 +145,7 @@ def main() -> int:
     args = parser.parse_args()
     server: PostgresServer | None = None
     if args.store is None:
-        started = postgres_server()
+        started = postgres_server(fsync=True)
         if isinstance(started, str):
             raise SystemExit(f"cannot start PostgreSQL: {started}")
         server = started

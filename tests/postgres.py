@@ -93,8 +93,12 @@ def _unprivileged_user() -> str | None:
     return None
 
 
-def postgres_server() -> PostgresServer | str:
-    """Start a cluster, or return why it cannot be started (the caller skips with that reason)."""
+def postgres_server(*, fsync: bool = False) -> PostgresServer | str:
+    """Start a cluster, or return why it cannot be started (the caller skips with that reason).
+
+    ``fsync`` off (the tests' default) trades the durability of a throwaway cluster for speed; benchmarks
+    turn it on so that commits cost what they cost on a real server.
+    """
     try:
         import psycopg
     except ImportError:
@@ -141,7 +145,9 @@ def postgres_server() -> PostgresServer | str:
     if init.returncode != 0:
         shutil.rmtree(root, ignore_errors=True)
         return f"initdb failed: {init.stderr.strip().splitlines()[-1:]}"
-    options = f"-p {server.port} -c listen_addresses=127.0.0.1 -k {root} -c fsync=off"
+    options = f"-p {server.port} -c listen_addresses=127.0.0.1 -k {root}"
+    if not fsync:
+        options += " -c fsync=off"
     start = subprocess.run(
         server._as_owner(
             [
