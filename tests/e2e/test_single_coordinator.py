@@ -133,7 +133,8 @@ def test_rounds_on_postgresql_survive_a_sigkill_and_a_restart(
         models = [store.model(FEDERATION, r)[0] for r in range(4)]
     finally:
         store.close()
-    assert [(r.round, r.status) for r in records] == [
+    # (round 3 may have opened before the test stopped the coordinator)
+    assert [(r.round, r.status) for r in records[:3]] == [
         (0, RoundStatus.COMPLETED),
         (1, RoundStatus.ABORTED),
         (2, RoundStatus.COMPLETED),
