@@ -899,7 +899,9 @@ def _serve(
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=1) from exc
     except KeyboardInterrupt:  # while standing by ([storage] standby = true)
-        typer.echo("interrupted before leading: nothing was read or written", err=True)
+        typer.echo(
+            "interrupted while starting (or standing by); the store lock is released", err=True
+        )
         raise typer.Exit(code=130) from None
     typer.echo(
         f"coordinator for {settings.federation!r} listening on port {coordinator.port}", err=True
