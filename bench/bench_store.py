@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 from audits import CheckpointSigner, Event, EventKind, Ledger  # noqa: E402
 from coordinator.common import model_hash  # noqa: E402
 from coordinator.config import write_demo_configs  # noqa: E402
-from coordinator.pki import create_consortium  # noqa: E402
+from coordinator.pki import PASSPHRASE_ENV, create_consortium  # noqa: E402
 from coordinator.store import SQLStore  # noqa: E402
 from tests.postgres import PostgresServer, postgres_server  # noqa: E402
 
@@ -90,6 +90,8 @@ def failover_seconds(server: PostgresServer, work: Path, trials: int) -> list[fl
     consortium = create_consortium(work / "pki", federation="bench", silos=("a", "b", "c"))
     secagg = str(Path(sys.executable).parent / "secagg")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # the replicas decrypt their keys with the consortium's passphrase
+    env.setdefault(PASSPHRASE_ENV, str(consortium.passphrase_file.resolve()))
     results = []
     for trial in range(trials):
         url = server.new_database()
