@@ -23,6 +23,7 @@ from dp.distributed.accounting import (
     UNIT_OF_PRIVACY,
     SiloLevelEpsilon,
     ddg_rdp,
+    delta_with_sampling_error,
     gaussian_rdp,
     rdp_to_epsilon,
     skellam_rdp,
@@ -35,6 +36,7 @@ from dp.distributed.samplers import (
     sample_discrete_laplace,
     sample_poisson,
     sample_skellam,
+    sampling_distance,
 )
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "SiloLevelEpsilon",
     "ddg_rdp",
     "decode",
+    "delta_with_sampling_error",
     "encode",
     "gaussian_rdp",
     "inverse_randomized_hadamard",
@@ -58,5 +61,6 @@ __all__ = [
     "sample_discrete_laplace",
     "sample_poisson",
     "sample_skellam",
+    "sampling_distance",
     "skellam_rdp",
 ]

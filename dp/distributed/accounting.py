@@ -28,6 +28,9 @@ Notes:
       Balle et al. (AISTATS 2020, "Hypothesis testing interpretations and Renyi DP"),
       Theorem 21, the same conversion as Opacus' RDP accountant:
       ``eps = rdp - (ln delta + ln alpha) / (alpha - 1) + ln((alpha - 1) / alpha)``.
+    - Noise drawn from tables within a proven statistical distance of the target (see
+      :mod:`dp.distributed.samplers`) adds ``(1 + e^eps)`` times the total distance to
+      delta (:func:`delta_with_sampling_error`).
     - Orders are integers (2..256 and a few larger): Corollary 3.6 is stated for integer
       orders, and using one grid for both mechanisms and the Gaussian reference keeps the
       comparison fair.
@@ -48,6 +51,7 @@ __all__ = [
     "UNIT_OF_PRIVACY",
     "SiloLevelEpsilon",
     "ddg_rdp",
+    "delta_with_sampling_error",
     "gaussian_rdp",
     "rdp_to_epsilon",
     "skellam_rdp",
@@ -173,6 +177,35 @@ def rdp_to_epsilon(
     if not math.isfinite(epsilon):
         raise InvalidPrivacyParameters("epsilon is not finite")
     return epsilon, float(a[best])
+
+
+def delta_with_sampling_error(*, delta: float, epsilon: float, distance: float) -> float:
+    """The delta of a mechanism whose noise is within total variation ``distance`` of the analysed one.
+
+    Args:
+        delta: the analysed mechanism's delta at ``epsilon``.
+        epsilon: its epsilon.
+        distance: total variation between the sampled and the analysed output
+            distributions, for every input (``rounds * n_silos * d`` times the per-draw
+            bound of :func:`dp.distributed.samplers.sampling_distance`).
+
+    Returns:
+        ``delta + (1 + e^epsilon) distance``, capped at 1.
+
+    Notes:
+        If ``M`` is ``(eps, delta)``-DP and ``TV(M(D), M'(D)) <= eta`` for every ``D``, then
+        for every event ``S``: ``P[M'(D) in S] <= P[M(D) in S] + eta <= e^eps P[M(D') in S]
+        + delta + eta <= e^eps P[M'(D') in S] + delta + (1 + e^eps) eta``: the proof is
+        this line (the coupling argument behind every "statistically close sampler"
+        claim). Adjacent inputs here are the zero-out pairs of :data:`UNIT_OF_PRIVACY`.
+    """
+    if distance < 0 or not math.isfinite(distance):
+        raise InvalidPrivacyParameters("distance must be a finite non-negative number")
+    if distance == 0:
+        return delta
+    if epsilon > 700:  # e^eps overflows: no meaningful delta left
+        return 1.0
+    return min(1.0, delta + (1.0 + math.exp(epsilon)) * distance)
 
 
 @dataclass(frozen=True, kw_only=True)
