@@ -1,67 +1,100 @@
-"""Silo-side cost of distributed DP (rotation + rounding + noise) against masking alone.
+"""Silo-side cost of distributed DP (rotation + rounding + noise) against the real masking client.
 
-Usage: .venv/bin/python bench/bench_distributed_dp.py [--quick] [--dimension N] [--peers P]
+    .venv/bin/python bench/bench_distributed_dp.py            # 1,000,000 parameters, 9 peers (~1 min)
+    .venv/bin/python bench/bench_distributed_dp.py --quick    # 65,536 parameters (seconds)
 
-Baseline ("masking alone"), in the same process: for each of P peers, an AES-128-CTR
-keystream from ``cryptography`` (4 bytes per coordinate: 4 MB for 1M parameters) is viewed
-as uint32 and added into the masked vector (numpy uint32 wraps = mod 2^32), plus one
-self-mask: the PRG work of the masking protocol (DESIGN 4.1), without key agreement.
+Baseline ("masking alone"), in the same process: :meth:`secagg.SecAggClient.masked_input` of a silo in a
+federation of ``peers + 1`` silos advanced through stage 2 (inbox decryption, X25519 agreements, HKDF and
+``peers + 1`` AES-128-CTR masks over the update), as ``bench/bench_secagg.py`` times it, on the same number
+of parameters. ``encode`` is :func:`dp.distributed.encode` (clip, rotate, scale, round, add the noise share)
+with the plan a federation of ``peers + 1`` silos would use. Both run on one core (the process is pinned and
+OpenBLAS limited to one thread before numpy loads), best of ``--repeat``, with the 1-minute load average next
+to each figure. Noise is timed with the default samplers (tables within 2^-100, see
+:mod:`dp.distributed.samplers`) and with the exact rejection samplers (``exact=True``), the "before" path;
+the table's one-time build (cached per share parameter) is shown separately.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import time
-from collections.abc import Callable
 
-import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+# Before numpy loads: one BLAS thread, so the figures are per core like the masking baseline.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from dp.distributed import (
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench_secagg import federation, pin_one_core  # noqa: E402
+
+from dp.distributed import (  # noqa: E402
+    BitSource,
     DistributedDPConfig,
     encode,
     plan,
     randomized_hadamard,
     sample_discrete_gaussian,
     sample_skellam,
+    sampling_distance,
 )
-from dp.distributed._bits import BitSource
-from dp.distributed.codec import _conditional_round
+from dp.distributed._tables import gaussian_table, poisson_table  # noqa: E402
+from dp.distributed.codec import _conditional_round  # noqa: E402
 
 
-def _mask(vector: np.ndarray, peers: int) -> np.ndarray:
-    out = vector.astype(np.uint32, copy=True)
-    zeros = bytes(4 * out.size)
-    for _ in range(peers + 1):  # pairwise masks + the self-mask
-        cipher = Cipher(algorithms.AES(os.urandom(16)), modes.CTR(bytes(16))).encryptor()
-        out += np.frombuffer(cipher.update(zeros), dtype=np.uint32)
-    return out
-
-
-def _best(fn: Callable[[], object], repeats: int) -> float:
+def _best(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Best wall time in seconds of ``repeats`` runs, and the load average after them."""
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - start)
-    return best
+    return best, os.getloadavg()[0]
+
+
+def _masking(d: int, peers: int, repeats: int) -> tuple[float, float]:
+    """The real client's masked_input, one fresh silo per repeat (each may mask once)."""
+    setup = federation(peers + 1, d)
+    repeats = min(repeats, peers + 1)  # each silo masks once per round
+    silos = iter(setup.clients)
+    x = np.zeros(d, dtype=np.uint32)
+
+    def run() -> None:
+        silo = next(silos)
+        setup.clients[silo].masked_input(setup.inbox[silo], x)
+
+    return _best(run, repeats)
+
+
+def _noise(mechanism: str, parameter: float, d: int, source: BitSource, exact: bool) -> object:
+    if mechanism == "skellam":
+        return sample_skellam(parameter, d, rng=source, exact=exact)
+    return sample_discrete_gaussian(parameter, d, rng=source, exact=exact)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="64k parameters, one repeat")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="65,536 parameters")
     parser.add_argument("--dimension", type=int, default=1_000_000)
     parser.add_argument("--peers", type=int, default=9, help="other silos (n = peers + 1)")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--bits", type=int, default=20)
     args = parser.parse_args()
+    pinned = pin_one_core()
     d = 65_536 if args.quick else args.dimension
-    repeats = 1 if args.quick else 3
+    repeats = args.repeat
     n = args.peers + 1
     update = np.random.default_rng(0).normal(size=d).astype(np.float32)
     update *= np.float32(0.9 / np.linalg.norm(update))  # inside the clip norm C = 1
     seed = os.urandom(32)
 
-    mask_time = _best(lambda: _mask(np.zeros(d, dtype=np.int64), args.peers), repeats)
+    mask_time, mask_load = _masking(d, args.peers, repeats)
     rows = []
     source = BitSource()
     for mechanism in ("skellam", "ddg"):
@@ -71,52 +104,65 @@ def main() -> None:
             noise_multiplier=1.0,
             rounds=100,
             n_silos=n,
-            bits=20,
+            bits=args.bits,
         )
         p = plan(config, d)
-        padded = np.zeros(p.padded_dimension)
+        dim, mu = p.padded_dimension, p.share_parameter
+        start = time.perf_counter()
+        (poisson_table if mechanism == "skellam" else gaussian_table)(mu)
+        t_build = time.perf_counter() - start
+        padded = np.zeros(dim)
         padded[:d] = update
-        t_rot = _best(lambda padded=padded: randomized_hadamard(padded, seed), repeats)
+        t_rot, _ = _best(lambda padded=padded: randomized_hadamard(padded, seed), repeats)
         rotated = randomized_hadamard(padded, seed) * p.scale
-        t_round = _best(
+        t_round, _ = _best(
             lambda rotated=rotated, p=p: _conditional_round(rotated, p.norm_bound, True, source),
             repeats,
         )
-        if mechanism == "skellam":
-            t_noise = _best(
-                lambda p=p: sample_skellam(p.share_parameter, p.padded_dimension, rng=source),
-                repeats,
-            )
-        else:
-            t_noise = _best(
-                lambda p=p: sample_discrete_gaussian(
-                    p.share_parameter, p.padded_dimension, rng=source
-                ),
-                repeats,
-            )
-        t_total = _best(lambda p=p: encode(update, p, rotation_seed=seed), repeats)
-        rows.append((mechanism, p, t_rot, t_round, t_noise, t_total))
+        t_noise, _ = _best(
+            lambda m=mechanism, mu=mu, dim=dim: _noise(m, mu, dim, source, False), repeats
+        )
+        t_exact, _ = _best(
+            lambda m=mechanism, mu=mu, dim=dim: _noise(m, mu, dim, source, True), 1
+        )
+        t_total, load = _best(lambda p=p: encode(update, p, rotation_seed=seed), repeats)
+        eps = p.silo_level_epsilon(rounds=config.rounds)
+        rows.append(
+            (mechanism, p, t_build, t_rot, t_round, t_noise, t_exact, t_total, load, eps)
+        )
 
     print(
-        f"distributed DP, silo side: d={d:,} (padded {rows[0][1].padded_dimension:,}), "
-        f"n={n} silos, 20 bits, z=1, best of {repeats}"
+        f"distributed DP, silo side: d={d:,} (padded {rows[0][1].padded_dimension:,}), n={n} silos, "
+        f"{args.bits} bits, z=1, best of {repeats}, {pinned}"
     )
     print(
-        f"baseline: masking alone with {args.peers} peers + self-mask "
-        f"({(args.peers + 1) * 4 * d / 1e6:.0f} MB of AES-128-CTR): {mask_time * 1e3:8.1f} ms"
+        f"baseline: SecAggClient.masked_input, {args.peers} peers, {d:,} parameters: "
+        f"{mask_time * 1e3:.1f} ms (load {mask_load:.2f})"
     )
     print()
     header = (
-        f"{'mechanism':<9} {'rotation ms':>12} {'rounding ms':>12} {'noise ms':>10} "
-        f"{'encode ms':>10} {'encode/mask':>12} {'share param':>12}"
+        f"{'mechanism':<9} {'share param':>11} {'table build ms':>14} {'rotation ms':>11} "
+        f"{'rounding ms':>11} {'noise ms':>9} {'exact noise ms':>14} {'encode ms':>9} "
+        f"{'encode/mask':>11} {'load':>5}"
     )
     print(header)
     print("-" * len(header))
-    for mechanism, p, t_rot, t_round, t_noise, t_total in rows:
+    for mechanism, p, t_build, t_rot, t_round, t_noise, t_exact, t_total, load, _ in rows:
         print(
-            f"{mechanism:<9} {t_rot * 1e3:12.1f} {t_round * 1e3:12.1f} {t_noise * 1e3:10.1f} "
-            f"{t_total * 1e3:10.1f} {t_total / mask_time:11.2f}x {p.share_parameter:12.4g}"
+            f"{mechanism:<9} {p.share_parameter:11.4g} {t_build * 1e3:14.1f} {t_rot * 1e3:11.1f} "
+            f"{t_round * 1e3:11.1f} {t_noise * 1e3:9.1f} {t_exact * 1e3:14.1f} {t_total * 1e3:9.1f} "
+            f"{t_total / mask_time:10.2f}x {load:5.2f}"
         )
+    print()
+    for mechanism, p, *_, eps in rows:
+        per_draw = sampling_distance(mechanism, p.share_parameter)
+        print(
+            f"{mechanism}: per-draw distance {per_draw:.3g}, per round {p.sampling_distance_per_round:.3g}; "
+            f"epsilon {eps.epsilon:.3f} at delta {eps.delta!r} after {eps.rounds} rounds "
+            f"(target delta {p.config.target_delta!r})"
+        )
+    ratio = {mechanism: t_total / mask_time for mechanism, *_, t_total, _l, _e in rows}
+    print(f"encode/masking: skellam {ratio['skellam']:.1f}, ddg {ratio['ddg']:.1f}")
 
 
 if __name__ == "__main__":

@@ -37,23 +37,23 @@ def _conditional_round(
 ) -> NDArray[np.int64]:
     """Unbiased stochastic rounding, retried until the L2 norm is within ``norm_bound``."""
     floor = np.floor(scaled)
-    frac = scaled - floor
-    base = floor.astype(np.int64)
+    # Round up with probability frac, compared on 32-bit uniforms (to 2^-32: utility only;
+    # the privacy argument rests on the norm check below, not on the rounding distribution).
+    frac32 = (scaled - floor) * 2.0**32
     squared_bound = norm_bound * norm_bound
     for _ in range(_MAX_ROUNDING_ATTEMPTS):
-        # Round up with probability frac (to 2^-53: utility only; the privacy argument
-        # rests on the norm check below, not on the rounding distribution).
-        up = source.uniform53(scaled.shape[0]).astype(np.float64) * 2.0**-53 < frac
-        rounded = base + up.astype(np.int64)
-        if not conditional:
-            return rounded
-        approx = float(np.dot(rounded.astype(np.float64), rounded.astype(np.float64)))
-        if approx < squared_bound * (1 - 1e-9):
-            return rounded
-        if approx <= squared_bound * (1 + 1e-9):  # near the edge: decide in exact integers
-            exact = sum(int(v) * int(v) for v in rounded)
-            if exact <= Fraction(norm_bound) ** 2:
-                return rounded
+        u = source.words((scaled.shape[0] + 1) // 2).view(np.uint32)[: scaled.shape[0]]
+        rounded_f = floor + (u < frac32)  # integers, exact in float64 below 2^53
+        if conditional:
+            approx = float(np.dot(rounded_f, rounded_f))
+            if approx >= squared_bound * (1 - 1e-9):
+                if approx > squared_bound * (1 + 1e-9):
+                    continue
+                # Near the edge: decide in exact integers.
+                exact = sum(int(v) * int(v) for v in rounded_f.astype(np.int64))
+                if exact > Fraction(norm_bound) ** 2:
+                    continue
+        return rounded_f.astype(np.int64)
     raise RoundingFailed("conditional rounding did not meet its norm bound")
 
 
