@@ -1,0 +1,250 @@
+"""The fast samplers: table inversion against independent CDFs, the exact paths, the distance in delta."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from decimal import Decimal, localcontext
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from dp.distributed import (
+    BitSource,
+    DistributedDPConfig,
+    delta_with_sampling_error,
+    plan,
+    sample_discrete_gaussian,
+    sample_discrete_laplace,
+    sample_poisson,
+    sample_skellam,
+    sampling_distance,
+)
+from dp.distributed._bits import OsSeededStream, floor_neg_log_uniform
+from dp.distributed._tables import TABLE_DISTANCE, gaussian_table, poisson_table
+from dp.errors import InvalidPrivacyParameters
+
+Seeded = Callable[[int], Callable[[int], bytes]]
+
+
+def _replay_words(words: list[int]) -> Callable[[int], bytes]:
+    """A byte source that plays back the given 64-bit words (little-endian), then fails."""
+    buffer = bytearray(b"".join(w.to_bytes(8, "little") for w in words))
+
+    def take(n: int) -> bytes:
+        if n > len(buffer):
+            raise AssertionError("the sampler drew more words than the test planned")
+        out = bytes(buffer[:n])
+        del buffer[:n]
+        return out
+
+    return take
+
+
+def _words_for(us: list[float]) -> list[int]:
+    return [int(u * 2.0**64) for u in us]
+
+
+def _invert(cdf: np.ndarray, support: np.ndarray, us: list[float]) -> list[int]:
+    """``min{k : F(k) > u}`` from an independent CDF, checking no ``u`` sits near a step."""
+    for u in us:
+        assert np.min(np.abs(cdf - u)) > 1e-11, "pick a uniform away from the CDF's steps"
+    return [int(support[np.searchsorted(cdf, u, side="right")]) for u in us]
+
+
+US = [1e-7, 0.013, 0.25, 0.5, 0.61, 0.75, 0.987, 1 - 1e-7]
+
+
+@pytest.mark.parametrize("mu", [0.3, 7.5, 1234.5, 25_000.5])
+def test_poisson_table_inverts_the_independent_cdf(mu: float) -> None:
+    """Known answers: each 64-bit word is U's top word; the draw is the CDF inverse at U.
+
+    (scipy's Poisson CDF is only a few digits accurate far in the tail at means ~10^7, so the
+    references stop at moderate means; the binned fits cover the large ones.)
+    """
+    sd = math.sqrt(mu)
+    support = np.arange(max(0, int(mu - 30 * sd - 30)), int(mu + 30 * sd + 30))
+    expected = _invert(stats.poisson.cdf(support, mu), support, US)
+    got = sample_poisson(mu, len(US), rng=_replay_words(_words_for(US)))
+    assert got.tolist() == expected
+
+
+@pytest.mark.parametrize("variance", [0.7, 30.25, 9.367e7])
+def test_gaussian_table_inverts_the_independent_cdf(variance: float) -> None:
+    half = int(30 * math.sqrt(variance)) + 30
+    support = np.arange(-half, half + 1)
+    weights = np.exp(-(support.astype(np.float64) ** 2) / (2 * variance))
+    cdf = np.cumsum(weights) / weights.sum()
+    expected = _invert(cdf, support, US)
+    got = sample_discrete_gaussian(variance, len(US), rng=_replay_words(_words_for(US)))
+    assert got.tolist() == expected
+
+
+def test_skellam_is_the_difference_of_the_first_and_second_halves_of_the_draws() -> None:
+    mu = 60.0
+    first, second = US[:4], US[4:]
+    support = np.arange(0, 400)
+    cdf = stats.poisson.cdf(support, mu)
+    expected = np.subtract(_invert(cdf, support, first), _invert(cdf, support, second))
+    got = sample_skellam(mu, 4, rng=_replay_words(_words_for(first + second)))
+    assert got.tolist() == expected.tolist()
+
+
+def test_seeded_known_answer_vectors() -> None:
+    """Regression vectors: a change of algorithm or of bit consumption must be deliberate."""
+
+    def seeded(seed: int) -> Callable[[int], bytes]:
+        return random.Random(seed).randbytes
+
+    assert sample_skellam(4.5, 8, rng=seeded(1)).tolist() == [1, -1, -2, -3, 0, -1, 1, -3]
+    assert sample_skellam(4.5, 8, rng=seeded(1), exact=True).tolist() == [7, 5, -5, 1, 3, 3, 0, 1]
+    assert sample_discrete_gaussian(2.25, 8, rng=seeded(2)).tolist() == [2, 2, -2, -1, -1, 1, 2, -1]
+    assert sample_discrete_gaussian(2.25, 8, rng=seeded(2), exact=True).tolist() == [
+        -2, 0, 2, -1, 1, 1, 0, 0,
+    ]  # fmt: skip
+    assert sample_discrete_laplace(3, 8, rng=seeded(3)).tolist() == [-1, 6, 0, -2, 1, -1, -2, 1]
+    assert sample_poisson(1e6, 4, rng=seeded(4)).tolist() == [999485, 1000586, 999947, 998660]
+
+
+def test_tables_are_within_their_proven_distance() -> None:
+    for table in (
+        poisson_table(0.3),
+        poisson_table(4.684e7),
+        gaussian_table(0.7),
+        gaussian_table(9.367e7),
+    ):
+        assert 0 < table.distance <= TABLE_DISTANCE == 2.0**-100
+
+
+def test_table_cdf_matches_the_independent_cdf() -> None:
+    mu = 1234.5
+    table = poisson_table(mu)
+    ks = table.offset + np.arange(table.hi.size)
+    approx = table.hi.astype(np.float64) / 2.0**64
+    assert np.max(np.abs(approx - stats.poisson.cdf(ks, mu))) < 1e-12
+
+
+@pytest.mark.parametrize("variance", [0.7, 4.0, 30.25, 2.5e5])
+def test_exact_discrete_gaussian_fits(seeded: Seeded, variance: float) -> None:
+    x = sample_discrete_gaussian(variance, 30_000, rng=seeded(21), exact=True)
+    half = int(12 * math.sqrt(variance)) + 5
+    support = np.arange(-half, half + 1)
+    pmf = np.exp(-(support.astype(np.float64) ** 2) / (2 * variance))
+    cdf = np.cumsum(pmf) / pmf.sum()
+    # About 40 equiprobable bins of the exact CDF (bin j holds values up to its bound).
+    bounds = np.unique(np.searchsorted(cdf, np.linspace(0, 1, 41)[1:-1]))
+    probs = np.diff(np.concatenate(([0.0], cdf[bounds], [1.0])))
+    counts = np.bincount(np.searchsorted(support[bounds], x, side="left"), minlength=probs.size)
+    assert stats.chisquare(counts, probs * x.size).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("mu", [0.3, 3.7, 40.0, 3.0e6])
+def test_exact_poisson_fits(seeded: Seeded, mu: float) -> None:
+    n = 30_000
+    x = sample_poisson(mu, n, rng=seeded(22), exact=True)
+    support = np.arange(0, int(mu + 12 * math.sqrt(mu) + 12))
+    cdf = stats.poisson.cdf(support, mu)
+    bounds = np.unique(np.searchsorted(cdf, np.linspace(0, 1, 41)[1:-1]))
+    probs = np.diff(np.concatenate(([0.0], cdf[bounds], [1.0])))
+    counts = np.bincount(np.searchsorted(support[bounds], x, side="left"), minlength=probs.size)
+    assert stats.chisquare(counts, probs * n).pvalue > 1e-3
+
+
+def test_exact_skellam_fits(seeded: Seeded) -> None:
+    mu = 12.5
+    x = sample_skellam(mu, 30_000, rng=seeded(23), exact=True)
+    support = np.arange(-80, 81)
+    pmf = stats.skellam.pmf(support, mu, mu)
+    counts = np.array([np.count_nonzero(x == k) for k in support])
+    keep = pmf * x.size >= 10
+    observed = np.append(counts[keep], x.size - counts[keep].sum())
+    expected = np.append(pmf[keep] * x.size, x.size * (1 - pmf[keep].sum()))
+    assert stats.chisquare(observed, expected).pvalue > 1e-3
+
+
+def test_parameters_beyond_the_table_use_the_exact_sampler(seeded: Seeded) -> None:
+    mu = 4.0e9  # support of ~1.6M values: no table
+    assert sampling_distance("skellam", mu) == 0.0
+    assert sampling_distance("ddg", 2 * mu) == 0.0
+    x = sample_poisson(mu, 20_000, rng=seeded(24))
+    assert abs(x.mean() - mu) < 5 * math.sqrt(mu / x.size)
+    assert abs(x.var() / mu - 1) < 5 * math.sqrt(2 / x.size)
+
+
+def test_geometric_exact_path_settles_a_uniform_at_a_boundary() -> None:
+    """U agrees with exp(-m/s) on 53 bits: the float path cannot decide floor(-s ln U)."""
+    s, m = 3, 7
+    with localcontext() as ctx:
+        ctx.prec = 60
+        boundary = (Decimal(-m) / s).exp()
+        top = int(boundary * (1 << 53))
+        for low in (0, 2**64 - 1):
+            u = Decimal((top << 64) | low) / Decimal(2) ** 117
+            expected = math.floor(-s * u.ln())
+            source = BitSource(_replay_words([top << 11, low]))
+            got, _ = floor_neg_log_uniform(s, 1, source)
+            assert int(got[0]) == expected
+        # The two ends of the revealed interval straddle the boundary: both answers occur.
+        assert {
+            int(floor_neg_log_uniform(s, 1, BitSource(_replay_words([top << 11, low])))[0][0])
+            for low in (0, 2**64 - 1)
+        } == {m - 1, m}
+
+
+def test_geometric_exact_path_handles_a_zero_prefix() -> None:
+    """The first 53 bits are all zero: ln U is unbounded until more bits are revealed."""
+    s, low = 5, 123_456_789_012_345
+    with localcontext() as ctx:
+        ctx.prec = 80
+        u = Decimal(low) / Decimal(2) ** 117
+        expected = math.floor(-s * u.ln())
+    got, _ = floor_neg_log_uniform(s, 1, BitSource(_replay_words([0, low])))
+    assert int(got[0]) == expected
+
+
+def test_os_seeded_stream_is_fresh_hidden_and_sized() -> None:
+    a, b = OsSeededStream(), OsSeededStream()
+    assert "hidden" in repr(a)
+    assert len(a(3_000_001)) == 3_000_001
+    assert a(64) != b(64)
+    assert a(64) != a(64)
+
+
+def test_delta_with_sampling_error() -> None:
+    assert delta_with_sampling_error(delta=1e-5, epsilon=2.0, distance=0.0) == 1e-5
+    assert delta_with_sampling_error(delta=1e-5, epsilon=2.0, distance=1e-7) == pytest.approx(
+        1e-5 + (1 + math.exp(2.0)) * 1e-7
+    )
+    assert delta_with_sampling_error(delta=1e-5, epsilon=800.0, distance=1e-30) == 1.0
+    with pytest.raises(InvalidPrivacyParameters, match="distance"):
+        delta_with_sampling_error(delta=1e-5, epsilon=1.0, distance=-1.0)
+
+
+@pytest.mark.parametrize("mechanism", ["skellam", "ddg"])
+def test_plan_adds_the_sampling_distance_to_delta(mechanism: str) -> None:
+    config = DistributedDPConfig(
+        mechanism=mechanism,
+        l2_norm_clip=1.0,
+        noise_multiplier=1.0,
+        rounds=10,
+        n_silos=10,
+        bits=20,
+    )
+    p = plan(config, 1 << 12)
+    per_draw = sampling_distance(mechanism, p.share_parameter)
+    assert per_draw == (2 if mechanism == "skellam" else 1) * 2.0**-100
+    assert p.sampling_distance_per_round == 10 * p.padded_dimension * per_draw
+    guarantee = p.silo_level_epsilon(rounds=3)
+    assert guarantee.delta == delta_with_sampling_error(
+        delta=config.target_delta,
+        epsilon=guarantee.epsilon,
+        distance=3 * p.sampling_distance_per_round,
+    )
+    assert guarantee.delta >= config.target_delta
+
+
+def test_sampling_distance_rejects_unknown_mechanisms() -> None:
+    with pytest.raises(ValueError, match="mechanism"):
+        sampling_distance("laplace", 1.0)
