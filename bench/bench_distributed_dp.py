@@ -21,20 +21,20 @@ import os
 # Before numpy loads: one BLAS thread, so the figures are per core like the masking baseline.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_secagg import federation, pin_one_core  # noqa: E402
+from bench_secagg import federation, pin_one_core
 
-from dp.distributed import (  # noqa: E402
+from dp.distributed import (
     BitSource,
     DistributedDPConfig,
     encode,
@@ -44,8 +44,8 @@ from dp.distributed import (  # noqa: E402
     sample_skellam,
     sampling_distance,
 )
-from dp.distributed._tables import gaussian_table, poisson_table  # noqa: E402
-from dp.distributed.codec import _conditional_round  # noqa: E402
+from dp.distributed._tables import gaussian_table, poisson_table
+from dp.distributed.codec import _conditional_round
 
 
 def _best(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
@@ -122,14 +122,10 @@ def main() -> None:
         t_noise, _ = _best(
             lambda m=mechanism, mu=mu, dim=dim: _noise(m, mu, dim, source, False), repeats
         )
-        t_exact, _ = _best(
-            lambda m=mechanism, mu=mu, dim=dim: _noise(m, mu, dim, source, True), 1
-        )
+        t_exact, _ = _best(lambda m=mechanism, mu=mu, dim=dim: _noise(m, mu, dim, source, True), 1)
         t_total, load = _best(lambda p=p: encode(update, p, rotation_seed=seed), repeats)
         eps = p.silo_level_epsilon(rounds=config.rounds)
-        rows.append(
-            (mechanism, p, t_build, t_rot, t_round, t_noise, t_exact, t_total, load, eps)
-        )
+        rows.append((mechanism, p, t_build, t_rot, t_round, t_noise, t_exact, t_total, load, eps))
 
     print(
         f"distributed DP, silo side: d={d:,} (padded {rows[0][1].padded_dimension:,}), n={n} silos, "

@@ -105,7 +105,7 @@ class OsSeededStream:
             self._rekey()
         self._used += n
         out = np.empty(n + _CHUNK, dtype=np.uint8)  # update_into wants block-size slack
-        view = memoryview(out)
+        view = out.data
         for start in range(0, n, _CHUNK):
             size = min(_CHUNK, n - start)
             self._encryptor.update_into(_ZERO_CHUNK[:size], view[start : start + size + 16])

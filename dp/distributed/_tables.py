@@ -139,9 +139,7 @@ def _guide_bits(sd: float) -> int:
     return max(8, min(_MAX_GUIDE_BITS, math.ceil(math.log2(max(sd, 1.0) * _GUIDE_PER_SD))))
 
 
-def _finish(
-    offset: int, weights: list[int], error: int, tail: Fraction, sd: float
-) -> CdtTable:
+def _finish(offset: int, weights: list[int], error: int, tail: Fraction, sd: float) -> CdtTable:
     """Build the table from fixed-point weights with error ``error`` and tail weight ``tail``."""
     n = len(weights)
     total = sum(weights)
@@ -197,8 +195,15 @@ def poisson_table(mu: float) -> CdtTable:
     w_mode = ctx.exp(log_w)
     start = _fixed(w_mode, ctx)
     # |start - w_mode 2^W| <= w_mode 2^W (e^err - 1 + rounding) + 1 <= 2 err w 2^W + 2.
-    start_err = int(ctx.multiply(ctx.multiply(Decimal(2) * log_err + Decimal(10) ** -_DIGITS,
-                                              w_mode), Decimal(1 << _W))) + 2
+    start_err = (
+        int(
+            ctx.multiply(
+                ctx.multiply(Decimal(2) * log_err + Decimal(10) ** -_DIGITS, w_mode),
+                Decimal(1 << _W),
+            )
+        )
+        + 2
+    )
     threshold = start >> _TAIL_BITS
     # Right of the mode: w_(k+1) = w_k a / ((k+1) b), ratios <= 1, each floor adds <= 1.
     right = [start]

@@ -175,11 +175,11 @@ def sample_discrete_gaussian(
         x_hat = (a - b) ** 2 / (2.0 * variance)
         eta = _FLOAT_SLACK * (1.0 + x_hat + (a + b) ** 2 / variance)
 
-        def exact(i: int, y: NDArray[np.int64] = y) -> ExactEvaluator:
+        def exact_x(i: int, y: NDArray[np.int64] = y) -> ExactEvaluator:
             value = (Fraction(abs(int(y[i]))) - s2 / t) ** 2 / (2 * s2)
             return _rational_evaluator(value)
 
-        values = y[bernoulli_exp_neg(x_hat, eta, exact, source)]
+        values = y[bernoulli_exp_neg(x_hat, eta, exact_x, source)]
         take = min(values.size, size - filled)
         out[filled : filled + take] = values[:take]
         filled += take
