@@ -100,12 +100,15 @@ class CdtTable:
 
     def sample(self, n: int, source: BitSource) -> NDArray[np.int64]:
         """``n`` independent draws (see the module Notes)."""
+        return np.add(self.indices(n, source), self.offset, dtype=np.int64)
+
+    def indices(self, n: int, source: BitSource) -> NDArray[np.int32]:
+        """``n`` independent draws minus :attr:`offset` (a difference of two needs no offset)."""
         h = source.words(n)
-        v = self.guide[(h >> np.uint64(64 - self.guide_bits)).astype(np.intp)].astype(np.int64)
+        v = self.guide[(h >> np.uint64(64 - self.guide_bits)).astype(np.intp)]
         ambiguous = np.flatnonzero(v < 0)
         if ambiguous.size:
-            v[ambiguous] = self._refine(-1 - v[ambiguous], h[ambiguous], source)
-        v += self.offset
+            v[ambiguous] = self._refine(-1 - v[ambiguous].astype(np.int64), h[ambiguous], source)
         return v
 
     def _refine(

@@ -17,7 +17,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from dp.distributed._bits import BitSource, RandomBytes
 from dp.distributed.plan import DistributedDPPlan
-from dp.distributed.rotation import inverse_randomized_hadamard, randomized_hadamard
+from dp.distributed.rotation import inverse_randomized_hadamard, rotate_scaled
 from dp.distributed.samplers import sample_discrete_gaussian, sample_skellam
 from dp.errors import RoundingFailed, TooFewContributors
 
@@ -92,24 +92,29 @@ def encode(
     values = np.asarray(x, dtype=np.float64)
     if values.ndim != 1 or values.shape[0] != plan.dimension:
         raise ValueError(f"expected a vector of {plan.dimension} values")
-    if not np.all(np.isfinite(values)):
-        raise ValueError("the update contains non-finite values")
+    with np.errstate(over="ignore", invalid="ignore"):
+        norm = float(np.linalg.norm(values))
+    if not math.isfinite(norm):  # a non-finite value, or finite ones whose squares overflow
+        if not np.all(np.isfinite(values)):
+            raise ValueError("the update contains non-finite values")
+        peak = float(np.max(np.abs(values)))
+        norm = peak * float(np.linalg.norm(values / peak))
     seed = _check_seed(plan, rotation_seed)
     source = BitSource(rng)
     clip = plan.config.l2_norm_clip
-    norm = float(np.linalg.norm(values))
-    if norm > clip:
-        values = values * (clip / norm)
+    # Clip and scale in one multiplication (folded into the rotation when there is one).
+    factor = plan.scale * (clip / norm if norm > clip else 1.0)
     if seed is not None:
-        padded = np.zeros(plan.padded_dimension, dtype=np.float64)
-        padded[: plan.dimension] = values
-        values = randomized_hadamard(padded, seed)
-    rounded = _conditional_round(values * plan.scale, plan.norm_bound, plan.config.beta > 0, source)
+        scaled = rotate_scaled(values, plan.padded_dimension, seed, factor)
+    else:
+        scaled = values * factor
+    rounded = _conditional_round(scaled, plan.norm_bound, plan.config.beta > 0, source)
     if plan.config.mechanism == "skellam":
         noise = sample_skellam(plan.share_parameter, rounded.shape[0], rng=source)
     else:
         noise = sample_discrete_gaussian(plan.share_parameter, rounded.shape[0], rng=source)
-    return rounded + noise
+    rounded += noise
+    return rounded
 
 
 def _plausible_norm(centred: NDArray[np.int64], plan: DistributedDPPlan, n: int) -> bool:

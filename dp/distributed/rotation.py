@@ -27,6 +27,7 @@ __all__ = [
     "inverse_randomized_hadamard",
     "padded_dimension",
     "randomized_hadamard",
+    "rotate_scaled",
     "rotation_signs",
 ]
 
@@ -51,6 +52,11 @@ def rotation_signs(seed: bytes, dimension: int) -> NDArray[np.float64]:
     Returns:
         A float64 array of ``+1.0``/``-1.0``.
     """
+    return 1.0 - 2.0 * _sign_bits(seed, dimension).astype(np.float64)
+
+
+def _sign_bits(seed: bytes, dimension: int) -> NDArray[np.bool_]:
+    """``True`` where ``D`` is ``-1``."""
     if not isinstance(seed, bytes) or len(seed) < MIN_SEED_BYTES:
         raise ValueError(f"the rotation seed must be at least {MIN_SEED_BYTES} bytes")
     if dimension < 1 or dimension & (dimension - 1):
@@ -63,9 +69,27 @@ def rotation_signs(seed: bytes, dimension: int) -> NDArray[np.float64]:
         info=_ROTATION_INFO + dimension.to_bytes(8, "big"),
     ).derive(seed)
     encryptor = Cipher(algorithms.AES(key), modes.CTR(b"\x00" * 16)).encryptor()
-    stream = encryptor.update(b"\x00" * ((dimension + 7) // 8)) + encryptor.finalize()
-    bits = np.unpackbits(np.frombuffer(stream, dtype=np.uint8))[:dimension]
-    return 1.0 - 2.0 * bits.astype(np.float64)
+    stream = encryptor.update(bytes((dimension + 7) // 8)) + encryptor.finalize()
+    return np.unpackbits(np.frombuffer(stream, dtype=np.uint8))[:dimension].view(np.bool_)
+
+
+def rotate_scaled(
+    values: NDArray[np.float64], padded: int, seed: bytes, factor: float
+) -> NDArray[np.float64]:
+    """``factor * H D x / sqrt(padded)`` of ``x`` zero-padded to ``padded`` (a power of two).
+
+    The same as :func:`randomized_hadamard` on the padded vector times ``factor``, with the
+    padding, the signs and the scaling folded into as few passes over memory as possible
+    (the encoder's hot path).
+    """
+    negative = _sign_bits(seed, padded)
+    out = np.zeros(padded, dtype=np.float64)
+    head = out[: values.shape[0]]
+    np.copyto(head, values)
+    np.negative(head, out=head, where=negative[: values.shape[0]])
+    rotated = _fwht(out)
+    rotated *= factor / np.sqrt(padded)
+    return rotated
 
 
 _RADIX = 16  # Sylvester blocks applied with one matrix product each (BLAS, 5 passes at 2^20)

@@ -395,7 +395,15 @@ def sample_skellam(
         Poisson variables, both from :func:`sample_poisson` (a function of two draws, so
         within ``2 * 2^-100`` of Skellam on the table path).
     """
-    both = sample_poisson(mu, 2 * size, rng=_source(rng), exact=exact)
+    if not math.isfinite(mu) or not 0 < mu < 2.0**52:
+        raise ValueError("mu must be in (0, 2**52)")
+    if size < 0:
+        raise ValueError("size must be non-negative")
+    source = _source(rng)
+    if not exact and poisson_table_fits(mu):
+        both = poisson_table(float(mu)).indices(2 * size, source)  # the offsets cancel
+        return np.subtract(both[:size], both[size:], dtype=np.int64)
+    both = sample_poisson(mu, 2 * size, rng=source, exact=exact)
     return both[:size] - both[size:]
 
 

@@ -15,7 +15,9 @@ from dp.distributed import (
     BitSource,
     DistributedDPConfig,
     delta_with_sampling_error,
+    encode,
     plan,
+    randomized_hadamard,
     sample_discrete_gaussian,
     sample_discrete_laplace,
     sample_poisson,
@@ -248,3 +250,27 @@ def test_plan_adds_the_sampling_distance_to_delta(mechanism: str) -> None:
 def test_sampling_distance_rejects_unknown_mechanisms() -> None:
     with pytest.raises(ValueError, match="mechanism"):
         sampling_distance("laplace", 1.0)
+
+
+def test_rotate_scaled_is_the_scaled_randomized_hadamard_of_the_padded_vector() -> None:
+    from dp.distributed.rotation import rotate_scaled
+
+    seed = bytes(range(32))
+    x = np.random.default_rng(5).normal(size=1000)
+    padded = np.zeros(1024)
+    padded[:1000] = x
+    expected = 3.5 * randomized_hadamard(padded, seed)
+    assert np.allclose(rotate_scaled(x, 1024, seed, 3.5), expected, rtol=0, atol=1e-12)
+
+
+def test_encode_clips_huge_finite_updates_and_rejects_non_finite_ones() -> None:
+    config = DistributedDPConfig(l2_norm_clip=1.0, noise_multiplier=1.0, rounds=1, n_silos=3)
+    p = plan(config, 64)
+    seed = bytes(32)
+    huge = np.full(64, 1e200)
+    assert encode(huge, p, rotation_seed=seed).shape == (p.padded_dimension,)
+    for bad in (np.inf, np.nan):
+        x = np.zeros(64)
+        x[3] = bad
+        with pytest.raises(ValueError, match="non-finite"):
+            encode(x, p, rotation_seed=seed)
