@@ -73,8 +73,8 @@ _WORD = (1 << 64) - 1
 # Support half-width in standard deviations for a 2^-110 tail, with room to spare.
 _SD_PER_HALF = 13.0
 _GUIDE_PER_SD = 256  # guide buckets per standard deviation: ~1 % of draws refine
-_MAX_GUIDE_BITS = 18  # 1 MiB of int32: stays in cache; ~10 % of draws refine
-_REFINE_STEPS = 4
+_MAX_GUIDE_BITS = 19  # 2 MiB of int32; ~5-10 % of draws refine, nearly all in one step
+_SEVERAL = -(1 << 30)  # guide codes at or below this: several entries start in the bucket
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,7 +86,8 @@ class CdtTable:
         hi: top 64 bits of ``F_k`` (``k = 0 .. N-2``; ``F_(N-1) = 2^128`` is implicit).
         lo: low 64 bits of ``F_k``.
         guide: for each bucket of the top ``guide_bits`` bits of ``h``, the number of
-            entries below it, or ``-1 - that`` when an entry starts inside the bucket.
+            entries below it; ``-1 - that`` when one entry starts inside the bucket,
+            ``-2^30 - that`` when several do.
         guide_bits: ``g``.
         distance: the proven bound on the statistical distance to the target.
     """
@@ -108,28 +109,27 @@ class CdtTable:
         v = self.guide[(h >> np.uint64(64 - self.guide_bits)).astype(np.intp)]
         ambiguous = np.flatnonzero(v < 0)
         if ambiguous.size:
-            v[ambiguous] = self._refine(-1 - v[ambiguous].astype(np.int64), h[ambiguous], source)
+            v[ambiguous] = self._refine(v[ambiguous].astype(np.int64), h[ambiguous], source)
         return v
 
     def _refine(
-        self, start: NDArray[np.int64], h: NDArray[np.uint64], source: BitSource
+        self, code: NDArray[np.int64], h: NDArray[np.uint64], source: BitSource
     ) -> NDArray[np.int64]:
-        """``#{k: F_k <= U}`` for draws whose bucket holds an entry, from its first index."""
+        """``#{k: F_k <= U}`` for draws whose bucket holds one entry (or several) of the table."""
         hi, size = self.hi, self.hi.shape[0]
-        index = start
-        for _ in range(_REFINE_STEPS):
-            step = hi[np.minimum(index, size - 1)] < h
-            step &= index < size
-            if not step.any():
-                break
-            index += step
-        else:
-            rest = np.flatnonzero((index < size) & (hi[np.minimum(index, size - 1)] < h))
-            if rest.size:
-                index[rest] = np.searchsorted(hi, h[rest], side="left")
-        # index = #{k: hi_k < h}; entries with hi_k == h need the low word of U.
-        ties = np.flatnonzero((index < size) & (hi[np.minimum(index, size - 1)] == h))
-        for t in ties:
+        several = code <= _SEVERAL
+        start = np.where(several, _SEVERAL - code, -1 - code)
+        # One entry in the bucket: the answer is start or start + 1 (start < size here).
+        first = hi[np.minimum(start, size - 1)]
+        index = start + (first < h)
+        tie = first == h
+        many = np.flatnonzero(several)
+        if many.size:
+            index[many] = np.searchsorted(hi, h[many], side="left")
+            at = hi[np.minimum(index[many], size - 1)]
+            tie[many] = (index[many] < size) & (at == h[many])
+        # index = #{k: hi_k < h}; entries with hi_k == h need the low word of U (chance ~ N 2^-64).
+        for t in np.flatnonzero(tie):
             low = source.word()
             k = int(index[t])
             while k < size and int(hi[k]) == int(h[t]) and int(self.lo[k]) <= low:
@@ -162,8 +162,10 @@ def _finish(offset: int, weights: list[int], error: int, tail: Fraction, sd: flo
     bits = _guide_bits(sd)
     edges = np.arange(1 << bits, dtype=np.uint64) << np.uint64(64 - bits)
     starts = np.searchsorted(hi, edges, side="left").astype(np.int64)
-    nexts = np.append(starts[1:], hi.shape[0])
-    guide = np.where(starts == nexts, starts, -1 - starts).astype(np.int32)
+    counts = np.append(starts[1:], hi.shape[0]) - starts
+    # >= 0: the answer; -1 - start: one entry in the bucket; _SEVERAL - start: more than one.
+    guide = np.where(counts == 0, starts, np.where(counts == 1, -1 - starts, _SEVERAL - starts))
+    guide = guide.astype(np.int32)
     return CdtTable(
         offset=offset, hi=hi, lo=lo, guide=guide, guide_bits=bits, distance=float(distance)
     )

@@ -25,7 +25,7 @@ from dp.distributed import (
     sampling_distance,
 )
 from dp.distributed._bits import OsSeededStream, floor_neg_log_uniform
-from dp.distributed._tables import TABLE_DISTANCE, gaussian_table, poisson_table
+from dp.distributed._tables import TABLE_DISTANCE, CdtTable, gaussian_table, poisson_table
 from dp.errors import InvalidPrivacyParameters
 
 Seeded = Callable[[int], Callable[[int], bytes]]
@@ -274,3 +274,35 @@ def test_encode_clips_huge_finite_updates_and_rejects_non_finite_ones() -> None:
         x[3] = bad
         with pytest.raises(ValueError, match="non-finite"):
             encode(x, p, rotation_seed=seed)
+
+
+def _reference_draw(table: CdtTable, h: int, low: int) -> int:
+    """``offset + #{k: F_k <= U}`` for ``U = h 2^64 + low``, by brute force in Python integers."""
+    u = (h << 64) | low
+    entries = zip(table.hi.tolist(), table.lo.tolist(), strict=True)
+    return table.offset + sum((a << 64) | b <= u for a, b in entries)
+
+
+@pytest.mark.parametrize("build", [lambda: gaussian_table(4.0), lambda: poisson_table(60.0)])
+def test_table_lookup_matches_brute_force_on_ties_crowded_and_random_words(
+    build: Callable[[], CdtTable],
+) -> None:
+    table = build()
+    his, los = table.hi.tolist(), table.lo.tolist()
+    mid = len(his) // 2
+    low_mask = (1 << 64) - 1
+    cases = [
+        (his[mid], max(los[mid] - 1, 0)),  # top word ties an entry, U just below it
+        (his[mid], los[mid]),  # ... U equal to it
+        (his[mid], low_mask),  # ... U above it
+        (his[0] + 1, 0),  # the crowded first bucket (the left tail)
+        (his[-1], low_mask),  # the crowded last bucket (the right tail)
+        (0, 0),
+        (low_mask, low_mask),
+    ]
+    rng = random.Random(7)
+    cases += [(rng.getrandbits(64), rng.getrandbits(64)) for _ in range(200)]
+    for h, low in cases:
+        source = BitSource(_replay_words([h, low]))
+        value = int(table.sample(1, source)[0])
+        assert value == _reference_draw(table, h, low), (h, low)
