@@ -21,7 +21,7 @@ Notes:
 
     The geometric variate uses the same idea on inversion: ``G = floor(-s ln U)`` has
     ``P(G >= m) = P(U <= exp(-m/s)) = exp(-1/s)^m`` exactly (Devroye 1986, "Non-Uniform
-    Random Variate Generation", X.2, inversion of the exponential), so one uniform replaces
+    Random Variate Generation", X.2, the geometric distribution by inversion), so one uniform replaces
     the ``Bernoulli(exp(-1))`` loop and the uniform-plus-Bernoulli front end of Canonne,
     Kamath and Steinke (2020), Algorithm 2. Its float path decides the floor only when the
     whole interval of values consistent with the revealed 53 bits, widened by a rigorous
@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 RandomBytes = Callable[[int], bytes]
-"""A source of uniformly random bytes: ``rng(n)`` returns ``n`` bytes (``os.urandom``)."""
+"""A source of uniformly random bytes: ``rng(n)`` returns ``n`` bytes (e.g. ``os.urandom``)."""
 
 ExactEvaluator = Callable[[int], tuple[Decimal, Decimal]]
 """``evaluate(digits) -> (x_approx, err)`` with ``|x_approx - x| <= err``, rigorously."""

@@ -16,10 +16,12 @@ Notes:
     By the triangle inequality over ``q_k, v_k/S, w_k/S, w_k/Z``,
     ``TV(q, p) <= N 2^-128 + (N e + T) / (S - N e)``; the builder computes this bound
     exactly (with :class:`fractions.Fraction`) and refuses a table whose bound exceeds
-    ``2^-100``. This is the cumulative-distribution-table method (Peikert, CRYPTO 2010,
-    section 4.1, "Efficient Sampling via Inversion"; Dwarakanath and Galbraith, AAECC 2014,
-    section 5, for the precision and tail-cut analysis), with the precision and the cut
-    sized for ``2^-100`` rather than ``2^-64``.
+    ``2^-100``. This is the cumulative-distribution-table (inversion) method as analysed
+    for discrete Gaussians in lattice cryptography (Dwarakanath and Galbraith, "Sampling
+    from discrete Gaussians for lattice-based cryptography on a constrained device",
+    AAECC 2014: precision and tail cut against statistical distance), with the precision
+    (128 bits) and the cut (``2^-110`` of the mode's weight) sized for ``2^-100``; the
+    bound above is proved here in full and checked numerically for each table.
 
     - Poisson(``mu``): ``w_k = mu^k e^-mu / k!`` with ``Z = 1``; ``w`` at the mode from the
       rigorously bounded ``ln k!`` of :mod:`dp.distributed._exact`, then the exact ratios

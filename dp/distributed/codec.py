@@ -69,14 +69,17 @@ def encode(
     Steps: clip to L2 norm ``C``; if the plan rotates, pad to a power of two and apply the
     randomized Hadamard rotation with the round's public seed; scale by ``gamma``; round
     stochastically, retrying until the rounded norm is within the plan's bound; add this
-    silo's noise share (Skellam or discrete Gaussian), exact and from ``rng``.
+    silo's noise share (Skellam or discrete Gaussian) from ``rng``: from a table within
+    statistical distance ``2^-100`` per draw (counted in the plan's delta) when the share
+    parameter allows, exact otherwise (:mod:`dp.distributed.samplers`).
 
     Args:
         x: the update, a 1-D float vector of ``plan.dimension`` finite values.
         plan: from :func:`dp.distributed.plan`.
         rotation_seed: the round's public seed (same bytes for every silo), required when
             the plan rotates.
-        rng: byte source for rounding and noise; ``os.urandom`` by default.
+        rng: byte source for rounding and noise; by default an AES-256-CTR stream under a
+            fresh ``os.urandom`` key (:class:`dp.distributed.BitSource`).
 
     Returns:
         An int64 vector of ``plan.padded_dimension`` values (not yet reduced mod ``2^bits``).
