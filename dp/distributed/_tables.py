@@ -103,12 +103,14 @@ class CdtTable:
 
     def sample(self, n: int, source: BitSource) -> NDArray[np.int64]:
         """``n`` independent draws (see the module Notes)."""
-        return np.add(self.indices(n, source), self.offset, dtype=np.int64)
+        values: NDArray[np.int64] = np.add(self.indices(n, source), self.offset, dtype=np.int64)
+        return values
 
     def indices(self, n: int, source: BitSource) -> NDArray[np.int32]:
         """``n`` independent draws minus :attr:`offset` (a difference of two needs no offset)."""
         h = source.words(n)
-        v = self.guide[(h >> np.uint64(64 - self.guide_bits)).astype(np.intp)]
+        # The bucket numbers are below 2^g: viewing them as int64 indices needs no copy.
+        v = self.guide[(h >> np.uint64(64 - self.guide_bits)).view(np.int64)]
         ambiguous = np.flatnonzero(v < 0)
         if ambiguous.size:
             v[ambiguous] = self._refine(v[ambiguous].astype(np.int64), h[ambiguous], source)
@@ -182,7 +184,7 @@ def poisson_table_fits(mu: float) -> bool:
     return 2 * _SD_PER_HALF * math.sqrt(mu) + 64 <= MAX_TABLE_ENTRIES
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=4)
 def poisson_table(mu: float) -> CdtTable:
     """The table of Poisson(``mu``), ``0 < mu``, within :data:`TABLE_DISTANCE` (module Notes)."""
     if not poisson_table_fits(mu):
@@ -266,7 +268,7 @@ def gaussian_table_fits(variance: float) -> bool:
     return 2 * _SD_PER_HALF * math.sqrt(variance) + 64 <= MAX_TABLE_ENTRIES
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=4)
 def gaussian_table(variance: float) -> CdtTable:
     """The table of ``N_Z(0, variance)`` within :data:`TABLE_DISTANCE` (module Notes)."""
     if not gaussian_table_fits(variance):

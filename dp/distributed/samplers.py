@@ -403,8 +403,9 @@ def sample_skellam(
         raise ValueError("size must be non-negative")
     source = _source(rng)
     if not exact and poisson_table_fits(mu):
-        both = poisson_table(float(mu)).indices(2 * size, source)  # the offsets cancel
-        return np.subtract(both[:size], both[size:], dtype=np.int64)
+        index = poisson_table(float(mu)).indices(2 * size, source)  # the offsets cancel
+        difference: NDArray[np.int64] = np.subtract(index[:size], index[size:], dtype=np.int64)
+        return difference
     both = sample_poisson(mu, 2 * size, rng=source, exact=exact)
     return both[:size] - both[size:]
 
