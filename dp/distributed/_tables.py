@@ -125,7 +125,7 @@ class CdtTable:
         start = np.where(several, _SEVERAL - code, -1 - code)
         # One entry in the bucket: the answer is start or start + 1 (start < size here).
         first = hi[np.minimum(start, size - 1)]
-        index = start + (first < h)
+        index: NDArray[np.int64] = start + (first < h)
         tie = first == h
         many = np.flatnonzero(several)
         if many.size:

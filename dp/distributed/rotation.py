@@ -87,9 +87,7 @@ def rotate_scaled(
     head = out[: values.shape[0]]
     np.copyto(head, values)
     np.negative(head, out=head, where=negative[: values.shape[0]])
-    rotated = _fwht(out)
-    rotated *= factor / np.sqrt(padded)
-    return rotated
+    return _fwht(out, factor=factor / np.sqrt(padded), copy=False)
 
 
 _RADIX = 16  # Sylvester blocks applied with one matrix product each (BLAS, 5 passes at 2^20)
@@ -104,28 +102,37 @@ def _sylvester(m: int) -> NDArray[np.float64]:
     return h
 
 
-def _fwht(values: NDArray[np.float64]) -> NDArray[np.float64]:
+def _fwht(
+    values: NDArray[np.float64], *, factor: float = 1.0, copy: bool = True
+) -> NDArray[np.float64]:
     """Unnormalized fast Walsh-Hadamard transform (length a power of two), O(d log d).
 
     ``H_d = H_16 (x) H_16 (x) ... (x) H_r`` (Kronecker powers of ``H_2`` in any grouping),
     so the transform is one ``16 x 16`` matrix product per axis of the vector seen as a
     ``16 x 16 x ... x r`` tensor: five BLAS passes over memory at ``d = 2^20`` instead of
-    twenty radix-2 butterflies.
+    twenty radix-2 butterflies. ``factor`` scales the result inside the first product
+    (``factor * H x`` at no extra pass); ``copy=False`` lets the transform consume ``values``.
     """
-    out = np.array(values, dtype=np.float64, copy=True)
+    out = np.array(values, dtype=np.float64, copy=copy)
     n = out.shape[0]
     h = _sylvester(_RADIX)
     stride = 1
+    first = True
     while stride * _RADIX <= n:
         blocks = n // (stride * _RADIX)
+        block = h * factor if first else h
+        first = False
         if stride == 1:
-            out = (out.reshape(blocks, _RADIX) @ h).reshape(-1)
+            out = (out.reshape(blocks, _RADIX) @ block).reshape(-1)
         else:
-            out = np.matmul(h, out.reshape(blocks, _RADIX, stride)).reshape(-1)
+            out = np.matmul(block, out.reshape(blocks, _RADIX, stride)).reshape(-1)
         stride *= _RADIX
     if stride < n:
         rest = n // stride
-        out = (_sylvester(rest) @ out.reshape(rest, stride)).reshape(-1)
+        block = _sylvester(rest) * factor if first else _sylvester(rest)
+        out = (block @ out.reshape(rest, stride)).reshape(-1)
+    elif first:  # n == 1: H = [1]
+        out = out * factor
     return out
 
 

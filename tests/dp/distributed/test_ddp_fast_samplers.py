@@ -261,6 +261,11 @@ def test_rotate_scaled_is_the_scaled_randomized_hadamard_of_the_padded_vector() 
     padded[:1000] = x
     expected = 3.5 * randomized_hadamard(padded, seed)
     assert np.allclose(rotate_scaled(x, 1024, seed, 3.5), expected, rtol=0, atol=1e-12)
+    for d in (1, 2, 8, 16, 32, 4096):  # every mix of 16-blocks and a remainder
+        v = np.random.default_rng(d).normal(size=d)
+        full = 2.0 * randomized_hadamard(v, seed)
+        assert np.allclose(rotate_scaled(v, d, seed, 2.0), full, rtol=0, atol=1e-12)
+        assert np.isclose(np.linalg.norm(full), 2.0 * np.linalg.norm(v))
 
 
 def test_encode_clips_huge_finite_updates_and_rejects_non_finite_ones() -> None:
