@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
 from fractions import Fraction
 from functools import lru_cache
 
@@ -60,6 +60,8 @@ __all__ = [
     "gaussian_table_fits",
     "poisson_table",
     "poisson_table_fits",
+    "skellam_table",
+    "skellam_table_fits",
 ]
 
 TABLE_DISTANCE = 2.0**-100
@@ -146,11 +148,16 @@ def _guide_bits(sd: float) -> int:
     return max(8, min(_MAX_GUIDE_BITS, math.ceil(math.log2(max(sd, 1.0) * _GUIDE_PER_SD))))
 
 
-def _finish(offset: int, weights: list[int], error: int, tail: Fraction, sd: float) -> CdtTable:
-    """Build the table from fixed-point weights with error ``error`` and tail weight ``tail``."""
+def _finish(
+    offset: int, weights: list[int], error: int | Fraction, tail: Fraction, sd: float
+) -> CdtTable:
+    """Build the table from fixed-point weights whose errors sum to at most ``error``.
+
+    ``tail`` bounds the target's weight outside the kept values (same fixed-point unit).
+    """
     n = len(weights)
     total = sum(weights)
-    distance = Fraction(n, 1 << 128) + (n * error + tail) / (total - n * error)
+    distance = Fraction(n, 1 << 128) + (error + tail) / (total - error)
     if not distance <= Fraction(1, 1 << 100):
         raise ArithmeticError("the sampling table misses its 2^-100 distance bound")
     cut = (1 << 128) - 1
@@ -189,6 +196,12 @@ def poisson_table(mu: float) -> CdtTable:
     """The table of Poisson(``mu``), ``0 < mu``, within :data:`TABLE_DISTANCE` (module Notes)."""
     if not poisson_table_fits(mu):
         raise ValueError("mu is too large for a table")
+    offset, weights, error, tail = _poisson_weights(mu)
+    return _finish(offset, weights, len(weights) * error, tail, math.sqrt(mu))
+
+
+def _poisson_weights(mu: float) -> tuple[int, list[int], int, Fraction]:
+    """``(offset, weights, per-weight error, tail weight)`` of Poisson(``mu``) in ``2^-W`` units."""
     ratio = Fraction(mu)
     a, b = ratio.numerator, ratio.denominator
     mode = math.floor(mu)
@@ -241,7 +254,58 @@ def poisson_table(mu: float) -> CdtTable:
     weights = left[::-1] + right
     offset = mode - len(left)
     error = start_err + max(len(left), len(right))
-    return _finish(offset, weights, error, right_tail + left_tail, math.sqrt(mu))
+    return offset, weights, error, right_tail + left_tail
+
+
+def skellam_table_fits(mu: float) -> bool:
+    """Whether Skellam(``mu``) gets its own table (else: two Poisson draws or the exact path)."""
+    return 2 * _SD_PER_HALF * math.sqrt(mu) + 64 <= MAX_TABLE_ENTRIES // 2
+
+
+@lru_cache(maxsize=4)
+def skellam_table(mu: float) -> CdtTable:
+    """The table of Skellam(``mu``) = Poisson(``mu``) - Poisson(``mu``), within :data:`TABLE_DISTANCE`.
+
+    Notes:
+        The weights are the exact autocorrelation ``s_k = sum_j v_j v_(j+k)`` of the
+        Poisson table's fixed-point weights, computed as one product of two huge integers
+        (Kronecker substitution: the weights in fixed-width decimal slots, one operand
+        reversed) by :mod:`decimal`, whose multiplication uses a number-theoretic
+        transform, so the build is ``O(N log N)``. Slots are wide enough that no sum
+        carries into the next. Errors (unit ``2^-2W``): ``sum_k |s_k - true s_k| <=
+        N e (2^(W+1) + N e) + 2 T 2^W`` from the Poisson weights' errors ``e`` and tail
+        ``T`` (pairs with a member outside the Poisson support); the far ends are trimmed
+        while their total stays below ``2^-112`` and added to the tail. The distance is
+        then bounded as in the module Notes.
+    """
+    if not skellam_table_fits(mu):
+        raise ValueError("mu is too large for a Skellam table")
+    _, weights, error, tail = _poisson_weights(mu)
+    n = len(weights)
+    digits = len(str(1 << (2 * _W + 1))) + len(str(n)) + 1  # a slot never carries
+    forward = "".join(str(w).zfill(digits) for w in weights)  # w_0 most significant
+    backward = "".join(str(w).zfill(digits) for w in reversed(weights))
+    ctx = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
+    product = str(ctx.multiply(Decimal(forward), Decimal(backward)))
+    # Slot m (from the least significant end) holds s_k, k = m - (n - 1).
+    product = product.zfill((2 * n - 1) * digits)
+    end = len(product)
+    slots = [int(product[end - digits * (m + 1) : end - digits * m]) for m in range(2 * n - 1)]
+    one = 1 << _W
+    total_error = n * error * (2 * one + n * error) + 2 * tail * one
+    limit = (one * one) >> _TAIL_BITS
+    lo, trimmed = 0, 0
+    while lo < len(slots) - 1 and trimmed + slots[lo] <= limit:
+        trimmed += slots[lo]
+        lo += 1
+    hi, trimmed_hi = len(slots), 0
+    while hi - 1 > lo and trimmed_hi + slots[hi - 1] <= limit:
+        trimmed_hi += slots[hi - 1]
+        hi -= 1
+    kept = slots[lo:hi]
+    # True weight outside the kept values <= what was trimmed + every weight's error.
+    outside = Fraction(trimmed + trimmed_hi) + total_error
+    return _finish(lo - (n - 1), kept, total_error, outside, math.sqrt(2 * mu))
 
 
 def _pi(ctx: Context) -> Decimal:

@@ -58,6 +58,8 @@ from dp.distributed._tables import (
     gaussian_table_fits,
     poisson_table,
     poisson_table_fits,
+    skellam_table,
+    skellam_table_fits,
 )
 
 __all__ = [
@@ -394,14 +396,19 @@ def sample_skellam(
 
     Notes:
         Agarwal, Kairouz and Liu (2021), section 3: the difference of two independent
-        Poisson variables, both from :func:`sample_poisson` (a function of two draws, so
-        within ``2 * 2^-100`` of Skellam on the table path).
+        Poisson variables. By default one draw from a Skellam table (its weights the exact
+        autocorrelation of the Poisson table's, :func:`dp.distributed._tables.skellam_table`)
+        within ``2^-100``; for larger ``mu`` two Poisson table draws (a function of two
+        draws, so within ``2 * 2^-100``); beyond those, or with ``exact=True``, two exact
+        Poisson draws.
     """
     if not math.isfinite(mu) or not 0 < mu < 2.0**52:
         raise ValueError("mu must be in (0, 2**52)")
     if size < 0:
         raise ValueError("size must be non-negative")
     source = _source(rng)
+    if not exact and skellam_table_fits(mu):
+        return skellam_table(float(mu)).sample(size, source)
     if not exact and poisson_table_fits(mu):
         index = poisson_table(float(mu)).indices(2 * size, source)  # the offsets cancel
         difference: NDArray[np.int64] = np.subtract(index[:size], index[size:], dtype=np.int64)
@@ -420,7 +427,7 @@ def sampling_distance(mechanism: str, parameter: float) -> float:
 
     Returns:
         ``0.0`` when the default sampler is exact for this parameter, else the table's
-        bound (``2^-100``; ``2 * 2^-100`` for Skellam, a difference of two draws).
+        bound (``2^-100``; ``2 * 2^-100`` for a Skellam drawn as two Poisson table draws).
 
     Notes:
         Total variation is subadditive over independent draws, so ``d`` coordinates of
@@ -429,6 +436,8 @@ def sampling_distance(mechanism: str, parameter: float) -> float:
         to delta.
     """
     if mechanism == "skellam":
+        if skellam_table_fits(parameter):
+            return TABLE_DISTANCE
         return 2 * TABLE_DISTANCE if poisson_table_fits(parameter) else 0.0
     if mechanism == "ddg":
         return TABLE_DISTANCE if gaussian_table_fits(parameter) else 0.0

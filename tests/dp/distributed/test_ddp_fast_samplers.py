@@ -25,7 +25,13 @@ from dp.distributed import (
     sampling_distance,
 )
 from dp.distributed._bits import OsSeededStream, floor_neg_log_uniform
-from dp.distributed._tables import TABLE_DISTANCE, CdtTable, gaussian_table, poisson_table
+from dp.distributed._tables import (
+    TABLE_DISTANCE,
+    CdtTable,
+    gaussian_table,
+    poisson_table,
+    skellam_table,
+)
 from dp.errors import InvalidPrivacyParameters
 
 Seeded = Callable[[int], Callable[[int], bytes]]
@@ -84,14 +90,37 @@ def test_gaussian_table_inverts_the_independent_cdf(variance: float) -> None:
     assert got.tolist() == expected
 
 
-def test_skellam_is_the_difference_of_the_first_and_second_halves_of_the_draws() -> None:
-    mu = 60.0
-    first, second = US[:4], US[4:]
-    support = np.arange(0, 400)
-    cdf = stats.poisson.cdf(support, mu)
-    expected = np.subtract(_invert(cdf, support, first), _invert(cdf, support, second))
-    got = sample_skellam(mu, 4, rng=_replay_words(_words_for(first + second)))
-    assert got.tolist() == expected.tolist()
+@pytest.mark.parametrize("mu", [0.3, 7.5, 1234.5])
+def test_skellam_table_inverts_the_independent_cdf(mu: float) -> None:
+    half = int(40 * math.sqrt(2 * mu)) + 40
+    support = np.arange(-half, half + 1)
+    expected = _invert(stats.skellam.cdf(support, mu, mu), support, US)
+    got = sample_skellam(mu, len(US), rng=_replay_words(_words_for(US)))
+    assert got.tolist() == expected
+
+
+def test_skellam_table_cdf_is_the_autocorrelation_of_the_poisson_table() -> None:
+    """Brute force: the Kronecker-product weights equal the direct double sum."""
+    mu = 4.5
+    poisson = poisson_table(mu)
+    p_cdf = np.concatenate(([0.0], poisson.hi.astype(np.float64) / 2.0**64, [1.0]))
+    pmf = np.diff(p_cdf)
+    direct = np.correlate(pmf, pmf, mode="full")  # k = -(n-1) .. n-1
+    ks = np.arange(-(pmf.size - 1), pmf.size)
+    table = skellam_table(mu)
+    values = table.offset + np.arange(table.hi.size)
+    cdf = np.cumsum(direct)[np.searchsorted(ks, values)]
+    assert np.max(np.abs(table.hi.astype(np.float64) / 2.0**64 - cdf)) < 1e-13
+
+
+def test_large_skellam_is_the_difference_of_two_poisson_table_draws() -> None:
+    """Beyond the Skellam table's range: the first half of the draws minus the second."""
+    mu = 1.0e9
+    words = _words_for(US)
+    got = sample_skellam(mu, 4, rng=_replay_words(words))
+    both = poisson_table(mu).sample(8, BitSource(_replay_words(words)))
+    assert got.tolist() == (both[:4] - both[4:]).tolist()
+    assert sampling_distance("skellam", mu) == 2 * 2.0**-100
 
 
 def test_seeded_known_answer_vectors() -> None:
@@ -100,7 +129,7 @@ def test_seeded_known_answer_vectors() -> None:
     def seeded(seed: int) -> Callable[[int], bytes]:
         return random.Random(seed).randbytes
 
-    assert sample_skellam(4.5, 8, rng=seeded(1)).tolist() == [1, -1, -2, -3, 0, -1, 1, -3]
+    assert sample_skellam(4.5, 8, rng=seeded(1)).tolist() == [1, 3, -5, -4, 2, 0, -1, -2]
     assert sample_skellam(4.5, 8, rng=seeded(1), exact=True).tolist() == [7, 5, -5, 1, 3, 3, 0, 1]
     assert sample_discrete_gaussian(2.25, 8, rng=seeded(2)).tolist() == [2, 2, -2, -1, -1, 1, 2, -1]
     assert sample_discrete_gaussian(2.25, 8, rng=seeded(2), exact=True).tolist() == [
@@ -114,6 +143,8 @@ def test_tables_are_within_their_proven_distance() -> None:
     for table in (
         poisson_table(0.3),
         poisson_table(4.684e7),
+        skellam_table(2.5),
+        skellam_table(4.684e7),
         gaussian_table(0.7),
         gaussian_table(9.367e7),
     ):
@@ -236,7 +267,7 @@ def test_plan_adds_the_sampling_distance_to_delta(mechanism: str) -> None:
     )
     p = plan(config, 1 << 12)
     per_draw = sampling_distance(mechanism, p.share_parameter)
-    assert per_draw == (2 if mechanism == "skellam" else 1) * 2.0**-100
+    assert per_draw == 2.0**-100
     assert p.sampling_distance_per_round == 10 * p.padded_dimension * per_draw
     guarantee = p.silo_level_epsilon(rounds=3)
     assert guarantee.delta == delta_with_sampling_error(
@@ -288,7 +319,10 @@ def _reference_draw(table: CdtTable, h: int, low: int) -> int:
     return table.offset + sum((a << 64) | b <= u for a, b in entries)
 
 
-@pytest.mark.parametrize("build", [lambda: gaussian_table(4.0), lambda: poisson_table(60.0)])
+@pytest.mark.parametrize(
+    "build",
+    [lambda: gaussian_table(4.0), lambda: poisson_table(60.0), lambda: skellam_table(9.5)],
+)
 def test_table_lookup_matches_brute_force_on_ties_crowded_and_random_words(
     build: Callable[[], CdtTable],
 ) -> None:
