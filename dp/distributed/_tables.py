@@ -1,4 +1,4 @@
-"""Table (CDT) samplers for the Poisson and discrete Gaussian, within 2^-100 of the target.
+"""Table (CDT) samplers for Poisson, Skellam and discrete Gaussian, within 2^-100 of the target.
 
 A table holds the cumulative distribution of the target on a cut support, rounded to 128-bit
 fixed point, and a guide table on the top bits of the uniform; one 64-bit word per draw
@@ -7,14 +7,15 @@ about a second at 10^5 entries) and done once per parameter (cached).
 
 Notes:
     Statistical distance. Let ``w_k`` be the target's weights (``p_k = w_k / Z``), computed
-    as integers ``v_k`` in ``2^-W`` fixed point with ``|v_k - w_k| <= e`` (a bound carried
-    through every floor of the recurrences below), ``S = sum v_k`` over the ``N`` kept
-    values and ``T`` a rigorous bound on the weight outside them. The table stores
+    as integers ``v_k`` in ``2^-W`` fixed point with ``sum_k |v_k - w_k| <= E`` (``N e``
+    for a per-weight bound ``e`` carried through every floor of the recurrences below),
+    ``S = sum v_k`` over the ``N`` kept values and ``T`` a rigorous bound on the weight
+    outside them. The table stores
     ``F_k = min(floor(2^128 C_k / S), 2^128 - 1)`` with ``C_k`` the running sums, and a draw
     returns the first ``k`` with ``U < F_k`` for a uniform 128-bit ``U``, so it outputs ``k``
     with probability ``q_k = (F_k - F_(k-1)) / 2^128``, within ``2^-127`` of ``v_k / S``.
-    By the triangle inequality over ``q_k, v_k/S, w_k/S, w_k/Z``,
-    ``TV(q, p) <= N 2^-128 + (N e + T) / (S - N e)``; the builder computes this bound
+    By the triangle inequality over ``q_k, v_k/S, w_k/S, w_k/Z`` (with ``|Z - S| <= E + T``
+    and ``Z >= S - E``), ``TV(q, p) <= N 2^-128 + (E + T) / (S - E)``; the builder computes this bound
     exactly (with :class:`fractions.Fraction`) and refuses a table whose bound exceeds
     ``2^-100``. This is the cumulative-distribution-table (inversion) method as analysed
     for discrete Gaussians in lattice cryptography (Dwarakanath and Galbraith, "Sampling
@@ -31,6 +32,7 @@ Notes:
     - Discrete Gaussian: ``w_x = q^(x^2)``, ``q = exp(-1 / (2 sigma^2))``, by
       ``w_(x+1) = w_x q^(2x+1)``; ``Z = sum over Z`` is never needed in closed form, only
       through ``T``.
+    - Skellam: the autocorrelation of the Poisson weights (:func:`skellam_table`).
 
     Lookups: one word ``h`` (the top 64 bits of ``U``) and its top ``g`` bits index the guide
     table; when no table entry starts in that bucket the answer is known; otherwise a few
@@ -259,7 +261,7 @@ def _poisson_weights(mu: float) -> tuple[int, list[int], int, Fraction]:
 
 def skellam_table_fits(mu: float) -> bool:
     """Whether Skellam(``mu``) gets its own table (else: two Poisson draws or the exact path)."""
-    return 2 * _SD_PER_HALF * math.sqrt(mu) + 64 <= MAX_TABLE_ENTRIES // 2
+    return 2 * _SD_PER_HALF * math.sqrt(mu) + 64 <= MAX_TABLE_ENTRIES // 4  # build <~ 3 s
 
 
 @lru_cache(maxsize=4)
@@ -358,4 +360,4 @@ def gaussian_table(variance: float) -> CdtTable:
     ratio_hi = Fraction(r + 2 * x_max + 3, one)
     side_tail = Fraction(nxt + error, 1) / (1 - ratio_hi)
     weights = half[:0:-1] + half
-    return _finish(-(x_max - 1), weights, error, 2 * side_tail, math.sqrt(variance))
+    return _finish(-(x_max - 1), weights, len(weights) * error, 2 * side_tail, math.sqrt(variance))
