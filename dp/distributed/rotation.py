@@ -82,11 +82,13 @@ def rotate_scaled(
     padding, the signs and the scaling folded into as few passes over memory as possible
     (the encoder's hot path).
     """
-    negative = _sign_bits(seed, padded)
+    d = values.shape[0]
+    negative = _sign_bits(seed, padded)[:d]
     out = np.zeros(padded, dtype=np.float64)
-    head = out[: values.shape[0]]
-    np.copyto(head, values)
-    np.negative(head, out=head, where=negative[: values.shape[0]])
+    # D x by flipping IEEE-754 sign bits (exact negation), one pass and no float signs.
+    flips = negative.view(np.uint8).astype(np.uint64) << np.uint64(63)
+    source = np.ascontiguousarray(values, dtype=np.float64)
+    np.bitwise_xor(source.view(np.uint64), flips, out=out[:d].view(np.uint64))
     return _fwht(out, factor=factor / np.sqrt(padded), copy=False)
 
 
