@@ -39,7 +39,6 @@ from dp.distributed import (
     DistributedDPConfig,
     encode,
     plan,
-    randomized_hadamard,
     sample_discrete_gaussian,
     sample_skellam,
     sampling_distance,
@@ -51,6 +50,7 @@ from dp.distributed._tables import (
     skellam_table_fits,
 )
 from dp.distributed.codec import _conditional_round
+from dp.distributed.rotation import rotate_scaled
 
 
 def _best(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
@@ -122,10 +122,12 @@ def main() -> None:
             poisson_table(mu)
         t_build = time.perf_counter() - start
         encode(update, p, rotation_seed=seed)  # warm-up: page in buffers, first BLAS call
-        padded = np.zeros(dim)
-        padded[:d] = update
-        t_rot, _ = _best(lambda padded=padded: randomized_hadamard(padded, seed), repeats)
-        rotated = randomized_hadamard(padded, seed) * p.scale
+        values = update.astype(np.float64)
+        t_rot, _ = _best(
+            lambda values=values, p=p: rotate_scaled(values, p.padded_dimension, seed, p.scale),
+            repeats,
+        )
+        rotated = rotate_scaled(values, dim, seed, p.scale)
         t_round, _ = _best(
             lambda rotated=rotated, p=p: _conditional_round(rotated, p.norm_bound, True, source),
             repeats,
