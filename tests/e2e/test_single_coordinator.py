@@ -146,8 +146,11 @@ def test_rounds_on_postgresql_survive_a_sigkill_and_a_restart(
     assert np.array_equal(models[3], expected_model(models[2], [units(s, 2) for s in trio.silos]))
     assert records[2].new_model_hash == round2[0].new_model_hash == model_hash(models[3])
     assert round0[0].new_model_hash == records[0].new_model_hash
-    # the ledger in the same PostgreSQL database is one log, checkpointed up to its last entry
+    # the ledger in the same PostgreSQL database is one log, checkpointed at least up to round 2's close
+    # (entries of a round 3 that opened before the test stopped the coordinator may follow the checkpoint)
     with Ledger(url, origin=ledger_origin(FEDERATION)) as ledger:
         checkpoint = ledger.latest_checkpoint()
-        assert checkpoint is not None and checkpoint.size == ledger.size
+        assert checkpoint is not None and checkpoint.size <= ledger.size
+        closed = [e.index for e in ledger.decoded() if e.event.round == 2]
+        assert closed and checkpoint.size > max(closed)
         assert ledger.size > 0
