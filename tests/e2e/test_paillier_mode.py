@@ -43,8 +43,8 @@ from dp.accounting import (
     RdpAccountant,
     library_versions,
 )
-from secagg.hazmat.paillier import ThresholdPublicKey
-from secagg.paillier import DecryptionRequest, SpotCheckChallenge
+from secagg.hazmat.paillier import ThresholdPublicKey, seal_share
+from secagg.paillier import DecryptionRequest, SpotCheckChallenge, ceremony_context
 from tests.e2e.harness import (
     FEDERATION,
     SCALE,
@@ -296,6 +296,20 @@ def test_a_substituted_public_key_or_key_share_is_refused_at_load(tmp_path: Path
     swapped_share = dataclasses.replace(mine["a"], share=other.share)
     with pytest.raises(PKIError, match="does not open"):
         swapped_share.load(federation=ours.federation, consortium_key=ours.consortium_key)
+    # a tampered share, properly sealed to a's key for our ceremony: it opens, but is not a's share of the
+    # signed key (positive control: the same share resealed untampered loads)
+    public, share = mine["a"].load(federation=ours.federation, consortium_key=ours.consortium_key)
+    context = ceremony_context(ours.federation, public)
+    for secret, refusal in ((share.secret, None), (share.secret + 1, "verification key")):
+        path = tmp_path / f"share-{secret - share.secret}.json"
+        sealed = seal_share(dataclasses.replace(share, secret=secret), x25519["a"], context)
+        path.write_text(sealed.to_json(), encoding="utf-8")
+        resealed = dataclasses.replace(mine["a"], share=path)
+        if refusal is None:
+            assert resealed.load(federation=ours.federation, consortium_key=ours.consortium_key)
+        else:
+            with pytest.raises(PKIError, match=refusal):
+                resealed.load(federation=ours.federation, consortium_key=ours.consortium_key)
 
 
 def test_too_few_contributions_abort_the_round_and_the_next_one_works(
