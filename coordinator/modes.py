@@ -1,4 +1,4 @@
-"""The mode registry: an aggregation mode's name -> its plug-ins, found by import path.
+"""The mode registry: an aggregation mode's name -> its plug-ins, found by import path (and users' entry points).
 
 Each layer looks up only its own part (the round driver, the server builder, the silo SDK), and only when a
 federation uses that mode: the masking path never imports ``phe``, ``gmpy2`` or ``secagg.paillier``, so the
@@ -8,12 +8,13 @@ federation uses that mode: the masking path never imports ``phe``, ``gmpy2`` or 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from coordinator.errors import ConfigError
 
-__all__ = ["MODES", "Mode", "load"]
+__all__ = ["MODES", "Mode", "call_entry_point", "load"]
 
 Part = Literal["rounds", "server", "silo"]
 
@@ -65,3 +66,30 @@ def load(mode: str, part: Part) -> Any:
             f"the {mode} mode needs the {spec.extra!r} extra: pip install 'secagg[{spec.extra}]' "
             f"({exc.name} is missing)"
         ) from exc
+
+
+def call_entry_point(spec: str, what: str) -> Any:
+    """Import ``"package.module:function"`` and call it with no arguments (a user's model factory or task).
+
+    Raises:
+        ConfigError: the module cannot be imported, has no such function, or the call failed: one line naming
+            ``what`` (e.g. ``[model] factory``) and the exception.
+    """
+    module_name, _, attribute = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"{what} {spec}: cannot import {module_name} ({exc}); install it or add its directory to "
+            "PYTHONPATH"
+        ) from exc
+    function: Callable[[], Any] | None = getattr(module, attribute, None)
+    if not callable(function):
+        raise ConfigError(f"{what} {spec}: {module_name} has no function {attribute!r}")
+    try:
+        return function()
+    except ConfigError:
+        raise
+    except Exception as exc:
+        message = f"{what} {spec} raised {type(exc).__name__}: {exc}"
+        raise ConfigError(message.splitlines()[0]) from exc

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -880,7 +880,40 @@ def _load_or_exit(loader: Callable[[Path], T], path: Path) -> T:
         raise typer.Exit(code=2) from exc
 
 
-@app.command("serve")
+#: Exit codes of ``secagg serve`` (also in its --help and the README).
+SERVE_COMPLETED = 0
+SERVE_ERROR = 1
+SERVE_CONFIG = 2
+SERVE_LOST_LEAD = 3
+SERVE_ROUNDS_ABORTED = 4
+SERVE_NO_COHORT = 5
+SERVE_INTERRUPTED = 130
+
+_SERVE_EXIT_CODES = "\n\n".join(
+    [
+        "Exit codes:",
+        f"{SERVE_COMPLETED}  every planned round completed (or the federation had already finished)",
+        f"{SERVE_ERROR}  a runtime error (the message says what to do; --debug shows the traceback)",
+        f"{SERVE_CONFIG}  the configuration does not load",
+        f"{SERVE_LOST_LEAD}  lost the lock on the store (another coordinator leads now); restart to stand by",
+        f"{SERVE_ROUNDS_ABORTED}  every planned round ran, but some were aborted (the message says why)",
+        f"{SERVE_NO_COHORT}  fewer than min_cohort silos joined before the join deadline: no round opened",
+        f"{SERVE_INTERRUPTED}  interrupted (Ctrl-C); the open round is recorded as aborted on the next start",
+    ]
+)
+
+
+def _federation_summary(records: list[Any]) -> tuple[int, list[Any]]:
+    """Completed rounds, and aborted ones not interrupted by a restart (those are no failure of the study)."""
+    from coordinator.common import RoundStatus
+    from coordinator.rounds.driver import RESTART_REASON
+
+    completed = sum(r.status is RoundStatus.COMPLETED for r in records)
+    aborted = [r for r in records if r.status is RoundStatus.ABORTED and r.reason != RESTART_REASON]
+    return completed, aborted
+
+
+@app.command("serve", epilog=_SERVE_EXIT_CODES)
 def _serve(
     config: Annotated[Path, typer.Option("--config", help="The coordinator's TOML configuration.")],
 ) -> None:
@@ -903,19 +936,59 @@ def _serve(
             "interrupted while starting (or standing by); the store lock is released", err=True
         )
         raise typer.Exit(code=130) from None
+    federation, planned = settings.federation, settings.rounds.count
+    if coordinator.service.finished:
+        completed, aborted = _federation_summary(coordinator.store.rounds(federation))
+        coordinator.stop(grace=0)
+        typer.echo(
+            f"federation {federation!r} has already finished: all {planned} planned rounds have run "
+            f"({completed} completed, {len(aborted)} aborted); nothing to serve. Export the model with `secagg model export`, or "
+            "start a new study under a new federation id and storage file.",
+            err=True,
+        )
+        return
     typer.echo(
-        f"coordinator for {settings.federation!r} listening on port {coordinator.port}", err=True
+        f"coordinator for {federation!r} listening on port {coordinator.port}; round 0 opens once "
+        f"{settings.rounds.min_cohort} silos have joined (join deadline {settings.deadlines.join:g} s)",
+        err=True,
     )
     signal.signal(signal.SIGTERM, lambda *_: coordinator.service.stop())
+    code = SERVE_COMPLETED
     try:
         coordinator.service.wait_finished()
-        time.sleep(2.0)  # let silos fetch the last result before the port closes
+        shortfall = coordinator.service.cohort_shortfall
+        if shortfall is not None:
+            typer.secho(
+                f"error: no round opened: {shortfall}. Start the silos (`secagg silo --config ...`) and "
+                "run `secagg serve` again, or raise [deadlines] join.",
+                fg=typer.colors.RED,
+                err=True,
+            )
+            code = SERVE_NO_COHORT
+        elif coordinator.service.finished:
+            time.sleep(2.0)  # let silos fetch the last result before the port closes
+            completed, aborted = _federation_summary(coordinator.store.rounds(federation))
+            if aborted:
+                typer.secho(
+                    f"error: {len(aborted)} of {planned} rounds were aborted ({completed} completed); "
+                    f"last: round {aborted[-1].round}: {aborted[-1].reason}",
+                    fg=typer.colors.RED,
+                    err=True,
+                )
+                code = SERVE_ROUNDS_ABORTED
+            else:
+                typer.echo(
+                    f"federation {federation!r} finished: {completed} rounds completed", err=True
+                )
     except KeyboardInterrupt:
         typer.echo(
             "interrupted: the open round will be recorded as aborted on the next start", err=True
         )
+        code = SERVE_INTERRUPTED
     finally:
         coordinator.stop()
+    if code:
+        raise typer.Exit(code=code)
 
 
 @app.command("silo")

@@ -37,6 +37,7 @@ __all__ = [
     "ConfigModel",
     "Count",
     "Ed25519Key",
+    "EntryPoint",
     "FederationConfig",
     "InputPath",
     "LoadContext",
@@ -175,6 +176,11 @@ Ed25519Key = Annotated[
 Positive = Annotated[float, Field(gt=0)]
 """A positive number (finite: every model refuses inf and nan)."""
 Probability = Annotated[float, Field(gt=0, lt=1)]
+EntryPoint = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$"),
+]
+"""``"package.module:function"``: a function the coordinator or the silo imports and calls."""
 Count = Annotated[int, Field(ge=1)]
 NonNegative = Annotated[int, Field(ge=0)]
 MessageBytes = Annotated[int, Field(ge=MIN_MESSAGE_BYTES, le=MAX_MESSAGE_BYTES)]

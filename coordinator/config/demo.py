@@ -33,6 +33,7 @@ def write_demo_configs(
     min_cohort: int = 3,
     model_size: int | None = None,
     initial_model: str | os.PathLike[str] | None = None,
+    model_factory: str | None = None,
     listen: str = "127.0.0.1:0",
     coordinator: str | None = None,
     deadlines: Deadlines | None = None,
@@ -53,8 +54,10 @@ def write_demo_configs(
         out_dir: directory for the files (created if missing).
         rounds: number of rounds.
         clip, bits, collusion, threshold, min_cohort: the ``[rounds]`` table.
-        model_size: model vector length (exactly one of ``model_size`` and ``initial_model``).
+        model_size: start from zeros (``init = "zeros"``) with this many coordinates; exactly one of
+            ``model_size``, ``initial_model`` and ``model_factory``.
         initial_model: ``.npy`` float32 vector to start from.
+        model_factory: ``"pkg.module:make_model"`` the coordinator calls for round 0's model.
         listen: the coordinator's bind address.
         coordinator: the address silos dial; defaults to ``listen``, which then must not use port 0.
         deadlines: per-stage deadlines of both modes (defaults when ``None``).
@@ -72,8 +75,8 @@ def write_demo_configs(
         ValueError: inconsistent arguments (both or neither model option, no usable silo address).
         ConfigError: a file already exists, or a written file does not load (the message says why).
     """
-    if (model_size is None) == (initial_model is None):
-        raise ValueError("give exactly one of model_size and initial_model")
+    if sum(x is not None for x in (model_size, initial_model, model_factory)) != 1:
+        raise ValueError("give exactly one of model_size, initial_model and model_factory")
     if task and {"shard", "num_shards"} & set(task):
         raise ValueError("shard and num_shards are set per silo; do not pass them in task")
     if coordinator is None:
@@ -118,7 +121,11 @@ def write_demo_configs(
             "key": rel(consortium.coordinator_key),
         },
         "model": (
-            {"initial": rel(initial_model)} if initial_model is not None else {"size": model_size}
+            {"initial_model": rel(initial_model)}
+            if initial_model is not None
+            else {"factory": model_factory}
+            if model_factory is not None
+            else {"init": "zeros", "size": model_size}
         ),
         "rounds": rounds_table,
         "deadlines": (deadlines or Deadlines()).model_dump(),

@@ -22,6 +22,7 @@ from coordinator.common import chunk_words
 from coordinator.config.base import (
     ConfigModel,
     Count,
+    EntryPoint,
     FederationConfig,
     InputPath,
     LoadContext,
@@ -60,41 +61,69 @@ __all__ = [
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 
 
-class ModelConfig(ConfigModel):
-    """The ``[model]`` table: the global model's vector length, optionally with an initial vector.
+_MODEL_OPTIONS = (
+    'initial_model = "FILE.npy" (a 1-D float32 vector), factory = "pkg.module:make_model" (called by the '
+    'coordinator; a torch module\'s parameters are flattened) or init = "zeros" with size = N'
+)
 
-    A file gives exactly one of ``size`` and ``initial``; the size of an initial vector is read from its
-    ``.npy`` header.
+
+class ModelConfig(ConfigModel):
+    """The ``[model]`` table: where the global model of round 0 comes from, and its vector length.
+
+    Exactly one of ``initial_model``, ``factory`` and ``init`` says how the model starts: a model that silently
+    started from zeros would overwrite the initialisation PyTorch gives a model (two runs at chance accuracy
+    before the cause was found), so the choice is explicit. ``size`` is required with ``init = "zeros"``; with
+    a file or a factory it is read from what they give, and must match when it is written too.
     """
 
     _table = ("model",)
 
-    size: Count = Field(json_schema_extra=default_from("the length of `initial`"))
+    size: Count | None = Field(
+        default=None, json_schema_extra=default_from("the length of the initial model")
+    )
     """Number of float32 coordinates of the model."""
-    initial: InputPath | None = None
-    """A ``.npy`` file holding a 1-D float32 vector to start from; zeros when omitted."""
+    initial_model: InputPath | None = None
+    """A ``.npy`` file holding the 1-D float32 vector round 0 starts from."""
+    factory: EntryPoint | None = None
+    """``"pkg.module:make_model"``: a function of no arguments the coordinator calls at start-up; it returns a
+    torch module (its parameters are flattened in ``parameters()`` order, as a silo's trainer does) or a 1-D
+    float32 array. Only round 0 uses it: a restart resumes from the stored model."""
+    init: Literal["zeros"] | None = None
+    """``"zeros"``: start from the zero vector of ``size`` coordinates (for a model whose silos overwrite it,
+    or tests)."""
 
     @model_validator(mode="before")
     @classmethod
-    def _size_from_initial(cls, data: Any, info: ValidationInfo) -> Any:
-        if not isinstance(info.context, LoadContext) or not isinstance(data, dict):
+    def _one_source(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(data, dict):
             return data
-        initial = data.get("initial")
-        path = None
-        if initial is not None:
-            path = resolve_path(initial, info.context, must_exist=True, key="initial")
-        if ("size" in data) == (path is not None):
-            raise rule_error("give exactly one of 'size' and 'initial'")
-        if path is None:
+        if "initial" in data:
+            raise value_error("is now called initial_model", key="initial")
+        given = [key for key in ("initial_model", "factory", "init") if data.get(key) is not None]
+        if len(given) != 1:
+            what = "only a size" if not given else "both " + " and ".join(given)
+            raise rule_error(
+                f"{what} given: say how the model starts, with exactly one of {_MODEL_OPTIONS}"
+            )
+        if given == ["init"] and "size" not in data:
+            raise rule_error('init = "zeros" needs size = N (the number of coordinates)')
+        initial = data.get("initial_model")
+        if initial is None or not isinstance(info.context, LoadContext):
             return data
+        path = resolve_path(initial, info.context, must_exist=True, key="initial_model")
         try:
             # mmap reads only the header: the size and dtype are known without loading the vector.
             vector = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError):
-            raise value_error(f"{path} is not a .npy array", key="initial") from None
+            raise value_error(f"{path} is not a .npy array", key="initial_model") from None
         if not isinstance(vector, np.ndarray) or vector.ndim != 1 or vector.dtype != np.float32:
-            raise value_error(f"{path} must hold a 1-D float32 vector", key="initial")
-        return {**data, "initial": path, "size": int(vector.shape[0])}
+            raise value_error(f"{path} must hold a 1-D float32 vector", key="initial_model")
+        length = int(vector.shape[0])
+        if data.get("size", length) != length:
+            raise rule_error(
+                f"size {data['size']} does not match the {length} coordinates of {path}"
+            )
+        return {**data, "initial_model": path, "size": length}
 
 
 class RoundsConfig(ConfigModel):
@@ -242,6 +271,9 @@ class Deadlines(ConfigModel):
 
     _table = ("deadlines",)
 
+    join: Positive = 600.0
+    """Round 0 opens once ``[rounds] min_cohort`` silos have joined; if fewer have when this many seconds after
+    the coordinator started have passed, no round opens and ``secagg serve`` exits with code 5."""
     masking: MaskingDeadlines = Field(default_factory=MaskingDeadlines)
     """Deadlines of a masking round's five stages."""
     paillier: PaillierDeadlines = Field(default_factory=PaillierDeadlines)
@@ -397,7 +429,7 @@ class ServeConfig(FederationConfig):
     audit_key: InputPath
     """The Ed25519 private key that signs the audit ledger's checkpoints."""
     model: ModelConfig
-    """The global model's size and optional initial vector."""
+    """Where round 0's global model comes from (a file, a factory or zeros) and its size."""
     rounds: RoundsConfig
     """Round count and protocol parameters (the threshold resolved when omitted)."""
     deadlines: Deadlines = Field(default_factory=Deadlines)

@@ -241,6 +241,8 @@ class RoundDriver:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._next = 0
+        self._joined: set[str] = set()
+        self._cohort_shortfall: str | None = None
 
     def _set_up_store(self) -> None:
         """Register the federation, abort rounds a restart interrupted, and catch the ledger up.
@@ -310,6 +312,24 @@ class RoundDriver:
         """Release what the mode opened for ``state`` (spool files); called once the round has ended."""
 
     # Silo-facing building blocks -------------------------------------------------------------------------
+    def join(self, silo: str) -> None:
+        """Record that ``silo`` has joined (its ``Join`` call); round 0 opens once ``min_cohort`` have."""
+        self.member(silo)
+        with self.cond:
+            self._joined.add(silo)
+            self.cond.notify_all()
+
+    @property
+    def joined(self) -> frozenset[str]:
+        """The silos that have joined since this coordinator started."""
+        with self.cond:
+            return frozenset(self._joined)
+
+    @property
+    def cohort_shortfall(self) -> str | None:
+        """Why the federation gave up before round 0 (too few silos joined by the join deadline), if it did."""
+        return self._cohort_shortfall
+
     def member(self, silo: str) -> None:
         """Refuse a caller that is not on the roster."""
         if silo not in self.roster.members:
@@ -563,9 +583,12 @@ class RoundDriver:
         return self._next >= self.settings.rounds and self._round is None
 
     def wait_finished(self, timeout: float | None = None) -> bool:
-        """Block until every planned round has run."""
+        """Block until every planned round has run, or the federation gave up waiting for its cohort."""
         with self.cond:
-            return self.cond.wait_for(lambda: self.finished or self._stopping, timeout)
+            return self.cond.wait_for(
+                lambda: self.finished or self._stopping or self._cohort_shortfall is not None,
+                timeout,
+            )
 
     def run_round(self, round_: int) -> None:
         """Run round ``round_`` to its end (the driver thread's work; tests may call it directly)."""
@@ -627,6 +650,8 @@ class RoundDriver:
         return self._finished_rounds.get(round_)
 
     def _drive(self) -> None:
+        if self._next == 0 and not self._await_cohort():
+            return
         while True:
             with self.cond:
                 if self._stopping or self._next >= self.settings.rounds:
@@ -634,6 +659,30 @@ class RoundDriver:
                     return
                 round_ = self._next
             self.run_round(round_)
+
+    def _await_cohort(self) -> bool:
+        """Wait until ``min_cohort`` silos have joined, or the join deadline passes (then give up: False).
+
+        A round opened before enough silos are connected can only abort (it could release no sum), and one
+        aborted round after another used to run the federation to its end with nothing trained.
+        """
+        needed = self.settings.min_cohort
+        limit = self.settings.deadlines.join
+        deadline = self.clock() + limit
+        with self.cond:
+            while not self._stopping and len(self._joined) < needed:
+                remaining = deadline - self.clock()
+                if remaining <= 0:
+                    joined = len(self._joined)
+                    self._cohort_shortfall = (
+                        f"only {joined} of the {needed} silos round 0 needs (min_cohort) joined within "
+                        f"the {limit:g} s join deadline"
+                    )
+                    log.warning("no round opened: %s", self._cohort_shortfall)
+                    self.cond.notify_all()
+                    return False
+                self.cond.wait(min(remaining, 0.5))
+            return not self._stopping
 
     def _run_stage(self, state: RoundState, stage: enum.StrEnum, limit: float) -> None:
         with self.cond:

@@ -20,9 +20,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from audits.database import redact
 from coordinator import modes
 from coordinator._malloc import tune_allocator
-from coordinator.common import TlsFiles
-from coordinator.config import ServeConfig, TLSPaths
+from coordinator.common import FloatVector, TlsFiles
+from coordinator.config import ModelConfig, ServeConfig, TLSPaths
 from coordinator.errors import ConfigError, PKIError
+from coordinator.modes import call_entry_point
 from coordinator.pki import Revocations, load_certificate, tls_key_pem
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from coordinator.rounds.audit import open_audit_trail
@@ -31,7 +32,14 @@ from coordinator.server.audit import AuditServicer
 from coordinator.server.interceptors import DecodeGuard
 from coordinator.store import SQLStore, StoreLock
 
-__all__ = ["Coordinator", "bind_server", "server_options", "start_coordinator", "tls_files"]
+__all__ = [
+    "Coordinator",
+    "bind_server",
+    "initial_model",
+    "server_options",
+    "start_coordinator",
+    "tls_files",
+]
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +177,45 @@ class Coordinator:
         self.lock.release()
 
 
+def initial_model(model: ModelConfig) -> FloatVector:
+    """Round 0's global model as ``[model]`` says: a ``.npy`` file, a factory's output, or zeros.
+
+    A factory returning a torch module is flattened with :func:`dp.training.get_flat_params` (the order a silo's
+    trainer reads and writes its parameters in); torch is imported only then.
+
+    Raises:
+        ConfigError: the factory cannot be imported or called, or gives no usable model (one line).
+    """
+    if model.initial_model is not None:
+        vector = np.load(model.initial_model, allow_pickle=False).astype(np.float32)
+    elif model.factory is not None:
+        made = call_entry_point(model.factory, "[model] factory")
+        if hasattr(made, "parameters") and callable(made.parameters):
+            from dp.training import get_flat_params
+
+            vector = get_flat_params(made)
+        else:
+            vector = np.asarray(made)
+            if vector.ndim != 1 or not np.issubdtype(vector.dtype, np.floating):
+                raise ConfigError(
+                    f"[model] factory {model.factory} must return a torch module or a 1-D float array, "
+                    f"got {type(made).__name__}"
+                )
+            vector = vector.astype(np.float32)
+        if model.size is not None and vector.shape[0] != model.size:
+            raise ConfigError(
+                f"[model] size {model.size} does not match the {vector.shape[0]} parameters of "
+                f"{model.factory}"
+            )
+    else:
+        assert model.size is not None, "validation requires size with init = zeros"
+        vector = np.zeros(model.size, dtype=np.float32)
+    if vector.size == 0 or not np.all(np.isfinite(vector)):
+        raise ConfigError("[model]: the initial model must have parameters, all finite")
+    result: FloatVector = np.ascontiguousarray(vector, dtype=np.float32)
+    return result
+
+
 def _exit_lost_lead() -> None:
     log.critical(
         "lost the lock on the store (database connection gone): stopping now, so that only the new "
@@ -194,11 +241,12 @@ def start_coordinator(
     """
     build = modes.load(config.mode, "server")
     tune_allocator()  # before the gRPC server's threads exist (see coordinator._malloc)
+    initial = initial_model(config.model)
     r = config.rounds
     settings = FederationSettings(
         federation=config.federation,
         rounds=r.count,
-        vector_length=config.model.size,
+        vector_length=int(initial.shape[0]),
         clip=r.clip,
         bits=r.bits,
         threshold=r.threshold,
@@ -209,10 +257,6 @@ def start_coordinator(
         silo_dp=config.silo_dp,
         masking=config.masking,
     )
-    if config.model.initial is not None:
-        initial = np.load(config.model.initial, allow_pickle=False).astype(np.float32)
-    else:
-        initial = np.zeros(config.model.size, dtype=np.float32)
     # before the store is opened: a second coordinator must not even abort the first one's open round
     target = config.storage.target
     lock = StoreLock(

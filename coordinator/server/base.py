@@ -205,9 +205,11 @@ class ServicerBase:
 
         return self._call(context, run)
 
-    def _joined(self, federation: str) -> dict[str, Any]:
-        """The fields every mode's ``Join`` answers: roster fingerprint, planned rounds, progress, limits."""
+    def _joined(self, federation: str, silo: str) -> dict[str, Any]:
+        """Record that ``silo`` joined; the fields every mode's ``Join`` answers: roster fingerprint, planned
+        rounds, progress, limits."""
         r = self._rounds
+        r.join(silo)
         return {
             "federation": federation,
             "roster_fingerprint": r.roster.fingerprint(),

@@ -46,7 +46,7 @@ class FederationServicer(ServicerBase, pb_grpc.FederationServicer):
         return self._serve(
             context,
             request,
-            lambda _: pb.JoinResponse(**self._joined(request.federation)),
+            lambda silo: pb.JoinResponse(**self._joined(request.federation, silo)),
         )
 
     def GetRound(self, request: pb.GetRoundRequest, context: grpc.ServicerContext) -> pb.RoundInfo:

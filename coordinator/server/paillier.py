@@ -68,8 +68,8 @@ class PaillierServicer(ServicerBase, ppb_grpc.PaillierFederationServicer):
         return self._serve(
             context,
             request,
-            lambda _: ppb.PaillierJoinResponse(
-                **self._joined(request.federation),
+            lambda silo: ppb.PaillierJoinResponse(
+                **self._joined(request.federation, silo),
                 key_fingerprint=key.fingerprint(),
                 threshold=key.threshold,
             ),

@@ -208,8 +208,13 @@ def running_coordinator(
     initial_model: FloatVector | None = None,
     revoked: Iterable[str] = (),
     max_message_bytes: int = 4 << 20,
+    joined: Sequence[str] | None = None,
 ) -> Iterator[Coordinator]:
-    """Start a coordinator on 127.0.0.1 port 0 (the first round opens at once); stop it on exit."""
+    """Start a coordinator on 127.0.0.1 port 0; stop it on exit.
+
+    ``joined``: the silos recorded as joined before it starts (default: every member, so round 0 opens at
+    once, for tests whose silos skip ``Join``); with fewer than ``min_cohort`` the test's silos must join.
+    """
     store = SQLiteStore(db)
     roster = consortium.roster
     if initial_model is None:
@@ -229,10 +234,13 @@ def running_coordinator(
         max_message_bytes=max_message_bytes,
     )
     server.start()
+    for silo in roster.members if joined is None else joined:
+        service.join(silo)  # as each silo's Join call does: round 0 waits for min_cohort of them
     service.start()
-    # round 0 opens at once; wait for it so that a test's "store unchanged" baseline is not taken mid-opening
-    service.view(after=0, wait=WAIT)
     try:
+        if len(roster.members if joined is None else joined) >= federation_settings.min_cohort:
+            # round 0 opens now; wait for it so that a test's "store unchanged" baseline is not taken mid-opening
+            service.view(after=0, wait=WAIT)
         yield Coordinator(service, server, port, store)
     finally:
         service.stop()

@@ -136,6 +136,8 @@ def running(
         servicer=liar(service) if liar is not None else None,
     )
     server.start()
+    for silo in consortium.roster.members:
+        service.join(silo)  # round 0 opens at once, as in tests.e2e.harness.running_coordinator
     service.start()
     try:
         yield Running(service, port, store)

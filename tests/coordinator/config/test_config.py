@@ -68,7 +68,7 @@ def test_demo_configs_round_trip(
             ca=consortium.ca_cert, cert=consortium.coordinator_cert, key=consortium.coordinator_key
         ),
         audit_key=consortium.audit_key,
-        model=ModelConfig(size=10),
+        model=ModelConfig(size=10, init="zeros"),
         rounds=RoundsConfig(count=3, threshold=minimum_threshold(3, 0), clip=1.0),
     )
     assert serve.source == serve_path
@@ -125,7 +125,7 @@ def test_demo_configs_carry_every_parameter(consortium: ConsortiumPaths, tmp_pat
     assert serve.rounds == RoundsConfig(
         count=5, threshold=3, clip=0.5, collusion=1, min_cohort=3, bits=12
     )
-    assert serve.model == ModelConfig(size=7, initial=initial)
+    assert serve.model == ModelConfig(size=7, initial_model=initial)
     assert serve.deadlines == deadlines
     silo = SiloConfig.load(silo_paths[2])
     assert silo.coordinator == "127.0.0.1:7000"
@@ -161,7 +161,9 @@ def test_write_demo_configs_refuses_to_overwrite_and_bad_arguments(
             consortium, serve_path.parent, rounds=1, model_size=3, coordinator="127.0.0.1:1"
         )
     assert serve_path.read_text() == before
-    with pytest.raises(ValueError, match="exactly one of model_size and initial_model"):
+    with pytest.raises(
+        ValueError, match="exactly one of model_size, initial_model and model_factory"
+    ):
         write_demo_configs(consortium, tmp_path / "a", rounds=1, coordinator="127.0.0.1:1")
     with pytest.raises(ValueError, match="port 0"):
         write_demo_configs(consortium, tmp_path / "b", rounds=1, model_size=3)
@@ -276,15 +278,22 @@ SERVE_ERRORS: list[tuple[str, Callable[[Doc], None], str]] = [
     ("too many bits", _set("rounds", "bits", 31), r"\[rounds\] bits/clip: .*ring has 32"),
     ("zero rounds", _set("rounds", "count", 0), r"\[rounds\] count must be >= 1"),
     (
-        "size and initial",
+        "old initial key",
         _set("model", "initial", "x.npy"),
-        r"model.initial: .*x.npy does not exist",
+        r"model.initial: is now called initial_model",
     ),
     (
-        "neither size nor initial",
-        _delete("model", "size"),
-        r"\[model\]: give exactly one of 'size' and 'initial'",
+        "two model sources",
+        _set("model", "initial_model", "x.npy"),
+        r"\[model\]: both initial_model and init given: say how the model starts",
     ),
+    (
+        "only a size",
+        _delete("model", "init"),
+        r"\[model\]: only a size given: say how the model starts, with exactly one of initial_model = "
+        r'"FILE.npy" .*, factory = "pkg.module:make_model" .* or init = "zeros" with size = N$',
+    ),
+    ("zeros without a size", _delete("model", "size"), r'init = "zeros" needs size = N'),
     ("zero size", _set("model", "size", 0), r"\[model\] size must be >= 1"),
     (
         "negative deadline",
@@ -544,7 +553,7 @@ def test_initial_model_must_be_a_float32_vector(
         np.save(initial, array)
 
     def edit(doc: Doc) -> None:
-        doc["model"] = {"initial": str(initial)}
+        doc["model"] = {"initial_model": str(initial)}
 
     with pytest.raises(ConfigError, match=message):
         ServeConfig.load(_rewrite(demo_configs[0], edit))

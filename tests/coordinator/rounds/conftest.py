@@ -140,6 +140,7 @@ def deadlines(seconds: float = LIMIT) -> Deadlines:
     The only place that knows the shape of the ``[deadlines]`` table (per-mode sub-tables).
     """
     return Deadlines(
+        join=seconds,
         masking=MaskingDeadlines(
             advertise=seconds,
             share_keys=seconds,
@@ -276,9 +277,20 @@ class Coordinators:
         signer = CheckpointSigner(self.members.audit_key, key_name=ledger_origin(FEDERATION))
         return SQLiteStore(self.db), AuditTrail.open(self.db, federation=FEDERATION, signer=signer)
 
-    def _rig(self, driver: D, store: SQLiteStore, audit: AuditTrail, start: bool) -> Rig[D]:
+    def _rig(
+        self,
+        driver: D,
+        store: SQLiteStore,
+        audit: AuditTrail,
+        start: bool,
+        joined: Sequence[str] | None = None,
+    ) -> Rig[D]:
         rig = Rig(driver, store, audit, self.clock, self.members)
         self.rigs.append(rig)
+        for silo in self.members.silos if joined is None else joined:
+            driver.join(
+                silo
+            )  # what each silo's Join call does; round 0 waits for min_cohort of them
         if start:
             driver.start()
         return rig
@@ -291,6 +303,7 @@ class Coordinators:
         min_cohort: int = MIN_COHORT,
         start: bool = True,
         masking: MaskingConfig | None = None,
+        joined: Sequence[str] | None = None,
     ) -> Rig[MaskingRounds]:
         store, audit = self._files()
         driver = MaskingRounds(
@@ -303,7 +316,7 @@ class Coordinators:
             audit=audit,
             clock=self.clock,
         )
-        return self._rig(driver, store, audit, start)
+        return self._rig(driver, store, audit, start, joined)
 
     def paillier(
         self,
@@ -313,6 +326,7 @@ class Coordinators:
         min_cohort: int = MIN_COHORT,
         one_ciphertext_chunks: bool = False,
         start: bool = True,
+        joined: Sequence[str] | None = None,
     ) -> Rig[PaillierRounds]:
         store, audit = self._files()
         extra: dict[str, Any] = {}
@@ -334,7 +348,7 @@ class Coordinators:
             rng=seeded("session-nonces"),
             **extra,
         )
-        return self._rig(driver, store, audit, start)
+        return self._rig(driver, store, audit, start, joined)
 
     def close(self) -> None:
         for rig in reversed(self.rigs):
@@ -661,11 +675,15 @@ def build_rig(
     *,
     rounds: int = 1,
     start: bool = True,
+    joined: Sequence[str] | None = None,
 ) -> Rig[Any]:
-    """A coordinator of ``mode`` on the shared database file (a second call is a restart)."""
+    """A coordinator of ``mode`` on the shared database file (a second call is a restart).
+
+    ``joined``: the silos that join before it starts (default: all of them).
+    """
     if mode == "masking":
-        return coordinators.masking(rounds=rounds, start=start)
-    return coordinators.paillier(keys, rounds=rounds, start=start)
+        return coordinators.masking(rounds=rounds, start=start, joined=joined)
+    return coordinators.paillier(keys, rounds=rounds, start=start, joined=joined)
 
 
 def play_round(

@@ -11,7 +11,7 @@ import pytest
 
 from audits import EventKind
 from coordinator.common import RoundStatus, model_hash
-from coordinator.errors import NotFound
+from coordinator.errors import NotFound, Unauthorized
 from coordinator.rounds.driver import RESTART_REASON
 from coordinator.store import SQLiteStore
 from secagg import RoundAborted
@@ -258,3 +258,42 @@ def test_an_outcome_the_ledger_missed_is_recorded_at_restart(
     third = build_rig(coordinators, mode, paillier_keys, rounds=2)  # nothing left to reconcile
     assert third.driver.wait_finished(WAIT)
     assert len(third.events()) == recorded
+
+
+def test_round_0_opens_only_once_min_cohort_silos_have_joined(
+    coordinators: Coordinators, paillier_keys: ThresholdKeyMaterial, mode: str
+) -> None:
+    rig = build_rig(coordinators, mode, paillier_keys, joined=SILOS[:2])
+    with pytest.raises(NotFound):
+        rig.driver.view(after=0, wait=0.3)  # two of min_cohort = 3: no round yet
+    assert rig.driver.open_round_number() is None
+    assert rig.records() == []
+    rig.driver.join(SILOS[2])
+    view = rig.driver.view(after=0, wait=WAIT)
+    assert view.status is RoundStatus.OPEN
+    assert rig.driver.joined == frozenset(SILOS[:3])
+    assert rig.driver.cohort_shortfall is None
+
+
+def test_the_federation_gives_up_when_the_join_deadline_passes_without_the_cohort(
+    coordinators: Coordinators, paillier_keys: ThresholdKeyMaterial, mode: str
+) -> None:
+    rig = build_rig(coordinators, mode, paillier_keys, rounds=2, joined=SILOS[:1])
+    assert not rig.driver.wait_finished(0.2)
+    rig.expire()
+    assert rig.driver.wait_finished(WAIT)
+    assert rig.driver.cohort_shortfall == (
+        f"only 1 of the 3 silos round 0 needs (min_cohort) joined within the {LIMIT:g} s join deadline"
+    )
+    assert not rig.driver.finished
+    assert rig.records() == []  # no round was opened, so none was aborted
+    assert rig.events(EventKind.ROUND_OPENED) == []
+
+
+def test_a_non_member_cannot_join(
+    coordinators: Coordinators, paillier_keys: ThresholdKeyMaterial, mode: str
+) -> None:
+    rig = build_rig(coordinators, mode, paillier_keys, joined=())
+    with pytest.raises(Unauthorized):
+        rig.driver.join("mallory")
+    assert rig.driver.joined == frozenset()
