@@ -5,7 +5,7 @@ sizes, TLS material, the insecure-debug identity header and the ledger origin.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 import numpy as np
@@ -84,7 +84,11 @@ class TlsFiles:
 
 @dataclass(frozen=True)
 class RoundReport:
-    """How a round ended: what the coordinator records and what each silo is told (``GetResult``)."""
+    """How a round ended: what the coordinator records and what each silo is told (``GetResult``).
+
+    ``new_model`` is the new global model a completed round produced, as the silo SDK downloaded it and checked
+    it against ``new_model_hash``; ``None`` for an aborted round and in the coordinator's own records.
+    """
 
     round: int
     status: RoundStatus
@@ -92,3 +96,4 @@ class RoundReport:
     dropped: tuple[str, ...] = ()
     new_model_hash: bytes = b""
     reason: str = ""
+    new_model: FloatVector | None = field(default=None, repr=False, compare=False)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -865,6 +865,69 @@ def _store_restore(
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=1) from exc
     typer.echo(f"restored {backup}; the ledger verified; start the coordinator with {config}")
+
+
+# --- model: the trained global model out of the coordinator's store ---------------------------------------
+
+model_app = typer.Typer(no_args_is_help=True, help="The federation's global models.")
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("export")
+def _model_export(
+    config: Annotated[Path, typer.Option("--config", help="The coordinator's TOML configuration.")],
+    out: Annotated[Path, typer.Option("--out", help="New .npy file for the flat float32 vector.")],
+    round_: Annotated[
+        int | None,
+        typer.Option(
+            "--round",
+            min=0,
+            help="The completed round whose new model to export (default: the last one).",
+        ),
+    ] = None,
+) -> None:
+    """Write the global model a completed round produced as a 1-D float32 .npy file.
+
+    Load it into a torch module with ``dp.training.set_flat_params(module, numpy.load(FILE))``.
+    """
+    import numpy as np
+
+    from coordinator.config import ServeConfig
+    from coordinator.errors import CoordinatorError
+    from coordinator.rounds.models import global_model
+    from coordinator.store import SQLStore
+
+    settings = _load_or_exit(ServeConfig.load, config)
+    target = settings.storage.target
+    if isinstance(target, Path) and not target.exists():
+        _fail(f"no store at {target}: this coordinator has not run yet")
+    try:
+        store = SQLStore(target)
+    except CoordinatorError as exc:
+        _fail(str(exc))
+    try:
+        model = global_model(store, settings.federation, round_)
+    except CoordinatorError as exc:
+        _fail(str(exc))
+    finally:
+        store.close()
+    try:
+        with out.open("xb") as handle:
+            np.save(handle, model.vector, allow_pickle=False)
+    except FileExistsError:
+        _fail(f"{out} already exists: refusing to overwrite it")
+    except OSError as exc:
+        _fail(f"cannot write {out}: {exc.strerror or exc}")
+    typer.echo(
+        f"global model of round {model.round} ({model.vector.size} parameters, sha256 "
+        f"{model.model_hash.hex()}) written to {out}"
+    )
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    """Print ``error: message`` (one line, red, on stderr) and exit with ``code``."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=code)
 
 
 # --- serve, silo, demo --------------------------------------------------------------------------------------

@@ -229,6 +229,11 @@ class JoinAnswer(Protocol):
         """The largest message the coordinator accepts (0: not announced)."""
         ...
 
+    @property
+    def current_round(self) -> int:
+        """The round in progress or about to open (the number of rounds that have opened)."""
+        ...
+
 
 class RoundAnnouncement(Protocol):
     """What both modes' round announcements (``GetRound`` answers) carry."""
@@ -415,6 +420,8 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
             rng=connection.get("rng", os.urandom),
         )
         self._key = member.signing_key
+        self._latest: tuple[int, bytes, npt.NDArray[np.float32]] | None = None
+        """(round, hash, model) of the newest global model this silo has seen a round produce."""
         self._transport = Transport(
             address=connection["address"],
             federation=federation,
@@ -475,6 +482,34 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
         self._transport.witness_checkpoint()
         self._transport.exchange_statements(self._key, self._roster.members)
 
+    def final_model(self) -> npt.NDArray[np.float32]:
+        """The latest global model: the one the last completed round produced (hash-checked).
+
+        After :meth:`run` it is the model this silo saw last (no download); otherwise it is asked for: the
+        newest completed round's result, then its model, checked against the hash the result names.
+
+        Raises:
+            NotFound: no round of the federation has completed yet.
+        """
+        if self._latest is not None:
+            return self._latest[2].copy()
+        joined = self.join()
+        service = self._mode.service
+        for round_ in range(int(joined.current_round) - 1, -1, -1):
+            request = pb.StageRequest(federation=self.federation, round=round_, silo=self.silo)
+            result = self._transport.call(service.GetResult, request)
+            if result.state == pb.ROUND_STATE_COMPLETED:
+                model = self.download_model(round_ + 1, bytes(result.new_model_hash))
+                self._latest = (round_, bytes(result.new_model_hash), model)
+                return model.copy()
+        raise NotFound(f"no round of federation {self.federation} has completed yet")
+
+    def _start_model(self, round_: int, expected_hash: bytes) -> npt.NDArray[np.float32]:
+        """The model ``round_`` starts from: the last round's new model when it is that one, else downloaded."""
+        if self._latest is not None and self._latest[1] == expected_hash:
+            return self._latest[2].copy()
+        return self.download_model(round_, expected_hash)
+
     def download_model(self, round_: int, expected_hash: bytes) -> npt.NDArray[np.float32]:
         """Stream the global model of a round and check its hash.
 
@@ -511,7 +546,7 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
                 )
                 continue
             stages = self._mode.accept(info)
-            weights = self.download_model(info.round, bytes(info.model_hash))
+            weights = self._start_model(info.round, bytes(info.model_hash))
             stages.prepare()
             report = self._take_part(info, stages, weights, train)
             self.witness_checkpoint()
@@ -573,6 +608,11 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
             self._mode.service.GetResult, r, deadline=float(info.stage_deadline_unix)
         )
         completed = result.state == pb.ROUND_STATE_COMPLETED
+        new_model = None
+        if completed:
+            # the new global model, hash-checked; the next round starts from it, so it is downloaded once
+            new_model = self.download_model(r + 1, bytes(result.new_model_hash))
+            self._latest = (r, bytes(result.new_model_hash), new_model)
         return RoundReport(
             r,
             RoundStatus.COMPLETED if completed else RoundStatus.ABORTED,
@@ -580,4 +620,5 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
             tuple(result.dropped),
             bytes(result.new_model_hash),
             result.reason,
+            new_model,
         )
