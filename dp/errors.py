@@ -4,6 +4,7 @@
 
     PrivacyError
     ├── InvalidPrivacyParameters   epsilon/delta/noise/sample rate out of range, or not finite
+    │   └── IncompatibleModel         a layer DP-SGD cannot train (BatchNorm): names the layer and the fix
     ├── BudgetExceeded             the next round would spend more than the silo's budget
     ├── AccountingError            an accountant failed (after any recorded fallback)
     ├── AttestationError           a privacy attestation cannot be accepted
@@ -35,6 +36,7 @@ __all__ = [
     "BitWidthTooSmall",
     "BudgetExceeded",
     "DistributedDPError",
+    "IncompatibleModel",
     "InvalidAttestationSignature",
     "InvalidPrivacyParameters",
     "PrivacyError",
@@ -49,6 +51,10 @@ class PrivacyError(Exception):
 
 class InvalidPrivacyParameters(PrivacyError):
     """A privacy parameter is out of range or not finite."""
+
+
+class IncompatibleModel(InvalidPrivacyParameters):
+    """The model has a layer DP-SGD cannot train (BatchNorm); the message names it and the fix."""
 
 
 class BudgetExceeded(PrivacyError):

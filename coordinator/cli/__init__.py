@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
@@ -26,13 +27,51 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+_DEBUG = {"on": False}
+"""``--debug``: let an error's traceback through instead of its one-line sentence."""
+
+
 @app.callback()
 def _root(
     show_version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    debug: bool = typer.Option(
+        False, "--debug", help="On an error, show the traceback as well as the one-line message."
+    ),
 ) -> None:
     """Privacy-first secure aggregation for cross-silo federated learning."""
+    _DEBUG["on"] = debug
+
+
+@contextlib.contextmanager
+def _sentences() -> Iterator[None]:
+    """Turn a runtime failure into one line saying what happened and what to do (exit 1); the traceback only
+    with ``--debug``. The project's own errors already say it; an unexpected one is named with its type."""
+    from audits import AuditError
+    from coordinator.errors import CoordinatorError
+    from dp.errors import PrivacyError
+    from secagg import SecAggError
+
+    try:
+        yield
+    except (typer.Exit, KeyboardInterrupt):
+        raise
+    except (CoordinatorError, PrivacyError, SecAggError, AuditError, OSError) as exc:
+        if _DEBUG["on"]:
+            raise
+        _fail(_one_line(str(exc) or type(exc).__name__))
+    except Exception as exc:
+        if _DEBUG["on"]:
+            raise
+        _fail(
+            _one_line(f"unexpected {type(exc).__name__}: {exc}")
+            + " (run with --debug for the traceback, and report it)"
+        )
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
 
 
 # --- pki: consortium CA, certificates, roster and keys ----------------------------------------------------
@@ -990,10 +1029,8 @@ def _serve(
     )
     settings = _load_or_exit(ServeConfig.load, config)
     try:
-        coordinator = start_coordinator(settings)
-    except (StoreError, OSError) as exc:  # another coordinator on this store, or the port is taken
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=1) from exc
+        with _sentences():  # e.g. another coordinator on this store, or the port is taken
+            coordinator = start_coordinator(settings)
     except KeyboardInterrupt:  # while standing by ([storage] standby = true)
         typer.echo(
             "interrupted while starting (or standing by); the store lock is released", err=True
@@ -1061,7 +1098,7 @@ def _silo(
         bool, typer.Option("--events", help="Print machine-readable progress lines.")
     ] = False,
 ) -> None:
-    """Run a silo of the built-in example task (DP-SGD on its breast-cancer shard)."""
+    """Run a silo: the task its [task] entry names (your model and data), or the built-in example, with DP-SGD."""
     from coordinator import modes
     from coordinator.config import SiloConfig
 
@@ -1069,8 +1106,9 @@ def _silo(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = _load_or_exit(SiloConfig.load, config)
-    run = modes.load(settings.mode, "silo")
-    summaries = run(settings, events=events)
+    with _sentences():
+        run = modes.load(settings.mode, "silo")
+        summaries = run(settings, events=events)
     if not events:
         for summary in summaries:
             typer.echo(

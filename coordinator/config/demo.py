@@ -38,6 +38,7 @@ def write_demo_configs(
     coordinator: str | None = None,
     deadlines: Deadlines | None = None,
     task: Mapping[str, int | float] | None = None,
+    task_entry: str | None = None,
     privacy: PrivacyConfig | None = None,
     silo_dp: SiloDPConfig | None = None,
     paillier_public_key: str | os.PathLike[str] | None = None,
@@ -63,6 +64,7 @@ def write_demo_configs(
         deadlines: per-stage deadlines of both modes (defaults when ``None``).
         task: extra ``[task]`` keys for every silo (``seed``, ``local_epochs``, ``lr``, ``batch_size``,
             ``epsilon``, ``delta``); ``shard`` and ``num_shards`` are set per silo.
+        task_entry: every silo runs this ``[task] entry`` instead of the example task (then no ``task``).
         privacy: the coordinator's ``[privacy]`` table, if any.
         silo_dp: the coordinator's ``[silo_dp]`` table, if any.
         paillier_public_key: run in Paillier mode with this joint public key (``secagg pki paillier``).
@@ -77,6 +79,8 @@ def write_demo_configs(
     """
     if sum(x is not None for x in (model_size, initial_model, model_factory)) != 1:
         raise ValueError("give exactly one of model_size, initial_model and model_factory")
+    if task and task_entry is not None:
+        raise ValueError("a task entry point gives its own settings; do not pass task with it")
     if task and {"shard", "num_shards"} & set(task):
         raise ValueError("shard and num_shards are set per silo; do not pass them in task")
     if coordinator is None:
@@ -156,7 +160,11 @@ def write_demo_configs(
             "state_dir": rel(out / "state" / silo),
             "tls": {"ca": rel(paths.ca_cert), "cert": rel(paths.cert), "key": rel(paths.key)},
             "policy": {"min_cohort": min_cohort, "max_collusion_assumed": collusion},
-            "task": {"shard": index, "num_shards": len(silos), **(task or {})},
+            "task": (
+                {"entry": task_entry}
+                if task_entry is not None
+                else {"shard": index, "num_shards": len(silos), **(task or {})}
+            ),
         }
         silo_path = out / f"silo-{silo}.toml"
         _write_new(silo_path, silo_doc, title=f"secagg silo {silo} (demo)")

@@ -11,6 +11,7 @@ from coordinator.config.base import (
     ConfigModel,
     Count,
     Ed25519Key,
+    EntryPoint,
     FederationConfig,
     InputPath,
     NonNegative,
@@ -90,7 +91,11 @@ class SiloPolicy(ConfigModel):
 
 
 class TaskConfig(ConfigModel):
-    """The ``[task]`` table: parameters of the built-in example task (DP-SGD on a shard of a public dataset).
+    """The ``[task]`` table: your own task's entry point, or the parameters of the built-in example task.
+
+    With ``entry`` the named function returns the model, the dataset and the training settings (a
+    ``dp.training.Task``) and no other key may be given; without it the silo runs the built-in example (DP-SGD
+    on a shard of scikit-learn's breast-cancer data) with the keys below.
 
     Notes:
         ``epsilon`` and ``delta`` are validated here (epsilon > 0 and finite, 0 < delta < 1); the trainer, which
@@ -98,6 +103,11 @@ class TaskConfig(ConfigModel):
     """
 
     _table = ("task",)
+
+    entry: EntryPoint | None = None
+    """``"my_pkg.my_module:make_task"``: a function of no arguments returning a ``dp.training.Task`` (model,
+    dataset, epsilon, delta, batch size, learning rate, local epochs, clipping norm) that ``secagg silo`` trains
+    with DP-SGD. The coordinator's ``[model]`` must build the same architecture."""
 
     shard: NonNegative = Field(json_schema_extra=default_from("this silo's roster index - 1"))
     """Which shard of the dataset this silo holds."""
@@ -116,6 +126,19 @@ class TaskConfig(ConfigModel):
     """The silo's total privacy budget epsilon over all rounds."""
     delta: Probability = 1e-5
     """The budget's delta."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _entry_alone(cls, data: Any) -> Any:
+        """With an entry point the task's function gives every setting: an example key would be ignored."""
+        if not isinstance(data, dict) or data.get("entry") is None:
+            return data
+        extra = sorted(set(data) - {"entry", "shard", "num_shards"})
+        if extra:
+            raise rule_error(
+                f"with entry, the task's function returns its training settings: remove {', '.join(extra)}"
+            )
+        return {"entry": data["entry"], "shard": 0, "num_shards": 1}
 
     @model_validator(mode="after")
     def _shard_in_range(self) -> Self:
@@ -146,7 +169,7 @@ class SiloConfig(FederationConfig):
             "all defaults, with `shard` and `num_shards` from the roster"
         )
     )
-    """The example task's parameters."""
+    """Your task's entry point, or the example task's parameters."""
     policy: SiloPolicy = Field(default_factory=SiloPolicy)
     """What the silo insists on."""
     audit_public_key: Ed25519Key | None = None

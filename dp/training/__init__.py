@@ -10,6 +10,7 @@ from __future__ import annotations
 from dp.accounting.randomness import RANDOMNESS_STATEMENT
 from dp.training.params import get_flat_params, set_flat_params
 from dp.training.rng import cryptographic_generator
+from dp.training.task import Task, check_model
 from dp.training.trainer import (
     PrivateTrainer,
     RoundResult,
@@ -21,6 +22,8 @@ __all__ = [
     "RANDOMNESS_STATEMENT",
     "PrivateTrainer",
     "RoundResult",
+    "Task",
+    "check_model",
     "cryptographic_generator",
     "get_flat_params",
     "run_dp_sgd",

@@ -36,7 +36,6 @@ import torch
 from opacus import GradSampleModule
 from opacus.data_loader import DPDataLoader
 from opacus.optimizers import DPOptimizer
-from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -53,6 +52,7 @@ from dp.accounting._versions import accountant_id, library_versions
 from dp.errors import AccountingError, BudgetExceeded, InvalidPrivacyParameters
 from dp.training.params import get_flat_params, set_flat_params
 from dp.training.rng import cryptographic_generator
+from dp.training.task import check_model
 
 __all__ = ["LossFn", "PrivateTrainer", "RoundResult", "run_dp_sgd", "training_library_versions"]
 
@@ -207,7 +207,7 @@ class PrivateTrainer:
 
     Args:
         model: the torch model (its parameters are overwritten by each round's global
-            weights). Must be Opacus-compatible (no BatchNorm; ``ModuleValidator``).
+            weights). Must be Opacus-compatible (no BatchNorm: :func:`~dp.training.task.check_model`).
         data: a map-style ``Dataset`` of ``(features, label)`` or a ``DataLoader`` over one
             (only its dataset and batch size are used: sampling is always Poisson).
         budget: the silo's (epsilon, delta) for the whole federation.
@@ -255,6 +255,12 @@ class PrivateTrainer:
         if batch_size is not None:
             if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
                 raise InvalidPrivacyParameters("batch_size must be an int >= 1")
+            if batch_size > records:
+                raise InvalidPrivacyParameters(
+                    f"the dataset has {records} records, fewer than the batch size {batch_size}: lower "
+                    f"batch_size to at most {records} (a fraction of the records, e.g. "
+                    f"{max(1, records // 10)}), or train on more data"
+                )
             q = batch_size / records
         elif sample_rate is not None:
             q = float(sample_rate)
@@ -268,7 +274,7 @@ class PrivateTrainer:
             raise InvalidPrivacyParameters("max_grad_norm must be finite and > 0")
         if not (np.isfinite(lr) and lr > 0):
             raise InvalidPrivacyParameters("lr must be finite and > 0")
-        ModuleValidator.validate(model, strict=True)
+        check_model(model)
 
         self._state_path = None if state_path is None else Path(state_path)
         accountant = RdpAccountant()
