@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -42,6 +43,10 @@ def _root(
 ) -> None:
     """Privacy-first secure aggregation for cross-silo federated learning."""
     _DEBUG["on"] = debug
+    if (
+        not debug
+    ):  # gRPC core's own error lines would follow the one-line message (read when grpc loads)
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 
 @contextlib.contextmanager

@@ -52,7 +52,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coordinator.common import DEFAULT_MAX_MESSAGE_BYTES, RoundReport, RoundStatus, TlsFiles
 from coordinator.config import SiloConfig, SiloPolicy
-from coordinator.errors import Aborted, NotFound, StageError, Unauthorized
+from coordinator.config.tls import check_tls
+from coordinator.errors import Aborted, NotFound, StageError, Unauthorized, Unavailable
 from coordinator.pki import load_ed25519_private, tls_key_pem
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.sdk.transport import RetryPolicy, Transport
@@ -192,9 +193,15 @@ def connection_from_config(config: SiloConfig) -> SiloConnection:
 
 
 def tls_from_config(config: SiloConfig) -> TlsFiles | None:
-    """The PEM files a silo configuration names, read; ``None`` when it names none."""
+    """The PEM files a silo configuration names, checked and read; ``None`` when it names none.
+
+    Raises:
+        ConfigError: a certificate expired or not yet valid, a key not the certificate's, a certificate the CA
+            did not issue (:func:`coordinator.config.tls.check_tls`): said here rather than as a failed handshake.
+    """
     if config.tls is None:
         return None
+    check_tls(config.tls, role=f"silo {config.silo}")
     return TlsFiles(
         config.tls.ca.read_bytes(), config.tls.cert.read_bytes(), tls_key_pem(config.tls.key)
     )
@@ -410,6 +417,7 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
             raise Unauthorized(f"the pinned roster is for {roster.federation}, not {federation}")
         self.silo = connection["silo"]
         self.federation = federation
+        self.address = connection["address"]
         self._roster = roster
         member = Member(
             federation=federation,
@@ -464,7 +472,16 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
         """
         service = self._mode.service
         request = pb.JoinRequest(federation=self.federation, silo=self.silo)
-        answer = self._transport.call(service.Join, request)
+        try:
+            answer = self._transport.call(service.Join, request)
+        except Unavailable as exc:
+            raise Unavailable(_unreachable(self.address, str(exc))) from exc
+        except Unauthorized as exc:
+            raise Unauthorized(
+                f"the coordinator at {self.address} refused silo {self.silo!r} of federation "
+                f"{self.federation!r}: {exc}"
+            ) from exc
+        self._transport.check_history()
         if answer.roster_fingerprint != self._roster.fingerprint():
             raise Unauthorized("the coordinator serves a different roster than the pinned one")
         self._mode.check_join(answer)
@@ -622,3 +639,21 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
             result.reason,
             new_model,
         )
+
+
+_HANDSHAKE_WORDS = ("handshake", "certificate", "ssl", "tls")
+
+
+def _unreachable(address: str, detail: str) -> str:
+    """What a silo says when its Join got no answer: a failed TLS handshake, or nobody listening."""
+    first = detail.split(";")[0].strip()
+    if any(word in detail.lower() for word in _HANDSHAKE_WORDS):
+        return (
+            f"the TLS handshake with the coordinator at {address} failed ({first}): check [tls] in silo.toml "
+            "(ca must be the consortium's CA, cert and key this silo's pair) and that the coordinator's "
+            "certificate names this host"
+        )
+    return (
+        f"cannot reach the coordinator at {address} ({first}): check that `secagg serve` is running there "
+        "and that `coordinator` in silo.toml is its host:port"
+    )

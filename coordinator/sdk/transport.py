@@ -42,8 +42,9 @@ import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from audits.checkpoint import SignedCheckpoint
+from audits.checkpoint import SignedCheckpoint, parse_checkpoint
 from audits.errors import VerificationError
+from audits.merkle import verify_consistency
 from audits.witness import (
     CheckpointWitness,
     WitnessStatement,
@@ -181,6 +182,7 @@ class Transport:
         self._audit = pb_grpc.AuditStub(self._channel)
         self._witness: CheckpointWitness | None = None
         self._audit_key = audit_public_key
+        self._witness_path = witness_path
         if audit_public_key is not None and witness_path is not None:
             witness_path.parent.mkdir(parents=True, exist_ok=True)
             self._witness = CheckpointWitness(
@@ -362,6 +364,42 @@ class Transport:
     def witnessing(self) -> bool:
         """Whether this transport witnesses the coordinator's ledger (an audit key and a witness file)."""
         return self._witness is not None
+
+    def check_history(self) -> None:
+        """Before any round: refuse a coordinator whose audit log does not extend the one this silo witnessed.
+
+        At join time that is what a new study under an old federation id looks like from a silo's state
+        directory (or a coordinator that rewrote its log): either way the silo takes no part, and says so before
+        it trains, leading with the benign cause. Nothing is accepted here (the checkpoint's signature is checked
+        by :meth:`witness_checkpoint` after each round, whose refusal keeps saying "rewrote history").
+
+        Raises:
+            AuditFailure: the coordinator's checkpoint is not an extension of the last one this silo accepted.
+        """
+        witness = self._witness
+        latest = None if witness is None else witness.latest()
+        if latest is None:
+            return
+        checkpoint = self.call(
+            self._audit.GetCheckpoint, pb.CheckpointRequest(federation=self.federation)
+        )
+        served = parse_checkpoint(checkpoint.note)
+        extends = served.size >= latest.size
+        if extends and served.size > latest.size:
+            request = pb.ConsistencyProofRequest(
+                federation=self.federation, old_size=latest.size, new_size=served.size
+            )
+            proof = [bytes(h) for h in self.call(self._audit.GetConsistencyProof, request).hashes]
+            try:
+                verify_consistency(latest.size, served.size, proof, latest.root, served.root)
+            except VerificationError:
+                extends = False
+        elif extends:
+            extends = served.root == latest.root
+        if not extends:
+            raise AuditFailure(
+                _new_study(self.federation, self._witness_path, latest.size, served.size)
+            )
 
     def witness_checkpoint(self) -> None:
         """Accept the coordinator's latest checkpoint only if it extends the last one this silo accepted.
@@ -555,3 +593,14 @@ def _join_model(chunks: Iterator[pb.ModelChunk]) -> npt.NDArray[np.float32]:
         parts.append(chunk.values)
         total = chunk.total
     return np.frombuffer(b"".join(parts), dtype="<f4").astype(np.float32)[:total]
+
+
+def _new_study(federation: str, witness_path: Path | None, seen: int, served: int) -> str:
+    """The refusal of a log that does not extend what this silo witnessed: a new study first, then an attack."""
+    where = f" ({witness_path.parent})" if witness_path is not None else ""
+    return (
+        f"this silo's state directory{where} holds the audit log of an earlier run of federation "
+        f"{federation!r} ({seen} entries) and the coordinator's log ({served} entries) does not extend it: a "
+        "new study needs a new federation id (or a fresh state_dir for this silo). If it is the same study, "
+        "the coordinator rewrote its history: stop and tell the consortium"
+    )

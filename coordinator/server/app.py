@@ -22,6 +22,7 @@ from coordinator import modes
 from coordinator._malloc import tune_allocator
 from coordinator.common import FloatVector, TlsFiles
 from coordinator.config import ModelConfig, ServeConfig, TLSPaths
+from coordinator.config.tls import check_tls
 from coordinator.errors import ConfigError, PKIError
 from coordinator.modes import call_entry_point
 from coordinator.pki import Revocations, load_certificate, tls_key_pem
@@ -129,7 +130,10 @@ def bind_server(
     except RuntimeError:  # gRPC's "Failed to bind to address" (port in use, address not local)
         port = 0
     if port == 0:
-        raise OSError(f"cannot bind {address}: the port is in use or the address is not local")
+        raise OSError(
+            f"cannot bind {address}: the port is in use (another coordinator?) or the address is not local; "
+            "stop the other process or change `listen` in serve.toml"
+        )
     return server, port
 
 

@@ -175,7 +175,10 @@ class ServicerBase:
                 auth, federation=self._rounds.settings.federation, revoked=self._revoked
             )
         if silo not in self._rounds.roster.members:
-            raise Unauthorized(f"{silo!r} is not on the roster")
+            raise Unauthorized(
+                f"{silo!r} is not on the roster of federation {self._rounds.settings.federation!r}: ask the "
+                "consortium to add it, or check `silo` in silo.toml"
+            )
         if claimed is not None and claimed != silo:
             raise Unauthorized(f"the certificate identifies {silo}; it cannot act as {claimed!r}")
         return silo

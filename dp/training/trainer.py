@@ -365,9 +365,12 @@ class PrivateTrainer:
             BudgetExceeded: every planned round is spent.
         """
         if self._noise_multiplier is None or self.rounds_done >= self._planned_rounds:
+            where = "" if self._state_path is None else f", on record in {self._state_path}"
             raise BudgetExceeded(
                 f"round refused: all {self._planned_rounds} planned rounds are spent "
-                f"(epsilon={self.epsilon_spent:.4f} of {self._ledger.budget.epsilon:.4f})"
+                f"(epsilon={self.epsilon_spent:.4f} of {self._ledger.budget.epsilon:.4f}{where}); this silo "
+                "can train no more in this federation: a new study needs a new federation id and a fresh "
+                "state directory"
             )
         return MechanismStep(
             noise_multiplier=self._noise_multiplier,

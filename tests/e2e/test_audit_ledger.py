@@ -68,9 +68,11 @@ from secagg import Roster
 from tests.e2e.harness import (
     EXACT_BITS,
     EXACT_CLIP,
+    SHORT,
     Consortium,
     ManualSilo,
     audit_trail,
+    deadlines_with,
     exact,
     in_threads,
     integer_update,
@@ -887,11 +889,15 @@ def test_silo_witness_catches_a_coordinator_that_rewrote_history(
     extended = accepted()
     assert extended[0] > seen[0]
     # same audit key and consortium, but a new database: the history the silo saw is gone
-    with running_coordinator(trio, tmp_path / "rewritten.db", config) as coord:
+    # (silo a now refuses at join, so the round waits for it no longer than a short advertise deadline)
+    short = settings(n=3, rounds=3, length=LENGTH, deadlines=deadlines_with(advertise=SHORT))
+    with running_coordinator(trio, tmp_path / "rewritten.db", short) as coord:
         third = take_part(coord.address)
     caught = third[0]
     assert isinstance(caught, AuditFailure), caught
-    assert "rewrote history" in str(caught)
+    # refused at join, before training: a new study is the benign reading, a rewrite the other one
+    assert "a new study needs a new federation id" in str(caught)
+    assert "the coordinator rewrote its history" in str(caught)
     assert all(isinstance(r, RoundReport) for r in third[1:]), third
     assert accepted() == extended  # nothing from the rewritten log was accepted
 

@@ -261,3 +261,37 @@ def test_os_urandom_is_the_default_source() -> None:
     defaults = PrivateTrainer.__init__.__kwdefaults__
     assert defaults is not None
     assert defaults["random_bytes"] is os.urandom
+
+
+def test_a_spent_budget_says_what_to_do(tmp_path: Path) -> None:
+    from tests.coordinator.sdk.tasks import make_cnn_task
+
+    task = make_cnn_task()
+    state = tmp_path / "accountant.json"
+
+    def trainer() -> PrivateTrainer:
+        task = make_cnn_task()  # a fresh model each time, as a restarted silo builds
+        return PrivateTrainer(
+            model=task.model,
+            data=task.dataset,
+            budget=PrivacyBudget(epsilon=task.epsilon, delta=task.delta),
+            planned_rounds=1,
+            local_epochs=1,
+            max_grad_norm=1.0,
+            lr=0.1,
+            batch_size=task.batch_size,
+            state_path=state,
+        )
+
+    first = trainer()
+    first.train_round(get_flat_params(task.model))
+    again = trainer()  # a restarted silo, or a new study on the old state directory
+    with pytest.raises(BudgetExceeded) as refused:
+        again.train_round(get_flat_params(task.model))
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith("round refused: all 1 planned rounds are spent (epsilon=")
+    assert message.endswith(
+        f", on record in {state}); this silo can train no more in this federation: a new study needs a new "
+        "federation id and a fresh state directory"
+    )
