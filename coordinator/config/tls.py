@@ -21,12 +21,20 @@ from coordinator.errors import ConfigError
 __all__ = ["check_tls"]
 
 
-def check_tls(paths: TLSPaths, *, role: str, now: datetime.datetime | None = None) -> None:
+def check_tls(
+    paths: TLSPaths,
+    *,
+    role: str,
+    key_pem: bytes | None = None,
+    now: datetime.datetime | None = None,
+) -> None:
     """Refuse TLS files a handshake would fail on: one line naming the file and the fix.
 
     Args:
         paths: the ``[tls]`` files.
         role: whose they are, for the message (``"coordinator"`` or ``"silo a"``).
+        key_pem: the private key, decrypted (keys are encrypted at rest; the caller has opened it); read from
+            ``paths.key`` when ``None`` (an unencrypted key; an encrypted one is then not compared).
         now: the time to check validity at (UTC; the system clock by default).
 
     Raises:
@@ -48,7 +56,8 @@ def check_tls(paths: TLSPaths, *, role: str, now: datetime.datetime | None = Non
                 f"{certificate.not_valid_before_utc:%Y-%m-%d %H:%M} UTC: check this machine's clock"
             )
     try:
-        key = serialization.load_pem_private_key(paths.key.read_bytes(), password=None)
+        data = key_pem if key_pem is not None else paths.key.read_bytes()
+        key = serialization.load_pem_private_key(data, password=None)
     except TypeError:
         key = None  # encrypted at rest: gRPC would need it decrypted first; nothing to compare here
     except (OSError, ValueError) as exc:

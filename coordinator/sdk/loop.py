@@ -201,10 +201,9 @@ def tls_from_config(config: SiloConfig) -> TlsFiles | None:
     """
     if config.tls is None:
         return None
-    check_tls(config.tls, role=f"silo {config.silo}")
-    return TlsFiles(
-        config.tls.ca.read_bytes(), config.tls.cert.read_bytes(), tls_key_pem(config.tls.key)
-    )
+    key = tls_key_pem(config.tls.key)
+    check_tls(config.tls, role=f"silo {config.silo}", key_pem=key)
+    return TlsFiles(config.tls.ca.read_bytes(), config.tls.cert.read_bytes(), key)
 
 
 @dataclass(frozen=True)

@@ -159,7 +159,11 @@ def tls_files(paths: TLSPaths | None) -> TlsFiles | None:
     """The PEM bytes of a configuration's ``[tls]`` files (``None`` without TLS)."""
     if paths is None:
         return None
-    return TlsFiles(paths.ca.read_bytes(), paths.cert.read_bytes(), tls_key_pem(paths.key))
+    key = tls_key_pem(paths.key)
+    check_tls(
+        paths, role="coordinator", key_pem=key
+    )  # said in words, not as "Failed to bind to address"
+    return TlsFiles(paths.ca.read_bytes(), paths.cert.read_bytes(), key)
 
 
 @dataclass

@@ -241,7 +241,7 @@ def _serve_config(enrolment: Enrolment, root: Path, rounds: int) -> Path:
         "consortium_public_key": (d / "consortium.pub").read_text(encoding="ascii").strip(),
         "audit_key": str(d / "audit.key"),
         "tls": {"ca": str(d / "ca.pem"), "cert": str(d / "cert.pem"), "key": str(d / "key.pem")},
-        "model": {"size": LENGTH},
+        "model": {"init": "zeros", "size": LENGTH},
         "rounds": {"count": rounds, "clip": 32767 / 1024, "bits": 16, "min_cohort": 3},
     }
     path = root / "serve.toml"

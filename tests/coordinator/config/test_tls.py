@@ -9,7 +9,7 @@ import pytest
 from coordinator.config import TLSPaths
 from coordinator.config.tls import check_tls
 from coordinator.errors import ConfigError
-from coordinator.pki import ConsortiumPaths
+from coordinator.pki import ConsortiumPaths, tls_key_pem
 
 
 def silo_tls(consortium: ConsortiumPaths, silo: str = "silo-a") -> TLSPaths:
@@ -53,7 +53,11 @@ def test_a_key_that_is_not_the_certificate_s(consortium: ConsortiumPaths) -> Non
     tls = silo_tls(consortium)
     other = consortium.silos["silo-b"].key
     with pytest.raises(ConfigError) as refused:
-        check_tls(TLSPaths(ca=tls.ca, cert=tls.cert, key=other), role="silo silo-a")
+        check_tls(
+            TLSPaths(ca=tls.ca, cert=tls.cert, key=other),
+            role="silo silo-a",
+            key_pem=tls_key_pem(other),  # keys are encrypted at rest: the caller opens them
+        )
     assert str(refused.value) == (
         f"the silo silo-a key {other} does not belong to the certificate {tls.cert}: [tls] key and cert must be "
         "the pair made for this endpoint"
