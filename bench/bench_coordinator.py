@@ -603,7 +603,7 @@ def serve_config(args: argparse.Namespace, paths: ConsortiumPaths, n: int) -> Se
         ),
         tls=TLSPaths(ca=paths.ca_cert, cert=paths.coordinator_cert, key=paths.coordinator_key),
         audit_key=paths.audit_key,
-        model=ModelConfig(size=args.length),
+        model=ModelConfig(size=args.length, init="zeros"),
         rounds=RoundsConfig(
             count=args.rounds,
             threshold=threshold_for(n),
@@ -657,14 +657,14 @@ def run_coordinator(args: argparse.Namespace) -> int:
     plain = PlainRounds(config=config, roster=roster, store=plain_store)
     baseline, plain_port = plain_server(plain, tls)
     baseline.start()
-    # exactly what `secagg serve` starts; round 0 opens at once and waits (hour-long deadlines) for the silos
+    # exactly what `secagg serve` starts; round 0 opens once min_cohort silos have joined
     coordinator = start_coordinator(config) if args.secure else None
     if coordinator is not None:
-        coordinator.service.view(after=0, wait=LONG)  # round 0 is open: its model is loaded
+        coordinator.service.model_bytes(0)  # round 0's model is loaded, as when it opens
     elif args.baseline:
         plain.model_bytes(0)  # the same state for the baseline
     gc.collect()
-    idle = rss_bytes()  # serving, round 0 open, no silo connected yet, nothing received
+    idle = rss_bytes()  # serving, round 0's model loaded, no silo connected yet, nothing received
     sampler = RssSampler()
     sampler.start()
     print(f"PORTS {coordinator.port if coordinator else 0} {plain_port}", flush=True)
@@ -747,12 +747,12 @@ def run_paillier_coordinator(args: argparse.Namespace) -> int:
     profiles = ThreadProfiles() if args.profile else None
     if profiles is not None:
         profiles.install()
-    # exactly what `secagg serve` starts in Paillier mode; round 0 opens at once and waits for the silos
+    # exactly what `secagg serve` starts in Paillier mode; round 0 opens once min_cohort silos have joined
     coordinator = start_coordinator(config)
     service = cast("PaillierRounds", coordinator.service)
-    service.view(after=0, wait=LONG)  # round 0 is open: its model is loaded
+    service.model_bytes(0)  # round 0's model is loaded, as when it opens
     gc.collect()
-    idle = rss_bytes()  # serving, round 0 open, no silo connected yet, nothing received
+    idle = rss_bytes()  # serving, round 0's model loaded, no silo connected yet, nothing received
     sampler = RssSampler()
     sampler.label = "join"  # the silos connect and join before they are released
     sampler.start()
