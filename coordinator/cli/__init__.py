@@ -1026,7 +1026,6 @@ def _serve(
 ) -> None:
     """Run the coordinator until every planned round has run."""
     from coordinator.config import ServeConfig
-    from coordinator.errors import StoreError
     from coordinator.server.app import start_coordinator
 
     logging.basicConfig(

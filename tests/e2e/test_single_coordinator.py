@@ -15,6 +15,7 @@ import pytest
 from audits import Ledger
 from coordinator.common import RoundStatus, ledger_origin, model_hash
 from coordinator.config import write_demo_configs
+from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.store import SQLStore
 from tests.e2e.harness import (
     EXACT_BITS,
@@ -24,6 +25,7 @@ from tests.e2e.harness import (
     ManualSilo,
     deadlines_with,
     expected_model,
+    wait_until,
 )
 from tests.e2e.test_restart import LENGTH, REPO, coordinator_process, sdk_round, units
 
@@ -74,6 +76,10 @@ def test_a_second_coordinator_on_the_same_store_is_refused_and_the_first_goes_on
 ) -> None:
     command = serve_command(trio, tmp_path, storage)
     with coordinator_process(command) as (first, address):
+        for silo in trio.silos:  # round 0 opens once min_cohort silos have joined
+            with ManualSilo(trio, silo, address) as joining:
+                joining.stub.Join(pb.JoinRequest(federation=FEDERATION, silo=silo))
+        wait_until(lambda: statuses(storage) == [(0, RoundStatus.OPEN)], what="round 0 to open")
         second = second_serve(command)
         assert second.returncode != 0
         (message,) = error_lines(second)
