@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -24,6 +25,10 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 SECAGG = Path(sys.executable).parent / "secagg"
 TASKS = "tests.coordinator.sdk.tasks"
+# the task entry must be importable from the silo's PYTHONPATH (README), here the repository's tests package
+ENV = os.environ | {
+    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+}
 
 
 def free_port() -> int:
@@ -61,6 +66,7 @@ def test_secagg_silo_trains_a_cnn_task_entry_point_with_dp_sgd(
             subprocess.Popen(
                 silo_command(path),
                 cwd=REPO,
+                env=ENV,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -110,7 +116,13 @@ def test_a_task_dp_sgd_cannot_train_is_refused_in_one_line_before_connecting(
         trio, tmp_path / "fed", task
     )  # no coordinator runs: the task is checked first
     done = subprocess.run(
-        silo_command(silos[0]), cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+        silo_command(silos[0]),
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 1
     assert done.stderr.strip() == message
