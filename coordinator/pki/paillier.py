@@ -55,12 +55,38 @@ from secagg.paillier import (
 if TYPE_CHECKING:  # config and pki are peers (DESIGN 3): a type only, no import at run time
     from coordinator.config import SiloConfig
 
-__all__ = ["PaillierFiles", "create_paillier_keys", "key_statement"]
+__all__ = ["PaillierFiles", "create_paillier_keys", "key_statement", "load_signed_public_key"]
 
 
 def key_statement(federation: str, public_key: ThresholdPublicKey) -> bytes:
     """What the consortium key signs for a joint Paillier key: the federation and the key's fingerprint."""
     return encode_fields("secagg/paillier-public-key/v1", federation, public_key.fingerprint())
+
+
+def load_signed_public_key(
+    path: Path, signature: Path | None = None, *, federation: str, consortium_key: bytes
+) -> ThresholdPublicKey:
+    """Read a joint public key and check the consortium's signature on it (``signature`` defaults to the
+    file next to it, ``paillier.pub.sig`` for ``paillier.pub.json``).
+
+    Raises:
+        PKIError: a file is missing or malformed, or the key is not signed by ``consortium_key`` for
+            ``federation``.
+    """
+    signature = path.with_suffix(".sig") if signature is None else signature
+    try:
+        public_key = ThresholdPublicKey.from_json(path.read_bytes())
+        signed = bytes.fromhex(signature.read_text(encoding="utf-8").strip())
+    except (OSError, ValueError, SecAggError) as exc:
+        raise PKIError(f"cannot load the Paillier public key: {type(exc).__name__}") from exc
+    try:
+        verify(consortium_key, signed, key_statement(federation, public_key))
+    except InvalidSignature as exc:
+        raise PKIError(
+            f"{path} is not signed by the pinned consortium key for federation {federation!r}; do not "
+            "use it, and ask the consortium for the key its ceremony made"
+        ) from exc
+    return public_key
 
 
 def _write(path: Path, data: bytes, *, private: bool) -> None:
@@ -209,20 +235,14 @@ class PaillierFiles:
                 federation, the share does not open with this silo's key, or it does not match its
                 verification key in the public key.
         """
+        public_key = load_signed_public_key(
+            self.public_key, self.signature, federation=federation, consortium_key=consortium_key
+        )
         try:
-            public_key = ThresholdPublicKey.from_json(self.public_key.read_bytes())
-            signature = bytes.fromhex(self.signature.read_text(encoding="utf-8").strip())
             sealed = SealedShare.from_json(self.share.read_bytes())
             private = load_encrypted_private_key(self.x25519_key)
         except (OSError, ValueError, SecAggError) as exc:
             raise PKIError(f"cannot load the Paillier key material: {type(exc).__name__}") from exc
-        try:
-            verify(consortium_key, signature, key_statement(federation, public_key))
-        except InvalidSignature as exc:
-            raise PKIError(
-                f"{self.public_key} is not signed by the pinned consortium key for federation "
-                f"{federation!r}; do not use it, and ask the consortium for the key its ceremony made"
-            ) from exc
         if not isinstance(private, X25519PrivateKey):
             raise PKIError(f"{self.x25519_key} is not an X25519 private key")
         try:

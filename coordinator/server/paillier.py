@@ -17,6 +17,7 @@ from coordinator.config import ServeConfig
 from coordinator.errors import (
     InvalidInput,
 )
+from coordinator.pki.paillier import load_signed_public_key
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import paillier_pb2 as ppb
 from coordinator.proto.v1 import paillier_pb2_grpc as ppb_grpc
@@ -32,7 +33,6 @@ from coordinator.wire.paillier import (
     partial_from_pb,
     request_to_pb,
 )
-from secagg.hazmat.paillier import ThresholdPublicKey
 
 log = logging.getLogger(__name__)
 
@@ -253,11 +253,17 @@ def build(config: ServeConfig, **driver: Any) -> tuple[PaillierRounds, grpc.Serv
 
     Raises:
         ValueError: the configuration asks for no TLS.
+        PKIError: the joint public key is not signed by the consortium key for this federation.
     """
     tls = tls_files(config.tls)
     if tls is None or config.paillier_public_key is None:
         raise ValueError("Paillier mode requires mTLS; insecure_debug_no_tls is not supported")
-    public_key = ThresholdPublicKey.from_json(config.paillier_public_key.read_bytes())
+    # the coordinator, too, serves only the key the consortium signed (silos check it again at load)
+    public_key = load_signed_public_key(
+        config.paillier_public_key,
+        federation=config.federation,
+        consortium_key=config.consortium_public_key,
+    )
     settings = dataclasses.replace(
         driver.pop("settings"), threshold=public_key.threshold, silo_dp=None
     )

@@ -18,7 +18,7 @@ import pytest
 
 from audits import CheckpointSigner, EventKind, verify_bundle, write_bundle
 from coordinator.common import RoundStatus, ledger_origin, model_hash
-from coordinator.config import PrivacyConfig
+from coordinator.config import PrivacyConfig, ServeConfig, write_demo_configs
 from coordinator.errors import PKIError, Unauthorized
 from coordinator.pki import load_ed25519_private, load_private_key
 from coordinator.pki.paillier import PaillierFiles, create_paillier_keys
@@ -28,6 +28,7 @@ from coordinator.rounds.driver import FederationSettings
 from coordinator.rounds.paillier import PaillierRounds
 from coordinator.sdk.masking import RetryPolicy, RoundReport, SiloPolicy
 from coordinator.sdk.paillier import PaillierRoundContext, PaillierSilo
+from coordinator.server.app import start_coordinator
 from coordinator.server.paillier import PaillierServicer, create_paillier_server
 from coordinator.store import RoundRecord, SQLiteStore
 from coordinator.wire.paillier import (
@@ -312,6 +313,34 @@ def test_a_substituted_public_key_or_key_share_is_refused_at_load(tmp_path: Path
         else:
             with pytest.raises(PKIError, match=refusal):
                 resealed.load(federation=ours.federation, consortium_key=ours.consortium_key)
+
+
+def test_the_coordinator_serves_only_the_joint_key_the_consortium_signed(tmp_path: Path) -> None:
+    """``secagg serve`` in Paillier mode refuses a joint key whose signature is another consortium's (a key
+    swapped on the coordinator's disk); the same configuration with the ceremony's own signature starts (the
+    positive control)."""
+    ours = Consortium.create(tmp_path / "ours", silos=["a", "b", "c"])
+    theirs = Consortium.create(tmp_path / "theirs", silos=["a", "b", "c"])
+    public = create_paillier_keys(
+        ours.paths, threshold=2, key_bits=KEY_BITS, insecure_test_key_size=True
+    )
+    foreign = create_paillier_keys(
+        theirs.paths, threshold=2, key_bits=KEY_BITS, insecure_test_key_size=True
+    )
+    serve, _ = write_demo_configs(
+        ours.paths,
+        tmp_path / "fed",
+        rounds=1,
+        model_size=LENGTH,
+        coordinator="127.0.0.1:1",  # no silo dials it
+        paillier_public_key=public,
+    )
+    coordinator = start_coordinator(ServeConfig.load(serve))
+    coordinator.stop()
+    public.write_bytes(foreign.read_bytes())
+    public.with_suffix(".sig").write_bytes(foreign.with_suffix(".sig").read_bytes())
+    with pytest.raises(PKIError, match="not signed by the pinned consortium key"):
+        start_coordinator(ServeConfig.load(serve))
 
 
 def test_too_few_contributions_abort_the_round_and_the_next_one_works(
