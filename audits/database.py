@@ -35,6 +35,13 @@ Dialect = Literal["sqlite", "postgresql"]
 
 _VERSIONS: Final = "CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
 
+_POSTGRESQL_REFUSE: Final = """
+CREATE OR REPLACE FUNCTION secagg_refuse() RETURNS trigger LANGUAGE plpgsql AS
+    $$ BEGIN RAISE EXCEPTION '%', TG_ARGV[0]; END $$;
+"""
+"""The PL/pgSQL trigger function every component's immutability triggers call (created before any ``ddl`` on
+PostgreSQL): it raises the message given as the trigger's argument, as SQLite's ``RAISE(ABORT, ...)`` does."""
+
 Migration = Callable[["Database"], None]
 """Moves a component's tables from version ``v`` to ``v + 1`` (run inside the start-up transaction)."""
 
@@ -200,7 +207,8 @@ class Database:
 
         Args:
             version: the version this code writes.
-            ddl: the idempotent table definitions of ``version``, per dialect (run after any migration).
+            ddl: the idempotent table definitions of ``version``, per dialect (run after any migration); on
+                PostgreSQL its triggers may call ``secagg_refuse('message')``.
             probe_table: a table whose presence without a version row means "version 0".
             migrations: ``migrations[v]`` moves version ``v`` to ``v + 1``.
 
@@ -229,6 +237,8 @@ class Database:
                         f"no migration of the {component} schema from version {step} to {step + 1}"
                     )
                 migrate(self)
+            if self.dialect == "postgresql":
+                self.script(_POSTGRESQL_REFUSE)
             self.script(ddl[self.dialect])
             self.execute(
                 "INSERT INTO schema_versions (component, version) VALUES (?, ?) "

@@ -83,8 +83,6 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     root BYTEA NOT NULL CHECK (length(root) = 32),
     note TEXT NOT NULL
 );
-CREATE OR REPLACE FUNCTION audit_refuse() RETURNS trigger LANGUAGE plpgsql AS
-    $$ BEGIN RAISE EXCEPTION '%', TG_ARGV[0]; END $$;
 CREATE OR REPLACE FUNCTION audit_next_index() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF NEW.idx IS DISTINCT FROM (SELECT COALESCE(MAX(idx) + 1, 0) FROM entries) THEN
@@ -93,19 +91,19 @@ BEGIN
     RETURN NEW;
 END $$;
 CREATE OR REPLACE TRIGGER entries_no_update BEFORE UPDATE ON entries
-    FOR EACH ROW EXECUTE FUNCTION audit_refuse('audit ledger is append-only: UPDATE refused');
+    FOR EACH ROW EXECUTE FUNCTION secagg_refuse('audit ledger is append-only: UPDATE refused');
 CREATE OR REPLACE TRIGGER entries_no_delete BEFORE DELETE ON entries
-    FOR EACH ROW EXECUTE FUNCTION audit_refuse('audit ledger is append-only: DELETE refused');
+    FOR EACH ROW EXECUTE FUNCTION secagg_refuse('audit ledger is append-only: DELETE refused');
 CREATE OR REPLACE TRIGGER entries_next_index BEFORE INSERT ON entries
     FOR EACH ROW EXECUTE FUNCTION audit_next_index();
 CREATE OR REPLACE TRIGGER checkpoints_no_update BEFORE UPDATE ON checkpoints
-    FOR EACH ROW EXECUTE FUNCTION audit_refuse('audit ledger is append-only: UPDATE refused');
+    FOR EACH ROW EXECUTE FUNCTION secagg_refuse('audit ledger is append-only: UPDATE refused');
 CREATE OR REPLACE TRIGGER checkpoints_no_delete BEFORE DELETE ON checkpoints
-    FOR EACH ROW EXECUTE FUNCTION audit_refuse('audit ledger is append-only: DELETE refused');
+    FOR EACH ROW EXECUTE FUNCTION secagg_refuse('audit ledger is append-only: DELETE refused');
 CREATE OR REPLACE TRIGGER meta_no_update BEFORE UPDATE ON meta
-    FOR EACH ROW EXECUTE FUNCTION audit_refuse('audit ledger metadata is write-once');
+    FOR EACH ROW EXECUTE FUNCTION secagg_refuse('audit ledger metadata is write-once');
 CREATE OR REPLACE TRIGGER meta_no_delete BEFORE DELETE ON meta
-    FOR EACH ROW EXECUTE FUNCTION audit_refuse('audit ledger metadata is write-once');
+    FOR EACH ROW EXECUTE FUNCTION secagg_refuse('audit ledger metadata is write-once');
 """
 
 

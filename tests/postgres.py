@@ -70,12 +70,12 @@ class PostgresServer:
             conn.execute(f"CREATE DATABASE {name}")
         return self.url(name)
 
-    def _as_owner(self, argv: list[str]) -> list[str]:
+    def as_owner(self, argv: list[str]) -> list[str]:
         return ["runuser", "-u", self.run_as, "--", *argv] if self.run_as else argv
 
     def stop(self) -> None:
         subprocess.run(
-            self._as_owner([self.tool("pg_ctl"), "stop", "-D", str(self.data), "-m", "immediate"]),
+            self.as_owner([self.tool("pg_ctl"), "stop", "-D", str(self.data), "-m", "immediate"]),
             capture_output=True,
             check=False,
             timeout=60,
@@ -124,7 +124,7 @@ def postgres_server(*, fsync: bool = False) -> PostgresServer | str:
         os.chown(pwfile, entry.pw_uid, entry.pw_gid)
     server = PostgresServer(bin_dir, data, _free_port(), password, run_as)
     init = subprocess.run(
-        server._as_owner(
+        server.as_owner(
             [
                 server.tool("initdb"),
                 "-D",
@@ -149,7 +149,7 @@ def postgres_server(*, fsync: bool = False) -> PostgresServer | str:
     if not fsync:
         options += " -c fsync=off"
     start = subprocess.run(
-        server._as_owner(
+        server.as_owner(
             [
                 server.tool("pg_ctl"),
                 "start",

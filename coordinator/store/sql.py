@@ -104,8 +104,6 @@ CREATE TABLE IF NOT EXISTS rounds (
     federation TEXT NOT NULL, round INTEGER NOT NULL, status TEXT NOT NULL, model_hash BYTEA NOT NULL,
     survivors TEXT NOT NULL DEFAULT '[]', dropped TEXT NOT NULL DEFAULT '[]', reason TEXT NOT NULL DEFAULT '',
     new_model_hash BYTEA NOT NULL DEFAULT '\\x'::bytea, PRIMARY KEY (federation, round));
-CREATE OR REPLACE FUNCTION secagg_refuse() RETURNS trigger LANGUAGE plpgsql AS
-    $$ BEGIN RAISE EXCEPTION '%', TG_ARGV[0]; END $$;
 CREATE OR REPLACE TRIGGER models_immutable BEFORE UPDATE ON models
     FOR EACH ROW EXECUTE FUNCTION secagg_refuse('models are immutable');
 CREATE OR REPLACE TRIGGER models_kept BEFORE DELETE ON models

@@ -9,7 +9,7 @@ from coordinator.errors import (
     InvalidInput,
 )
 from coordinator.proto.v1 import paillier_pb2 as ppb
-from secagg.hazmat.paillier import ObfuscatorMode, PartialDecryption, PlaintextProof
+from secagg.hazmat.paillier import ObfuscatorMode, PartialDecryption, PlaintextProof, int_to_bytes
 from secagg.paillier import (
     DecryptionRequest,
     FoldAnswer,
@@ -23,11 +23,6 @@ from secagg.paillier import (
 
 # ----------------------------------------------------------------------------------------------------------------
 # Wire conversions (only the servicer and the silo SDK touch protobuf classes)
-
-
-def int_to_bytes(value: int) -> bytes:
-    """Minimal big-endian encoding of a non-negative integer."""
-    return int(value).to_bytes(max(1, (int(value).bit_length() + 7) // 8), "big")
 
 
 def _int(data: bytes) -> int:

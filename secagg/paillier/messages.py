@@ -19,6 +19,7 @@ from secagg.hazmat.paillier import (
     PlaintextProof,
     ThresholdPublicKey,
     fold_weights,
+    int_to_bytes,
     verify_plaintext_knowledge,
 )
 from secagg.paillier.config import LABEL
@@ -38,11 +39,6 @@ __all__ = [
     "knowledge_weights",
     "proof_context",
 ]
-
-
-def _int_bytes(value: int) -> bytes:
-    """Minimal big-endian bytes of a non-negative integer (``encode_fields`` prefixes the length)."""
-    return int(value).to_bytes(max(1, (int(value).bit_length() + 7) // 8), "big")
 
 
 def knowledge_weights(context: bytes, silo_id: str, merkle_root: bytes, count: int) -> list[int]:
@@ -111,7 +107,7 @@ class SignedCommitment:
             self.vector_length,
             self.ciphertext_count,
             self.merkle_root,
-            _int_bytes(self.knowledge_fold),
+            int_to_bytes(self.knowledge_fold),
             self.knowledge_proof.encode(),
         )
 
@@ -189,7 +185,7 @@ class FoldAnswer:
             self.decrypter,
             root,
             self.seed,
-            _int_bytes(self.fold),
+            int_to_bytes(self.fold),
             self.proof.encode(),
         )
 

@@ -23,6 +23,7 @@ from secagg.hazmat.paillier.cipher import (
     ciphertexts_to_bytes,
     encrypt_plaintexts,
     encrypt_with,
+    int_to_bytes,
     multiply_ciphertexts,
 )
 from secagg.hazmat.paillier.keys import (
@@ -90,6 +91,7 @@ __all__ = [
     "fold_own",
     "fold_weights",
     "generate_safe_prime",
+    "int_to_bytes",
     "lagrange_combine",
     "multiply_ciphertexts",
     "open_share",

@@ -20,8 +20,14 @@ __all__ = [
     "ciphertexts_to_bytes",
     "encrypt_plaintexts",
     "encrypt_with",
+    "int_to_bytes",
     "multiply_ciphertexts",
 ]
+
+
+def int_to_bytes(value: int) -> bytes:
+    """Minimal big-endian encoding of a non-negative integer (proof elements, folds: not fixed-width)."""
+    return int(value).to_bytes(max(1, (int(value).bit_length() + 7) // 8), "big")
 
 
 def encrypt_plaintexts(

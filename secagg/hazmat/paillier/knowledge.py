@@ -48,6 +48,7 @@ from gmpy2 import mpz
 
 from secagg.errors import InvalidProof
 from secagg.hazmat.keys import RandomSource, encode_fields
+from secagg.hazmat.paillier.cipher import int_to_bytes
 from secagg.hazmat.paillier.keys import ThresholdPublicKey
 from secagg.hazmat.paillier.multiexp import multi_exponentiation
 from secagg.hazmat.paillier.obfuscators import SHORT_EXPONENT_BITS, ObfuscatorMode
@@ -103,15 +104,10 @@ class PlaintextProof:
         """Injective byte form (what signatures over a proof cover)."""
         return encode_fields(
             self.form.value,
-            _int_bytes(self.commitment),
-            _int_bytes(self.response),
-            _int_bytes(self.randomness),
+            int_to_bytes(self.commitment),
+            int_to_bytes(self.response),
+            int_to_bytes(self.randomness),
         )
-
-
-def _int_bytes(value: int) -> bytes:
-    """Minimal big-endian bytes of a non-negative integer (length-prefixed by ``encode_fields``)."""
-    return int(value).to_bytes(max(1, (int(value).bit_length() + 7) // 8), "big")
 
 
 def fold_weights(seed: bytes, count: int) -> list[int]:
