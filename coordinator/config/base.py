@@ -301,16 +301,21 @@ class FederationConfig(RosterPin):
             loopback address, so it can never expose an unauthenticated endpoint to a network.
         """
         key = self._address
-        try:
-            host, _ = split_address(getattr(self, key), allow_port_zero=self._port_zero)
-        except ValueError as exc:
-            raise value_error(str(exc), key=key) from None
-        if self.insecure_debug_no_tls and not _is_loopback(host):
-            raise value_error(
-                f"refused because {key} host {host!r} is not a loopback address "
-                "(plaintext is for local debugging only)",
-                key="insecure_debug_no_tls",
-            )
+        value = getattr(self, key)
+        addresses = [value] if isinstance(value, str) else list(value)
+        if len(set(addresses)) != len(addresses):
+            raise value_error("lists an address twice", key=key)
+        for address in addresses:
+            try:
+                host, _ = split_address(address, allow_port_zero=self._port_zero)
+            except ValueError as exc:
+                raise value_error(str(exc), key=key) from None
+            if self.insecure_debug_no_tls and not _is_loopback(host):
+                raise value_error(
+                    f"refused because {key} host {host!r} is not a loopback address "
+                    "(plaintext is for local debugging only)",
+                    key="insecure_debug_no_tls",
+                )
         if self.tls is None and not self.insecure_debug_no_tls:
             raise missing_error("tls", "mutual TLS is mandatory")
         return self

@@ -157,8 +157,11 @@ class SiloConfig(FederationConfig):
 
     silo: Text
     """This silo's id; must be on the roster."""
-    coordinator: Text
-    """The coordinator's ``host:port``."""
+    coordinator: Text | Annotated[list[Text], Field(min_length=1)]
+    """The coordinator's ``host:port``, or a list of them: the replicas behind one federation (several
+    ``secagg serve`` on one PostgreSQL store, one leading). The silo tries them in order, fails over to the next
+    when one is unavailable (a standby binds its port only once it leads) and reconnects by itself after a
+    coordinator restart."""
     signing_key: InputPath
     """This silo's Ed25519 roster private key (signs its per-round keys and privacy attestations)."""
     state_dir: OutputPath
@@ -176,6 +179,12 @@ class SiloConfig(FederationConfig):
     """The coordinator's pinned Ed25519 audit key (64 hex digits). When set, the silo checks after every round
     that the coordinator's signed ledger checkpoints only ever extend what it saw before (RFC 9162 consistency
     proofs), and keeps its own local ledger in ``state_dir``."""
+
+    @property
+    def coordinators(self) -> tuple[str, ...]:
+        """Every coordinator replica's ``host:port``, in the order the silo tries them."""
+        value = self.coordinator
+        return (value,) if isinstance(value, str) else tuple(value)
 
     @classmethod
     def _from_roster(cls, doc: dict[str, Any], roster: Roster, roster_file: Path) -> dict[str, Any]:

@@ -29,7 +29,7 @@ import json
 import logging
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import (
@@ -149,7 +149,8 @@ class SiloConnection(TypedDict, total=False):
     """The constructor arguments both silo kinds share (declared once; the kinds add their own).
 
     Keys:
-        address: the coordinator's ``host:port``.
+        address: the coordinator's ``host:port``, or a list of the replicas' behind one federation (tried in
+            order; the silo fails over to the next on UNAVAILABLE and reconnects by itself after a restart).
         federation: federation id.
         silo: this silo's id on the roster (and its certificate's common name).
         signing_key: the silo's Ed25519 roster key.
@@ -164,7 +165,7 @@ class SiloConnection(TypedDict, total=False):
             ledger checkpoints after every round.
     """
 
-    address: Required[str]
+    address: Required[str | Sequence[str]]
     federation: Required[str]
     silo: Required[str]
     signing_key: Required[Ed25519PrivateKey]
@@ -180,7 +181,7 @@ class SiloConnection(TypedDict, total=False):
 def connection_from_config(config: SiloConfig) -> SiloConnection:
     """The shared constructor arguments a silo's TOML configuration (``secagg silo --config``) describes."""
     return SiloConnection(
-        address=config.coordinator,
+        address=config.coordinators,
         federation=config.federation,
         silo=config.silo,
         signing_key=load_ed25519_private(config.signing_key),
@@ -416,7 +417,6 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
             raise Unauthorized(f"the pinned roster is for {roster.federation}, not {federation}")
         self.silo = connection["silo"]
         self.federation = federation
-        self.address = connection["address"]
         self._roster = roster
         member = Member(
             federation=federation,
@@ -446,6 +446,16 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
             self._transport.close()
             raise
 
+    @property
+    def address(self) -> str:
+        """The coordinator replica this silo talks to now (one of :attr:`addresses`)."""
+        return self._transport.address
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Every coordinator replica this silo was given, in the order it tries them."""
+        return self._transport.addresses
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(silo={self.silo!r}, federation={self.federation!r})"
 
@@ -474,7 +484,7 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
         try:
             answer = self._transport.call(service.Join, request)
         except Unavailable as exc:
-            raise Unavailable(_unreachable(self.address, str(exc))) from exc
+            raise Unavailable(_unreachable(" or ".join(self.addresses), str(exc))) from exc
         except Unauthorized as exc:
             raise Unauthorized(
                 f"the coordinator at {self.address} refused silo {self.silo!r} of federation "
@@ -548,8 +558,15 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
             Unavailable: the coordinator stayed unreachable.
         """
         self.join()
+        joined_at = self._transport.reconnections
         next_round, done = 0, 0
         while max_rounds is None or done < max_rounds:
+            if self._transport.reconnections != joined_at:
+                # a restarted or newly leading coordinator counts the silos that joined since it started
+                # (round 0 opens on them): say so again, and check its log still extends what was witnessed
+                log.info("silo %s reconnected to %s; joining again", self.silo, self.address)
+                self.join()
+                joined_at = self._transport.reconnections
             info = self._next_round(next_round)
             if info.state == pb.ROUND_STATE_FINISHED:
                 return

@@ -9,7 +9,15 @@ so with the one two-way table of :mod:`coordinator.wire.errors`, so callers catc
 Notes:
     - Retries: UNAVAILABLE and RESOURCE_EXHAUSTED are transient (the coordinator restarts, or sheds load);
       they are retried with exponential backoff and jitter (:class:`RetryPolicy`). Every other failure is
-      final. A submission retried after a lost answer may be refused with ALREADY_EXISTS because the first
+      final.
+    - Replicas and restarts: a silo may be given several coordinator replicas (:mod:`coordinator.sdk.replicas`).
+      UNAVAILABLE from one (a standby does not bind its port until it leads, a killed leader answers nothing)
+      moves the next attempt to the next replica, with a one-line warning. Once the federation has answered
+      this silo, UNAVAILABLE is retried for :attr:`RetryPolicy.reconnect_seconds` rather than ``attempts``
+      tries, so a coordinator restart or a standby's takeover does not end the silo's part; before any answer
+      the ``attempts`` bound keeps "the coordinator is not running" a matter of seconds. The round loop
+      then finds its place as after any interruption: the interrupted round is refused as aborted and the
+      silo joins the next one. A submission retried after a lost answer may be refused with ALREADY_EXISTS because the first
       attempt did reach the coordinator: after a retry that counts as delivered, on the first attempt it is a
       real duplicate and raises :class:`~coordinator.errors.DuplicateSubmission`.
     - Long polls (:meth:`Transport.poll`): the coordinator answers a "Get" call when the stage closes, or with
@@ -28,10 +36,11 @@ Notes:
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -63,6 +72,7 @@ from coordinator.common import (
 from coordinator.errors import AuditFailure, CoordinatorError, InvalidInput, Unavailable
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
+from coordinator.sdk.replicas import ReplicaChannel, replica_addresses
 from coordinator.wire.errors import from_rpc_error
 
 __all__ = ["POLL_SECONDS", "RetryPolicy", "Transport"]
@@ -94,17 +104,38 @@ class RetryPolicy:
         attempts: calls made in all, the first included (at least 1).
         initial: seconds before the first retry, before jitter.
         maximum: the longest wait between two attempts, before jitter.
+        reconnect_seconds: once the federation has answered this silo, how long (in backoff waits, before
+            jitter) UNAVAILABLE keeps being retried, across the replicas, before the silo gives up: a
+            coordinator restart or a standby's takeover must not end its federation. ``0``: ``attempts`` only.
     """
 
     attempts: int = 6
     initial: float = 0.2
     maximum: float = 5.0
+    reconnect_seconds: float = 300.0
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
             raise ValueError("attempts must be >= 1")
         if self.initial < 0 or self.maximum < self.initial:
             raise ValueError("need 0 <= initial <= maximum")
+        if self.reconnect_seconds < 0:
+            raise ValueError("reconnect_seconds must be >= 0")
+
+    @property
+    def reconnect_attempts(self) -> int:
+        """Calls made in all on UNAVAILABLE once the federation has answered (at least ``attempts``).
+
+        Counted from the waits without jitter (jitter averages out), so the bound never depends on a clock.
+        A policy that never waits (``initial = 0``) keeps ``attempts``.
+        """
+        if self.initial <= 0:
+            return self.attempts
+        waited, retries = 0.0, 0
+        while waited < self.reconnect_seconds:
+            waited += min(self.initial * 2.0**retries, self.maximum)
+            retries += 1
+        return max(self.attempts, retries + 1)
 
     def delay(self, retry: int, *, jitter: float) -> float:
         """Seconds to wait before retry number ``retry`` (0 for the first), for ``jitter`` in ``[0, 1)``.
@@ -119,7 +150,7 @@ class Transport:
     """One silo's connection to the coordinator: every call a silo makes goes through here.
 
     Args:
-        address: the coordinator's ``host:port``.
+        address: the coordinator's ``host:port``, or the replicas' (tried in order, failed over in turn).
         federation: federation id (set on the requests this transport builds).
         silo: this silo's id (its certificate's common name; the insecure debug header otherwise).
         tls: the consortium CA, this silo's certificate and key (PEM). ``None`` only with
@@ -136,13 +167,13 @@ class Transport:
         poll_seconds: how long one long-poll call asks the coordinator to block.
 
     Raises:
-        ValueError: no TLS material and no explicit ``insecure_debug_no_tls``.
+        ValueError: no TLS material and no explicit ``insecure_debug_no_tls``; no address, or one listed twice.
     """
 
     def __init__(
         self,
         *,
-        address: str,
+        address: str | Sequence[str],
         federation: str,
         silo: str,
         tls: TlsFiles | None,
@@ -164,21 +195,33 @@ class Transport:
         self._sleep = sleep
         self._poll_seconds = poll_seconds
         self._max_message_bytes = max_message_bytes
+        self._answered = False
+        """Whether the federation has answered a call (from then on UNAVAILABLE means a restart)."""
+        self._reconnections = 0
+        # gRPC's own reconnect backoff grows to 120 s and fails calls at once meanwhile; keep it within ours
+        backoff_ms = max(100, int(self._retry.maximum * 1000))
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.initial_reconnect_backoff_ms", max(100, int(self._retry.initial * 1000))),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", backoff_ms),
         ]
+        open_channel: Callable[[str], grpc.Channel]
         if tls is not None:
             credentials = grpc.ssl_channel_credentials(tls.ca, tls.key, tls.cert)
-            self._channel = grpc.secure_channel(address, credentials, options=options)
+            open_channel = functools.partial(
+                grpc.secure_channel, credentials=credentials, options=options
+            )
             self._metadata: tuple[tuple[str, str], ...] = ()
         elif insecure_debug_no_tls:
-            self._channel = grpc.insecure_channel(address, options=options)
+            open_channel = functools.partial(grpc.insecure_channel, options=options)
             self._metadata = ((INSECURE_SILO_HEADER, silo),)
         else:
             raise ValueError(
                 "TLS material is required (insecure_debug_no_tls is for local debugging only)"
             )
+        self._channel = ReplicaChannel(replica_addresses(address), open_channel)
         self._audit = pb_grpc.AuditStub(self._channel)
         self._witness: CheckpointWitness | None = None
         self._audit_key = audit_public_key
@@ -191,6 +234,21 @@ class Transport:
 
     def __repr__(self) -> str:
         return f"Transport(silo={self.silo!r}, federation={self.federation!r})"
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """Every replica's ``host:port``, in the order they are tried."""
+        return self._channel.addresses
+
+    @property
+    def address(self) -> str:
+        """The replica calls go to now."""
+        return self._channel.current
+
+    @property
+    def reconnections(self) -> int:
+        """How often the federation answered again after being UNAVAILABLE (a restart, a failover)."""
+        return self._reconnections
 
     # lifetime ----------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -560,20 +618,55 @@ class Transport:
 
         ``delivered`` marks a submission: ALREADY_EXISTS after a retry returns ``delivered()`` instead of
         raising, because the attempt whose answer was lost did reach the coordinator.
+
+        UNAVAILABLE moves the next attempt to the next replica (module Notes); once the federation has answered,
+        it is retried :attr:`RetryPolicy.reconnect_attempts` times instead of ``attempts``.
         """
-        for number in range(self._retry.attempts):
+        number, lost = 0, False
+        while True:
+            address = self._channel.current
             try:
-                return attempt()
+                answer = attempt()
             except grpc.RpcError as exc:
                 code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+                if code not in _TRANSIENT:
+                    self._reconnected(lost)  # the federation answered, if only with a refusal
                 if delivered is not None and number > 0 and code == grpc.StatusCode.ALREADY_EXISTS:
                     return delivered()
-                if code in _TRANSIENT and number + 1 < self._retry.attempts:
-                    # jitter only spreads retries in time; it needs no cryptographic randomness
-                    self._sleep(self._retry.delay(number, jitter=random.random()))  # noqa: S311
-                    continue
-                raise from_rpc_error(exc) from exc
-        raise AssertionError("unreachable: the last attempt returns or raises")
+                unavailable = code == grpc.StatusCode.UNAVAILABLE
+                limit = (
+                    self._retry.reconnect_attempts
+                    if unavailable and self._answered
+                    else self._retry.attempts
+                )
+                if code not in _TRANSIENT or number + 1 >= limit:
+                    raise from_rpc_error(exc) from exc
+                if unavailable:
+                    lost = lost or self._answered
+                    self._fail_over(address)
+                # jitter only spreads retries in time; it needs no cryptographic randomness
+                self._sleep(self._retry.delay(number, jitter=random.random()))  # noqa: S311
+                number += 1
+                continue
+            self._reconnected(lost)
+            return answer
+
+    def _reconnected(self, lost: bool) -> None:
+        """The federation answered; ``lost``: after it was UNAVAILABLE to this silo (a restart, a failover)."""
+        if lost:
+            self._reconnections += 1
+        self._answered = True
+
+    def _fail_over(self, failed: str) -> None:
+        """After UNAVAILABLE from ``failed``: the next attempt goes to the next replica (said once per switch)."""
+        following = self._channel.advance(failed)
+        if following is not None and following != failed:
+            log.warning(
+                "coordinator replica %s is unavailable; silo %s fails over to %s",
+                failed,
+                self.silo,
+                following,
+            )
 
 
 def _discard(_: object = None) -> None:
