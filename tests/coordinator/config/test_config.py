@@ -208,6 +208,12 @@ def test_insecure_debug_mode_is_loopback_only(demo_configs: tuple[Path, list[Pat
     _rewrite(silo_paths[0], lambda d: d.update(coordinator="coordinator.example.org:443"))
     with pytest.raises(ConfigError, match="not a loopback address"):
         SiloConfig.load(silo_paths[0])
+    replicas = ["127.0.0.1:7000", "localhost:7001"]
+    _rewrite(silo_paths[0], lambda d: d.update(coordinator=replicas))
+    assert SiloConfig.load(silo_paths[0]).coordinators == tuple(replicas)
+    _rewrite(silo_paths[0], lambda d: d.update(coordinator=["127.0.0.1:7000", "example.org:443"]))
+    with pytest.raises(ConfigError, match="not a loopback address"):
+        SiloConfig.load(silo_paths[0])
 
 
 # --- every validation error names the file and the key -----------------------------------------------------
@@ -418,6 +424,17 @@ def _assert_one_line_about(error: ConfigError, path: Path) -> None:
 SILO_ERRORS: list[tuple[str, Callable[[Doc], None], str]] = [
     ("not on roster", _set(None, "silo", "silo-z"), r"silo: 'silo-z' is not on the roster"),
     ("port zero", _set(None, "coordinator", "127.0.0.1:0"), r"coordinator: port 0 is out of range"),
+    (
+        "replica port zero",
+        _set(None, "coordinator", ["127.0.0.1:7000", "127.0.0.1:0"]),
+        r"coordinator: port 0 is out of range",
+    ),
+    (
+        "replica twice",
+        _set(None, "coordinator", ["127.0.0.1:7000", "127.0.0.1:7000"]),
+        r"coordinator: lists an address twice",
+    ),
+    ("no replica", _set(None, "coordinator", []), r"coordinator"),
     (
         "unknown policy key",
         _set("policy", "max_colusion_assumed", 1),
