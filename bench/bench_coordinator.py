@@ -3,6 +3,8 @@
     .venv/bin/python bench/bench_coordinator.py                # 10 x 1M, 50 x 100k, 50 x 1M memory (~3-4 min)
     .venv/bin/python bench/bench_coordinator.py --quick        # 5 silos x 50,000 + Paillier smoke (CI smoke)
     .venv/bin/python bench/bench_coordinator.py --only 10x1M   # one scenario (repeatable)
+    .venv/bin/python bench/bench_coordinator.py --only 10x1M --only 50x100k --store local --failover-trials 5
+                                      # also on PostgreSQL (ratios to SQLite) and 5 leader-kill failovers
     .venv/bin/python bench/bench_coordinator.py --profile      # also cProfile the coordinator and silo-00
     .venv/bin/python bench/bench_coordinator.py --only paillier10x100k   # Paillier mode, memory (~5 min)
     .venv/bin/python bench/bench_coordinator.py --only paillier10x300k   # the same at 300,000 (~15 min)
@@ -90,6 +92,7 @@ Notes:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import ctypes
 import ctypes.util
@@ -117,6 +120,7 @@ from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 import grpc
 import numpy as np
 import numpy.typing as npt
+import pg_failover  # bench/pg_failover.py, beside this script
 
 from coordinator._malloc import tune_allocator
 from coordinator.common import DEFAULT_MAX_MESSAGE_BYTES, RoundStatus, TlsFiles
@@ -596,7 +600,7 @@ def serve_config(args: argparse.Namespace, paths: ConsortiumPaths, n: int) -> Se
     return ServeConfig(
         federation=paths.federation,
         listen="127.0.0.1:0",
-        storage=args.work / "coordinator.sqlite",
+        storage=args.storage or args.work / "coordinator.sqlite",
         roster=paths.roster,
         consortium_public_key=bytes.fromhex(
             paths.consortium_public_key.read_text(encoding="ascii").strip()
@@ -1018,8 +1022,11 @@ def run_scenario(
     baseline: bool,
     profile: bool,
     paillier_key: Path | None = None,
+    storage: str | None = None,
 ) -> Figures:
     """Start the coordinator and the silo processes of ``scenario``, run it, collect the figures.
+
+    ``storage``: the coordinator's store URL (a fresh PostgreSQL database); absent, SQLite in ``work``.
 
     With ``paillier_key`` (the joint public key of ``pki``) the scenario runs in Paillier mode, without a
     baseline.
@@ -1042,6 +1049,7 @@ def run_scenario(
                 *([] if secure else ["--no-secure"]),
                 *(["--profile"] if profile else []),
                 *(["--paillier-key", str(paillier_key)] if paillier_key else []),
+                *(["--storage", storage] if storage else []),
             ],
         )
         secure_port, plain_port = children.line(coordinator, "PORTS ").split()
@@ -1304,6 +1312,36 @@ def masking_report(figures: Sequence[Figures], *, quick: bool) -> None:
         print(f"{'':<30} largest silo process: {mb(biggest)} MB")
 
 
+def store_report(pairs: Sequence[tuple[Figures, Figures]]) -> None:
+    """The same secure rounds on SQLite and on PostgreSQL, as ratios (load average at the end of each run)."""
+    header = (
+        f"{'store: PostgreSQL / SQLite':<30} {'SQLite s':>9} {'load':>5} {'PG s':>9} {'load':>5} {'ratio':>6}"
+        f"  {'idle MB SQLite/PG':>18} {'ratio':>6}  {'peak MB SQLite/PG':>18} {'ratio':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    for lite, pg in pairs:
+        a, b = lite.secure_s(), pg.secure_s()
+        idle = (lite.coordinator["idle_rss"], pg.coordinator["idle_rss"])
+        peak = (lite.coordinator["peak_rss"], pg.coordinator["peak_rss"])
+        print(
+            f"{lite.scenario.name:<30} {a:>9.2f} {lite.loads.get('end', '?'):>5} {b:>9.2f} "
+            f"{pg.loads.get('end', '?'):>5} {b / a:>6.2f}  "
+            f"{f'{mb(idle[0])}/{mb(idle[1])}':>18} {idle[1] / idle[0]:>6.2f}  "
+            f"{f'{mb(peak[0])}/{mb(peak[1])}':>18} {peak[1] / peak[0]:>6.2f}"
+        )
+
+
+def failover_report(trials: Sequence[tuple[float, str]]) -> None:
+    """Leader SIGKILLed -> next round open on the standby, over the trials."""
+    seconds = [t for t, _ in trials]
+    print(
+        f"failover (2 replicas on PostgreSQL, leader SIGKILLed -> round open on the standby), {len(trials)} trials: "
+        f"min {min(seconds):.2f} s, median {statistics.median(seconds):.2f} s, max {max(seconds):.2f} s"
+    )
+    print("  per trial (s @ load average): " + ", ".join(f"{t:.2f} @ {load}" for t, load in trials))
+
+
 def deal_key(pki: ConsortiumPaths, scenario: Scenario) -> Path:
     """A t-of-n threshold Paillier key for the consortium (t = the smallest safe threshold); its public key."""
     from coordinator.pki.paillier import create_paillier_keys
@@ -1336,6 +1374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     child.add_argument("--no-secure", dest="secure", action="store_false")
     child.add_argument("--profile", action="store_true")
     child.add_argument("--paillier-key", type=Path, help="Paillier mode with this joint public key")
+    child.add_argument("--storage", help="the store URL (default: SQLite in --work)")
     silo = sub.add_parser("silo", help="internal: one silo process of one scenario")
     silo.add_argument("--pki", type=Path, required=True)
     silo.add_argument("--silo", required=True)
@@ -1364,7 +1403,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[],
         help="run only this scenario (repeatable); the Paillier ones run only when named",
     )
+    parser.add_argument(
+        "--store",
+        help="also run every masking scenario on this PostgreSQL server (postgresql://..., a fresh database "
+        "per run; 'local' starts a throwaway one as the tests do) and print the ratios to SQLite",
+    )
+    parser.add_argument(
+        "--failover-trials",
+        type=int,
+        default=0,
+        help="with --store: SIGKILL the leader of two replicas this many times, time to next round open",
+    )
     args = parser.parse_args(argv)
+    if args.failover_trials and not args.store:
+        parser.error("--failover-trials needs --store")
     if args.mode == "coordinator":
         return run_coordinator(args)
     if args.mode == "silo":
@@ -1382,8 +1434,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print()
     figures = []
+    on_postgres: dict[str, Figures] = {}
+    failovers: list[tuple[float, str]] = []
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="bench-coordinator-") as tmp:
+    store_url, local_pg = (None, None)
+    if args.store == "local":
+        store_url, local_pg = pg_failover.local_server()
+    elif args.store:
+        store_url = args.store
+    with (
+        contextlib.ExitStack() as cleanup,
+        tempfile.TemporaryDirectory(prefix="bench-coordinator-") as tmp,
+    ):
+        if local_pg is not None:
+            cleanup.callback(local_pg.stop)  # type: ignore[attr-defined]
         root = Path(tmp)
         if not os.environ.get(
             PASSPHRASE_ENV
@@ -1433,8 +1497,35 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"(load average {load_average()})",
                 flush=True,
             )
+            if store_url is not None and not scenario.paillier:
+                on_postgres[scenario.name] = run_scenario(
+                    scenario,
+                    pki,
+                    root / f"run-{i}-postgresql",
+                    secure=True,
+                    baseline=False,
+                    profile=False,
+                    storage=pg_failover.new_database(store_url),
+                )
+                print(
+                    f"  {scenario.name} on PostgreSQL: done after {time.perf_counter() - started:.0f} s "
+                    f"(load average {load_average()})",
+                    flush=True,
+                )
+        if store_url is not None and args.failover_trials:
+            failovers = pg_failover.failover_trials(
+                store_url, args.failover_trials, root / "failover"
+            )
     print()
     report(figures, quick=args.quick)
+    if on_postgres:
+        print()
+        store_report(
+            [(f, on_postgres[f.scenario.name]) for f in figures if f.scenario.name in on_postgres]
+        )
+    if failovers:
+        print()
+        failover_report(failovers)
     if args.quick:
         print("note: --quick is a smoke run; nothing is judged against the targets")
     if args.profile:
