@@ -1322,11 +1322,11 @@ def store_report(pairs: Sequence[tuple[Figures, Figures]]) -> None:
     print("-" * len(header))
     for lite, pg in pairs:
         a, b = lite.secure_s(), pg.secure_s()
+        loads = [f.loads.get("end", "?").split()[0] for f in (lite, pg)]  # the 1-minute figure
         idle = (lite.coordinator["idle_rss"], pg.coordinator["idle_rss"])
         peak = (lite.coordinator["peak_rss"], pg.coordinator["peak_rss"])
         print(
-            f"{lite.scenario.name:<30} {a:>9.2f} {lite.loads.get('end', '?'):>5} {b:>9.2f} "
-            f"{pg.loads.get('end', '?'):>5} {b / a:>6.2f}  "
+            f"{lite.scenario.name:<30} {a:>9.2f} {loads[0]:>5} {b:>9.2f} {loads[1]:>5} {b / a:>6.2f}  "
             f"{f'{mb(idle[0])}/{mb(idle[1])}':>18} {idle[1] / idle[0]:>6.2f}  "
             f"{f'{mb(peak[0])}/{mb(peak[1])}':>18} {peak[1] / peak[0]:>6.2f}"
         )
