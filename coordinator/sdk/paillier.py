@@ -192,7 +192,7 @@ class PaillierSilo(
     """One silo's connection to a Paillier-mode federation.
 
     Args:
-        address: the coordinator's ``host:port``.
+        address: the coordinator's ``host:port``, or a list of the replicas' (failed over in turn).
         federation: federation id.
         silo: this silo's id on the roster (and its certificate's common name).
         signing_key: the silo's Ed25519 roster key (signs commitments and attestations).
