@@ -412,6 +412,23 @@ class StorageConfig(ConfigModel):
         return self.url if is_postgresql(self.url) else Path(self.url)
 
 
+class MetricsConfig(ConfigModel):
+    """The ``[metrics]`` table: Prometheus metrics and health probes over plain HTTP (DESIGN 8, Operations).
+
+    The listener needs no client certificate, so an orchestrator can probe it; it exposes counts, durations
+    and each silo's recomputed epsilon (already in the audit ledger), never a key, mask, share or update.
+    Bind it to loopback or an operations network, not to the silos' network.
+    """
+
+    _table = ("metrics",)
+
+    listen: Annotated[
+        str, StringConstraints(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}$")
+    ]
+    """``host:port`` of ``/metrics``, ``/healthz`` (200 while the process runs) and ``/readyz`` (200 only while
+    this replica leads and serves); port 0 picks a free port."""
+
+
 class ServeConfig(FederationConfig):
     """The coordinator's configuration, ``serve.toml`` (``secagg serve --config FILE``).
 
@@ -444,6 +461,8 @@ class ServeConfig(FederationConfig):
     """The joint Paillier public key (``secagg pki paillier``); required in Paillier mode and only there."""
     revoked_certificates: Fingerprints = frozenset()
     """SHA-256 fingerprints (hex) of client certificates to refuse."""
+    metrics: MetricsConfig | None = None
+    """Prometheus metrics and health probes on their own listener; absent: no listener."""
     revocation_list: InputPath | None = None
     """The consortium CA's signed revocation list (PEM X.509 CRL from ``secagg pki revoke``); re-read when the
     file changes, so a revoked silo is refused at its next call. Needs ``[tls]``."""

@@ -357,7 +357,7 @@ def attest_contribution(
     payload: bytes,
     signature: bytes,
     attested: MutableMapping[str, tuple[bytes, bytes]],
-) -> None:
+) -> float | None:
     """Verify, recompute and record a silo's privacy attestation (both aggregation modes).
 
     The claimed epsilon is recomputed from the attested parameters over everything this silo attested before
@@ -374,6 +374,10 @@ def attest_contribution(
         payload: JSON of ``PrivacyAttestation.to_dict``, or empty.
         signature: Ed25519 over the attestation's signing payload.
         attested: the round's accepted attestations (silo -> (payload, signature)); updated on success.
+
+    Returns:
+        The silo's epsilon spent so far as the coordinator recomputed it (for the metrics), or ``None`` when
+        nothing new was attested (no attestation, or a retried one).
 
     Raises:
         PrivacyRefused: under-reported epsilon or over the ceiling (policy "refuse"), or a missing attestation
@@ -392,12 +396,12 @@ def attest_contribution(
             )
             audit.record(EventKind.BUDGET_REFUSAL, round_, {"silo": silo, "reason": reason})
             raise PrivacyRefused(f"privacy attestation refused: {reason}")
-        return
+        return None
     previous = attested.get(silo)
     if previous is not None:
         if previous != (payload, signature):
             raise InvalidInput(f"{silo} already attested round {round_} differently")
-        return  # a retried upload: verified and recorded the first time
+        return None  # a retried upload: verified and recorded the first time
     try:
         attestation = PrivacyAttestation.from_dict(json.loads(payload.decode("utf-8")))
     except (ValueError, PrivacyError) as exc:
@@ -458,6 +462,7 @@ def attest_contribution(
         extra=flagged,
     )
     attested[silo] = (payload, signature)
+    return check.recomputed_epsilon
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from coordinator._malloc import release_free_memory
 from coordinator.common import FloatVector, RoundReport, RoundStatus
 from coordinator.config import Deadlines, MaskingConfig, PrivacyConfig, SiloDPConfig
 from coordinator.errors import DuplicateSubmission, InvalidInput, NotFound, StageError, Unauthorized
+from coordinator.metrics import Metrics
 from coordinator.rounds.audit import AuditTrail, attest_contribution
 from coordinator.rounds.fedavg import fedavg
 from coordinator.rounds.uploads import Upload, UploadSink, protocol
@@ -196,6 +197,7 @@ class RoundDriver:
         initial_model: round-0 model (used only when the store has none).
         audit: the federation's audit trail (ledger and checkpoint signer).
         clock: wall-clock source, injectable for tests.
+        metrics: where the driver and the servers count (a fresh registry of its own by default).
     """
 
     mode: ClassVar[str]
@@ -221,6 +223,7 @@ class RoundDriver:
         initial_model: FloatVector,
         audit: AuditTrail,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         if initial_model.shape != (settings.vector_length,):
             raise InvalidInput(f"initial model must have {settings.vector_length} parameters")
@@ -229,6 +232,7 @@ class RoundDriver:
         self.store = store
         self.audit = audit
         self.clock = clock
+        self.metrics = metrics if metrics is not None else Metrics()
         self.cond = threading.Condition(threading.RLock())
         """Guards every round state; handler threads wait on it for stage results."""
         self.quantizer = Quantizer(
@@ -264,6 +268,7 @@ class RoundDriver:
             )
         self._record_creation()
         self._reconcile_ledger()
+        self.metrics.ledger_entries.set(self.audit.ledger.size)
         self._next = len(self.store.rounds(s.federation))
 
     # What a mode supplies ------------------------------------------------------------------------------
@@ -317,6 +322,7 @@ class RoundDriver:
         self.member(silo)
         with self.cond:
             self._joined.add(silo)
+            self.metrics.joined_silos.set(len(self._joined))
             self.cond.notify_all()
 
     @property
@@ -410,7 +416,7 @@ class RoundDriver:
                 raise StageError(f"{silo} may not submit in stage {stage.value} of round {round_}")
             if state.deadline <= self.clock():
                 raise StageError(f"the {stage.value} deadline of round {round_} has passed")
-            attest_contribution(
+            epsilon = attest_contribution(
                 self.audit,
                 privacy=self.settings.privacy,
                 roster=self.roster,
@@ -422,6 +428,8 @@ class RoundDriver:
                 signature=signature,
                 attested=state.attested,
             )
+            if epsilon is not None:
+                self.metrics.epsilon.labels(silo=silo).set(epsilon)
             upload = Upload(self, state, silo, protocol(lambda: sink(state)))
             state.uploads[silo] = upload
         return upload
@@ -615,6 +623,7 @@ class RoundDriver:
             | self.opened_facts(state),
         )
         outcome: RoundOutcome | None = None
+        began = time.monotonic()
         try:
             with self.cond:
                 self._round = state
@@ -642,6 +651,28 @@ class RoundDriver:
             self.close_round(state)
             if not self._stopping or outcome is not None:
                 self._finish(state, outcome)
+            if outcome is not None:
+                self._count_round(outcome, time.monotonic() - began)
+
+    def _count_round(self, outcome: RoundOutcome, seconds: float) -> None:
+        """Count and log how a round ended (no update, mask or share: names, counts and hashes only)."""
+        status = outcome.status.value
+        self.metrics.rounds.labels(outcome=status).inc()
+        if outcome.status is RoundStatus.COMPLETED:
+            self.metrics.dropouts.inc(len(outcome.dropped))
+        log.info(
+            "round %d %s",
+            outcome.round,
+            status,
+            extra={
+                "round": outcome.round,
+                "outcome": status,
+                "duration_s": round(seconds, 3),
+                "survivors": len(outcome.survivors),
+                "dropped": len(outcome.dropped),
+                "reason": outcome.reason or None,
+            },
+        )
 
     # Internals -------------------------------------------------------------------------------------------
     def _state(self, round_: int) -> RoundState | None:
@@ -685,6 +716,33 @@ class RoundDriver:
             return not self._stopping
 
     def _run_stage(self, state: RoundState, stage: enum.StrEnum, limit: float) -> None:
+        began = time.monotonic()
+        outcome = "aborted"
+        try:
+            self._stage_loop(state, stage, limit)
+            outcome = "stopped" if self._stopping else "closed"
+        finally:
+            seconds = time.monotonic() - began
+            with self.cond:
+                answered = len(state.arrived)
+                expected = len(state.expected)
+            self.metrics.stage_seconds.labels(stage=stage.value, mode=self.mode).observe(seconds)
+            log.info(
+                "round %d stage %s %s",
+                state.number,
+                stage.value,
+                outcome,
+                extra={
+                    "round": state.number,
+                    "stage": stage.value,
+                    "duration_s": round(seconds, 3),
+                    "answered": answered,
+                    "dropped": max(0, expected - answered),
+                    "outcome": outcome,
+                },
+            )
+
+    def _stage_loop(self, state: RoundState, stage: enum.StrEnum, limit: float) -> None:
         with self.cond:
             state.stage = stage
             state.arrived = set()
@@ -856,6 +914,7 @@ class RoundDriver:
                 body["stage"] = stage
             self.audit.record(EventKind.ROUND_ABORTED, r, body)
         self.audit.checkpoint()
+        self.metrics.ledger_entries.set(self.audit.ledger.size)
 
 
 def _outcome_of(record: Any) -> RoundOutcome:

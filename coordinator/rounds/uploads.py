@@ -72,6 +72,7 @@ class Upload:
         with self._driver.cond:
             self._check_open()
             protocol(lambda: self._sink.add(index, data))
+        self._driver.metrics.received_bytes.inc(_payload_bytes(data))
 
     def finish(self) -> None:
         """The last chunk has arrived: the silo's submission is complete."""
@@ -117,3 +118,15 @@ class Upload:
                     self._driver.cond.notify_all()
         finally:
             self._sink.close()
+
+
+def _payload_bytes(data: Any) -> int:
+    """Bytes of one chunk's payload (a numpy vector in masking mode, ciphertext bytes in Paillier mode)."""
+    if isinstance(data, bytes | bytearray | memoryview):
+        return len(data)
+    nbytes = getattr(data, "nbytes", None)
+    if isinstance(nbytes, int):
+        return nbytes
+    if isinstance(data, list | tuple):
+        return sum(_payload_bytes(item) for item in data)
+    return 0

@@ -24,6 +24,7 @@ from coordinator.common import FloatVector, TlsFiles
 from coordinator.config import ModelConfig, ServeConfig, TLSPaths
 from coordinator.config.tls import check_tls
 from coordinator.errors import ConfigError, PKIError
+from coordinator.metrics import Metrics, MetricsServer, serve_metrics
 from coordinator.modes import call_entry_point
 from coordinator.pki import Revocations, load_certificate, tls_key_pem
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
@@ -175,14 +176,28 @@ class Coordinator:
     port: int
     store: SQLStore
     lock: StoreLock
+    metrics_server: MetricsServer | None = None
+
+    @property
+    def metrics(self) -> Metrics:
+        """This coordinator's metrics (its own registry)."""
+        return self.service.metrics
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The bound port of the ``[metrics]`` listener (``None`` without one)."""
+        return None if self.metrics_server is None else self.metrics_server.port
 
     def stop(self, grace: float = 1.0) -> None:
-        """Stop serving, close the store and the ledger, and release the store's lock."""
+        """Stop serving, close the store and the ledger, release the store's lock, close the metrics listener."""
+        self.service.metrics.set_ready(False)
         self.service.stop()
         self.server.stop(grace).wait()
         self.store.close()
         self.service.audit.close()
         self.lock.release()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
 
 
 def initial_model(model: ModelConfig) -> FloatVector:
@@ -265,16 +280,27 @@ def start_coordinator(
         silo_dp=config.silo_dp,
         masking=config.masking,
     )
+    metrics = Metrics()
+    # The listener starts first, so a standby answers /healthz (and /readyz 503) while it waits for the lock.
+    listener: MetricsServer | None = None
+    if config.metrics is not None:
+        listener = serve_metrics(metrics, config.metrics.listen)
+        log.info("metrics and health probes (HTTP) on port %d", listener.port)
     # before the store is opened: a second coordinator must not even abort the first one's open round
     target = config.storage.target
-    lock = StoreLock(
-        target,
-        wait=config.storage.standby,
-        on_wait=lambda: log.warning(
-            "standing by: another coordinator serves %s; taking over when it stops",
-            redact(target),
-        ),
-    )
+    try:
+        lock = StoreLock(
+            target,
+            wait=config.storage.standby,
+            on_wait=lambda: log.warning(
+                "standing by: another coordinator serves %s; taking over when it stops",
+                redact(target),
+            ),
+        )
+    except BaseException:
+        if listener is not None:
+            listener.stop()
+        raise
     if lock.epoch is not None:
         log.info("leading %s (epoch %d)", redact(target), lock.epoch)
     try:
@@ -287,11 +313,20 @@ def start_coordinator(
             store=store,
             initial_model=initial,
             audit=open_audit_trail(config, fence=lock.fence),
+            metrics=metrics,
         )
         server.start()
         driver.start()
     except BaseException:
         lock.release()
+        if listener is not None:
+            listener.stop()
         raise
-    lock.watch(on_lost_lead)
-    return Coordinator(driver, server, port, store, lock)
+    metrics.set_ready(True)
+
+    def lost_lead() -> None:
+        metrics.set_ready(False)
+        on_lost_lead()
+
+    lock.watch(lost_lead)
+    return Coordinator(driver, server, port, store, lock, listener)

@@ -225,6 +225,8 @@ class ServicerBase:
         try:
             return fn()
         except Exception as exc:
+            status = to_status(exc)
+            self._rounds.metrics.refused("INTERNAL" if status is None else status[0].name)
             _abort(context, exc)
 
     @staticmethod
@@ -237,6 +239,7 @@ class ServicerBase:
         data, digest = self._serve(
             context, request, lambda _: self._rounds.model_bytes(request.round), claimed=None
         )
+        self._rounds.metrics.sent_bytes.inc(len(data))
         yield from model_chunks(data, digest, self._max_message_bytes)
 
     def GetResult(self, request: pb.StageRequest, context: grpc.ServicerContext) -> pb.RoundResult:
