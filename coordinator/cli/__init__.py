@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import signal
 import time
@@ -12,7 +11,10 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
+import click
 import typer
+
+from coordinator.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 
 if TYPE_CHECKING:
     from audits import VerificationReport
@@ -20,6 +22,21 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+
+LogLevelOption = Annotated[
+    str,
+    typer.Option(
+        "--log-level", click_type=click.Choice(LOG_LEVELS), help="Least severe log events shown."
+    ),
+]
+LogFormatOption = Annotated[
+    str,
+    typer.Option(
+        "--log-format",
+        click_type=click.Choice(LOG_FORMATS),
+        help="Log events as console text or one JSON object per line (stderr).",
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -1023,14 +1040,14 @@ def _federation_summary(records: list[Any]) -> tuple[int, list[Any]]:
 @app.command("serve", epilog=_SERVE_EXIT_CODES)
 def _serve(
     config: Annotated[Path, typer.Option("--config", help="The coordinator's TOML configuration.")],
+    log_level: LogLevelOption = "info",
+    log_format: LogFormatOption = "console",
 ) -> None:
     """Run the coordinator until every planned round has run."""
     from coordinator.config import ServeConfig
     from coordinator.server.app import start_coordinator
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(level=log_level, fmt=log_format)  # type: ignore[arg-type]  # click checked the choice
     settings = _load_or_exit(ServeConfig.load, config)
     try:
         with _sentences():  # e.g. another coordinator on this store, or the port is taken
@@ -1101,14 +1118,14 @@ def _silo(
     events: Annotated[
         bool, typer.Option("--events", help="Print machine-readable progress lines.")
     ] = False,
+    log_level: LogLevelOption = "warning",
+    log_format: LogFormatOption = "console",
 ) -> None:
     """Run a silo: the task its [task] entry names (your model and data), or the built-in example, with DP-SGD."""
     from coordinator import modes
     from coordinator.config import SiloConfig
 
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(level=log_level, fmt=log_format)  # type: ignore[arg-type]  # click checked the choice
     settings = _load_or_exit(SiloConfig.load, config)
     with _sentences():
         run = modes.load(settings.mode, "silo")
@@ -1151,6 +1168,22 @@ def _demo(
             help="A postgresql:// URL of an empty database for the coordinator (default: SQLite in --out).",
         ),
     ] = None,
+    log_level: Annotated[
+        str,
+        typer.Option(
+            "--log-level",
+            click_type=click.Choice(LOG_LEVELS),
+            help="Least severe event written to coordinator.log and silo-<id>.log in --out.",
+        ),
+    ] = "info",
+    log_format: Annotated[
+        str,
+        typer.Option(
+            "--log-format",
+            click_type=click.Choice(LOG_FORMATS),
+            help="The log files as console text or one JSON object per line.",
+        ),
+    ] = "json",
 ) -> None:
     """The main job on embedded defaults: a throwaway consortium, a coordinator and hospital silos on loopback."""
     from coordinator.demo import DemoOptions, run_demo
@@ -1159,7 +1192,14 @@ def _demo(
     raise typer.Exit(
         code=run_demo(
             DemoOptions(
-                silos=silos, rounds=rounds, out=out, silo_dp=silo_dp, mode=mode, store=store
+                silos=silos,
+                rounds=rounds,
+                out=out,
+                silo_dp=silo_dp,
+                mode=mode,
+                store=store,
+                log_level=log_level,  # type: ignore[arg-type]  # click checked the choice
+                log_format=log_format,  # type: ignore[arg-type]
             )
         )
     )

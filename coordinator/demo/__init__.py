@@ -8,6 +8,7 @@ Everything runs on loopback with mutual TLS; the silos are separate operating-sy
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -34,6 +35,7 @@ from coordinator.config import (
     write_demo_configs,
 )
 from coordinator.errors import NotFound, StoreError
+from coordinator.logs import LogFormat, LogLevel, configure_logging
 from coordinator.pki import PASSPHRASE_ENV, create_consortium
 from coordinator.rounds.audit import export_bundle, verify_bundle_dir
 from coordinator.sdk.example import EVENT_PREFIX
@@ -62,6 +64,10 @@ class DemoOptions:
     mode: str = "masking"
     store: str | None = None
     """A ``postgresql://`` URL of an empty database for the coordinator; ``out/coordinator.sqlite`` if ``None``."""
+    log_level: LogLevel = "info"
+    """Least severe event written to ``coordinator.log`` and each ``silo-<id>.log``."""
+    log_format: LogFormat = "json"
+    """The log files' format: one JSON object per line (default) or console text."""
 
 
 @dataclass
@@ -177,6 +183,10 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
         ),
     )
     serve = ServeConfig.load(serve_path)
+    # the embedded coordinator logs to out/coordinator.log only: the console shows the live table
+    coordinator_log = configure_logging(
+        level=options.log_level, fmt=options.log_format, path=out / "coordinator.log"
+    )
     coordinator = start_coordinator(serve)
     aggregation = {
         "paillier": "threshold Paillier aggregation",
@@ -188,7 +198,19 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
     for silo, path in zip(silos, silo_paths, strict=True):
         log_file = (out / f"silo-{silo}.log").open("w", encoding="utf-8")
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-            [sys.executable, "-m", "coordinator.cli", "silo", "--config", str(path), "--events"],
+            [
+                sys.executable,
+                "-m",
+                "coordinator.cli",
+                "silo",
+                "--config",
+                str(path),
+                "--events",
+                "--log-level",
+                options.log_level,
+                "--log-format",
+                options.log_format,
+            ],
             stdout=subprocess.PIPE,
             stderr=log_file,
             text=True,
@@ -244,6 +266,8 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> int:
     records = coordinator.store.rounds("hospitals")
     final_model, _ = coordinator.store.model("hospitals", len(records))
     coordinator.stop()
+    logging.getLogger().removeHandler(coordinator_log)
+    coordinator_log.close()
     if failed:
         for silo, code in failed:
             console.print(f"[red]{silo} exited with {code}; see {out / f'silo-{silo}.log'}[/red]")
