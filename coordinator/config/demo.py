@@ -43,6 +43,7 @@ def write_demo_configs(
     silo_dp: SiloDPConfig | None = None,
     paillier_public_key: str | os.PathLike[str] | None = None,
     storage: str | None = None,
+    metrics: str | None = None,
 ) -> tuple[Path, list[Path]]:
     """Write working TOML configurations for a consortium's coordinator and every silo (for ``secagg demo``).
 
@@ -69,6 +70,7 @@ def write_demo_configs(
         silo_dp: the coordinator's ``[silo_dp]`` table, if any.
         paillier_public_key: run in Paillier mode with this joint public key (``secagg pki paillier``).
         storage: the coordinator's ``[storage] url`` (a ``postgresql://`` URL); ``coordinator.sqlite`` when ``None``.
+        metrics: the coordinator's ``[metrics] listen`` address (``host:port``); no metrics listener when ``None``.
 
     Returns:
         ``(serve_path, silo_paths)`` with silo paths in roster order.
@@ -119,6 +121,7 @@ def write_demo_configs(
         "insecure_debug_no_tls": False,
         "revoked_certificates": [],
         "max_message_bytes": DEFAULT_MAX_MESSAGE_BYTES,
+        **({"metrics": {"listen": metrics}} if metrics is not None else {}),
         "tls": {
             "ca": rel(consortium.ca_cert),
             "cert": rel(consortium.coordinator_cert),
