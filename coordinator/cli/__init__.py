@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
 import signal
 import time
@@ -11,10 +12,9 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
-import click
 import typer
 
-from coordinator.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
+from coordinator.logs import configure_logging
 
 if TYPE_CHECKING:
     from audits import VerificationReport
@@ -23,19 +23,29 @@ T = TypeVar("T")
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
+
+class LogLevel(enum.StrEnum):
+    """``--log-level``: the least severe event shown."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class LogFormat(enum.StrEnum):
+    """``--log-format``: console text, or one JSON object per line."""
+
+    CONSOLE = "console"
+    JSON = "json"
+
+
 LogLevelOption = Annotated[
-    str,
-    typer.Option(
-        "--log-level", click_type=click.Choice(LOG_LEVELS), help="Least severe log events shown."
-    ),
+    LogLevel, typer.Option("--log-level", help="Least severe log event shown (stderr).")
 ]
 LogFormatOption = Annotated[
-    str,
-    typer.Option(
-        "--log-format",
-        click_type=click.Choice(LOG_FORMATS),
-        help="Log events as console text or one JSON object per line (stderr).",
-    ),
+    LogFormat,
+    typer.Option("--log-format", help="Log events as console text or one JSON object per line."),
 ]
 
 
@@ -253,7 +263,7 @@ def _pki_request(
         paths, fingerprints = request(
             directory,
             member=member,
-            role=role,  # type: ignore[arg-type]
+            role=role,
             federation=federation,
             passphrase=_new_passphrase(f"the keys of {member}"),
             hosts=host,
@@ -1040,14 +1050,14 @@ def _federation_summary(records: list[Any]) -> tuple[int, list[Any]]:
 @app.command("serve", epilog=_SERVE_EXIT_CODES)
 def _serve(
     config: Annotated[Path, typer.Option("--config", help="The coordinator's TOML configuration.")],
-    log_level: LogLevelOption = "info",
-    log_format: LogFormatOption = "console",
+    log_level: LogLevelOption = LogLevel.INFO,
+    log_format: LogFormatOption = LogFormat.CONSOLE,
 ) -> None:
     """Run the coordinator until every planned round has run."""
     from coordinator.config import ServeConfig
     from coordinator.server.app import start_coordinator
 
-    configure_logging(level=log_level, fmt=log_format)  # type: ignore[arg-type]  # click checked the choice
+    configure_logging(level=log_level.value, fmt=log_format.value)
     settings = _load_or_exit(ServeConfig.load, config)
     try:
         with _sentences():  # e.g. another coordinator on this store, or the port is taken
@@ -1118,14 +1128,14 @@ def _silo(
     events: Annotated[
         bool, typer.Option("--events", help="Print machine-readable progress lines.")
     ] = False,
-    log_level: LogLevelOption = "warning",
-    log_format: LogFormatOption = "console",
+    log_level: LogLevelOption = LogLevel.WARNING,
+    log_format: LogFormatOption = LogFormat.CONSOLE,
 ) -> None:
     """Run a silo: the task its [task] entry names (your model and data), or the built-in example, with DP-SGD."""
     from coordinator import modes
     from coordinator.config import SiloConfig
 
-    configure_logging(level=log_level, fmt=log_format)  # type: ignore[arg-type]  # click checked the choice
+    configure_logging(level=log_level.value, fmt=log_format.value)
     settings = _load_or_exit(SiloConfig.load, config)
     with _sentences():
         run = modes.load(settings.mode, "silo")
@@ -1169,21 +1179,18 @@ def _demo(
         ),
     ] = None,
     log_level: Annotated[
-        str,
+        LogLevel,
         typer.Option(
             "--log-level",
-            click_type=click.Choice(LOG_LEVELS),
             help="Least severe event written to coordinator.log and silo-<id>.log in --out.",
         ),
-    ] = "info",
+    ] = LogLevel.INFO,
     log_format: Annotated[
-        str,
+        LogFormat,
         typer.Option(
-            "--log-format",
-            click_type=click.Choice(LOG_FORMATS),
-            help="The log files as console text or one JSON object per line.",
+            "--log-format", help="The log files as console text or one JSON object per line."
         ),
-    ] = "json",
+    ] = LogFormat.JSON,
 ) -> None:
     """The main job on embedded defaults: a throwaway consortium, a coordinator and hospital silos on loopback."""
     from coordinator.demo import DemoOptions, run_demo
@@ -1198,8 +1205,8 @@ def _demo(
                 silo_dp=silo_dp,
                 mode=mode,
                 store=store,
-                log_level=log_level,  # type: ignore[arg-type]  # click checked the choice
-                log_format=log_format,  # type: ignore[arg-type]
+                log_level=log_level.value,
+                log_format=log_format.value,
             )
         )
     )

@@ -49,7 +49,7 @@ MASKING_STAGES = [
 def get(port: int, path: str) -> tuple[int, str]:
     """A plain HTTP GET (no client certificate, no TLS), as an orchestrator's probe or Prometheus sends it."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
             return answer.status, answer.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
@@ -221,7 +221,7 @@ def test_the_demo_writes_json_coordinator_and_silo_logs(tmp_path: Path) -> None:
         events = _json_lines(path)
         [done] = [e for e in events if e.get("event") == "round 0 completed"]
         assert done["outcome"] == "completed" and done["level"] == "info"
-        assert 0 < done["epsilon_spent"] and done["duration_s"] > 0
+        assert done["epsilon_spent"] > 0 and done["duration_s"] > 0
 
 
 def _json_lines(path: Path) -> list[dict[str, Any]]:
