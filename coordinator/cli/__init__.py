@@ -263,7 +263,7 @@ def _pki_request(
         paths, fingerprints = request(
             directory,
             member=member,
-            role=role,
+            role=role,  # type: ignore[arg-type]
             federation=federation,
             passphrase=_new_passphrase(f"the keys of {member}"),
             hosts=host,
