@@ -28,11 +28,19 @@ LOG_FORMATS: tuple[LogFormat, ...] = ("console", "json")
 _MARK = "_secagg_handler"
 
 
+def _drop_formatter_leftovers(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Drop ``message``/``asctime``, which another handler's stdlib formatter may have set on the record."""
+    event.pop("message", None)
+    event.pop("asctime", None)
+    return event
+
+
 def _formatter(fmt: LogFormat) -> logging.Formatter:
     shared: list[Any] = [
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.stdlib.ExtraAdder(),
+        _drop_formatter_leftovers,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     final: list[Any] = [structlog.stdlib.ProcessorFormatter.remove_processors_meta]
