@@ -19,7 +19,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
-__all__ = ["MetricsServer", "Metrics", "serve_metrics"]
+__all__ = ["Metrics", "MetricsServer", "serve_metrics"]
 
 STAGE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 """Stage latency buckets (seconds): from a loopback stage to the longest default deadlines."""
