@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal, Self
 
 import numpy as np
 from pydantic import (
+    AfterValidator,
     BeforeValidator,
     Field,
     StringConstraints,
@@ -32,6 +33,7 @@ from coordinator.config.base import (
     Text,
     default_from,
     resolve_path,
+    split_address,
 )
 from coordinator.config.errors import kind, rule_error, value_error
 from coordinator.errors import ConfigError
@@ -412,6 +414,11 @@ class StorageConfig(ConfigModel):
         return self.url if is_postgresql(self.url) else Path(self.url)
 
 
+def _metrics_address(value: str) -> str:
+    split_address(value, allow_port_zero=True)  # its ValueError names what is wrong
+    return value
+
+
 class MetricsConfig(ConfigModel):
     """The ``[metrics]`` table: Prometheus metrics and health probes over plain HTTP (DESIGN 8, Operations).
 
@@ -422,9 +429,7 @@ class MetricsConfig(ConfigModel):
 
     _table = ("metrics",)
 
-    listen: Annotated[
-        str, StringConstraints(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}$")
-    ]
+    listen: Annotated[str, AfterValidator(_metrics_address)]
     """``host:port`` of ``/metrics``, ``/healthz`` (200 while the process runs) and ``/readyz`` (200 only while
     this replica leads and serves); port 0 picks a free port."""
 
