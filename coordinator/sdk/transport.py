@@ -198,6 +198,7 @@ class Transport:
         self._answered = False
         """Whether the federation has answered a call (from then on UNAVAILABLE means a restart)."""
         self._reconnections = 0
+        self._warned = False  # a failover warning was logged in the current outage
         # gRPC's own reconnect backoff grows to 120 s and fails calls at once meanwhile; keep it within ours
         backoff_ms = max(100, int(self._retry.maximum * 1000))
         options = [
@@ -656,17 +657,23 @@ class Transport:
         if lost:
             self._reconnections += 1
         self._answered = True
+        self._warned = False
 
     def _fail_over(self, failed: str) -> None:
-        """After UNAVAILABLE from ``failed``: the next attempt goes to the next replica (said once per switch)."""
+        """After UNAVAILABLE from ``failed``: the next attempt goes to the next replica.
+
+        Warned once per outage: while a standby takes over, the silo may go round the replicas several times,
+        and one warning line per retry would bury the one that matters; later switches are logged at INFO.
+        """
         following = self._channel.advance(failed)
         if following is not None and following != failed:
-            log.warning(
+            (log.info if self._warned else log.warning)(
                 "coordinator replica %s is unavailable; silo %s fails over to %s",
                 failed,
                 self.silo,
                 following,
             )
+            self._warned = True
 
 
 def _discard(_: object = None) -> None:

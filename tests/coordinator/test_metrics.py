@@ -13,6 +13,7 @@ from coordinator.metrics import Metrics, serve_metrics
 
 
 def get(port: int, path: str) -> tuple[int, str]:
+    """A plain HTTP GET (no client certificate, no TLS), as an orchestrator's probe or Prometheus sends it."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
             return answer.status, answer.read().decode()

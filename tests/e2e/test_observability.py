@@ -8,8 +8,6 @@ import json
 import subprocess
 import sys
 import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from coordinator.server.app import Coordinator, start_coordinator
 from dp.accounting import RdpAccountant
 from secagg import Stage
+from tests.coordinator.test_metrics import get
 from tests.e2e.harness import (
     FEDERATION,
     Consortium,
@@ -44,15 +43,6 @@ MASKING_STAGES = [
     Stage.CONSISTENCY_CHECK,
     Stage.UNMASK,
 ]
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    """A plain HTTP GET (no client certificate, no TLS), as an orchestrator's probe or Prometheus sends it."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -66,6 +66,30 @@ def test_the_first_replica_that_serves_is_used_and_the_switch_is_warned(
     )
 
 
+def test_going_round_the_replicas_in_one_outage_warns_once(
+    server: Server, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = dead_address(), dead_address()
+    with (
+        caplog.at_level(logging.INFO, logger="coordinator.sdk.transport"),
+        transport([first, second, server.address], clock, RetryPolicy(attempts=4)) as t,
+    ):
+        join(t)
+    switches = [
+        (r.levelno, r.getMessage()) for r in caplog.records if "fails over" in r.getMessage()
+    ]
+    assert switches == [
+        (
+            logging.WARNING,
+            f"coordinator replica {first} is unavailable; silo {SILO} fails over to {second}",
+        ),
+        (
+            logging.INFO,
+            f"coordinator replica {second} is unavailable; silo {SILO} fails over to {server.address}",
+        ),
+    ]
+
+
 def test_a_leader_lost_mid_federation_moves_the_silo_to_the_other_replica(clock: Clock) -> None:
     with serving() as leader, serving() as standby:
         t = transport([leader.address, standby.address], clock, RetryPolicy(attempts=2))
