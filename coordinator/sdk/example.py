@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import time
 from typing import Any
@@ -12,8 +11,6 @@ from coordinator.config import SiloConfig
 from coordinator.errors import ConfigError
 from coordinator.modes import call_entry_point
 from coordinator.sdk.loop import PrivateUpdate, RoundContext, SiloClient
-
-log = logging.getLogger(__name__)
 
 EVENT_PREFIX = "SECAGG-EVENT "
 """Silo processes started with ``--events`` print one JSON object per line behind this prefix."""
@@ -89,7 +86,6 @@ def run_example_task(
         return result
 
     summaries: list[dict[str, Any]] = []
-    began = time.perf_counter()
     for report in silo.run(train):
         summary = {
             "kind": "round",
@@ -106,22 +102,6 @@ def run_example_task(
         }
         summaries.append(summary)
         _emit(events, **summary)
-        # one event per round: counts and the silo's own epsilon, never weights or updates
-        log.info(
-            "round %d %s",
-            report.round,
-            report.status.value,
-            extra={
-                "round": report.round,
-                "outcome": report.status.value,
-                "epsilon_spent": trainer.epsilon_spent,
-                "duration_s": round(time.perf_counter() - began, 3),
-                "survivors": len(report.survivors),
-                "dropped": len(report.dropped),
-                "reason": report.reason or None,
-            },
-        )
-        began = time.perf_counter()
     _emit(events, kind="done", silo=config.silo, epsilon=trainer.epsilon_spent)
     return summaries
 

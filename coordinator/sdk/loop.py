@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -581,7 +582,9 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
             stages = self._mode.accept(info)
             weights = self._start_model(info.round, bytes(info.model_hash))
             stages.prepare()
-            report = self._take_part(info, stages, weights, train)
+            began = time.perf_counter()
+            report, private = self._take_part(info, stages, weights, train)
+            _log_round(report, private, time.perf_counter() - began)
             self.witness_checkpoint()
             yield report
             done += 1
@@ -604,7 +607,8 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
         stages: RoundStages[ConfigT, Any],
         weights: npt.NDArray[np.float32],
         train: TrainFn[ConfigT],
-    ) -> RoundReport:
+    ) -> tuple[RoundReport, PrivateUpdate | None]:
+        """This silo's part in round ``info.round``; returns its report and the private update it trained, if any."""
         r = info.round
         trained: list[PrivateUpdate | None] = []  # filled by the one call of train_once
 
@@ -630,13 +634,14 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
         try:
             refusal = stages.run(train_once, attest)
         except (Aborted, RoundAborted, StageError) as exc:
-            return RoundReport(r, RoundStatus.ABORTED, reason=str(exc))
+            return RoundReport(r, RoundStatus.ABORTED, reason=str(exc)), None
         except SecAggError as exc:
             refusal = str(exc)
+        private = trained[0] if trained else None
         if refusal is not None:
             # a protocol check failed: the reason names it
             log.error("round %d refused: %s", r, refusal)
-            return RoundReport(r, RoundStatus.ABORTED, reason=f"refused: {refusal}")
+            return RoundReport(r, RoundStatus.ABORTED, reason=f"refused: {refusal}"), private
         result = self._transport.poll_stage(
             self._mode.service.GetResult, r, deadline=float(info.stage_deadline_unix)
         )
@@ -646,7 +651,7 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
             # the new global model, hash-checked; the next round starts from it, so it is downloaded once
             new_model = self.download_model(r + 1, bytes(result.new_model_hash))
             self._latest = (r, bytes(result.new_model_hash), new_model)
-        return RoundReport(
+        report = RoundReport(
             r,
             RoundStatus.COMPLETED if completed else RoundStatus.ABORTED,
             tuple(result.survivors),
@@ -655,6 +660,30 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
             result.reason,
             new_model,
         )
+        return report, private
+
+
+def _log_round(report: RoundReport, private: PrivateUpdate | None, seconds: float) -> None:
+    """One event per round on every silo, hand-written or ``secagg silo``: counts and the silo's own epsilon.
+
+    Never weights or updates: the event carries the outcome, the duration, how many silos survived or dropped, the
+    reason of an abort and, when the update reports it (``dp.training``'s does), the epsilon spent so far.
+    """
+    epsilon = getattr(private, "epsilon_spent", None)
+    log.info(
+        "round %d %s",
+        report.round,
+        report.status.value,
+        extra={
+            "round": report.round,
+            "outcome": report.status.value,
+            "epsilon_spent": epsilon if isinstance(epsilon, float | int) else None,
+            "duration_s": round(seconds, 3),
+            "survivors": len(report.survivors),
+            "dropped": len(report.dropped),
+            "reason": report.reason or None,
+        },
+    )
 
 
 _HANDSHAKE_WORDS = ("handshake", "certificate", "ssl", "tls")

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import threading
@@ -71,7 +72,10 @@ def serve_config(consortium: Consortium, folder: Path, *, rounds: int) -> ServeC
     return ServeConfig.load(path)
 
 
-def test_metrics_scraped_after_real_rounds(trio: Consortium, tmp_path: Path) -> None:
+def test_metrics_scraped_after_real_rounds(
+    trio: Consortium, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="coordinator.sdk.loop")
     rounds = 2
     coordinator = start_coordinator(serve_config(trio, tmp_path / "serve", rounds=rounds))
     address = f"127.0.0.1:{coordinator.port}"
@@ -118,6 +122,12 @@ def test_metrics_scraped_after_real_rounds(trio: Consortium, tmp_path: Path) -> 
         assert after[("secagg_epsilon_spent", (("silo", silo),))] == pytest.approx(spent)
     # this coordinator's own registry: its metrics only (no process or other coordinator's figures)
     assert {name for name, _ in after if not name.startswith("secagg_")} == set()
+    # hand-written silos (the SDK's Silo.run, no CLI) log one event per round each
+    done = [r for r in caplog.records if r.name == "coordinator.sdk.loop" and hasattr(r, "outcome")]
+    assert sorted(r.getMessage() for r in done) == sorted(
+        f"round {n} completed" for n in range(rounds) for _ in trio.silos
+    )
+    assert {(r.survivors, r.dropped) for r in done} == {(3, 0)}  # type: ignore[attr-defined]
 
 
 def test_health_without_a_client_certificate_and_standby_not_ready(
