@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import logging
 import os
 import signal
 import time
@@ -1047,6 +1048,23 @@ def _federation_summary(records: list[Any]) -> tuple[int, list[Any]]:
     return completed, aborted
 
 
+def _status_lines(log_format: LogFormat) -> Callable[..., None]:
+    """How ``secagg serve`` says what it does (listening, finished, why it failed): plain lines on stderr, or with
+    ``--log-format json`` log events, so a log collector parsing stderr as JSON lines meets nothing else."""
+    if log_format is not LogFormat.JSON:
+
+        def echo(message: str, *, error: bool = False) -> None:
+            typer.secho(message, fg=typer.colors.RED if error else None, err=True)
+
+        return echo
+    status = logging.getLogger("coordinator.serve")
+
+    def event(message: str, *, error: bool = False) -> None:
+        (status.error if error else status.info)(message)
+
+    return event
+
+
 @app.command("serve", epilog=_SERVE_EXIT_CODES)
 def _serve(
     config: Annotated[Path, typer.Option("--config", help="The coordinator's TOML configuration.")],
@@ -1059,29 +1077,26 @@ def _serve(
 
     configure_logging(level=log_level.value, fmt=log_format.value)
     settings = _load_or_exit(ServeConfig.load, config)
+    say = _status_lines(log_format)
     try:
         with _sentences():  # e.g. another coordinator on this store, or the port is taken
             coordinator = start_coordinator(settings)
     except KeyboardInterrupt:  # while standing by ([storage] standby = true)
-        typer.echo(
-            "interrupted while starting (or standing by); the store lock is released", err=True
-        )
+        say("interrupted while starting (or standing by); the store lock is released")
         raise typer.Exit(code=130) from None
     federation, planned = settings.federation, settings.rounds.count
     if coordinator.service.finished:
         completed, aborted = _federation_summary(coordinator.store.rounds(federation))
         coordinator.stop(grace=0)
-        typer.echo(
+        say(
             f"federation {federation!r} has already finished: all {planned} planned rounds have run "
             f"({completed} completed, {len(aborted)} aborted); nothing to serve. Export the model with `secagg model export`, or "
-            "start a new study under a new federation id and storage file.",
-            err=True,
+            "start a new study under a new federation id and storage file."
         )
         return
-    typer.echo(
+    say(
         f"coordinator for {federation!r} listening on port {coordinator.port}; round 0 opens once "
-        f"{settings.rounds.min_cohort} silos have joined (join deadline {settings.deadlines.join:g} s)",
-        err=True,
+        f"{settings.rounds.min_cohort} silos have joined (join deadline {settings.deadlines.join:g} s)"
     )
     signal.signal(signal.SIGTERM, lambda *_: coordinator.service.stop())
     code = SERVE_COMPLETED
@@ -1089,32 +1104,26 @@ def _serve(
         coordinator.service.wait_finished()
         shortfall = coordinator.service.cohort_shortfall
         if shortfall is not None:
-            typer.secho(
+            say(
                 f"error: no round opened: {shortfall}. Start the silos (`secagg silo --config ...`) and "
                 "run `secagg serve` again, or raise [deadlines] join.",
-                fg=typer.colors.RED,
-                err=True,
+                error=True,
             )
             code = SERVE_NO_COHORT
         elif coordinator.service.finished:
             time.sleep(2.0)  # let silos fetch the last result before the port closes
             completed, aborted = _federation_summary(coordinator.store.rounds(federation))
             if aborted:
-                typer.secho(
+                say(
                     f"error: {len(aborted)} of {planned} rounds were aborted ({completed} completed); "
                     f"last: round {aborted[-1].round}: {aborted[-1].reason}",
-                    fg=typer.colors.RED,
-                    err=True,
+                    error=True,
                 )
                 code = SERVE_ROUNDS_ABORTED
             else:
-                typer.echo(
-                    f"federation {federation!r} finished: {completed} rounds completed", err=True
-                )
+                say(f"federation {federation!r} finished: {completed} rounds completed")
     except KeyboardInterrupt:
-        typer.echo(
-            "interrupted: the open round will be recorded as aborted on the next start", err=True
-        )
+        say("interrupted: the open round will be recorded as aborted on the next start")
         code = SERVE_INTERRUPTED
     finally:
         coordinator.stop()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import signal
 import subprocess
 import sys
 import threading
@@ -33,7 +35,8 @@ from tests.e2e.harness import (
     wait_until,
 )
 from tests.e2e.test_privacy_attestation import DELTA, LENGTH, STEP, sdk_silo
-from tests.e2e.test_restart import REPO
+from tests.e2e.test_restart import REPO, sdk_round
+from tests.e2e.test_single_coordinator import serve_command
 
 pytestmark = pytest.mark.e2e
 
@@ -231,3 +234,38 @@ def _json_lines(path: Path) -> list[dict[str, Any]]:
     for event in events:
         assert {"event", "level", "timestamp"} <= set(event), event
     return events
+
+
+def test_secagg_serve_logs_json_lines_one_per_stage(trio: Consortium, tmp_path: Path) -> None:
+    command = [
+        *serve_command(trio, tmp_path / "serve", str(tmp_path / "c.sqlite")),
+        "--log-format",
+        "json",
+    ]
+    proc = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "listening on port" in line:
+                break
+        port = int(re.search(r"listening on port (\d+)", lines[-1]).group(1))  # type: ignore[union-attr]
+        pump = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+        pump.start()
+        reports = sdk_round(trio, f"127.0.0.1:{port}")
+        assert [r.status for r in reports] == [RoundStatus.COMPLETED] * 3
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        pump.join(10)
+    finally:
+        proc.kill()
+        proc.wait()
+    events = [json.loads(line) for line in lines if line.strip()]
+    for event in events:
+        assert {"event", "level", "logger", "timestamp"} <= set(event), event
+    stages = [e["stage"] for e in events if "stage" in e and e.get("round") == 0]
+    assert stages == [s.value for s in MASKING_STAGES]
+    assert any(e.get("outcome") == "completed" and e.get("round") == 0 for e in events)
