@@ -11,6 +11,8 @@ Notes:
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import threading
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
@@ -18,6 +20,8 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Metrics", "MetricsServer", "serve_metrics"]
 
@@ -141,13 +145,33 @@ def _app(metrics: Metrics) -> Callable[..., Iterable[bytes]]:
     return app
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
+
+
 def serve_metrics(metrics: Metrics, listen: str) -> MetricsServer:
     """Serve ``/metrics``, ``/healthz`` and ``/readyz`` over plain HTTP on ``listen`` (``host:port``, port 0 allowed).
+
+    Notes:
+        The endpoint has no TLS and no authentication, as Prometheus and orchestrators' probes expect, and it
+        names the silos (epsilon spent per silo, connected silos): off loopback it is said once as a warning,
+        so an operator who exposes it does so knowingly (keep it on a private network, or behind a proxy).
 
     Raises:
         OSError: the address cannot be bound (one line saying what to change).
     """
     host, _, port = listen.rpartition(":")
+    if not _loopback(host.strip("[]")):
+        log.warning(
+            "the metrics listener %s is plain HTTP without authentication and names the silos; "
+            "keep it on a private network or bind it to 127.0.0.1 ([metrics] listen)",
+            listen,
+        )
     try:
         server = make_server(
             host.strip("[]"), int(port), _app(metrics), _Server, handler_class=_QuietHandler

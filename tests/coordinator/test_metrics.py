@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import urllib.error
 import urllib.request
@@ -56,3 +57,20 @@ def test_a_taken_port_is_one_line_saying_what_to_change() -> None:
         with pytest.raises(OSError, match=r"change \[metrics\] listen in serve.toml") as info:
             serve_metrics(Metrics(), f"127.0.0.1:{port}")
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("host", "warned"), [("127.0.0.1", False), ("localhost", False), ("0.0.0.0", True)]
+)
+def test_a_listener_off_loopback_is_warned_as_plain_http_naming_silos(
+    host: str, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="coordinator.metrics"):
+        server = serve_metrics(Metrics(), f"{host}:0")
+    server.stop()
+    warnings = [r.getMessage() for r in caplog.records]
+    assert bool(warnings) is warned
+    if warned:
+        (line,) = warnings
+        assert "plain HTTP without authentication and names the silos" in line
+        assert "[metrics] listen" in line
