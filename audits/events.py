@@ -62,6 +62,7 @@ class EventKind(StrEnum):
     VERIFICATION_FAILURE = "verification_failure"
     INCIDENT = "incident"
     CHECKPOINT = "checkpoint"
+    ROSTER_CHANGED = "roster_changed"
 
 
 _TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")
@@ -151,6 +152,14 @@ def _federation_created(k: str, b: Mapping[str, JSON]) -> None:
     _str(k, "threat_model.mode", _get(k, tm, "mode"))
     if t > n or c >= n or mc > n:
         raise _fail(k, "threat_model", "needs t <= n, c < n and min_cohort <= n")
+    if "governance" in b:
+        g = _obj(k, "governance", b["governance"])
+        if not isinstance(g.get("governors"), list | tuple) or not g["governors"]:
+            raise _fail(k, "governance.governors", "must be a non-empty list of keys")
+        for i, key in enumerate(g["governors"]):
+            _hex(k, f"governance.governors[{i}]", key, _HASH_HEX_RE)
+        _int(k, "governance.quorum", _get(k, g, "quorum"), minimum=1)
+        _str(k, "governance.roster_version", _get(k, g, "roster_version"))
     if "privacy" in b:
         p = _obj(k, "privacy", b["privacy"])
         _opt_str(k, p, "unit_of_privacy")
@@ -251,6 +260,21 @@ def _checkpoint(k: str, b: Mapping[str, JSON]) -> None:
     _hex(k, "root", _get(k, b, "root"), _HASH_HEX_RE)
 
 
+def _roster_changed(k: str, b: Mapping[str, JSON]) -> None:
+    _str(k, "roster_version", _get(k, b, "roster_version"))
+    _int(k, "version", _get(k, b, "version"), minimum=2)
+    _hex(k, "previous", _get(k, b, "previous"), _HASH_HEX_RE)
+    _hex(k, "digest", _get(k, b, "digest"), _HASH_HEX_RE)
+    _hex(k, "roster_fingerprint", _get(k, b, "roster_fingerprint"), _HASH_HEX_RE)
+    _ids(k, "added", _get(k, b, "added"))
+    _ids(k, "removed", _get(k, b, "removed"))
+    signers = _get(k, b, "signers")
+    if not isinstance(signers, list | tuple):
+        raise _fail(k, "signers", "must be a list of governor keys")
+    for i, key in enumerate(signers):
+        _hex(k, f"signers[{i}]", key, _HASH_HEX_RE)
+
+
 _VALIDATORS: Final[dict[EventKind, Callable[[str, Mapping[str, JSON]], None]]] = {
     EventKind.FEDERATION_CREATED: _federation_created,
     EventKind.ROUND_OPENED: _round_opened,
@@ -265,6 +289,7 @@ _VALIDATORS: Final[dict[EventKind, Callable[[str, Mapping[str, JSON]], None]]] =
     EventKind.VERIFICATION_FAILURE: _verification_failure,
     EventKind.INCIDENT: _incident,
     EventKind.CHECKPOINT: _checkpoint,
+    EventKind.ROSTER_CHANGED: _roster_changed,
 }
 
 #: Kinds that always belong to one round (``round`` must be an integer).

@@ -597,6 +597,9 @@ def build_report(
     accountants: dict[tuple[str, str], None] = {}
     incidents = _Incidents()
     silo_level: list[dict[str, Any]] = []  # silo-level distributed DP, per completed round
+    roster_changes: list[
+        dict[str, Any]
+    ] = []  # roster versions adopted (each re-verified by the verifier)
 
     def silo_row(silo: str) -> dict[str, Any]:
         return silos.setdefault(
@@ -661,6 +664,19 @@ def build_report(
             accountants[(str(body["to_accountant"]), str(body.get("version", "unknown")))] = None
         if kind in _INCIDENT_KINDS:
             incidents.recorded(entry)
+        if kind is EventKind.ROSTER_CHANGED:
+            roster_changes.append(
+                {
+                    "version": int(body["version"]),
+                    "digest": str(body["digest"]),
+                    "time": event.time,
+                    "first_round": body.get("first_round"),
+                    "added": list(body["added"]),
+                    "removed": list(body["removed"]),
+                    "signers": list(body["signers"]),
+                    "quorum": created.get("governance", {}).get("quorum"),
+                }
+            )
 
     silo_list = []
     mechanism: dict[str, Any] = {}
@@ -717,6 +733,7 @@ def build_report(
         ),
         "configuration": _flatten(created.get("config", {})),
         "roster_fingerprint": created.get("roster_fingerprint"),
+        "roster_changes": roster_changes,
         "mechanism_parameters": mechanism,
         "silo_level_dp": {
             "configuration": _plain(privacy.get("silo_level")),

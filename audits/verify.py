@@ -69,6 +69,7 @@ from audits.errors import CompletenessError, LedgerError, VerificationError
 from audits.events import EventKind, LedgerEntry
 from audits.ledger import Ledger
 from audits.merkle import EMPTY_ROOT, CompactRange, leaf_hash
+from audits.roster import RosterState
 from audits.witness import WitnessStatement, verify_statement
 
 __all__ = [
@@ -533,6 +534,10 @@ class _AttestationChecker:
         self._history: dict[str, list[Mapping[str, Any]]] = {}
         self.recomputed = 0
 
+    def use_roster(self, keys: Mapping[str, bytes]) -> None:
+        """Check later attestations against a new roster's keys (after a verified ``roster_changed``)."""
+        self._keys = {silo: bytes(key) for silo, key in keys.items()}
+
     def check(self, index: int, entry: LedgerEntry, data: bytes) -> None:
         body = entry.event.body
         silo = body["silo"]
@@ -760,6 +765,52 @@ class _Completeness:
         return None
 
 
+class _RosterChanges:
+    """The roster in force along the ledger: each ``roster_changed`` re-verified against the governance.
+
+    Args:
+        consortium_key: the pinned consortium key, or ``None`` (the initial roster's own key is then used).
+        check: False skips the governor-signature and extension checks (tests' positive control only).
+    """
+
+    def __init__(self, consortium_key: bytes | None, *, check: bool = True) -> None:
+        self._consortium_key = consortium_key
+        self._check = check
+        self.state: RosterState | None = None
+        self.changes = 0
+
+    def created(self, index: int, federation: str, body: Mapping[str, Any]) -> None:
+        governance = body.get("governance")
+        if governance is None or not self._check:
+            return
+        try:
+            self.state = RosterState.from_created(federation, governance, self._consortium_key)
+        except ValueError as exc:
+            raise _bad(index, f"governance: {exc}") from exc
+        if self.state.roster.fingerprint() != body["roster_fingerprint"]:
+            raise _bad(
+                index,
+                "governance: the initial roster version is not the roster the federation records",
+            )
+
+    def changed(
+        self, index: int, body: Mapping[str, Any], attestations: _AttestationChecker
+    ) -> None:
+        self.changes += 1
+        if not self._check:
+            return
+        if self.state is None:
+            raise _bad(
+                index,
+                "roster_changed in a federation created without governance: nobody may change it",
+            )
+        try:
+            self.state, _, _ = self.state.apply(body)
+        except ValueError as exc:
+            raise _bad(index, f"roster change refused: {exc}") from exc
+        attestations.use_roster(self.state.roster.members)
+
+
 def _check_entry(
     position: int,
     data: bytes,
@@ -769,6 +820,7 @@ def _check_entry(
     attestations: _AttestationChecker,
     completeness: _Completeness,
     decoded: list[LedgerEntry],
+    rosters: _RosterChanges,
 ) -> tuple[bytes, str]:
     """Check one entry in sequence; return its leaf hash and the federation id."""
     if position >= checkpoint_size:
@@ -795,6 +847,7 @@ def _check_entry(
             raise _bad(0, "the first entry must be federation_created")
         federation = event.federation
         completeness.created(event.body)
+        rosters.created(position, federation, event.body)
     elif event.kind is EventKind.FEDERATION_CREATED:
         raise _bad(position, "a second federation_created")
     elif event.federation != federation:
@@ -810,6 +863,8 @@ def _check_entry(
             raise _bad(position, problem)
     elif kind is EventKind.ROUND_CLOSED and rnd is not None:
         completeness.closed(position, rnd, body)
+    elif kind is EventKind.ROSTER_CHANGED:
+        rosters.changed(position, body, attestations)
     decoded.append(entry)
     return leaf_hash(data), federation
 
@@ -878,6 +933,7 @@ def verify_bundle(
     consortium_public_key: bytes | None = None,
     unpinned: Collection[Anchor] = (),
     statements: Sequence[WitnessStatement] = (),
+    insecure_skip_roster_governance: bool = False,
 ) -> VerificationReport:
     """Verify an audit bundle completely, or raise naming the first problem.
 
@@ -915,6 +971,9 @@ def verify_bundle(
             anchors; ``None`` if none was pinned.
         unpinned: anchors the caller read from the bundle itself instead of pinning (e.g.
             ``secagg audit verify --unpinned``); recorded in the anchors, never trusted.
+        insecure_skip_roster_governance: tests only (the positive control of the governance check): accept
+            every ``roster_changed`` entry without checking its governor signatures or that it extends the
+            version in force. Never in production.
 
     Returns:
         A :class:`VerificationReport` of what was established.
@@ -962,6 +1021,7 @@ def verify_bundle(
             silo_keys, recompute_epsilon, epsilon_accounts, signatures
         )
         completeness = _Completeness()
+        rosters = _RosterChanges(consortium_public_key, check=not insecure_skip_roster_governance)
         compact = CompactRange()
         decoded: list[LedgerEntry] = []
         roots_needed = {c.size: c for c in others}
@@ -981,6 +1041,7 @@ def verify_bundle(
                     attestations,
                     completeness,
                     decoded,
+                    rosters,
                 )
             except VerificationError as exc:
                 failure = exc

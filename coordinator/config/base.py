@@ -39,6 +39,7 @@ __all__ = [
     "Ed25519Key",
     "EntryPoint",
     "FederationConfig",
+    "GovernanceConfig",
     "InputPath",
     "LoadContext",
     "MessageBytes",
@@ -241,6 +242,23 @@ class RosterPin(ConfigModel):
         return roster
 
 
+class GovernanceConfig(ConfigModel):
+    """The ``[governance]`` table: roster versions K of N governors sign (``secagg pki roster``), pinned here.
+
+    Both files come from ``secagg pki install`` in this organisation's directory. The coordinator re-reads
+    ``roster_version`` at every round open and adopts a new version there (never mid-round) once it carries K
+    signatures of the pinned governors and extends the version in force; a silo fetches the versions the
+    coordinator serves, checks them against the same pins and rewrites ``roster_version`` and ``roster``.
+    """
+
+    _table = ("governance",)
+
+    roster_version: InputPath
+    """The pinned roster version (``roster-version.json``): its roster must be the ``roster`` file's."""
+    file: InputPath
+    """The pinned governors and quorum (``governance.json``)."""
+
+
 class FederationConfig(RosterPin):
     """What a coordinator's and a silo's file both say, and how either is loaded.
 
@@ -264,6 +282,8 @@ class FederationConfig(RosterPin):
     loopback address; silo identities are then unauthenticated."""
     max_message_bytes: MessageBytes = DEFAULT_MAX_MESSAGE_BYTES
     """Largest gRPC message sent or accepted; streamed chunks stay below it."""
+    governance: GovernanceConfig | None = None
+    """Governed roster versions (masking mode): absent, the roster is fixed for the federation's life."""
 
     _source: Path | None = PrivateAttr(default=None)
 

@@ -496,6 +496,11 @@ class ServeConfig(FederationConfig):
             )
         if self.mode == "paillier" and self.silo_dp is not None:
             raise rule_error("[silo_dp] is available in masking mode only")
+        if self.governance is not None and (self.mode == "paillier" or self.silo_dp is not None):
+            raise rule_error(
+                "[governance] (roster versions adopted mid-federation) is available in masking mode without "
+                "[silo_dp] only: the Paillier key and the silo-level DP plan are sized for a fixed roster"
+            )
         if isinstance(info.context, LoadContext) and info.context.roster is not None:
             # the threshold rules against the roster's size; the ConfigError passes through pydantic as it is
             self.rounds.check(len(info.context.roster.members))

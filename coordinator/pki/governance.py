@@ -34,18 +34,25 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from audits.roster import diff, roster_version_payload
+from audits.roster import valid_signers as _valid_signers
 from coordinator.errors import PKIError
+from coordinator.pki.custody import write_new_file
 from secagg import Roster, SecAggError
-from secagg.hazmat.keys import encode_fields
 
-__all__ = ["KIND_ROSTER_VERSION", "RosterVersion", "check_extends"]
+__all__ = [
+    "KIND_ROSTER_VERSION",
+    "RosterVersionPin",
+    "RosterVersion",
+    "accept_chain",
+    "check_extends",
+    "roster_changed_body",
+]
 
 KIND_ROSTER_VERSION = "secagg-roster-version"
 _FORMAT = 1
-_LABEL = "secagg roster version"
 
 
 @dataclass(frozen=True)
@@ -78,8 +85,8 @@ class RosterVersion:
 
     def payload(self) -> bytes:
         """The exact bytes every governor signs."""
-        return encode_fields(
-            _LABEL, _FORMAT, self.federation, self.version, self.previous, self.roster.fingerprint()
+        return roster_version_payload(
+            self.federation, self.version, self.previous, self.roster.fingerprint()
         )
 
     def digest(self) -> str:
@@ -94,17 +101,7 @@ class RosterVersion:
 
     def valid_signers(self, governors: Sequence[bytes]) -> list[bytes]:
         """The governors of ``governors`` whose signature verifies (each counted once)."""
-        valid = []
-        for governor in dict.fromkeys(governors):
-            signature = self.signatures.get(governor)
-            if signature is None:
-                continue
-            try:
-                Ed25519PublicKey.from_public_bytes(governor).verify(signature, self.payload())
-            except (_CryptoInvalidSignature, ValueError):
-                continue
-            valid.append(governor)
-        return valid
+        return _valid_signers(self.payload(), self.signatures, governors)
 
     def verify(
         self,
@@ -226,3 +223,141 @@ def governance_pins(doc: Mapping[str, Any]) -> tuple[list[bytes], int]:
     if not 1 <= quorum <= len(governors):
         raise PKIError("malformed governance record: the quorum is not between 1 and N")
     return governors, quorum
+
+
+def accept_chain(
+    chain: Sequence[RosterVersion],
+    pinned: RosterVersion,
+    *,
+    consortium_key: bytes,
+    governors: Sequence[bytes],
+    quorum: int,
+) -> RosterVersion:
+    """The newest version of ``chain`` once every version verifies and extends the one before, from ``pinned``.
+
+    Each version must carry K valid signatures of the *pinned* governors and the consortium signature, and be
+    exactly the next version after the one before it (the first after ``pinned``). Versions up to ``pinned``
+    (a catch-up answer may repeat it) are skipped only if they are the pinned version itself.
+
+    Raises:
+        PKIError: one line naming the first version refused; nothing is accepted then.
+    """
+    current = pinned
+    for version in chain:
+        if version.version == current.version and version.digest() == current.digest():
+            continue
+        version.verify(
+            consortium_key=consortium_key,
+            governors=governors,
+            quorum=quorum,
+            federation=pinned.federation,
+        )
+        check_extends(version, current)
+        current = version
+    return current
+
+
+def roster_changed_body(
+    old: RosterVersion, new: RosterVersion, governors: Sequence[bytes]
+) -> dict[str, Any]:
+    """The ``roster_changed`` ledger body: the full signed version and a summary an auditor re-derives."""
+    added, removed = diff(old.roster, new.roster)
+    return {
+        "roster_version": new.dumps(),
+        "version": new.version,
+        "previous": new.previous,
+        "digest": new.digest(),
+        "roster_fingerprint": new.roster.fingerprint(),
+        "added": list(added),
+        "removed": list(removed),
+        "signers": [g.hex() for g in new.valid_signers(governors)],
+    }
+
+
+@dataclass(frozen=True)
+class RosterVersionPin:
+    """What a member pins to accept new roster versions: its pinned version file, governance and consortium key.
+
+    A running silo accepts a version the coordinator serves only through :meth:`accept`, which verifies the
+    whole chain against these pins and then rewrites the two files (``roster_version`` and ``roster``) as
+    ``secagg pki install`` does, so a restart starts from the new version.
+
+    Args:
+        version_file: the pinned roster version (``roster-version.json``), rewritten on acceptance.
+        roster_file: the roster file the member's configuration names, rewritten with the new roster.
+        governors, quorum: the pinned governor keys and K (``governance.json``).
+        consortium_key: the pinned consortium key.
+    """
+
+    version_file: Path
+    roster_file: Path
+    governors: tuple[bytes, ...]
+    quorum: int
+    consortium_key: bytes
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        version_file: str | os.PathLike[str],
+        governance_file: str | os.PathLike[str],
+        roster_file: str | os.PathLike[str],
+        consortium_key: bytes,
+    ) -> RosterVersionPin:
+        """Read the pinned governance record.
+
+        Raises:
+            PKIError: unreadable or malformed.
+        """
+        try:
+            doc = json.loads(Path(governance_file).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise PKIError(f"cannot read the governance record {governance_file}") from exc
+        governors, quorum = governance_pins(doc)
+        return cls(Path(version_file), Path(roster_file), tuple(governors), quorum, consortium_key)
+
+    def pinned(self) -> RosterVersion:
+        """The pinned version (read from its file).
+
+        Raises:
+            PKIError: unreadable or malformed.
+        """
+        return RosterVersion.load(self.version_file)
+
+    def accept(self, chain: Sequence[RosterVersion], *, member: str | None = None) -> RosterVersion:
+        """Verify ``chain`` against the pins (:func:`accept_chain`), then pin its newest version.
+
+        Args:
+            chain: the versions after the pinned one, oldest first.
+            member: this member's id; the new version must still list it (else nothing is pinned).
+
+        Returns:
+            The newly pinned version (the pinned one if ``chain`` adds nothing).
+
+        Raises:
+            PKIError: a version is refused, or would drop ``member``: the pins stay as they were.
+        """
+        pinned = self.pinned()
+        newest = accept_chain(
+            chain,
+            pinned,
+            consortium_key=self.consortium_key,
+            governors=self.governors,
+            quorum=self.quorum,
+        )
+        if newest.digest() == pinned.digest():
+            return pinned
+        if member is not None and member not in newest.roster.members:
+            raise PKIError(
+                f"roster version {newest.version} removes {member!r} from the federation; this member "
+                "takes no further part"
+            )
+        for path, data in (
+            (self.roster_file, newest.roster.dumps()),
+            (self.version_file, newest.dumps()),
+        ):
+            partial = path.with_name(path.name + ".partial")
+            partial.unlink(missing_ok=True)
+            write_new_file(partial, (data + "\n").encode("utf-8"), private=False)
+            os.replace(partial, path)
+        return newest

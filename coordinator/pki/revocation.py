@@ -90,6 +90,7 @@ class Revocations(Collection[str]):
         self._serials: frozenset[int] = frozenset()
         self._number = -1
         self._stamp: bytes | None = None
+        self._pem = b""
         if self._path is not None:
             self._reload(strict=True)
 
@@ -101,6 +102,14 @@ class Revocations(Collection[str]):
 
     def __len__(self) -> int:
         return len(self._fingerprints)
+
+    def current_pem(self) -> bytes:
+        """The CRL in force (PEM), as loaded and verified; empty without one. Silos verify it themselves."""
+        if self._path is None:
+            return b""
+        self._reload(strict=False)
+        with self._lock:
+            return self._pem
 
     def revokes(self, cert: x509.Certificate, fingerprint: str) -> bool:
         """Whether ``cert`` (with SHA-256 ``fingerprint``) is refused: listed, or on the current CRL."""
@@ -145,6 +154,7 @@ class Revocations(Collection[str]):
             self._serials = frozenset(r.serial_number for r in crl)
             self._number = number
             self._stamp = stamp
+            self._pem = stamp
             log.info(
                 "revocation list %s number %d: %d certificate(s) revoked",
                 self._path,

@@ -29,6 +29,7 @@ from audits import (
     Event,
     EventKind,
     Ledger,
+    LedgerEntry,
     RdpEpsilonAccount,
     SignedCheckpoint,
     VerificationError,
@@ -44,6 +45,7 @@ from coordinator.common import ledger_origin
 from coordinator.config import PrivacyConfig, ServeConfig
 from coordinator.errors import InvalidInput, PrivacyRefused
 from coordinator.pki import load_ed25519_private
+from coordinator.pki.governance import RosterVersion
 from dp.accounting import (
     MechanismStep,
     PrivacyAttestation,
@@ -148,6 +150,7 @@ class AuditTrail:
         roster: Roster,
         threat_model: Mapping[str, Any],
         privacy: Mapping[str, Any] | None,
+        governance: Mapping[str, Any] | None = None,
     ) -> None:
         """Record ``federation_created`` once, as the first entry (later starts check it is there)."""
         if self.ledger.size:
@@ -159,6 +162,8 @@ class AuditTrail:
         }
         if privacy is not None:
             body["privacy"] = dict(privacy)
+        if governance is not None:
+            body["governance"] = dict(governance)
         self.record(EventKind.FEDERATION_CREATED, None, body)
         self.checkpoint()
 
@@ -240,12 +245,26 @@ def export_bundle(config: ServeConfig, out: Path) -> SignedCheckpoint:
         write_bundle(
             trail.ledger,
             out,
-            roster_bytes=config.roster.read_bytes(),
+            roster_bytes=_initial_roster(trail.ledger) or config.roster.read_bytes(),
             audit_public_key=trail.signer.public_key,
         )
         return latest
     finally:
         trail.close()
+
+
+def _initial_roster(ledger: Ledger) -> bytes | None:
+    """The roster a governed federation was created with (its ``roster`` file may hold a later version since).
+
+    The bundle's roster must be the one ``federation_created`` records; later versions are in the ledger.
+    """
+    if not ledger.size:
+        return None
+    created = LedgerEntry.decode(next(iter(ledger.entries(0, 1)))).event.body
+    governance = created.get("governance")
+    if governance is None:
+        return None
+    return (RosterVersion.loads(str(governance["roster_version"])).roster.dumps() + "\n").encode()
 
 
 def verify_bundle_dir(

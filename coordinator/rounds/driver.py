@@ -43,9 +43,10 @@ from coordinator.errors import DuplicateSubmission, InvalidInput, NotFound, Stag
 from coordinator.metrics import Metrics
 from coordinator.rounds.audit import AuditTrail, attest_contribution
 from coordinator.rounds.fedavg import fedavg
+from coordinator.rounds.roster import GovernedRoster
 from coordinator.rounds.uploads import Upload, UploadSink, protocol
 from coordinator.store import Store
-from secagg import Quantizer, Roster, RoundAborted, SecAggError
+from secagg import InvalidParameters, Quantizer, Roster, RoundAborted, SecAggError, check_threshold
 
 __all__ = [
     "Aggregate",
@@ -129,6 +130,7 @@ class RoundView:
     finished: bool
     model_hash: bytes = b""
     session_nonce: bytes = b""
+    roster_fingerprint: str = ""
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,8 @@ class RoundDriver:
         audit: the federation's audit trail (ledger and checkpoint signer).
         clock: wall-clock source, injectable for tests.
         metrics: where the driver and the servers count (a fresh registry of its own by default).
+        governance: the governed roster (``[governance]``): new versions are adopted at a round open, each
+            recorded as a ``roster_changed`` ledger entry; ``None`` keeps ``roster`` for the federation's life.
     """
 
     mode: ClassVar[str]
@@ -224,6 +228,7 @@ class RoundDriver:
         audit: AuditTrail,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
+        governance: GovernedRoster | None = None,
     ) -> None:
         if initial_model.shape != (settings.vector_length,):
             raise InvalidInput(f"initial model must have {settings.vector_length} parameters")
@@ -233,6 +238,7 @@ class RoundDriver:
         self.audit = audit
         self.clock = clock
         self.metrics = metrics if metrics is not None else Metrics()
+        self.governance = governance
         self.cond = threading.Condition(threading.RLock())
         """Guards every round state; handler threads wait on it for stage results."""
         self.quantizer = Quantizer(
@@ -267,6 +273,13 @@ class RoundDriver:
                 "rounds %s were interrupted by a restart and are recorded as aborted", aborted
             )
         self._record_creation()
+        if self.governance is not None:
+            version = self.governance.resume(list(self.audit.ledger.decoded()))
+            if version.roster != self.roster:
+                problem = self.roster_problem(version.roster)
+                if problem is not None:
+                    raise InvalidInput(f"roster version {version.version} in force: {problem}")
+                self._use_roster(version.roster)
         self._reconcile_ledger()
         self.metrics.ledger_entries.set(self.audit.ledger.size)
         self._next = len(self.store.rounds(s.federation))
@@ -315,6 +328,62 @@ class RoundDriver:
 
     def close_round(self, state: RoundState) -> None:
         """Release what the mode opened for ``state`` (spool files); called once the round has ended."""
+
+    def roster_problem(self, roster: Roster) -> str | None:
+        """Why this federation cannot run its next rounds on ``roster`` (a new roster version), or ``None``.
+
+        The threshold, collusion bound and ``min_cohort`` are the federation's settings and do not change with
+        the roster: a version whose size breaks their rules (t > (n + c) / 2, t <= n, min_cohort <= n) is
+        refused and the roster in force stays. A mode adds what else it sized for the roster.
+        """
+        s = self.settings
+        try:
+            check_threshold(
+                n=len(roster.members),
+                threshold=s.threshold,
+                collusion=s.collusion,
+                min_cohort=s.min_cohort,
+            )
+        except InvalidParameters as exc:
+            return str(exc)
+        return None
+
+    def _use_roster(self, roster: Roster) -> None:
+        """Run the next rounds on ``roster`` (caller holds :attr:`cond`, or nothing runs yet)."""
+        self.roster = roster
+        self.quantizer = Quantizer(
+            clip=self.settings.clip, bits=self.settings.bits, max_silos=len(roster.members)
+        )
+
+    def _adopt_roster(self, round_: int) -> None:
+        """Adopt a new roster version before round ``round_`` opens, if the governed file offers one."""
+        governance = self.governance
+        if governance is None:
+            return
+        version = governance.poll()
+        if version is None:
+            return
+        problem = self.roster_problem(version.roster)
+        if problem is not None:
+            log.error(
+                "roster version %d refused: %s; the version in force stays",
+                version.version,
+                problem,
+            )
+            return
+        body = governance.adopt(version) | {"first_round": round_}
+        self.audit.record(EventKind.ROSTER_CHANGED, round_, body)
+        with self.cond:
+            self._use_roster(version.roster)
+        log.info(
+            "roster version %d adopted from round %d: %d silos (added %s, removed %s)",
+            version.version,
+            round_,
+            len(version.roster.members),
+            ", ".join(body["added"]) or "none",
+            ", ".join(body["removed"]) or "none",
+            extra={"round": round_, "roster_version": version.version},
+        )
 
     # Silo-facing building blocks -------------------------------------------------------------------------
     def join(self, silo: str) -> None:
@@ -505,6 +574,7 @@ class RoundDriver:
                         0.0,
                         True,
                         b"\0" * 32,
+                        roster_fingerprint=self.roster.fingerprint(),
                     )
                 raise NotFound(f"no round >= {after} is open yet")
             return RoundView(
@@ -516,6 +586,7 @@ class RoundDriver:
                 False,
                 state.start_hash,
                 state.session_nonce,
+                self.roster.fingerprint(),
             )
 
     def held_bytes(self, round_: int) -> int:
@@ -601,6 +672,7 @@ class RoundDriver:
     def run_round(self, round_: int) -> None:
         """Run round ``round_`` to its end (the driver thread's work; tests may call it directly)."""
         fed = self.settings.federation
+        self._adopt_roster(round_)
         start, start_hash = self._start_model(round_)
         state = self.open_state(round_, start, start_hash)
         del start
@@ -859,6 +931,7 @@ class RoundDriver:
             }
             | self.threat_model(),
             privacy=privacy,
+            governance=None if self.governance is None else self.governance.created_facts(),
         )
 
     def _reconcile_ledger(self) -> None:

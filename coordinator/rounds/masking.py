@@ -186,6 +186,19 @@ class MaskingRounds(RoundDriver):
             facts["graph"] = self._graph_facts()
         return facts
 
+    def roster_problem(self, roster: Roster) -> str | None:
+        """Also refuse a roster size that would change the communication graph the federation was set up with."""
+        problem = super().roster_problem(roster)
+        if problem is not None:
+            return problem
+        n = len(roster.members)
+        if self.settings.masking.graph(n=n, collusion=self.settings.collusion) != self.graph:
+            return (
+                f"{n} silos would change the SecAgg+ graph this federation runs on ([masking] graph_above); "
+                "start a new federation for it"
+            )
+        return None
+
     def _graph_facts(self) -> dict[str, Any]:
         g = self.graph
         assert g is not None

@@ -25,6 +25,7 @@ Notes:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -54,8 +55,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from coordinator.common import DEFAULT_MAX_MESSAGE_BYTES, RoundReport, RoundStatus, TlsFiles
 from coordinator.config import SiloConfig, SiloPolicy
 from coordinator.config.tls import check_tls
-from coordinator.errors import Aborted, NotFound, StageError, Unauthorized, Unavailable
+from coordinator.errors import (
+    Aborted,
+    ConfigError,
+    NotFound,
+    PKIError,
+    StageError,
+    Unauthorized,
+    Unavailable,
+)
 from coordinator.pki import load_ed25519_private, tls_key_pem
+from coordinator.pki.governance import RosterVersion, RosterVersionPin
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.sdk.transport import RetryPolicy, Transport
 from dp.accounting import PrivacyAttestation
@@ -164,6 +174,10 @@ class SiloConnection(TypedDict, total=False):
             of this and the coordinator's own limit (announced in ``Join``).
         audit_public_key: the coordinator's pinned audit key; the silo then witnesses the coordinator's
             ledger checkpoints after every round.
+        roster_pin: the pinned roster version and governance (``[governance]``): when the coordinator announces
+            another roster, the silo fetches the versions it serves, accepts them only if K pinned governors
+            signed each and each extends the pinned one, pins the newest and runs the next round on it.
+            ``None``: the roster is fixed, and another one is refused.
     """
 
     address: Required[str | Sequence[str]]
@@ -177,6 +191,7 @@ class SiloConnection(TypedDict, total=False):
     rng: RandomSource
     max_message_bytes: int
     audit_public_key: bytes | None
+    roster_pin: RosterVersionPin | None
 
 
 def connection_from_config(config: SiloConfig) -> SiloConnection:
@@ -191,7 +206,35 @@ def connection_from_config(config: SiloConfig) -> SiloConnection:
         policy=config.policy,
         max_message_bytes=config.max_message_bytes,
         audit_public_key=config.audit_public_key,
+        roster_pin=roster_pin_from_config(config),
     )
+
+
+def roster_pin_from_config(config: SiloConfig) -> RosterVersionPin | None:
+    """The roster pin ``[governance]`` describes, or ``None``.
+
+    Raises:
+        ConfigError: the pinned version does not load, or its roster is not the ``roster`` file's.
+    """
+    g = config.governance
+    if g is None:
+        return None
+    try:
+        pin = RosterVersionPin.load(
+            version_file=g.roster_version,
+            governance_file=g.file,
+            roster_file=config.roster,
+            consortium_key=config.consortium_public_key,
+        )
+        pinned = pin.pinned()
+    except PKIError as exc:
+        raise ConfigError(f"governance: {exc}") from exc
+    if pinned.roster.fingerprint() != config.load_roster().fingerprint():
+        raise ConfigError(
+            f"governance: the roster of {g.roster_version} is not the `roster` file's; install the roster "
+            "version with `secagg pki install`, which writes both"
+        )
+    return pin
 
 
 def tls_from_config(config: SiloConfig) -> TlsFiles | None:
@@ -419,6 +462,7 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
         self.silo = connection["silo"]
         self.federation = federation
         self._roster = roster
+        self._pin = connection.get("roster_pin")
         member = Member(
             federation=federation,
             silo=self.silo,
@@ -493,10 +537,57 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
             ) from exc
         self._transport.check_history()
         if answer.roster_fingerprint != self._roster.fingerprint():
+            self.update_roster()
+        if answer.roster_fingerprint != self._roster.fingerprint():
             raise Unauthorized("the coordinator serves a different roster than the pinned one")
         self._mode.check_join(answer)
         self._transport.negotiate(answer.max_message_bytes)
         return answer
+
+    @property
+    def roster(self) -> Roster:
+        """The roster this silo runs its next round on (the pinned one, or the newest it accepted)."""
+        return self._roster
+
+    def update_roster(self) -> bool:
+        """Fetch the roster versions the coordinator serves after the pinned one; accept and pin them if they verify.
+
+        Each version must carry K valid signatures of this silo's pinned governors and extend the one before it,
+        from the pinned version (:meth:`coordinator.pki.governance.RosterVersionPin.accept`); the newest is then
+        written to the pinned files and the next round runs on its roster. Without ``roster_pin`` nothing is
+        fetched.
+
+        Returns:
+            Whether a new version was pinned.
+
+        Raises:
+            Unauthorized: a version is refused (one signature only, a non-governor's, not extending the pinned
+                one) or removes this silo; the pinned version stays as it was.
+        """
+        pin = self._pin
+        if pin is None:
+            return False
+        try:
+            pinned = pin.pinned()
+            chain = [
+                RosterVersion.loads(t) for t in self._transport.roster_versions(pinned.version)
+            ]
+            newest = pin.accept(chain, member=self.silo)
+        except PKIError as exc:
+            raise Unauthorized(
+                f"silo {self.silo!r} refused the roster versions the coordinator serves: {exc}"
+            ) from exc
+        if newest.digest() == pinned.digest():
+            return False
+        self._roster = newest.roster
+        self._mode.member = dataclasses.replace(self._mode.member, roster=newest.roster)
+        log.info(
+            "silo %s pinned roster version %d (%d silos)",
+            self.silo,
+            newest.version,
+            len(newest.roster.members),
+        )
+        return True
 
     def witness_checkpoint(self) -> None:
         """Accept the coordinator's latest checkpoint only if it extends the last one this silo accepted.
@@ -572,6 +663,14 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
             if info.state == pb.ROUND_STATE_FINISHED:
                 return
             next_round = info.round + 1
+            announced = getattr(info, "roster_fingerprint", "")
+            if announced and announced != self._roster.fingerprint():
+                # a governed federation adopted a new roster version at this round's open
+                self.update_roster()
+                if announced != self._roster.fingerprint():
+                    raise Unauthorized(
+                        f"round {info.round} runs on a roster this silo has no valid version of"
+                    )
             if info.stage != self._mode.first_stage:
                 log.info(
                     "round %d is past its %s stage; waiting for the next one",

@@ -353,6 +353,19 @@ class Transport:
             lambda: _discard(method(messages(), metadata=self._metadata)), delivered=_discard
         )
 
+    def roster_versions(self, since: int) -> list[str]:
+        """The roster versions the coordinator serves after version ``since`` (JSON texts, oldest first).
+
+        The caller verifies them against its own pins: the coordinator can withhold a version, not forge one.
+        """
+        request = pb.RosterRequest(federation=self.federation, since=since)
+        return list(self.call(self._audit.GetRoster, request).versions)
+
+    def revocation_list(self) -> bytes:
+        """The CA-signed CRL the coordinator enforces (PEM; empty if it has none). The caller verifies it."""
+        request = pb.RevocationListRequest(federation=self.federation)
+        return bytes(self.call(self._audit.GetRevocationList, request).crl)
+
     def poll(
         self,
         fetch: Callable[[float], T],

@@ -1,6 +1,8 @@
 """The ``Audit`` service: checkpoints, entries and proofs for roster members, and their witness statements.
 
-Everything but ``PublishStatement`` is read-only. Statements are the silos' signed views of the log (DESIGN 7,
+Everything but ``PublishStatement`` is read-only. ``GetRoster`` serves the governed roster versions (a running silo
+catches up from the version it pins) and ``GetRevocationList`` the CA-signed CRL the coordinator enforces; silos
+verify both against their own pins, so the coordinator can withhold them but not forge them. Statements are the silos' signed views of the log (DESIGN 7,
 fork detection); the coordinator keeps each silo's latest in memory and refuses any not signed by the
 caller's roster key, so it can withhold statements but not forge them.
 """
@@ -21,6 +23,7 @@ from coordinator.errors import (
     InvalidInput,
     NotFound,
 )
+from coordinator.pki import Revocations
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from coordinator.server.base import MAX_ENTRIES_PER_CALL, R, ServicerBase
@@ -130,5 +133,28 @@ class AuditServicer(ServicerBase, pb_grpc.AuditServicer):
             with self._statements_lock:
                 statements = [self._statements[s] for s in sorted(self._statements)]
             return pb.Statements(statements=statements)
+
+        return self._ledger_call(context, request.federation, run)
+
+    def GetRoster(
+        self, request: pb.RosterRequest, context: grpc.ServicerContext
+    ) -> pb.RosterVersions:
+        def run() -> pb.RosterVersions:
+            governance = self._rounds.governance
+            if governance is None:
+                return pb.RosterVersions()
+            return pb.RosterVersions(
+                versions=[v.dumps() for v in governance.chain(since=request.since)]
+            )
+
+        return self._ledger_call(context, request.federation, run)
+
+    def GetRevocationList(
+        self, request: pb.RevocationListRequest, context: grpc.ServicerContext
+    ) -> pb.RevocationList:
+        def run() -> pb.RevocationList:
+            revoked = self._revoked
+            pem = revoked.current_pem() if isinstance(revoked, Revocations) else b""
+            return pb.RevocationList(crl=pem)
 
         return self._ledger_call(context, request.federation, run)

@@ -12,6 +12,7 @@ from coordinator.config import ServeConfig
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from coordinator.rounds.masking import MaskingRounds
+from coordinator.rounds.roster import governed_roster
 from coordinator.server.app import bind_server, revocations, tls_files
 from coordinator.server.base import (
     ServicerBase,
@@ -57,6 +58,7 @@ class FederationServicer(ServicerBase, pb_grpc.FederationServicer):
                 stage=view.stage.value,
                 rounds=view.rounds,
                 stage_deadline_unix=view.stage_deadline,
+                roster_fingerprint=view.roster_fingerprint,
             )
             config_to_pb(view.config, info)
             if self._masking.silo_dp_plan is not None:
@@ -222,7 +224,7 @@ def create_server(
 
 def build(config: ServeConfig, **driver: Any) -> tuple[MaskingRounds, grpc.Server, int]:
     """The masking-mode driver and its server for ``secagg serve`` (the registry's ``server`` plug-in)."""
-    rounds = MaskingRounds(**driver)
+    rounds = MaskingRounds(**driver, governance=governed_roster(config))
     server, port = create_server(
         rounds,
         config.listen,

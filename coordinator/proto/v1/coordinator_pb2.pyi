@@ -190,6 +190,7 @@ class RoundInfo(_message.Message):
     STAGE_DEADLINE_UNIX_FIELD_NUMBER: _builtins.int
     SILO_DP_FIELD_NUMBER: _builtins.int
     GRAPH_DEGREE_FIELD_NUMBER: _builtins.int
+    ROSTER_FINGERPRINT_FIELD_NUMBER: _builtins.int
     federation: _builtins.str
     round: _builtins.int
     state: Global___RoundState.ValueType
@@ -215,6 +216,10 @@ class RoundInfo(_message.Message):
     """the padded dimension and silos encode with it instead of the quantizer)
     0: full graph; else the degree k of the SecAgg+ Harary graph, and threshold is
     """
+    roster_fingerprint: _builtins.str
+    """then the threshold of each closed neighbourhood of k + 1 silos
+    SHA-256 hex of the roster this round runs on (a governed federation
+    """
     @_builtins.property
     def quantization(self) -> Global___Quantization: ...
     @_builtins.property
@@ -239,10 +244,11 @@ class RoundInfo(_message.Message):
         stage_deadline_unix: _builtins.float = ...,
         silo_dp: Global___SiloDP | None = ...,
         graph_degree: _builtins.int = ...,
+        roster_fingerprint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["quantization", b"quantization", "silo_dp", b"silo_dp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collusion", b"collusion", "federation", b"federation", "graph_degree", b"graph_degree", "min_cohort", b"min_cohort", "model_hash", b"model_hash", "n", b"n", "quantization", b"quantization", "round", b"round", "rounds", b"rounds", "silo_dp", b"silo_dp", "stage", b"stage", "stage_deadline_unix", b"stage_deadline_unix", "state", b"state", "threshold", b"threshold", "vector_length", b"vector_length"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collusion", b"collusion", "federation", b"federation", "graph_degree", b"graph_degree", "min_cohort", b"min_cohort", "model_hash", b"model_hash", "n", b"n", "quantization", b"quantization", "roster_fingerprint", b"roster_fingerprint", "round", b"round", "rounds", b"rounds", "silo_dp", b"silo_dp", "stage", b"stage", "stage_deadline_unix", b"stage_deadline_unix", "state", b"state", "threshold", b"threshold", "vector_length", b"vector_length"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -819,6 +825,89 @@ class Ack(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Ack: _TypeAlias = Ack  # noqa: Y015
+
+@_typing.final
+class RosterRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEDERATION_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    federation: _builtins.str
+    since: _builtins.int
+    def __init__(
+        self,
+        *,
+        federation: _builtins.str = ...,
+        since: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["federation", b"federation", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RosterRequest: _TypeAlias = RosterRequest  # noqa: Y015
+
+@_typing.final
+class RosterVersions(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """coordinator.pki.governance.RosterVersion JSON, oldest first"""
+
+    def __init__(
+        self,
+        *,
+        versions: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RosterVersions: _TypeAlias = RosterVersions  # noqa: Y015
+
+@_typing.final
+class RevocationListRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEDERATION_FIELD_NUMBER: _builtins.int
+    federation: _builtins.str
+    def __init__(
+        self,
+        *,
+        federation: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["federation", b"federation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevocationListRequest: _TypeAlias = RevocationListRequest  # noqa: Y015
+
+@_typing.final
+class RevocationList(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CRL_FIELD_NUMBER: _builtins.int
+    crl: _builtins.bytes
+    """PEM; a silo verifies it under its pinned CA and keeps the newest CRL number it saw"""
+    def __init__(
+        self,
+        *,
+        crl: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["crl", b"crl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevocationList: _TypeAlias = RevocationList  # noqa: Y015
 
 @_typing.final
 class WitnessStatement(_message.Message):

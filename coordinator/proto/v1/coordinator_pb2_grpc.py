@@ -674,6 +674,16 @@ class AuditStub:
                 request_serializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.StatementsRequest.SerializeToString,
                 response_deserializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.Statements.FromString,
                 _registered_method=True)
+        self.GetRoster = channel.unary_unary(
+                '/coordinator.proto.v1.Audit/GetRoster',
+                request_serializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.RosterRequest.SerializeToString,
+                response_deserializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.RosterVersions.FromString,
+                _registered_method=True)
+        self.GetRevocationList = channel.unary_unary(
+                '/coordinator.proto.v1.Audit/GetRevocationList',
+                request_serializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.RevocationListRequest.SerializeToString,
+                response_deserializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.RevocationList.FromString,
+                _registered_method=True)
 
 
 class AuditServicer:
@@ -725,6 +735,21 @@ class AuditServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRoster(self, request, context):
+        """The roster versions the coordinator adopted after version `since` (all for 0), oldest first, each the
+        JSON text K governors signed; the last is the version in force. Empty for a federation without governance.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRevocationList(self, request, context):
+        """The consortium CA's current revocation list (PEM X.509 CRL) the coordinator enforces; empty if none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -757,6 +782,16 @@ def add_AuditServicer_to_server(servicer, server):
                     servicer.GetStatements,
                     request_deserializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.StatementsRequest.FromString,
                     response_serializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.Statements.SerializeToString,
+            ),
+            'GetRoster': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRoster,
+                    request_deserializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.RosterRequest.FromString,
+                    response_serializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.RosterVersions.SerializeToString,
+            ),
+            'GetRevocationList': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRevocationList,
+                    request_deserializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.RevocationListRequest.FromString,
+                    response_serializer=coordinator_dot_proto_dot_v1_dot_coordinator__pb2.RevocationList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -924,6 +959,60 @@ class Audit:
             '/coordinator.proto.v1.Audit/GetStatements',
             coordinator_dot_proto_dot_v1_dot_coordinator__pb2.StatementsRequest.SerializeToString,
             coordinator_dot_proto_dot_v1_dot_coordinator__pb2.Statements.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRoster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordinator.proto.v1.Audit/GetRoster',
+            coordinator_dot_proto_dot_v1_dot_coordinator__pb2.RosterRequest.SerializeToString,
+            coordinator_dot_proto_dot_v1_dot_coordinator__pb2.RosterVersions.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRevocationList(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coordinator.proto.v1.Audit/GetRevocationList',
+            coordinator_dot_proto_dot_v1_dot_coordinator__pb2.RevocationListRequest.SerializeToString,
+            coordinator_dot_proto_dot_v1_dot_coordinator__pb2.RevocationList.FromString,
             options,
             channel_credentials,
             insecure,

@@ -238,6 +238,12 @@ class AuditStub:
     """
     GetStatements: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.StatementsRequest, _coordinator_pb2.Statements]
     """Every silo's latest witness statement (silos check their peers' checkpoints for a fork)."""
+    GetRoster: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.RosterRequest, _coordinator_pb2.RosterVersions]
+    """The roster versions the coordinator adopted after version `since` (all for 0), oldest first, each the
+    JSON text K governors signed; the last is the version in force. Empty for a federation without governance.
+    """
+    GetRevocationList: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.RevocationListRequest, _coordinator_pb2.RevocationList]
+    """The consortium CA's current revocation list (PEM X.509 CRL) the coordinator enforces; empty if none."""
 
 @_typing.type_check_only
 class AuditAsyncStub(AuditStub):
@@ -261,6 +267,12 @@ class AuditAsyncStub(AuditStub):
     """
     GetStatements: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.StatementsRequest, _coordinator_pb2.Statements]  # type: ignore[assignment]
     """Every silo's latest witness statement (silos check their peers' checkpoints for a fork)."""
+    GetRoster: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.RosterRequest, _coordinator_pb2.RosterVersions]  # type: ignore[assignment]
+    """The roster versions the coordinator adopted after version `since` (all for 0), oldest first, each the
+    JSON text K governors signed; the last is the version in force. Empty for a federation without governance.
+    """
+    GetRevocationList: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.RevocationListRequest, _coordinator_pb2.RevocationList]  # type: ignore[assignment]
+    """The consortium CA's current revocation list (PEM X.509 CRL) the coordinator enforces; empty if none."""
 
 class AuditServicer(metaclass=_abc_1.ABCMeta):
     """Read-only access to the federation's tamper-evident audit ledger (DESIGN 7), for live monitoring and for
@@ -317,5 +329,23 @@ class AuditServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_coordinator_pb2.Statements, _abc.Awaitable[_coordinator_pb2.Statements]]:
         """Every silo's latest witness statement (silos check their peers' checkpoints for a fork)."""
+
+    @_abc_1.abstractmethod
+    def GetRoster(
+        self,
+        request: _coordinator_pb2.RosterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.RosterVersions, _abc.Awaitable[_coordinator_pb2.RosterVersions]]:
+        """The roster versions the coordinator adopted after version `since` (all for 0), oldest first, each the
+        JSON text K governors signed; the last is the version in force. Empty for a federation without governance.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRevocationList(
+        self,
+        request: _coordinator_pb2.RevocationListRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.RevocationList, _abc.Awaitable[_coordinator_pb2.RevocationList]]:
+        """The consortium CA's current revocation list (PEM X.509 CRL) the coordinator enforces; empty if none."""
 
 def add_AuditServicer_to_server(servicer: AuditServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,226 @@
+"""Roster versions as the ledger records them: the bytes governors sign, and the check an auditor repeats.
+
+A roster version (``coordinator.pki.governance.RosterVersion``) is the consortium-signed roster plus a version
+number, the digest of the version it replaces and K governor signatures over :func:`roster_version_payload`.
+The coordinator records the version it started with in ``federation_created`` (``governance``) and every
+version it adopts later as a ``roster_changed`` entry, each with its full JSON text. An auditor re-checks each
+change here, with nothing but the ledger: K valid signatures by the governors ``federation_created`` names, the
+consortium signature on the roster, and exact extension of the version before it (the next number, naming the
+previous digest), as a transparency log refuses an inconsistent head (RFC 6962 section 2.1.2).
+
+Notes:
+    The governor set is taken from ``federation_created``, which only the coordinator's audit key signs: it is
+    as trustworthy as that entry, whose roster fingerprint the auditor's pinned roster is compared with. A
+    coordinator that lied about the governors there would be contradicted by every member's pinned
+    ``governance.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from secagg.errors import SecAggError
+from secagg.hazmat.keys import encode_fields
+from secagg.roster import Roster
+
+__all__ = [
+    "RosterState",
+    "roster_version_digest",
+    "roster_version_payload",
+]
+
+LABEL = "secagg roster version"
+FORMAT = 1
+
+
+def roster_version_payload(federation: str, version: int, previous: str, fingerprint: str) -> bytes:
+    """The exact bytes every governor signs for a roster version (injective field encoding)."""
+    return encode_fields(LABEL, FORMAT, federation, version, previous, fingerprint)
+
+
+def roster_version_digest(federation: str, version: int, previous: str, fingerprint: str) -> str:
+    """SHA-256 hex of the payload: what the next version names as ``previous``."""
+    return hashlib.sha256(
+        roster_version_payload(federation, version, previous, fingerprint)
+    ).hexdigest()
+
+
+@dataclass(frozen=True)
+class RosterState:
+    """The roster in force at a point of the ledger, and the governance that may change it.
+
+    Attributes:
+        federation: the federation id.
+        governors: the governors' raw Ed25519 public keys.
+        quorum: K, the valid governor signatures a change needs.
+        version, digest: the version in force and its digest.
+        roster: the roster in force (its signature checked under ``consortium_key``).
+        consortium_key: the key every roster must be signed by.
+    """
+
+    federation: str
+    governors: tuple[bytes, ...]
+    quorum: int
+    version: int
+    digest: str
+    roster: Roster
+    consortium_key: bytes
+
+    @classmethod
+    def from_created(
+        cls, federation: str, governance: Mapping[str, Any], consortium_key: bytes | None
+    ) -> RosterState:
+        """The state ``federation_created``'s ``governance`` record starts from.
+
+        Args:
+            consortium_key: the pinned consortium key, or ``None`` to take the initial roster's own.
+
+        Raises:
+            ValueError: a malformed record, or an initial version that does not verify (one line).
+        """
+        try:
+            governors = tuple(bytes.fromhex(str(g)) for g in governance["governors"])
+            quorum = int(governance["quorum"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError("the governance record is malformed (governors, quorum)") from exc
+        if not 1 <= quorum <= len(governors):
+            raise ValueError("the governance record's quorum is not between 1 and N")
+        version, previous, roster, signatures = parse_version(governance.get("roster_version"))
+        key = roster.consortium_key if consortium_key is None else consortium_key
+        state = cls(federation, governors, quorum, 0, "", roster, key)
+        state._check(version, previous, roster, signatures, first=True)
+        return cls(
+            federation,
+            governors,
+            quorum,
+            version,
+            roster_version_digest(federation, version, previous, roster.fingerprint()),
+            roster,
+            key,
+        )
+
+    def apply(
+        self, body: Mapping[str, Any]
+    ) -> tuple[RosterState, tuple[str, ...], tuple[str, ...]]:
+        """The state after the ``roster_changed`` entry ``body``, and the members it added and removed.
+
+        Raises:
+            ValueError: the change is not signed by K governors, not signed by the consortium, does not extend
+                the version in force, or its summary (version, digest, added, removed) differs from its text.
+        """
+        version, previous, roster, signatures = parse_version(body.get("roster_version"))
+        self._check(version, previous, roster, signatures, first=False)
+        digest = roster_version_digest(self.federation, version, previous, roster.fingerprint())
+        added, removed = diff(self.roster, roster)
+        summary = {
+            "version": version,
+            "digest": digest,
+            "roster_fingerprint": roster.fingerprint(),
+            "added": list(added),
+            "removed": list(removed),
+        }
+        for name, value in summary.items():
+            if _plain(body.get(name)) != value:
+                raise ValueError(
+                    f"roster_changed records {name} {_plain(body.get(name))!r}, but the signed version "
+                    f"gives {value!r}"
+                )
+        state = RosterState(
+            self.federation,
+            self.governors,
+            self.quorum,
+            version,
+            digest,
+            roster,
+            self.consortium_key,
+        )
+        return state, added, removed
+
+    def _check(
+        self,
+        version: int,
+        previous: str,
+        roster: Roster,
+        signatures: Mapping[bytes, bytes],
+        *,
+        first: bool,
+    ) -> None:
+        if roster.federation != self.federation:
+            raise ValueError(
+                f"roster version {version} is for federation {roster.federation!r}, not {self.federation!r}"
+            )
+        try:
+            roster.verify(self.consortium_key)
+        except SecAggError as exc:
+            raise ValueError(
+                f"roster version {version} is not signed by the consortium key"
+            ) from exc
+        payload = roster_version_payload(self.federation, version, previous, roster.fingerprint())
+        signers = valid_signers(payload, signatures, self.governors)
+        if len(signers) < self.quorum:
+            raise ValueError(
+                f"roster version {version} has {len(signers)} valid governor signature(s) of the "
+                f"{self.quorum} required"
+            )
+        if not first and (version != self.version + 1 or previous != self.digest):
+            raise ValueError(
+                f"roster version {version} does not extend version {self.version} (it must be version "
+                f"{self.version + 1} naming digest {self.digest})"
+            )
+
+
+def valid_signers(
+    payload: bytes, signatures: Mapping[bytes, bytes], governors: Sequence[bytes]
+) -> list[bytes]:
+    """The governors of ``governors`` whose signature over ``payload`` verifies (each counted once)."""
+    valid = []
+    for governor in dict.fromkeys(governors):
+        signature = signatures.get(governor)
+        if signature is None:
+            continue
+        try:
+            Ed25519PublicKey.from_public_bytes(governor).verify(signature, payload)
+        except (InvalidSignature, ValueError):
+            continue
+        valid.append(governor)
+    return valid
+
+
+def diff(old: Roster, new: Roster) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Members ``new`` adds (new ids, or an id with another key) and removes (ids gone, or re-keyed)."""
+    added = tuple(m for m in new.members if old.members.get(m) != new.members[m])
+    removed = tuple(m for m in old.members if new.members.get(m) != old.members[m])
+    return added, removed
+
+
+def parse_version(text: Any) -> tuple[int, str, Roster, dict[bytes, bytes]]:
+    """The (version, previous, roster, signatures) of a roster version's JSON text.
+
+    Raises:
+        ValueError: not a well-formed roster version.
+    """
+    try:
+        data = json.loads(str(text))
+        version = int(data["version"])
+        previous = str(data["previous"])
+        roster = Roster.loads(data["roster"])
+        signatures = {bytes.fromhex(k): bytes.fromhex(v) for k, v in data["signatures"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError, SecAggError) as exc:
+        raise ValueError("not a well-formed roster version") from exc
+    if version < 1 or (version == 1) != (previous == ""):
+        raise ValueError("not a well-formed roster version (version number and previous digest)")
+    return version, previous, roster, signatures
+
+
+def _plain(value: Any) -> Any:
+    """A frozen ledger value as plain JSON (tuples as lists)."""
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
