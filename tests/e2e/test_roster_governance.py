@@ -1,0 +1,363 @@
+"""Governed roster versions over real mTLS gRPC: a hospital that 2 of 3 governors add joins the next round.
+
+The parties enrol as in ``test_enrolment`` (each in its own directory, only public files travel). The coordinator
+and the silos run with ``[governance]``. While round 0 runs, the coordinator's operator installs version 2 (adding
+St Dora) into the coordinator's directory; the coordinator adopts it at the next round open and records it in the
+ledger, the three running silos fetch it over ``Audit.GetRoster``, check it against their own pinned governors and
+pinned version, pin it and carry on, and St Dora takes part from round 1. The exported ledger verifies, and the
+same ledger rewritten by a coordinator that holds its audit key, with one governor signature forged, fails
+verification only because of that signature (positive control: with the governance check skipped it passes).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+import tomli_w
+
+from audits import (
+    CheckpointSigner,
+    Event,
+    Ledger,
+    LedgerEntry,
+    VerificationError,
+    verify_bundle,
+    write_bundle,
+)
+from audits.report import build_report
+from coordinator.common import RoundStatus, ledger_origin
+from coordinator.config import ServeConfig, SiloConfig
+from coordinator.errors import Unauthorized
+from coordinator.pki import PASSPHRASE_ENV, load_ed25519_private
+from coordinator.pki.enrol import install
+from coordinator.pki.governance import RosterVersion
+from coordinator.rounds.audit import export_bundle, verify_bundle_dir
+from coordinator.sdk.masking import RetryPolicy, RoundContext, Silo
+from coordinator.server.app import start_coordinator
+from secagg import Roster
+from tests.e2e.harness import exact, expected_model, in_threads, integer_update
+from tests.e2e.test_enrolment import (
+    FEDERATION,
+    HOSPITALS,
+    LENGTH,
+    Enrolment,
+    Party,
+    enrol,
+    secagg,
+)
+
+pytestmark = pytest.mark.e2e
+
+NEWCOMER = "st-dora"
+RETRY = RetryPolicy(attempts=4, initial=0.1, maximum=0.5)
+
+
+def governance(d: Path) -> dict[str, str]:
+    return {"roster_version": str(d / "roster-version.json"), "file": str(d / "governance.json")}
+
+
+def serve_config(enrolment: Enrolment, root: Path, rounds: int) -> Path:
+    d = enrolment.coordinator.directory
+    doc: dict[str, Any] = {
+        "federation": FEDERATION,
+        "listen": "127.0.0.1:0",
+        "storage": str(root / "coordinator.sqlite"),
+        "roster": str(d / "roster.json"),
+        "consortium_public_key": (d / "consortium.pub").read_text(encoding="ascii").strip(),
+        "audit_key": str(d / "audit.key"),
+        "tls": {"ca": str(d / "ca.pem"), "cert": str(d / "cert.pem"), "key": str(d / "key.pem")},
+        "model": {"init": "zeros", "size": LENGTH},
+        # t = 3 is safe for 3 and for 4 silos (t > n / 2), so version 2 keeps the federation's rules
+        "rounds": {
+            "count": rounds,
+            "clip": 32767 / 1024,
+            "bits": 16,
+            "min_cohort": 3,
+            "threshold": 3,
+        },
+        "governance": governance(d),
+    }
+    path = root / "serve.toml"
+    path.write_text(tomli_w.dumps(doc), encoding="utf-8")
+    return path
+
+
+def silo_config(silo: Party, index: int, address: str, root: Path) -> Path:
+    d = silo.directory
+    doc: dict[str, Any] = {
+        "silo": silo.name,
+        "coordinator": address,
+        "federation": FEDERATION,
+        "roster": str(d / "roster.json"),
+        "consortium_public_key": (d / "consortium.pub").read_text(encoding="ascii").strip(),
+        "signing_key": str(d / "signing.key"),
+        "audit_public_key": (d / "audit.pub").read_text(encoding="ascii").strip(),
+        "state_dir": str(root / "state" / silo.name),
+        "tls": {"ca": str(d / "ca.pem"), "cert": str(d / "cert.pem"), "key": str(d / "key.pem")},
+        "policy": {"min_cohort": 3, "max_collusion_assumed": 0},
+        "task": {"shard": index, "num_shards": 4},
+        "governance": governance(d),
+    }
+    path = root / f"silo-{silo.name}.toml"
+    path.write_text(tomli_w.dumps(doc), encoding="utf-8")
+    return path
+
+
+def enrol_newcomer(enrolment: Enrolment, root: Path, *, signers: int) -> tuple[Party, Path]:
+    """St Dora enrols; the CA proposes version 2 adding her and ``signers`` governors sign it."""
+    ca, mailbox = enrolment.ca, enrolment.mailbox
+    newcomer = Party(NEWCOMER, root / NEWCOMER, root / "dora-passphrase")
+    newcomer.passphrase_file.write_text("passphrase of st-dora\n", encoding="utf-8")
+    newcomer.passphrase_file.chmod(0o600)
+    secagg(
+        newcomer,
+        "pki",
+        "request",
+        str(newcomer.directory),
+        "--id",
+        NEWCOMER,
+        "--role",
+        "silo",
+        "--federation",
+        FEDERATION,
+    )
+    request_file, issued = mailbox / "st-dora.request.json", mailbox / "st-dora.issued.json"
+    request_file.write_bytes((newcomer.directory / "request.json").read_bytes())
+    secagg(ca, "pki", "sign", str(ca.directory), str(request_file), "--out", str(issued), "--yes")
+    secagg(newcomer, "pki", "install", str(newcomer.directory), str(issued))
+    v2 = mailbox / "roster-v2.json"
+    secagg(ca, "pki", "roster", "propose", str(ca.directory), "--add", NEWCOMER, "--out", str(v2))
+    for g in enrolment.governors[1 : 1 + signers]:  # another pair of governors than version 1's
+        secagg(g, "pki", "roster", "sign", str(g.directory), str(v2), "--yes")
+    return newcomer, v2
+
+
+def wait_for(condition: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def federation_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Three rounds; version 2 (St Dora) is installed in the coordinator's directory while round 0 runs."""
+    root = tmp_path_factory.mktemp("roster-governance")
+    (root / "enrolment").mkdir()
+    enrolment = enrol(root / "enrolment")
+    newcomer, v2 = enrol_newcomer(enrolment, root / "enrolment", signers=2)
+    federation_v2 = enrolment.mailbox / "federation-v2.json"
+    secagg(
+        enrolment.ca,
+        "pki",
+        "publish",
+        str(enrolment.ca.directory),
+        "--roster",
+        str(v2),
+        "--out",
+        str(federation_v2),
+    )
+    secagg(newcomer, "pki", "install", str(newcomer.directory), str(federation_v2))
+    run = root / "run"
+    run.mkdir()
+    rounds = 3
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(PASSPHRASE_ENV, str(enrolment.coordinator.passphrase_file))
+        serve = ServeConfig.load(serve_config(enrolment, run, rounds))
+        coordinator = start_coordinator(serve)
+        try:
+            address = f"127.0.0.1:{coordinator.port}"
+            silos = (*enrolment.silos, newcomer)
+            configs = [
+                silo_config(s, i, address, run) for i, s in enumerate(silos)
+            ]  # the newcomer's is written now, loaded once she is on the roster
+            clients: list[Silo] = []
+            for index, silo in enumerate(enrolment.silos):
+                mp.setenv(PASSPHRASE_ENV, str(silo.passphrase_file))
+                clients.append(Silo.from_config(SiloConfig.load(configs[index]), retry=RETRY))
+            units = {
+                (i, r): integer_update(10 * r + i, LENGTH) for r in range(rounds) for i in range(4)
+            }
+            installed = threading.Event()
+
+            def run_silo(index: int) -> list[tuple[int, RoundStatus]]:
+                def train(ctx: RoundContext) -> npt.NDArray[np.float64]:
+                    if index == 0 and ctx.round == 0:
+                        # the coordinator's operator installs version 2 mid-round (`secagg pki install`)
+                        install(enrolment.coordinator.directory, v2)
+                        installed.set()
+                    return exact(units[index, ctx.round])
+
+                with clients[index] as client:
+                    return [(r.round, r.status) for r in client.run(train)]
+
+            def run_newcomer() -> list[tuple[int, RoundStatus]]:
+                installed.wait(60)
+                wait_for(lambda: NEWCOMER in coordinator.service.roster.members)
+                with Silo.from_config(newcomer_config, retry=RETRY) as client:
+
+                    def train(ctx: RoundContext) -> npt.NDArray[np.float64]:
+                        return exact(units[3, ctx.round])
+
+                    return [(r.round, r.status) for r in client.run(train)]
+
+            mp.setenv(PASSPHRASE_ENV, str(newcomer.passphrase_file))
+            newcomer_config = SiloConfig.load(configs[3])
+            statuses = in_threads(
+                *[lambda i=i: run_silo(i) for i in range(3)], run_newcomer, timeout=150
+            )
+            coordinator.service.wait_finished(10)
+            records = coordinator.store.rounds(FEDERATION)
+            models = [coordinator.store.model(FEDERATION, r)[0] for r in range(rounds + 1)]
+        finally:
+            coordinator.stop()
+        mp.setenv(PASSPHRASE_ENV, str(enrolment.coordinator.passphrase_file))
+        bundle = root / "bundle"
+        export_bundle(serve, bundle)
+        audit_key = load_ed25519_private(serve.audit_key)
+    return {
+        "enrolment": enrolment,
+        "newcomer": newcomer,
+        "statuses": statuses,
+        "records": records,
+        "models": models,
+        "units": units,
+        "bundle": bundle,
+        "audit_key": audit_key,
+        "serve": serve,
+    }
+
+
+def test_a_hospital_two_of_three_governors_add_joins_the_next_round_while_the_others_keep_running(
+    federation_run: dict[str, Any],
+) -> None:
+    statuses, records, models, units = (
+        federation_run[k] for k in ("statuses", "records", "models", "units")
+    )
+    done = RoundStatus.COMPLETED
+    assert statuses[:3] == [[(0, done), (1, done), (2, done)]] * 3  # no silo restarted
+    assert statuses[3] == [(1, done), (2, done)]
+    assert [r.survivors for r in records] == [
+        HOSPITALS,
+        (*HOSPITALS, NEWCOMER),
+        (*HOSPITALS, NEWCOMER),
+    ]
+    assert np.array_equal(models[1], expected_model(models[0], [units[i, 0] for i in range(3)]))
+    for r in (1, 2):
+        assert np.array_equal(
+            models[r + 1], expected_model(models[r], [units[i, r] for i in range(4)])
+        )
+    # every running silo pinned version 2 in its own directory, as `secagg pki install` would have
+    for silo in federation_run["enrolment"].silos:
+        pinned = RosterVersion.load(silo.directory / "roster-version.json")
+        assert (pinned.version, list(pinned.roster.members)) == (2, [*HOSPITALS, NEWCOMER])
+
+
+def entries(bundle: Path) -> list[LedgerEntry]:
+    return [
+        LedgerEntry.decode(line)
+        for line in (bundle / "entries.jsonl").read_bytes().splitlines()
+        if line
+    ]
+
+
+def verify(federation_run: dict[str, Any], bundle: Path, **options: Any) -> Any:
+    serve = federation_run["serve"]
+    return verify_bundle_dir(
+        bundle,
+        audit_public_key=federation_run["audit_key"].public_key().public_bytes_raw(),
+        consortium_public_key=serve.consortium_public_key,
+        federation=FEDERATION,
+        **options,
+    )
+
+
+def test_the_roster_change_is_in_the_ledger_with_its_signatures_and_verifies(
+    federation_run: dict[str, Any],
+) -> None:
+    bundle = federation_run["bundle"]
+    changes = [e for e in entries(bundle) if e.event.kind == "roster_changed"]
+    assert len(changes) == 1
+    body = changes[0].event.body
+    assert (body["version"], list(body["added"]), list(body["removed"])) == (2, [NEWCOMER], [])
+    assert body["first_round"] == 1 and len(body["signers"]) == 2
+    created = entries(bundle)[0].event.body
+    assert created["governance"]["quorum"] == 2
+    report, warnings = verify(federation_run, bundle)
+    assert report.federation == FEDERATION and report.anchors.fully_pinned and not warnings
+    shown = build_report(report)["roster_changes"]
+    assert [(c["version"], c["added"], c["first_round"]) for c in shown] == [(2, [NEWCOMER], 1)]
+
+
+def rewritten(federation_run: dict[str, Any], out: Path, edit: Any) -> Path:
+    """The ledger as a dishonest coordinator holding its audit key would rewrite and re-sign it."""
+    ledger = Ledger(out.with_suffix(".sqlite"), origin=ledger_origin(FEDERATION))
+    for entry in entries(federation_run["bundle"]):
+        event = entry.event.to_json()
+        body = edit(event["kind"], event["body"])
+        ledger.append(
+            Event(event["kind"], event["federation"], event["round"], body, event["time"])
+        )
+    signer = CheckpointSigner(federation_run["audit_key"], key_name=ledger_origin(FEDERATION))
+    ledger.checkpoint(signer)
+    write_bundle(
+        ledger,
+        out,
+        roster_bytes=(federation_run["bundle"] / "roster.json").read_bytes(),
+        audit_public_key=signer.public_key,
+    )
+    ledger.close()
+    return out
+
+
+def test_a_forged_governor_signature_in_the_ledger_fails_verification(
+    federation_run: dict[str, Any], tmp_path: Path
+) -> None:
+    def forge(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        if kind != "roster_changed":
+            return body
+        version = json.loads(body["roster_version"])
+        first = sorted(version["signatures"])[0]
+        signature = bytearray(bytes.fromhex(version["signatures"][first]))
+        signature[0] ^= 1
+        version["signatures"][first] = signature.hex()
+        return body | {"roster_version": json.dumps(version)}
+
+    honest = rewritten(federation_run, tmp_path / "honest", lambda kind, body: body)
+    verify(federation_run, honest)  # the rewriting itself changes nothing a verifier checks
+    forged = rewritten(federation_run, tmp_path / "forged", forge)
+    with pytest.raises(VerificationError) as exc:
+        verify(federation_run, forged)
+    message = str(exc.value)
+    assert "roster change refused" in message
+    assert "1 valid governor signature(s) of the 2 required" in message
+    # positive control: the same forged ledger passes when the governance check is skipped
+    roster = Roster.loads((forged / "roster.json").read_text())
+    verify_bundle(
+        forged,
+        silo_keys=dict(roster.members),
+        audit_public_key=federation_run["audit_key"].public_key().public_bytes_raw(),
+        insecure_skip_roster_governance=True,
+    )
+
+
+def test_a_roster_change_that_skips_a_version_in_the_ledger_fails_verification(
+    federation_run: dict[str, Any], tmp_path: Path
+) -> None:
+    def renumber(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        if kind != "roster_changed":
+            return body
+        version = json.loads(body["roster_version"])
+        version["version"] = 3  # its signatures no longer cover it either way
+        return body | {"roster_version": json.dumps(version)}
+
+    with pytest.raises(VerificationError, match="roster change refused"):
+        verify(federation_run, rewritten(federation_run, tmp_path / "skipped", renumber))
