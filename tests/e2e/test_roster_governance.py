@@ -34,7 +34,6 @@ from audits import (
 from audits.report import build_report
 from coordinator.common import RoundStatus, ledger_origin
 from coordinator.config import ServeConfig, SiloConfig
-from coordinator.errors import Unauthorized
 from coordinator.pki import PASSPHRASE_ENV, load_ed25519_private
 from coordinator.pki.enrol import install
 from coordinator.pki.governance import RosterVersion
