@@ -34,6 +34,7 @@ from audits import (
 from audits.report import build_report
 from coordinator.common import RoundStatus, ledger_origin
 from coordinator.config import ServeConfig, SiloConfig
+from coordinator.errors import Unauthorized
 from coordinator.pki import PASSPHRASE_ENV, load_ed25519_private
 from coordinator.pki.enrol import install
 from coordinator.pki.governance import RosterVersion
@@ -360,3 +361,59 @@ def test_a_roster_change_that_skips_a_version_in_the_ledger_fails_verification(
 
     with pytest.raises(VerificationError, match="roster change refused"):
         verify(federation_run, rewritten(federation_run, tmp_path / "skipped", renumber))
+
+
+def test_running_silos_refuse_a_version_one_governor_signed_that_a_lying_coordinator_serves(
+    tmp_path: Path,
+) -> None:
+    """The coordinator is given a quorum of 1 (its operator lies about the governance); the silos pin 2."""
+    (tmp_path / "enrolment").mkdir()
+    enrolment = enrol(tmp_path / "enrolment")
+    _, v2 = enrol_newcomer(enrolment, tmp_path / "enrolment", signers=1)
+    d = enrolment.coordinator.directory
+    lying = json.loads((d / "governance.json").read_text()) | {"quorum": 1}
+    (d / "governance.json").write_text(json.dumps(lying))
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(PASSPHRASE_ENV, str(enrolment.coordinator.passphrase_file))
+        coordinator = start_coordinator(ServeConfig.load(serve_config(enrolment, run, 2)))
+        try:
+            address = f"127.0.0.1:{coordinator.port}"
+            clients = []
+            for index, silo in enumerate(enrolment.silos):
+                mp.setenv(PASSPHRASE_ENV, str(silo.passphrase_file))
+                config = SiloConfig.load(silo_config(silo, index, address, run))
+                clients.append(Silo.from_config(config, retry=RETRY))
+            pinned = [(s.directory / "roster-version.json").read_bytes() for s in enrolment.silos]
+
+            def run_silo(index: int) -> tuple[list[RoundStatus], str]:
+                statuses: list[RoundStatus] = []
+
+                def train(ctx: RoundContext) -> npt.NDArray[np.float64]:
+                    if index == 0 and ctx.round == 0:
+                        # copied over the file: `secagg pki install` would refuse it
+                        (d / "roster-version.json").write_bytes(v2.read_bytes())
+                    return exact(integer_update(index, LENGTH))
+
+                with clients[index] as client:
+                    try:
+                        for report in client.run(train):
+                            statuses.append(report.status)
+                    except Unauthorized as exc:
+                        return statuses, str(exc)
+                return statuses, ""
+
+            results = in_threads(*[lambda i=i: run_silo(i) for i in range(3)], timeout=120)
+            # the coordinator, trusting its quorum of 1, adopted version 2 ...
+            assert coordinator.service.governance is not None
+            assert coordinator.service.governance.current.version == 2
+        finally:
+            coordinator.stop()
+    # ... and every silo took part in round 0, then refused round 1 with one line, its pins unchanged
+    for (statuses, refusal), silo, before in zip(results, enrolment.silos, pinned, strict=True):
+        assert statuses == [RoundStatus.COMPLETED]
+        assert "refused the roster versions the coordinator serves" in refusal
+        assert "1 valid governor signature(s) of the 2 required" in refusal
+        assert "\n" not in refusal
+        assert (silo.directory / "roster-version.json").read_bytes() == before
