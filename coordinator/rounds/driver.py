@@ -252,6 +252,7 @@ class RoundDriver:
         self._thread: threading.Thread | None = None
         self._next = 0
         self._joined: set[str] = set()
+        self._certificates: dict[str, bytes] = {}
         self._cohort_shortfall: str | None = None
 
     def _set_up_store(self) -> None:
@@ -393,6 +394,18 @@ class RoundDriver:
             self._joined.add(silo)
             self.metrics.joined_silos.set(len(self._joined))
             self.cond.notify_all()
+
+    def saw_certificate(self, silo: str, pem: bytes) -> None:
+        """Keep the client certificate ``silo`` presented at its ``Join`` (its mutual-TLS handshake)."""
+        if pem:
+            with self.cond:
+                self._certificates[silo] = pem
+
+    @property
+    def certificates(self) -> dict[str, bytes]:
+        """Each member's certificate as seen at its latest ``Join`` (PEM); silos check their peers' with it."""
+        with self.cond:
+            return dict(self._certificates)
 
     @property
     def joined(self) -> frozenset[str]:

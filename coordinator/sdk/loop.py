@@ -66,6 +66,7 @@ from coordinator.errors import (
 )
 from coordinator.pki import load_ed25519_private, tls_key_pem
 from coordinator.pki.governance import RosterVersion, RosterVersionPin
+from coordinator.pki.held import HeldRevocations, server_certificate
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.sdk.transport import RetryPolicy, Transport
 from dp.accounting import PrivacyAttestation
@@ -178,6 +179,10 @@ class SiloConnection(TypedDict, total=False):
             another roster, the silo fetches the versions it serves, accepts them only if K pinned governors
             signed each and each extends the pinned one, pins the newest and runs the next round on it.
             ``None``: the roster is fixed, and another one is refused.
+        revocations: the revocation list this silo holds (:class:`~coordinator.pki.held.HeldRevocations`):
+            before every round the silo fetches the coordinator's, keeps it only if its pinned CA signed it and it
+            is not older, then refuses a coordinator whose certificate it revokes and does not mask with a
+            revoked peer. ``None``: no check of its own (the coordinator still enforces its list).
     """
 
     address: Required[str | Sequence[str]]
@@ -192,6 +197,7 @@ class SiloConnection(TypedDict, total=False):
     max_message_bytes: int
     audit_public_key: bytes | None
     roster_pin: RosterVersionPin | None
+    revocations: HeldRevocations | None
 
 
 def connection_from_config(config: SiloConfig) -> SiloConnection:
@@ -207,7 +213,22 @@ def connection_from_config(config: SiloConfig) -> SiloConnection:
         max_message_bytes=config.max_message_bytes,
         audit_public_key=config.audit_public_key,
         roster_pin=roster_pin_from_config(config),
+        revocations=revocations_from_config(config),
     )
+
+
+def revocations_from_config(config: SiloConfig) -> HeldRevocations | None:
+    """The revocation list a silo with ``[tls]`` holds, in ``state_dir/revocations.pem`` (``None`` without TLS).
+
+    Raises:
+        ConfigError: the held list does not verify under the CA in ``[tls] ca``.
+    """
+    if config.tls is None:
+        return None
+    try:
+        return HeldRevocations(config.state_dir / "revocations.pem", config.tls.ca.read_bytes())
+    except PKIError as exc:
+        raise ConfigError(f"state_dir: {exc}; delete it to fetch the coordinator's again") from exc
 
 
 def roster_pin_from_config(config: SiloConfig) -> RosterVersionPin | None:
@@ -261,6 +282,8 @@ class Member:
     roster: Roster = field(repr=False)
     policy: SiloPolicy
     rng: RandomSource = field(repr=False)
+    peer_problem: Callable[[str], str | None] = field(repr=False, default=lambda silo: None)
+    """Why this silo must not mask with a peer (its certificate is revoked), or ``None``."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -463,6 +486,8 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
         self.federation = federation
         self._roster = roster
         self._pin = connection.get("roster_pin")
+        self._held = connection.get("revocations")
+        self._peer_certificates: dict[str, bytes] = {}
         member = Member(
             federation=federation,
             silo=self.silo,
@@ -470,6 +495,7 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
             roster=roster,
             policy=connection.get("policy") or SiloPolicy(),
             rng=connection.get("rng", os.urandom),
+            peer_problem=self._peer_problem,
         )
         self._key = member.signing_key
         self._latest: tuple[int, bytes, npt.NDArray[np.float32]] | None = None
@@ -589,6 +615,49 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
         )
         return True
 
+    def check_revocations(self) -> None:
+        """Fetch the coordinator's revocation list and the members' certificates; refuse a revoked coordinator.
+
+        The list is kept only if the pinned CA signed it and it is not older than the held one; a refused list is
+        logged and the held one stays in force. While the held list revokes anything, the coordinator's own
+        certificate is read (TLS 1.3 handshake under the pinned CA) and checked against it.
+
+        Raises:
+            Unauthorized: the coordinator's certificate is revoked, or cannot be read while a list is in force.
+        """
+        held = self._held
+        if held is None:
+            return
+        crl, certificates = self._transport.revocation_list()
+        try:
+            if held.offer(crl):
+                log.info(
+                    "silo %s holds revocation list number %d (%d revoked)",
+                    self.silo,
+                    held.number,
+                    len(held.serials),
+                )
+        except PKIError as exc:
+            log.error("silo %s: %s", self.silo, exc)
+        self._peer_certificates = certificates
+        if not held.serials:
+            return
+        try:
+            cert = server_certificate(self.address, held.ca_pem)
+        except PKIError as exc:
+            raise Unauthorized(f"{exc}; a revocation list is in force, so this silo stops") from exc
+        if held.revokes(cert):
+            raise Unauthorized(
+                f"the certificate of the coordinator at {self.address} (serial {cert.serial_number:x}) is revoked "
+                f"by CRL number {held.number}; this silo stops: ask the consortium for the new coordinator address"
+            )
+
+    def _peer_problem(self, silo: str) -> str | None:
+        held = self._held
+        if held is None or silo == self.silo:
+            return None
+        return held.peer_problem(self.federation, silo, self._peer_certificates.get(silo))
+
     def witness_checkpoint(self) -> None:
         """Accept the coordinator's latest checkpoint only if it extends the last one this silo accepted.
 
@@ -678,6 +747,7 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
                     self._mode.first_stage,
                 )
                 continue
+            self.check_revocations()
             stages = self._mode.accept(info)
             weights = self._start_model(info.round, bytes(info.model_hash))
             stages.prepare()

@@ -330,6 +330,12 @@ class _MaskingRound(RoundStages[RoundConfig, MaskedVector]):
         )
         ads = t.poll_stage(stub.GetAdvertisements, r, deadline=deadline)
         u1 = [advertisement_from_pb(a) for a in ads.advertisements]
+        for ad in (
+            u1
+        ):  # a revoked peer is not on this silo's roster for the round: it masks with nobody then
+            problem = member.peer_problem(ad.silo)
+            if problem is not None:
+                raise RoundAborted(problem)
         shares = client.share_keys(u1)
         t.submit(
             stub.ShareKeys,

@@ -361,10 +361,12 @@ class Transport:
         request = pb.RosterRequest(federation=self.federation, since=since)
         return list(self.call(self._audit.GetRoster, request).versions)
 
-    def revocation_list(self) -> bytes:
-        """The CA-signed CRL the coordinator enforces (PEM; empty if it has none). The caller verifies it."""
+    def revocation_list(self) -> tuple[bytes, dict[str, bytes]]:
+        """The CA-signed CRL the coordinator enforces (PEM; empty if it has none) and the members' certificates
+        it saw (silo id -> PEM). The caller verifies both against its pinned CA."""
         request = pb.RevocationListRequest(federation=self.federation)
-        return bytes(self.call(self._audit.GetRevocationList, request).crl)
+        answer = self.call(self._audit.GetRevocationList, request)
+        return bytes(answer.crl), {k: bytes(v) for k, v in answer.certificates.items()}
 
     def poll(
         self,

@@ -155,6 +155,6 @@ class AuditServicer(ServicerBase, pb_grpc.AuditServicer):
         def run() -> pb.RevocationList:
             revoked = self._revoked
             pem = revoked.current_pem() if isinstance(revoked, Revocations) else b""
-            return pb.RevocationList(crl=pem)
+            return pb.RevocationList(crl=pem, certificates=self._rounds.certificates)
 
         return self._ledger_call(context, request.federation, run)

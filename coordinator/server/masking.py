@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, cast
 
 import grpc
 
@@ -44,11 +44,14 @@ class FederationServicer(ServicerBase, pb_grpc.FederationServicer):
         self._masking = rounds
 
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinResponse:
-        return self._serve(
-            context,
-            request,
-            lambda silo: pb.JoinResponse(**self._joined(request.federation, silo)),
-        )
+        def run(silo: str) -> pb.JoinResponse:
+            answer = pb.JoinResponse(**self._joined(request.federation, silo))
+            # the verified leaf of the caller's handshake: silos check their peers against their own CRL
+            auth = cast(Mapping[str, Sequence[bytes]], context.auth_context())
+            self._masking.saw_certificate(silo, b"".join(auth.get("x509_pem_cert") or ()))
+            return answer
+
+        return self._serve(context, request, run)
 
     def GetRound(self, request: pb.GetRoundRequest, context: grpc.ServicerContext) -> pb.RoundInfo:
         def run(_: str) -> pb.RoundInfo:

@@ -744,7 +744,8 @@ class AuditServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetRevocationList(self, request, context):
-        """The consortium CA's current revocation list (PEM X.509 CRL) the coordinator enforces; empty if none.
+        """The consortium CA's current revocation list (PEM X.509 CRL) the coordinator enforces (empty if none), and
+        the members' certificates it saw, so a silo can check its peers against the list it holds.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

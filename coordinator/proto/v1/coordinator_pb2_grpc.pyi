@@ -243,7 +243,9 @@ class AuditStub:
     JSON text K governors signed; the last is the version in force. Empty for a federation without governance.
     """
     GetRevocationList: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.RevocationListRequest, _coordinator_pb2.RevocationList]
-    """The consortium CA's current revocation list (PEM X.509 CRL) the coordinator enforces; empty if none."""
+    """The consortium CA's current revocation list (PEM X.509 CRL) the coordinator enforces (empty if none), and
+    the members' certificates it saw, so a silo can check its peers against the list it holds.
+    """
 
 @_typing.type_check_only
 class AuditAsyncStub(AuditStub):
@@ -272,7 +274,9 @@ class AuditAsyncStub(AuditStub):
     JSON text K governors signed; the last is the version in force. Empty for a federation without governance.
     """
     GetRevocationList: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.RevocationListRequest, _coordinator_pb2.RevocationList]  # type: ignore[assignment]
-    """The consortium CA's current revocation list (PEM X.509 CRL) the coordinator enforces; empty if none."""
+    """The consortium CA's current revocation list (PEM X.509 CRL) the coordinator enforces (empty if none), and
+    the members' certificates it saw, so a silo can check its peers against the list it holds.
+    """
 
 class AuditServicer(metaclass=_abc_1.ABCMeta):
     """Read-only access to the federation's tamper-evident audit ledger (DESIGN 7), for live monitoring and for
@@ -346,6 +350,8 @@ class AuditServicer(metaclass=_abc_1.ABCMeta):
         request: _coordinator_pb2.RevocationListRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_coordinator_pb2.RevocationList, _abc.Awaitable[_coordinator_pb2.RevocationList]]:
-        """The consortium CA's current revocation list (PEM X.509 CRL) the coordinator enforces; empty if none."""
+        """The consortium CA's current revocation list (PEM X.509 CRL) the coordinator enforces (empty if none), and
+        the members' certificates it saw, so a silo can check its peers against the list it holds.
+        """
 
 def add_AuditServicer_to_server(servicer: AuditServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
