@@ -125,7 +125,7 @@ class HeldRevocations:
             return f"the certificate shown for peer {silo!r} names another member"
         if self.revokes(cert):
             return (
-                f"peer {silo!r}'s certificate (serial {cert.serial_number:x}) is revoked by CRL number "
+                f"the certificate of peer {silo!r} (serial {cert.serial_number:x}) is revoked by CRL number "
                 f"{self.number}; this silo does not mask with it"
             )
         return None
