@@ -34,11 +34,12 @@ from audits import (
 from audits.report import build_report
 from coordinator.common import RoundStatus, ledger_origin
 from coordinator.config import ServeConfig, SiloConfig
-from coordinator.errors import Unauthorized
+from coordinator.errors import ConfigError, Unauthorized
 from coordinator.pki import PASSPHRASE_ENV, load_ed25519_private
 from coordinator.pki.enrol import install
 from coordinator.pki.governance import RosterVersion
 from coordinator.rounds.audit import export_bundle, verify_bundle_dir
+from coordinator.rounds.roster import governed_roster
 from coordinator.sdk.masking import RetryPolicy, RoundContext, Silo
 from coordinator.server.app import start_coordinator
 from secagg import Roster
@@ -417,3 +418,41 @@ def test_running_silos_refuse_a_version_one_governor_signed_that_a_lying_coordin
         assert "1 valid governor signature(s) of the 2 required" in refusal
         assert "\n" not in refusal
         assert (silo.directory / "roster-version.json").read_bytes() == before
+
+
+def test_a_restarted_coordinator_rebuilds_its_chain_from_the_ledger_and_checks_it_again(
+    federation_run: dict[str, Any], tmp_path: Path
+) -> None:
+    serve = federation_run["serve"]
+    roster = governed_roster(serve)
+    assert roster is not None
+    # the coordinator's directory now pins version 2 (installed mid-federation); the ledger says how it got there
+    assert roster.current.version == 2
+    current = roster.resume(entries(federation_run["bundle"]))
+    assert current.version == 2
+    assert [v.version for v in roster.chain()] == [1, 2]
+    assert [v.version for v in roster.chain(since=1)] == [2]
+
+    def one_signature(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        if kind != "roster_changed":
+            return body
+        version = json.loads(body["roster_version"])
+        version["signatures"] = dict(sorted(version["signatures"].items())[:1])
+        return body | {"roster_version": json.dumps(version)}
+
+    forged = rewritten(federation_run, tmp_path / "forged", one_signature)
+    with pytest.raises(ConfigError) as exc:
+        governed_roster(serve).resume(entries(forged))  # type: ignore[union-attr]
+    assert "1 valid governor signature(s) of the 2 required" in str(exc.value)
+
+
+def test_a_roster_change_in_a_federation_created_without_governance_fails_verification(
+    federation_run: dict[str, Any], tmp_path: Path
+) -> None:
+    def ungoverned(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        if kind != "federation_created":
+            return body
+        return {k: v for k, v in body.items() if k != "governance"}
+
+    with pytest.raises(VerificationError, match="created without governance: nobody may change it"):
+        verify(federation_run, rewritten(federation_run, tmp_path / "ungoverned", ungoverned))
