@@ -372,8 +372,11 @@ class RoundDriver:
                 problem,
             )
             return
-        body = governance.adopt(version) | {"first_round": round_}
-        self.audit.record(EventKind.ROSTER_CHANGED, round_, body)
+        body = governance.change(version) | {"first_round": round_}
+        self.audit.record(
+            EventKind.ROSTER_CHANGED, round_, body
+        )  # in the ledger before it is in force
+        governance.adopt(version)
         with self.cond:
             self._use_roster(version.roster)
         log.info(

@@ -18,6 +18,7 @@ Notes:
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Mapping
@@ -163,12 +164,15 @@ class GovernedRoster:
             return None
         return version
 
-    def adopt(self, version: RosterVersion) -> dict[str, Any]:
-        """Make ``version`` the version in force; returns its ``roster_changed`` ledger body."""
+    def change(self, version: RosterVersion) -> dict[str, Any]:
+        """The ``roster_changed`` ledger body of adopting ``version`` (recorded before :meth:`adopt`)."""
         with self._lock:
-            body = roster_changed_body(self._chain[-1], version, self.governors)
+            return roster_changed_body(self._chain[-1], version, self.governors)
+
+    def adopt(self, version: RosterVersion) -> None:
+        """Make ``version`` the version in force (once its ``roster_changed`` entry is in the ledger)."""
+        with self._lock:
             self._chain.append(version)
-        return body
 
 
 def governed_roster(config: ServeConfig) -> GovernedRoster | None:
@@ -206,8 +210,6 @@ def governed_roster(config: ServeConfig) -> GovernedRoster | None:
 
 
 def _read_json(path: Path) -> Mapping[str, Any]:
-    import json
-
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:

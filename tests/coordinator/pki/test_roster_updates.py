@@ -168,7 +168,9 @@ def test_the_coordinator_offers_only_versions_that_verify_and_extend_the_one_in_
     offered = roster.poll()
     assert offered is not None and offered.version == 2
     assert roster.current.version == 1
-    body = roster.adopt(offered)
+    body = roster.change(offered)
+    assert roster.current.version == 1
+    roster.adopt(offered)
     assert roster.current == offered
     assert (body["version"], body["added"], body["removed"]) == (2, ["c"], [])
     assert len(body["signers"]) == 2
