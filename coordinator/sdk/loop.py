@@ -486,6 +486,10 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
         self.federation = federation
         self._roster = roster
         self._pin = connection.get("roster_pin")
+        if self._pin is not None and self._pin.pinned().roster != roster:
+            raise Unauthorized(
+                "the pinned roster is not the roster of the pinned roster version: install the version again"
+            )
         self._held = connection.get("revocations")
         self._peer_certificates: dict[str, bytes] = {}
         member = Member(
