@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coordinator.errors import PKIError
 from coordinator.pki import PASSPHRASE_ENV, load_private_key, read_passphrase, tls_key_pem
-from coordinator.pki.custody import write_private_key
+from coordinator.pki.custody import PBKDF2_ITERATIONS, encrypt_private_key, write_private_key
 
 PASSPHRASE = b"correct horse battery staple"
 
@@ -123,3 +123,98 @@ def test_a_prompted_new_passphrase_is_asked_twice(monkeypatch: pytest.MonkeyPatc
     typed = iter(["short"])
     with pytest.raises(PKIError, match="at least 8 characters"):
         read_passphrase(confirm=True)
+
+
+def _kdf(path: Path) -> dict[str, object]:
+    """The PBES2 parameters of an encrypted PKCS#8 PEM file, parsed independently with asn1crypto."""
+    from asn1crypto import keys as asn1_keys
+    from asn1crypto import pem as asn1_pem
+
+    _, _, der = asn1_pem.unarmor(path.read_bytes())
+    algorithm = asn1_keys.EncryptedPrivateKeyInfo.load(der)["encryption_algorithm"]
+    params = algorithm["parameters"]
+    kdf = params["key_derivation_func"]
+    return {
+        "scheme": algorithm["algorithm"].native,
+        "kdf": kdf["algorithm"].native,
+        "prf": kdf["parameters"]["prf"]["algorithm"].native,
+        "iterations": kdf["parameters"]["iteration_count"].native,
+        "salt": kdf["parameters"]["salt"].native,
+        "cipher": params["encryption_scheme"]["algorithm"].native,
+    }
+
+
+def test_a_key_file_uses_pbes2_pbkdf2_sha256_at_owasp_2023_strength(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.key", tmp_path / "b.key"
+    write_private_key(first, Ed25519PrivateKey.generate(), PASSPHRASE)
+    write_private_key(second, Ed25519PrivateKey.generate(), PASSPHRASE)
+    kdf = _kdf(first)
+    assert (
+        PBKDF2_ITERATIONS == 600_000
+    )  # OWASP Password Storage Cheat Sheet (2023), PBKDF2-HMAC-SHA256
+    assert {k: v for k, v in kdf.items() if k != "salt"} == {
+        "scheme": "pbes2",
+        "kdf": "pbkdf2",
+        "prf": "sha256",
+        "iterations": 600_000,
+        "cipher": "aes256_cbc",
+    }
+    assert isinstance(kdf["salt"], bytes) and len(kdf["salt"]) == 16
+    assert kdf["salt"] != _kdf(second)["salt"]  # a fresh random salt per file
+
+
+def test_the_baseline_library_default_is_the_weak_kdf_this_replaces(tmp_path: Path) -> None:
+    """Positive control: cryptography's BestAvailableEncryption (what earlier versions wrote) uses 2,048."""
+    old = tmp_path / "old.key"
+    old.write_bytes(
+        Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(PASSPHRASE),
+        )
+    )
+    old.chmod(0o600)
+    assert _kdf(old)["iterations"] < PBKDF2_ITERATIONS
+
+
+def test_a_key_file_written_by_earlier_versions_still_loads(tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    old = tmp_path / "old.key"
+    old.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(PASSPHRASE),
+        )
+    )
+    old.chmod(0o600)
+    assert load_private_key(old, PASSPHRASE).public_key() == key.public_key()
+
+
+def test_openssl_reads_the_key_file_and_a_wrong_passphrase_still_fails(key_file: Path) -> None:
+    """Interoperability: the PBES2 structure assembled here is what OpenSSL's PKCS#8 reader expects."""
+    import shutil
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("SKIPPED LOUDLY: the openssl command is not installed (Debian package openssl)")
+    ok = subprocess.run(
+        [openssl, "pkey", "-in", str(key_file), "-passin", "stdin", "-noout"],
+        input=PASSPHRASE + b"\n",
+        capture_output=True,
+        check=False,
+    )
+    assert ok.returncode == 0, ok.stderr
+    bad = subprocess.run(
+        [openssl, "pkey", "-in", str(key_file), "-passin", "stdin", "-noout"],
+        input=b"wrong\n",
+        capture_output=True,
+        check=False,
+    )
+    assert bad.returncode != 0
+
+
+def test_fewer_iterations_than_the_floor_are_refused() -> None:
+    with pytest.raises(ValueError, match="at least 600000"):
+        encrypt_private_key(Ed25519PrivateKey.generate(), PASSPHRASE, iterations=2048)
