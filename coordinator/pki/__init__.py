@@ -613,6 +613,7 @@ def _general_name(host: str) -> x509.GeneralName:
 def _ca_certificate(
     key: ec.EllipticCurvePrivateKey, federation: str, issued_at: _dt.datetime, validity_days: int
 ) -> x509.Certificate:
+    """The self-signed CA certificate (``key`` may sign in a token: :mod:`coordinator.pki.signer`)."""
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"secagg consortium {federation}"),

@@ -47,6 +47,7 @@ __all__ = [
     "PBKDF2_ITERATIONS",
     "encrypt_private_key",
     "load_encrypted_private_key",
+    "read_owner_only_line",
     "read_passphrase",
     "tls_key_pem",
     "write_new_file",
@@ -81,18 +82,7 @@ def read_passphrase(*, confirm: bool = False, purpose: str = "the private keys")
     """
     named = os.environ.get(PASSPHRASE_ENV)
     if named:
-        path = Path(named)
-        _check_owner_only(path, what="passphrase file")
-        try:
-            lines = path.read_bytes().splitlines()
-        except OSError as exc:
-            raise PKIError(f"cannot read passphrase file {path}: {exc.strerror}") from exc
-        passphrase = lines[0] if lines else b""
-        if not passphrase:
-            raise PKIError(
-                f"passphrase file {path} is empty: write the passphrase on its first line"
-            )
-        return passphrase
+        return read_owner_only_line(Path(named), what="passphrase file")
     if not sys.stdin.isatty():
         raise PKIError(
             f"no passphrase for {purpose}: set {PASSPHRASE_ENV} to a file (mode 0600) holding it, "
@@ -105,6 +95,24 @@ def read_passphrase(*, confirm: bool = False, purpose: str = "the private keys")
         if getpass.getpass("repeat the passphrase: ") != typed:
             raise PKIError("the two passphrases differ: run the command again")
     return typed.encode("utf-8")
+
+
+def read_owner_only_line(path: Path, *, what: str) -> bytes:
+    """The first line of a secret file (a passphrase or a token PIN) that only its owner can read.
+
+    Raises:
+        PKIError: missing, readable by others, unreadable, or an empty first line.
+    """
+    _check_owner_only(path, what=what)
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        raise PKIError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    secret = lines[0] if lines else b""
+    if not secret:
+        noun = what.removesuffix(" file")
+        raise PKIError(f"{what} {path} is empty: write the {noun} on its first line")
+    return secret
 
 
 def encrypt_private_key(
@@ -158,7 +166,8 @@ def encrypt_private_key(
             "encrypted_data": ciphertext,
         }
     )
-    return asn1_pem.armor("ENCRYPTED PRIVATE KEY", info.dump())
+    armored: bytes = asn1_pem.armor("ENCRYPTED PRIVATE KEY", info.dump())
+    return armored
 
 
 def write_private_key(path: Path, key: PrivateKeyTypes, passphrase: bytes) -> None:

@@ -69,8 +69,6 @@ from coordinator.pki import (
     _leaf_certificate,
     _utcnow,
     certificate_fingerprint,
-    load_ed25519_private,
-    load_private_key,
     spiffe_id,
 )
 from coordinator.pki.custody import write_new_file, write_private_key
@@ -81,6 +79,7 @@ from coordinator.pki.governance import (
     governance_pins,
 )
 from coordinator.pki.revocation import crl_number, load_crl, next_crl
+from coordinator.pki.signer import Algorithm, generate_token_key, load_signer, reference_file
 from secagg import Roster
 from secagg.hazmat.keys import encode_fields
 
@@ -231,18 +230,25 @@ class EnrolmentRequest:
         return _fingerprints(self.csr.public_key(), self.roster_key, self.audit_key)
 
 
-def governor_init(directory: str | os.PathLike[str], *, passphrase: bytes) -> Path:
+def governor_init(
+    directory: str | os.PathLike[str], *, passphrase: bytes | None, key: str | None = None
+) -> Path:
     """Make a governor's Ed25519 key in ``directory``; returns ``governor.pub`` (hex, travels to the CA).
 
+    Args:
+        directory: new or empty GOV_DIR.
+        passphrase: encrypts ``governor.key`` (unused with ``key``).
+        key: a ``pkcs11:`` URI: generate the key in that token instead, and write ``governor.key.uri``.
+
     Raises:
-        PKIError: ``directory`` is not empty or cannot be written.
+        PKIError: ``directory`` is not empty or cannot be written; the token refuses (see
+            :mod:`coordinator.pki.signer`).
     """
     root = _new_directory(directory, what="governor")
-    key = Ed25519PrivateKey.generate()
+    public_key = _new_key(root / "governor.key", passphrase, key, algorithm="ed25519")
     try:
-        write_private_key(root / "governor.key", key, passphrase)
         public = root / "governor.pub"
-        write_new_file(public, _hex_line(key.public_key().public_bytes_raw()), private=False)
+        write_new_file(public, _hex_line(public_key.public_key().public_bytes_raw()), private=False)
     except OSError as exc:
         raise PKIError(f"writing the governor key in {root} failed: {exc}") from exc
     return public
@@ -254,9 +260,11 @@ def ca_init(
     federation: str,
     governors: Sequence[bytes],
     quorum: int,
-    passphrase: bytes,
+    passphrase: bytes | None,
     validity_days: int = 365,
     now: _dt.datetime | None = None,
+    ca_key: str | None = None,
+    consortium_key: str | None = None,
 ) -> CaPaths:
     """Create the consortium CA, the roster-signing key and the governance record in ``directory``.
 
@@ -265,9 +273,11 @@ def ca_init(
         federation: the federation id (SPIFFE trust domain).
         governors: the N governors' Ed25519 public keys (raw 32 bytes), from ``governor.pub`` files.
         quorum: K, the number of governor signatures a roster version needs.
-        passphrase: encrypts the CA and consortium keys.
+        passphrase: encrypts the CA and consortium keys kept in files.
         validity_days: the CA certificate's lifetime.
         now: issuing time (UTC).
+        ca_key: a ``pkcs11:`` URI: generate the CA key (ECDSA P-256) in that token; ``ca.key.uri`` names it.
+        consortium_key: likewise for the consortium key (Ed25519; ``consortium.key.uri``).
 
     Raises:
         ValueError: invalid federation, K not in 1..N, a governor key twice or malformed.
@@ -286,16 +296,16 @@ def ca_init(
         raise ValueError("validity_days must be >= 1")
     paths = CaPaths.at(_new_directory(directory, what="CA"))
     issued_at = _utcnow(now)
+    ca_signer = _new_key(paths.ca_key, passphrase, ca_key, algorithm="ecdsa-p256")
+    consortium_signer = _new_key(
+        paths.consortium_key, passphrase, consortium_key, algorithm="ed25519"
+    )
     try:
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca_cert = _ca_certificate(ca_key, federation, issued_at, validity_days)
+        ca_cert = _ca_certificate(ca_signer, federation, issued_at, validity_days)
         write_new_file(
             paths.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), private=False
         )
-        write_private_key(paths.ca_key, ca_key, passphrase)
-        consortium_key = Ed25519PrivateKey.generate()
-        write_private_key(paths.consortium_key, consortium_key, passphrase)
-        consortium_public = consortium_key.public_key().public_bytes_raw()
+        consortium_public = consortium_signer.public_key().public_bytes_raw()
         write_new_file(paths.consortium_public_key, _hex_line(consortium_public), private=False)
         governance = {
             "format": _FORMAT,
@@ -320,6 +330,7 @@ def request(
     federation: str,
     passphrase: bytes,
     hosts: Sequence[str] = (),
+    audit_key: str | None = None,
 ) -> tuple[OrgPaths, dict[str, str]]:
     """Make an organisation's private keys in ``directory`` and write its ``request.json``.
 
@@ -330,6 +341,8 @@ def request(
         federation: the federation to join.
         passphrase: encrypts every key written.
         hosts: the coordinator's DNS names and IP addresses (required for it; none for a silo).
+        audit_key: coordinator only: a ``pkcs11:`` URI; the audit key is generated in that token and
+            ``audit.key.uri`` names it (serve.toml's ``audit_key``).
 
     Returns:
         The paths and the key fingerprints to confirm with the CA operator out of band.
@@ -346,21 +359,27 @@ def request(
         raise ValueError("a silo certificate names no host (only the coordinator serves)")
     if role == "coordinator" and not hosts:
         raise ValueError("the coordinator needs at least one host (DNS name or IP address)")
+    if role == "silo" and audit_key is not None:
+        raise ValueError("only the coordinator has an audit key")
     names = [_general_name(h) for h in hosts]
     paths = OrgPaths.at(_new_directory(directory, what="organisation"))
     tls_key = ec.generate_private_key(ec.SECP256R1())
     roster_key = Ed25519PrivateKey.generate()
-    audit_key = Ed25519PrivateKey.generate() if role == "coordinator" else None
+    audit_signer = (
+        _new_key(paths.audit_key, passphrase, audit_key, algorithm="ed25519")
+        if role == "coordinator"
+        else None
+    )
     roster_public = roster_key.public_key().public_bytes_raw()
-    audit_public = audit_key.public_key().public_bytes_raw() if audit_key else None
+    audit_public = audit_signer.public_key().public_bytes_raw() if audit_signer else None
     spki = _spki(tls_key.public_key())
     proofs = {
         "roster": roster_key.sign(
             _pop_payload("roster", federation, member, role, spki, roster_public, audit_public)
         ).hex()
     }
-    if audit_key is not None:
-        proofs["audit"] = audit_key.sign(
+    if audit_signer is not None:
+        proofs["audit"] = audit_signer.sign(
             _pop_payload("audit", federation, member, role, spki, roster_public, audit_public)
         ).hex()
     keys = {
@@ -393,8 +412,7 @@ def request(
     try:
         write_private_key(paths.key, tls_key, passphrase)
         write_private_key(paths.signing_key, roster_key, passphrase)
-        if audit_key is not None and audit_public is not None:
-            write_private_key(paths.audit_key, audit_key, passphrase)
+        if audit_public is not None:
             write_new_file(paths.audit_public_key, _hex_line(audit_public), private=False)
         write_new_file(paths.request, _json_bytes(document), private=False)
     except OSError as exc:
@@ -501,27 +519,37 @@ def issue(
     enrolment: EnrolmentRequest,
     out: str | os.PathLike[str],
     *,
-    passphrase: bytes,
+    passphrase: bytes | None,
     validity_days: int = 365,
     now: _dt.datetime | None = None,
+    ca_key: str | None = None,
 ) -> Path:
     """Issue the certificate of a checked request and record the member; write ``out``.
 
+    Args:
+        ca_dir: the CA directory.
+        enrolment: the request :func:`read_request` checked.
+        out: the ISSUED file to write.
+        passphrase: of a CA key file (read when needed if ``None``).
+        validity_days: the certificate's lifetime.
+        now: issuing time (UTC).
+        ca_key: the CA key's reference (a ``pkcs11:`` URI) instead of ``CA_DIR/ca.key`` (or ``ca.key.uri``).
+
     Raises:
-        PKIError: ``out`` exists, the CA key does not load (wrong passphrase, too open), or writing failed.
+        PKIError: ``out`` exists, the CA key does not load (wrong passphrase or PIN, too open, missing token
+            object) or is not the key of ``ca.pem``, or writing failed.
     """
     paths = CaPaths.at(ca_dir)
     out = Path(out)
     if out.exists():
         raise PKIError(f"{out} already exists: choose another --out")
     ca_cert = _load_cert(paths.ca_cert)
-    ca_key = load_private_key(paths.ca_key, passphrase)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    issuer_key = _ca_key(paths, ca_cert, passphrase, ca_key)
     uri = _member_uri(enrolment.federation, enrolment.member, enrolment.role)
     names = [_general_name(h) for h in enrolment.hosts] + [x509.UniformResourceIdentifier(uri)]
     cert = _leaf_certificate(
         ca_cert,
-        ca_key,
+        issuer_key,
         enrolment.csr.public_key(),  # type: ignore[arg-type]
         common_name=enrolment.member,
         server=enrolment.role == "coordinator",
@@ -563,13 +591,15 @@ def revoke(
     member: str,
     out: str | os.PathLike[str] | None = None,
     *,
-    passphrase: bytes,
+    passphrase: bytes | None,
     now: _dt.datetime | None = None,
+    ca_key: str | None = None,
 ) -> Path:
     """Revoke ``member``'s certificate: a new CA-signed CRL (``CA_DIR/crl.pem``, copied to ``out``).
 
     Raises:
-        PKIError: ``member`` is not enrolled or already revoked; the CA key does not load; writing failed.
+        PKIError: ``member`` is not enrolled or already revoked; the CA key does not load (``ca_key``: its
+            ``pkcs11:`` URI instead of ``CA_DIR/ca.key``); writing failed.
     """
     paths = CaPaths.at(ca_dir)
     _governance(paths)
@@ -582,13 +612,12 @@ def revoke(
     if out is not None and Path(out).exists():
         raise PKIError(f"{out} already exists: choose another --out")
     ca_cert = _load_cert(paths.ca_cert)
-    ca_key = load_private_key(paths.ca_key, passphrase)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    issuer_key = _ca_key(paths, ca_cert, passphrase, ca_key)
     previous = load_crl(paths.crl, ca_cert) if paths.crl.is_file() else None
     serials = [int(str(r["serial"]), 16) for r in _member_records(paths) if r.get("revoked")]
     crl = next_crl(
         ca_cert,
-        ca_key,
+        issuer_key,
         [*serials, int(str(record["serial"]), 16)],
         number=(crl_number(previous) + 1) if previous is not None else 1,
         now=_utcnow(now),
@@ -608,7 +637,7 @@ def propose(
     ca_dir: str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
-    passphrase: bytes,
+    passphrase: bytes | None,
     add: Sequence[str] = (),
     remove: Sequence[str] = (),
 ) -> RosterVersion:
@@ -651,7 +680,9 @@ def propose(
             del members[silo]
     if not members:
         raise PKIError("the roster would have no member: enrol a silo first")
-    consortium_key = load_ed25519_private(paths.consortium_key, passphrase)
+    consortium_key = load_signer(
+        paths.consortium_key, passphrase, algorithm="ed25519"
+    ).ed25519_key()
     roster = Roster.create(
         federation=str(governance["federation"]), members=members, consortium_key=consortium_key
     )
@@ -668,16 +699,33 @@ def propose(
 
 
 def sign_roster(
-    governor_dir: str | os.PathLike[str], proposal: str | os.PathLike[str], *, passphrase: bytes
+    governor_dir: str | os.PathLike[str],
+    proposal: str | os.PathLike[str],
+    *,
+    passphrase: bytes | None,
+    key: str | None = None,
 ) -> RosterVersion:
     """Add this governor's signature to the roster version file ``proposal`` (rewritten in place).
+
+    Args:
+        governor_dir: GOV_DIR (its ``governor.key``, or ``governor.key.uri`` for a key in a token).
+        proposal: the roster version file.
+        passphrase: of a governor key file (read when needed if ``None``).
+        key: the governor key's ``pkcs11:`` URI instead of GOV_DIR's.
 
     Raises:
         PKIError: the proposal is malformed, or the governor key does not load.
     """
     version = RosterVersion.load(proposal)
-    key = load_ed25519_private(Path(governor_dir) / "governor.key", passphrase)
-    signed = version.signed_by(key)
+    reference = key if key is not None else Path(governor_dir) / "governor.key"
+    signer = load_signer(reference, passphrase, algorithm="ed25519")
+    own = Path(governor_dir) / "governor.pub"
+    if own.is_file() and _read_hex(own) != signer.public_bytes_raw():
+        raise PKIError(
+            f"the governor key {signer!r} is not the one {own} names: sign with this governor's own key"
+        )
+    key_object = signer.ed25519_key()
+    signed = version.signed_by(key_object)
     try:
         _replace_file(Path(proposal), (signed.dumps() + "\n").encode())
     except OSError as exc:
@@ -690,7 +738,8 @@ def publish(
     out: str | os.PathLike[str],
     *,
     roster_version: str | os.PathLike[str],
-    passphrase: bytes,
+    passphrase: bytes | None,
+    ca_key: str | None = None,
 ) -> Path:
     """Write the public federation file every organisation installs, with a roster version K governors signed.
 
@@ -722,8 +771,7 @@ def publish(
         r for r in _member_records(paths) if r.get("role") == "coordinator" and not r.get("revoked")
     ]
     audit_key = coordinators[0]["audit_key"] if coordinators else None
-    ca_key = load_private_key(paths.ca_key, passphrase)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    issuer_key = _ca_key(paths, _load_cert(paths.ca_cert), passphrase, ca_key)
     statement = _federation_statement(
         str(governance["federation"]),
         quorum,
@@ -741,7 +789,7 @@ def publish(
         "audit_public_key": audit_key,
         "quorum": quorum,
         "governors": [g.hex() for g in governors],
-        "ca_signature": ca_key.sign(statement, ec.ECDSA(hashes.SHA256())).hex(),
+        "ca_signature": issuer_key.sign(statement, ec.ECDSA(hashes.SHA256())).hex(),
     }
     try:
         _replace_file(paths.roster_version, (version.dumps() + "\n").encode())
@@ -985,6 +1033,43 @@ def _install_roster_version(
         f"({len(version.valid_signers(governors))} of {len(governors)} governors signed, {quorum} required) "
         f"into {paths.roster}"
     )
+
+
+def _new_key(path: Path, passphrase: bytes | None, uri: str | None, *, algorithm: Algorithm) -> Any:
+    """A new private key at ``path`` (encrypted file), or generated in the token ``uri`` names (then
+    ``path``.uri holds the URI, no PIN). Returns a ``cryptography`` key object that signs with it."""
+    try:
+        if uri is not None:
+            signer = generate_token_key(uri, algorithm=algorithm)
+            write_new_file(reference_file(path), (str(signer.uri) + "\n").encode(), private=False)
+            return signer.ed25519_key() if algorithm == "ed25519" else signer.ec_key()
+        if passphrase is None:
+            raise PKIError(f"no passphrase to encrypt {path}")
+        key: Any = (
+            Ed25519PrivateKey.generate()
+            if algorithm == "ed25519"
+            else ec.generate_private_key(ec.SECP256R1())
+        )
+        write_private_key(path, key, passphrase)
+        return key
+    except ValueError as exc:
+        raise PKIError(f"{uri}: {exc}") from exc
+    except OSError as exc:
+        raise PKIError(f"writing the key {path} failed: {exc}") from exc
+
+
+def _ca_key(
+    paths: CaPaths, ca_cert: x509.Certificate, passphrase: bytes | None, override: str | None
+) -> ec.EllipticCurvePrivateKey:
+    """The CA key (file, ``ca.key.uri`` or ``override``), checked to be the key of ``ca.pem``."""
+    signer = load_signer(
+        override if override is not None else paths.ca_key, passphrase, algorithm="ecdsa-p256"
+    )
+    if _spki(signer.public_key) != _spki(ca_cert.public_key()):
+        raise PKIError(
+            f"the CA key {signer!r} is not the key of {paths.ca_cert}: name this CA's own key"
+        )
+    return signer.ec_key()
 
 
 def _read_hex(path: Path) -> bytes:

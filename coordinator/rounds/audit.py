@@ -44,8 +44,8 @@ from audits.witness import WitnessStatement
 from coordinator.common import ledger_origin
 from coordinator.config import PrivacyConfig, ServeConfig
 from coordinator.errors import InvalidInput, PrivacyRefused
-from coordinator.pki import load_ed25519_private
 from coordinator.pki.governance import RosterVersion
+from coordinator.pki.signer import load_signer
 from dp.accounting import (
     MechanismStep,
     PrivacyAttestation,
@@ -222,7 +222,9 @@ def open_audit_trail(
 ) -> AuditTrail:
     """The federation's audit trail: the ledger lives in the coordinator's database (its own tables)."""
     origin = ledger_origin(config.federation)
-    signer = CheckpointSigner(load_ed25519_private(config.audit_key), key_name=origin)
+    # A key file, or a file holding the pkcs11: URI of a key in a token (coordinator.pki.signer).
+    key = load_signer(config.audit_key, algorithm="ed25519").ed25519_key()
+    signer = CheckpointSigner(key, key_name=origin)
     return AuditTrail.open(
         config.storage.target, federation=config.federation, signer=signer, fence=fence
     )
