@@ -119,8 +119,38 @@ _DEV_WARNING = (
 
 _KEY_CUSTODY_NOTE = (
     "Private keys are encrypted under the passphrase in the file $SECAGG_PASSPHRASE_FILE names, or typed at "
-    "a prompt; never give it as an argument."
+    "a prompt; never give it as an argument. The CA, consortium, governor and audit keys can live in a "
+    "PKCS#11 token instead (--ca-key, --consortium-key, --key, --audit-key with a pkcs11: URI; the hsm "
+    "extra): the module comes from the URI's module-path or $SECAGG_PKCS11_MODULE, the PIN from the file "
+    "$SECAGG_PKCS11_PIN_FILE names."
 )
+_URI_HELP = (
+    "a PKCS#11 URI (RFC 7512), e.g. 'pkcs11:token=secagg;object=ca;type=private'; no PIN in it "
+    "(the PIN comes from the file $SECAGG_PKCS11_PIN_FILE names)"
+)
+CaKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ca-key", help=f"The CA key in a token instead of CA_DIR/ca.key(.uri): {_URI_HELP}."
+    ),
+]
+GovernorKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--key", help=f"The governor key in a token instead of GOV_DIR/governor.key: {_URI_HELP}."
+    ),
+]
+
+
+def _passphrase_unless_token(key_file: Path, override: str | None, purpose: str) -> bytes | None:
+    """The passphrase for ``key_file``, or ``None`` when the key lives in a token (nothing to decrypt)."""
+    from coordinator.pki import read_passphrase
+    from coordinator.pki.signer import reference_file
+
+    if override is not None or (not key_file.exists() and reference_file(key_file).is_file()):
+        return None
+    return read_passphrase(purpose=purpose)
+
 
 pki_app = typer.Typer(
     no_args_is_help=True,
@@ -159,16 +189,29 @@ def _pki_governor_init(
             metavar="GOV_DIR", help="New or empty directory, on the governor's machine."
         ),
     ],
+    key: Annotated[
+        str | None,
+        typer.Option("--key", help=f"Generate the governor key in a token: {_URI_HELP}."),
+    ] = None,
 ) -> None:
     """Make a governor's Ed25519 signing key in GOV_DIR; send GOV_DIR/governor.pub to the CA operator."""
     from coordinator.errors import PKIError
     from coordinator.pki.enrol import governor_init
 
     try:
-        public = governor_init(directory, passphrase=_new_passphrase("the governor key"))
+        public = governor_init(
+            directory,
+            passphrase=None if key else _new_passphrase("the governor key"),
+            key=key,
+        )
     except PKIError as exc:
         raise _pki_error(exc) from exc
-    typer.echo(f"governor key written to {directory}/governor.key (encrypted, 0600)")
+    if key:
+        typer.echo(
+            f"governor key generated in the token ({key}); {directory}/governor.key.uri names it"
+        )
+    else:
+        typer.echo(f"governor key written to {directory}/governor.key (encrypted, 0600)")
     typer.echo(
         f"public key {public.read_text(encoding='ascii').strip()} in {public}: send this file"
     )
@@ -195,6 +238,19 @@ def _pki_ca_init(
     validity_days: Annotated[
         int, typer.Option("--validity-days", min=1, help="CA certificate lifetime in days.")
     ] = 365,
+    ca_key: Annotated[
+        str | None,
+        typer.Option(
+            "--ca-key", help=f"Generate the CA key (ECDSA P-256) in a token: {_URI_HELP}."
+        ),
+    ] = None,
+    consortium_key: Annotated[
+        str | None,
+        typer.Option(
+            "--consortium-key",
+            help=f"Generate the consortium key (Ed25519) in a token: {_URI_HELP}.",
+        ),
+    ] = None,
 ) -> None:
     """Create the consortium CA, its roster-signing key and the K-of-N governance record in CA_DIR."""
     from coordinator.errors import PKIError
@@ -216,8 +272,10 @@ def _pki_ca_init(
             federation=federation,
             governors=keys,
             quorum=quorum,
-            passphrase=_new_passphrase("the CA keys"),
+            passphrase=None if ca_key and consortium_key else _new_passphrase("the CA keys"),
             validity_days=validity_days,
+            ca_key=ca_key,
+            consortium_key=consortium_key,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
@@ -253,6 +311,14 @@ def _pki_request(
             "--host", help="Coordinator only: a DNS name or IP address it serves on (repeatable)."
         ),
     ] = [],  # noqa: B006 - typer reads the default, never mutates it
+    audit_key: Annotated[
+        str | None,
+        typer.Option(
+            "--audit-key",
+            help=f"Coordinator only: generate the audit key in a token ({_URI_HELP}); "
+            "serve.toml's audit_key then names ORG_DIR/audit.key.uri.",
+        ),
+    ] = None,
 ) -> None:
     """Make this organisation's keys in ORG_DIR and ORG_DIR/request.json (send only request.json)."""
     from coordinator.errors import PKIError
@@ -268,6 +334,7 @@ def _pki_request(
             federation=federation,
             passphrase=_new_passphrase(f"the keys of {member}"),
             hosts=host,
+            audit_key=audit_key,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
@@ -295,11 +362,11 @@ def _pki_sign(
     validity_days: Annotated[
         int, typer.Option("--validity-days", min=1, help="Certificate lifetime in days.")
     ] = 365,
+    ca_key: CaKeyOption = None,
 ) -> None:
     """Check a request's proofs of possession, show its fingerprints, and issue its certificate."""
     from coordinator.errors import PKIError
-    from coordinator.pki import read_passphrase
-    from coordinator.pki.enrol import issue, read_request
+    from coordinator.pki.enrol import CaPaths, issue, read_request
 
     try:
         checked = read_request(ca_dir, request_file)
@@ -319,8 +386,9 @@ def _pki_sign(
             ca_dir,
             checked,
             out,
-            passphrase=read_passphrase(purpose="the CA keys"),
+            passphrase=_passphrase_unless_token(CaPaths.at(ca_dir).ca_key, ca_key, "the CA keys"),
             validity_days=validity_days,
+            ca_key=ca_key,
         )
     except PKIError as exc:
         raise _pki_error(exc) from exc
@@ -334,15 +402,19 @@ def _pki_publish(
         Path, typer.Option("--roster", help="The roster version K governors signed (roster sign).")
     ],
     out: Annotated[Path, typer.Option("--out", help="Where to write the federation file.")],
+    ca_key: CaKeyOption = None,
 ) -> None:
     """Write the public federation file (CA certificate, roster version, public keys) every member installs."""
     from coordinator.errors import PKIError
-    from coordinator.pki import read_passphrase
-    from coordinator.pki.enrol import publish
+    from coordinator.pki.enrol import CaPaths, publish
 
     try:
         written = publish(
-            ca_dir, out, roster_version=roster, passphrase=read_passphrase(purpose="the CA keys")
+            ca_dir,
+            out,
+            roster_version=roster,
+            passphrase=_passphrase_unless_token(CaPaths.at(ca_dir).ca_key, ca_key, "the CA keys"),
+            ca_key=ca_key,
         )
     except PKIError as exc:
         raise _pki_error(exc) from exc
@@ -493,14 +565,20 @@ def _pki_revoke(
     out: Annotated[
         Path | None, typer.Option("--out", help="Also copy the new revocation list here.")
     ] = None,
+    ca_key: CaKeyOption = None,
 ) -> None:
     """Revoke a member's certificate: a new CA-signed revocation list (CA_DIR/crl.pem) for the coordinator."""
     from coordinator.errors import PKIError
-    from coordinator.pki import read_passphrase
-    from coordinator.pki.enrol import revoke
+    from coordinator.pki.enrol import CaPaths, revoke
 
     try:
-        written = revoke(ca_dir, member, out, passphrase=read_passphrase(purpose="the CA keys"))
+        written = revoke(
+            ca_dir,
+            member,
+            out,
+            passphrase=_passphrase_unless_token(CaPaths.at(ca_dir).ca_key, ca_key, "the CA keys"),
+            ca_key=ca_key,
+        )
     except PKIError as exc:
         raise _pki_error(exc) from exc
     typer.echo(
@@ -544,13 +622,13 @@ def _pki_roster_propose(
 ) -> None:
     """Propose the next roster version (version 1: every enrolled silo); send it to the governors."""
     from coordinator.errors import PKIError
-    from coordinator.pki import read_passphrase
-    from coordinator.pki.enrol import propose
+    from coordinator.pki.enrol import CaPaths, propose
 
     try:
-        version = propose(
-            ca_dir, out, passphrase=read_passphrase(purpose="the CA keys"), add=add, remove=remove
+        passphrase = _passphrase_unless_token(
+            CaPaths.at(ca_dir).consortium_key, None, "the CA keys"
         )
+        version = propose(ca_dir, out, passphrase=passphrase, add=add, remove=remove)
     except PKIError as exc:
         raise _pki_error(exc) from exc
     _show_version(version)
@@ -568,10 +646,10 @@ def _pki_roster_sign(
     yes: Annotated[
         bool, typer.Option("--yes", help="Do not ask: you reviewed the members.")
     ] = False,
+    key: GovernorKeyOption = None,
 ) -> None:
     """Review a proposed roster version and add your governor signature to it (the file is updated)."""
     from coordinator.errors import PKIError
-    from coordinator.pki import read_passphrase
     from coordinator.pki.enrol import sign_roster
     from coordinator.pki.governance import RosterVersion
 
@@ -584,7 +662,12 @@ def _pki_roster_sign(
         raise typer.Exit(code=1)
     try:
         signed = sign_roster(
-            governor_dir, proposal, passphrase=read_passphrase(purpose="the governor key")
+            governor_dir,
+            proposal,
+            passphrase=_passphrase_unless_token(
+                governor_dir / "governor.key", key, "the governor key"
+            ),
+            key=key,
         )
     except PKIError as exc:
         raise _pki_error(exc) from exc
