@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from coordinator.config import json_schema
+from coordinator.config.template import key_default, key_type, resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -85,13 +86,13 @@ def _table(root: dict[str, Any], table: dict[str, Any], path: tuple[str, ...]) -
     keys = sorted(table["properties"], key=lambda key: key not in required)
     for key in keys:
         prop = table["properties"][key]
-        sub = _resolve(root, prop)
+        sub = resolve(root, prop)
         if sub is not None:
             subtables.append((key, sub))
         row = [
             f"`{key}`",
-            _type(prop, sub),
-            _default(prop, sub, key in required),
+            key_type(prop, sub),
+            key_default(prop, sub, key in required),
             prop["description"],
         ]
         lines.append("| " + " | ".join(_cell(text) for text in row) + " |")
@@ -99,67 +100,6 @@ def _table(root: dict[str, Any], table: dict[str, Any], path: tuple[str, ...]) -
     for key, sub in subtables:
         lines += _table(root, sub, (*path, key))
     return lines
-
-
-def _resolve(root: dict[str, Any], prop: dict[str, Any]) -> dict[str, Any] | None:
-    ref = prop.get("$ref")
-    if ref is None:
-        return None
-    definition: dict[str, Any] = root["$defs"][ref.rsplit("/", 1)[-1]]
-    return definition
-
-
-def _type(prop: dict[str, Any], sub: dict[str, Any] | None) -> str:
-    if sub is not None:
-        return "table"
-    if "enum" in prop:
-        return " or ".join(f"`{json.dumps(v)}`" for v in prop["enum"])
-    kind = prop.get("type")
-    if kind == "string":
-        if prop.get("format") == "path":
-            return "path"
-        if "pattern" in prop:
-            return f"string matching `{prop['pattern']}`"
-        return "string"
-    if kind == "array":
-        return f"list of {_type(prop['items'], None)}".replace("list of string", "list of strings")
-    if kind in ("integer", "number"):
-        return kind + _bounds(prop)
-    return str(kind)
-
-
-def _bounds(prop: dict[str, Any]) -> str:
-    low = ("[", prop["minimum"]) if "minimum" in prop else ("(", prop.get("exclusiveMinimum"))
-    high = ("]", prop["maximum"]) if "maximum" in prop else (")", prop.get("exclusiveMaximum"))
-    if low[1] is not None and high[1] is not None:
-        return f" in {low[0]}{low[1]}, {high[1]}{high[0]}"
-    if low[1] is not None:
-        return f" {'>=' if low[0] == '[' else '>'} {low[1]}"
-    if high[1] is not None:
-        return f" {'<=' if high[0] == ']' else '<'} {high[1]}"
-    return ""
-
-
-def _default(prop: dict[str, Any], sub: dict[str, Any] | None, required: bool) -> str:
-    if "x-default" in prop:
-        return str(prop["x-default"])
-    if "default" in prop:
-        return f"`{_toml(prop['default'])}`"
-    if required:
-        return "**required**"
-    if sub is not None and not sub.get("required"):
-        return "all defaults"
-    return "absent"
-
-
-def _toml(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, str):
-        return json.dumps(value)
-    return repr(value)
 
 
 def _cell(text: str) -> str:

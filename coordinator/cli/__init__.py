@@ -1085,6 +1085,41 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code=code)
 
 
+# --- config: commented configuration templates -------------------------------------------------------------
+
+config_app = typer.Typer(
+    no_args_is_help=True, help="Configuration files of secagg serve and secagg silo."
+)
+app.add_typer(config_app, name="config")
+
+
+class ConfigKind(enum.StrEnum):
+    """Which file ``config init`` writes."""
+
+    SERVE = "serve"
+    SILO = "silo"
+
+
+@config_app.command("init")
+def _config_init(
+    kind: Annotated[
+        ConfigKind, typer.Argument(help="serve (the coordinator's serve.toml) or silo (silo.toml).")
+    ],
+    directory: Annotated[
+        Path, typer.Argument(metavar="DIR", help="Where to write serve.toml or silo.toml.")
+    ],
+) -> None:
+    """Write a commented template of every key (DIR/serve.toml or DIR/silo.toml); never overwrites a file."""
+    from coordinator.config import write_config_template
+
+    with _sentences():
+        path = write_config_template(kind.value, directory)
+    typer.echo(
+        f'wrote {path}: replace every "FILL" (paths are relative to {path.parent}), then run '
+        f"`secagg {kind.value} --config {path}`"
+    )
+
+
 # --- serve, silo, demo --------------------------------------------------------------------------------------
 
 

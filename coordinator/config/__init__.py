@@ -9,7 +9,8 @@ the files' JSON Schema; ``docs/configuration.md`` is generated from it (``make c
 
 Modules: :mod:`~coordinator.config.serve` (``serve.toml``), :mod:`~coordinator.config.silo` (``silo.toml``),
 :mod:`~coordinator.config.base` (what both share), :mod:`~coordinator.config.errors` (the messages),
-:mod:`~coordinator.config.schema` and :mod:`~coordinator.config.demo` (:func:`write_demo_configs`).
+:mod:`~coordinator.config.schema`, :mod:`~coordinator.config.demo` (:func:`write_demo_configs`) and
+:mod:`~coordinator.config.template` (:func:`write_config_template`, ``secagg config init``).
 
 Notes:
     - The consortium public key is *pinned* in each configuration and the roster must verify under it
@@ -43,6 +44,7 @@ from coordinator.config.serve import (
     StorageConfig,
 )
 from coordinator.config.silo import SiloConfig, SiloPolicy, TaskConfig
+from coordinator.config.template import config_template, write_config_template
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -62,6 +64,8 @@ __all__ = [
     "TLSPaths",
     "TaskConfig",
     "chunk_words",
+    "config_template",
     "json_schema",
+    "write_config_template",
     "write_demo_configs",
 ]
