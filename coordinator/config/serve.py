@@ -449,7 +449,9 @@ class ServeConfig(FederationConfig):
     storage: Annotated[StorageConfig, BeforeValidator(_storage_table)]
     """Where rounds, models and the audit ledger are kept: a SQLite file path, or a ``[storage]`` table."""
     audit_key: InputPath
-    """The Ed25519 private key that signs the audit ledger's checkpoints."""
+    """The Ed25519 private key that signs the audit ledger's checkpoints: its encrypted PEM file, or, for a key
+    kept in a PKCS#11 token, the ``audit.key.uri`` file ``secagg pki request --audit-key`` wrote (the PIN comes
+    from ``SECAGG_PKCS11_PIN_FILE``)."""
     model: ModelConfig
     """Where round 0's global model comes from (a file, a factory or zeros) and its size."""
     rounds: RoundsConfig

@@ -500,3 +500,46 @@ def test_the_cli_makes_and_uses_token_keys_without_any_passphrase(
     assert fingerprint in init.output
     revoked = runner.invoke(app, ["pki", "revoke", str(ca_dir), "--id", "nobody"])
     assert revoked.exit_code == 1 and "'nobody' is not enrolled" in revoked.output
+
+
+def test_the_coordinator_signs_its_ledger_with_the_token_audit_key_serve_toml_names(
+    tmp_path: Path, token: SoftHsm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The path ``secagg serve`` takes: serve.toml's audit_key names ``audit.key.uri``; the ledger's
+    checkpoints are signed in the token (:func:`coordinator.rounds.audit.open_audit_trail`)."""
+    from coordinator.common import ledger_origin
+    from coordinator.config import ServeConfig, write_demo_configs
+    from coordinator.pki import PASSPHRASE_ENV, create_consortium
+    from coordinator.rounds.audit import open_audit_trail
+
+    consortium = create_consortium(tmp_path / "pki", federation=FEDERATION, silos=["a", "b", "c"])
+    monkeypatch.setenv(PASSPHRASE_ENV, str(consortium.passphrase_file))
+    reference = tmp_path / "audit.key.uri"
+    signer = generate_token_key(token.uri(label("audit")), algorithm="ed25519")
+    reference.write_text(str(signer.uri) + "\n")
+    serve, _ = write_demo_configs(
+        consortium, tmp_path / "cfg", model_size=3, coordinator="127.0.0.1:1", rounds=1
+    )
+    text = serve.read_text()
+    assert text.count(f'audit_key = "{os.path.relpath(consortium.audit_key, serve.parent)}"') == 1
+    serve.write_text(
+        text.replace(
+            f'audit_key = "{os.path.relpath(consortium.audit_key, serve.parent)}"',
+            f'audit_key = "{reference}"',
+        )
+    )
+    trail = open_audit_trail(ServeConfig.load(serve))
+    try:
+        assert trail.signer.public_key == signer.public_bytes_raw()
+        checkpoint = trail.checkpoint()
+    finally:
+        trail.close()
+    origin = ledger_origin(FEDERATION)
+    verify_checkpoint(checkpoint.text, signer.public_bytes_raw(), origin)
+    # Positive control: the file key the demo consortium made does not verify it.
+    from audits import VerificationError
+
+    with pytest.raises(VerificationError):
+        verify_checkpoint(
+            checkpoint.text, bytes.fromhex(consortium.audit_public_key.read_text()), origin
+        )
