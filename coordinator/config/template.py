@@ -23,8 +23,8 @@ import textwrap
 from pathlib import Path
 from typing import Any, Literal
 
-from coordinator.errors import ConfigError
 from coordinator.config.schema import json_schema
+from coordinator.errors import ConfigError
 
 __all__ = [
     "FILL",
