@@ -500,6 +500,36 @@ def test_the_cli_makes_and_uses_token_keys_without_any_passphrase(
     assert fingerprint in init.output
     revoked = runner.invoke(app, ["pki", "revoke", str(ca_dir), "--id", "nobody"])
     assert revoked.exit_code == 1 and "'nobody' is not enrolled" in revoked.output
+    # A hospital's request (its own keys, under its own passphrase), signed by the token CA with no passphrase.
+    passphrase = tmp_path / "site-passphrase"
+    passphrase.write_bytes(PASSPHRASE + b"\n")
+    passphrase.chmod(0o600)
+    monkeypatch.setenv(PASSPHRASE_ENV, str(passphrase))
+    site = tmp_path / "site"
+    made = runner.invoke(
+        app,
+        [
+            "pki",
+            "request",
+            str(site),
+            "--id",
+            "st-anne",
+            "--role",
+            "silo",
+            "--federation",
+            FEDERATION,
+        ],
+    )
+    assert made.exit_code == 0, made.output
+    monkeypatch.delenv(PASSPHRASE_ENV)
+    issued = tmp_path / "st-anne.issued.json"
+    signed = runner.invoke(
+        app, ["pki", "sign", str(ca_dir), str(site / "request.json"), "--out", str(issued), "--yes"]
+    )
+    assert signed.exit_code == 0, signed.output
+    installed = runner.invoke(app, ["pki", "install", str(site), str(issued)])
+    assert installed.exit_code == 0, installed.output
+    assert load_certificate(site / "cert.pem").issuer == load_certificate(ca_dir / "ca.pem").subject
 
 
 def test_the_coordinator_signs_its_ledger_with_the_token_audit_key_serve_toml_names(
