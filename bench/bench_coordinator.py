@@ -208,6 +208,11 @@ class Scenario:
     paillier: bool = False  # Paillier mode (threshold key, no baseline) instead of masking
     key_bits: int = PAILLIER_KEY_BITS
     timeout: float = SCENARIO_TIMEOUT  # seconds before the watchdog kills the scenario's processes
+    per_process: int = (
+        1  # silos per OS process (each its own thread, gRPC channel and TLS identity)
+    )
+    # a timed round still open this many seconds after it opened is reported as timed out (> this figure)
+    round_timeout: float | None = None
 
 
 def threshold_for(n: int) -> int:
@@ -357,28 +362,49 @@ class _Snapshot:
 
 
 def secure_rounds(
-    service: MaskingRounds, rounds: int, first_silo: str, sampler: RssSampler
+    service: MaskingRounds,
+    rounds: int,
+    first_silo: str,
+    sampler: RssSampler,
+    round_timeout: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Stamp the opening, every stage close and the completion of each round from the service's own events."""
-    records = []
+    """Stamp the opening, every stage close and the completion of each round from the service's own events.
+
+    With ``round_timeout``, a round still open that many seconds after it opened ends the monitoring: its
+    record says ``timed_out`` (the scenario is then stopped, its figure reported as more than the timeout).
+    Round 0 opens once ``min_cohort`` silos have joined, while the others are still starting, so it gets
+    ``2 * round_timeout + 300`` seconds.
+    """
+    records: list[dict[str, Any]] = []
     for r in range(rounds):
         view = service.view(after=r, wait=LONG)
         opened, cpu = time.perf_counter(), time.process_time()
         if view.config.round != r:
             raise RuntimeError(f"monitor missed the opening of round {r}")
+        limit = LONG
+        if round_timeout is not None:
+            limit = round_timeout if r > 0 else 2 * round_timeout + 300.0
+
+        def left(opened: float = opened, limit: float = limit) -> float:
+            return max(0.0, opened + limit - time.perf_counter())
+
         sampler.label = Stage.ADVERTISE_KEYS.value
         closes = []
-        waits: list[Callable[[], object]] = [
-            functools.partial(service.advertisements, r, LONG),
-            functools.partial(service.inbox, first_silo, r, LONG),
-            functools.partial(service.survivors, r, LONG),
-            functools.partial(service.unmask_request, r, LONG),
+        waits: list[Callable[[float], object]] = [
+            functools.partial(service.advertisements, r),
+            functools.partial(service.inbox, first_silo, r),
+            functools.partial(service.survivors, r),
+            functools.partial(service.unmask_request, r),
         ]
-        for following, wait in zip(SECURE_STAGES[1:], waits, strict=True):
-            wait()
-            closes.append(time.perf_counter())
-            sampler.label = following.value
-        outcome = service.result(r, LONG)
+        try:
+            for following, wait in zip(SECURE_STAGES[1:], waits, strict=True):
+                wait(left())
+                closes.append(time.perf_counter())
+                sampler.label = following.value
+            outcome = service.result(r, left())
+        except TimeoutError:
+            records.append({"round": r, "seconds": time.perf_counter() - opened, "timed_out": True})
+            return records
         done = time.perf_counter()
         closes.append(done)
         if outcome.status is not RoundStatus.COMPLETED:
@@ -677,11 +703,14 @@ def run_coordinator(args: argparse.Namespace) -> int:
     if coordinator is not None:
         first = sorted(roster.members)[0]
         service = cast(MaskingRounds, coordinator.service)
-        secure = secure_rounds(service, args.rounds, first, sampler)
+        secure = secure_rounds(service, args.rounds, first, sampler, args.round_timeout)
+    timed_out = any(r.get("timed_out") for r in secure)
     peak = peak_rss_bytes()
     profile = profiles.report() if profiles is not None else ""
 
-    plain_records = plain.run(sampler) if args.baseline else []
+    # after a timed-out secure round the silos are still in it: no baseline here (the orchestrator runs it
+    # in processes of its own)
+    plain_records = plain.run(sampler) if args.baseline and not timed_out else []
     plain.finish()
     sampler.stop()
     result = {
@@ -696,7 +725,9 @@ def run_coordinator(args: argparse.Namespace) -> int:
     }
     args.out.write_text(json.dumps(result), encoding="utf-8")
     # keep serving until every silo has seen both federations finish, then stop
-    print("RESULT", flush=True)
+    print("RESULT timeout" if timed_out else "RESULT", flush=True)
+    if timed_out:
+        return 0  # the orchestrator kills every process of the scenario
     sys.stdin.readline()
     if coordinator is not None:
         coordinator.stop()
@@ -837,67 +868,117 @@ def train_fn(update: F64) -> Callable[[RoundContext | PaillierRoundContext], F64
 def run_silo(args: argparse.Namespace) -> int:
     """Sub-mode ``silo``: join, wait for GO, run the secure rounds with the SDK, then the baseline rounds.
 
+    ``--silo`` names one silo, or several (comma-separated) for a pool process: each then runs in a thread of
+    its own with its own SDK ``Silo``, i.e. its own gRPC channel, credentials and TLS identity and its own
+    signing key. gRPC core keys a subchannel by its channel arguments, credentials included, so no two silos
+    share a connection; the coordinator checks every call's certificate against the silo it names, so a shared
+    one would be refused, not silently counted, and the orchestrator counts the coordinator's connections.
+    CPU seconds are the process's (``time.process_time``), stamped at the round ends of the pool's first silo.
+
     With ``--paillier`` the secure rounds are Paillier mode's, with the SDK's ``PaillierSilo``.
     """
     paths = ConsortiumPaths.load(args.pki)
     roster, consortium_key = load_roster(paths)
-    mine = paths.silos[args.silo]
-    tls = TlsFiles(mine.ca_cert.read_bytes(), mine.cert.read_bytes(), tls_key_pem(mine.key))
-    identity: dict[str, Any] = {
-        "federation": paths.federation,
-        "silo": args.silo,
-        "signing_key": load_ed25519_private(mine.signing_key),
-        "roster": roster,
-        "consortium_key": consortium_key,
-        "tls": tls,
-    }
+    names = args.silo.split(",")
+    pool = len(names) > 1
 
-    def connect(address: str) -> Silo:
-        return Silo(address=address, **identity)
+    def identity(name: str) -> dict[str, Any]:
+        mine = paths.silos[name]
+        tls = TlsFiles(mine.ca_cert.read_bytes(), mine.cert.read_bytes(), tls_key_pem(mine.key))
+        return {
+            "federation": paths.federation,
+            "silo": name,
+            "signing_key": load_ed25519_private(mine.signing_key),
+            "roster": roster,
+            "consortium_key": consortium_key,
+            "tls": tls,
+        }
 
-    def connect_paillier(address: str) -> PaillierSilo:
+    def connect(address: str, name: str) -> Silo:
+        return Silo(address=address, **identity(name))
+
+    def connect_paillier(address: str, name: str) -> PaillierSilo:
         from coordinator.pki.paillier import PaillierFiles
         from coordinator.sdk.paillier import PaillierSilo
 
-        files = PaillierFiles.for_silo(paths.root, args.silo)
-        public_key, share = files.load(
-            federation=paths.federation, consortium_key=identity["consortium_key"]
-        )
+        files = PaillierFiles.for_silo(paths.root, name)
+        public_key, share = files.load(federation=paths.federation, consortium_key=consortium_key)
         return PaillierSilo(
-            address=address, public_key=public_key, share=share, state_dir=args.state, **identity
+            address=address,
+            public_key=public_key,
+            share=share,
+            state_dir=args.state / name,
+            **identity(name),
         )
 
-    update = fixed_update(args.length, args.seed)
     profiles = ThreadProfiles() if args.profile else None
     if profiles is not None:
         profiles.install()  # before the SDK's channel exists, so gRPC's request-streaming threads are included
+    joined = threading.Barrier(len(names) + 1)
+    go = threading.Event()
     secure_cpu: list[float] = []
-    profile = ""
-    if args.secure is not None:
-        with connect_paillier(args.secure) if args.paillier else connect(args.secure) as sdk:
-            sdk.join()
-            print("READY", flush=True)
-            if sys.stdin.readline().strip() != "GO":
-                return 1
-            start = time.process_time()
-            for report in sdk.run(train_fn(update)):
-                if report.status is not RoundStatus.COMPLETED:
-                    raise RuntimeError(
-                        f"round {report.round} ended {report.status}: {report.reason}"
-                    )
-                now = time.process_time()
-                secure_cpu.append(now - start)
-                start = now
-        profile = profiles.report() if profiles is not None else ""
-    else:
-        print("READY", flush=True)
-        if sys.stdin.readline().strip() != "GO":
-            return 1
     baseline_cpu: list[float] = []
-    if args.baseline is not None:
-        with connect(args.baseline) as sdk:
-            baseline_cpu = plain_rounds(sdk, update)
+    failures: list[str] = []
+
+    def silo_thread(index: int, name: str) -> None:
+        update = fixed_update(args.length, args.seed + index)
+        first = index == 0
+        try:
+            if args.secure is not None:
+                sdk_cm = (
+                    connect_paillier(args.secure, name)
+                    if args.paillier
+                    else connect(args.secure, name)
+                )
+                with sdk_cm as sdk:
+                    sdk.join()
+                    joined.wait()
+                    go.wait()
+                    start = time.process_time()
+                    for report in sdk.run(train_fn(update)):
+                        if report.status is not RoundStatus.COMPLETED:
+                            raise RuntimeError(
+                                f"{name}: round {report.round} ended {report.status}: {report.reason}"
+                            )
+                        now = time.process_time()
+                        if first:
+                            secure_cpu.append(now - start)
+                        start = now
+            else:
+                joined.wait()
+                go.wait()
+            if args.baseline is not None:
+                with connect(args.baseline, name) as sdk:
+                    cpu = plain_rounds(sdk, update)
+                if first:
+                    baseline_cpu.extend(cpu)
+        except BaseException as exc:  # reported by the process: the orchestrator shows its log
+            failures.append(f"{name}: {type(exc).__name__}: {exc}")
+            print(f"silo {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            joined.abort()
+
+    threads = [
+        threading.Thread(target=silo_thread, args=(i, name), name=f"silo-{name}", daemon=True)
+        for i, name in enumerate(names)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        joined.wait()
+    except threading.BrokenBarrierError:
+        return 1
+    print("READY", flush=True)
+    if sys.stdin.readline().strip() != "GO":
+        return 1
+    go.set()
+    for thread in threads:
+        thread.join()
+    if failures:
+        return 1
+    profile = profiles.report() if profiles is not None else ""
     done = {
+        "silos": len(names),
+        "pool": pool,
         "secure_cpu": secure_cpu,
         "baseline_cpu": baseline_cpu,
         "peak_rss": peak_rss_bytes(),
@@ -918,6 +999,10 @@ class Figures:
     plain: Figures | None = None  # the baseline, when it ran in its own processes
     # load averages when the silos were released ("go") and at the end ("end")
     loads: dict[str, str] = field(default_factory=dict)
+    connections: int = (
+        0  # established TCP connections to the coordinator's port when the silos were released
+    )
+    timed_out: bool = False  # a secure round was still open after the scenario's round timeout
 
     def _median(self, records: Sequence[dict[str, Any]], key: str) -> float:
         measured = records[1:] or records  # round 0 is warm-up unless it is the only round
@@ -951,6 +1036,19 @@ class Figures:
 
     def vector_bytes(self) -> int:
         return VECTOR_BYTES_PER_COORDINATE * self.scenario.length
+
+
+def tcp_connections(port: int) -> int:
+    """Established TCP connections whose local end is ``port`` (the server's side; Linux ``/proc/net/tcp*``)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table, encoding="ascii") as rows:
+            next(rows, None)
+            for row in rows:
+                fields = row.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                    count += 1
+    return count
 
 
 class Children:
@@ -1050,44 +1148,62 @@ def run_scenario(
                 *(["--profile"] if profile else []),
                 *(["--paillier-key", str(paillier_key)] if paillier_key else []),
                 *(["--storage", storage] if storage else []),
+                *(
+                    ["--round-timeout", str(scenario.round_timeout)]
+                    if scenario.round_timeout
+                    else []
+                ),
             ],
         )
         secure_port, plain_port = children.line(coordinator, "PORTS ").split()
+        names = sorted(pki.silos)
+        k = max(1, scenario.per_process)
+        groups = [names[i : i + k] for i in range(0, len(names), k)]
         silos = [
             children.start(
-                silo,
+                group[0] if k == 1 else f"pool-{g:02d}",
                 [
                     "silo",
                     *common,
-                    *("--silo", silo, "--seed", str(i)),
+                    *("--silo", ",".join(group), "--seed", str(g * k)),
                     *(["--secure", f"127.0.0.1:{secure_port}"] if secure else []),
                     *(["--baseline", f"127.0.0.1:{plain_port}"] if baseline else []),
-                    *(["--profile"] if profile and i == 0 else []),
-                    *(
-                        ["--paillier", "--state", str(work / "state" / silo)]
-                        if paillier_key
-                        else []
-                    ),
+                    *(["--profile"] if profile and g == 0 else []),
+                    *(["--paillier", "--state", str(work / "state")] if paillier_key else []),
                 ],
             )
-            for i, silo in enumerate(pki.silos)
+            for g, group in enumerate(groups)
         ]
         for proc in silos:
             children.line(proc, "READY")
         load_at_go = load_averages()
+        connections = tcp_connections(int(secure_port if secure else plain_port))
         for proc in silos:
             children.send(proc, "GO")
         if paillier_key is not None:
             children.send(coordinator, "GO")  # its rounds are timed from here
+        # the coordinator answers first: after a timed-out round the silos never finish
+        ended = children.line(coordinator, "RESULT")
+        if ended == "timeout":
+            loads = {"go": load_at_go, "end": load_averages()}
+            result = json.loads(out.read_text(encoding="utf-8"))
+            return Figures(
+                scenario, result, [], loads=loads, connections=connections, timed_out=True
+            )
         reports = [json.loads(children.line(proc, "DONE ")) for proc in silos]
-        children.line(coordinator, "RESULT")
         loads = {"go": load_at_go, "end": load_averages()}
         children.send(coordinator, "STOP")
         if coordinator.wait(SCENARIO_TIMEOUT) != 0:
             children.fail(coordinator, f"exit status {coordinator.returncode}")
         for proc in silos:
             proc.wait(SCENARIO_TIMEOUT)
-        return Figures(scenario, json.loads(out.read_text(encoding="utf-8")), reports, loads=loads)
+        return Figures(
+            scenario,
+            json.loads(out.read_text(encoding="utf-8")),
+            reports,
+            loads=loads,
+            connections=connections,
+        )
     finally:
         watchdog.cancel()
         children.kill_all()
@@ -1128,6 +1244,115 @@ def scenarios(quick: bool, rounds: int | None, only: Sequence[str] = ()) -> list
     if not only:
         return [plan[k] for k in SCENARIO_KEYS]
     return [plan[k] for k in (*SCENARIO_KEYS, *PAILLIER_KEYS) if k in only]
+
+
+SILO_PROCESS_BYTES = 120_000_000
+"""RSS of one silo process before its vectors (interpreter, numpy, grpcio, cryptography, the SDK), rounded up
+from the "largest silo process" lines of this benchmark at 100,000 parameters."""
+
+SILO_VECTOR_COPIES = 10
+"""Vector-sized buffers (4 bytes a parameter) a silo holds at its peak: the float64 update (2), the model, the
+quantized and masked vectors, the PRG streams and the upload's chunks; rounded up."""
+
+
+def silo_process_bytes(params: int) -> int:
+    """Estimated peak RSS of one silo process at ``params`` parameters."""
+    return SILO_PROCESS_BYTES + SILO_VECTOR_COPIES * VECTOR_BYTES_PER_COORDINATE * params
+
+
+def available_bytes() -> int:
+    """``MemAvailable`` of ``/proc/meminfo`` (Linux), or 0 where it cannot be read."""
+    with contextlib.suppress(OSError), open("/proc/meminfo", encoding="ascii") as info:
+        for line in info:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def silos_per_process(silos: int, params: int, choice: str) -> int:
+    """Silos per OS process: ``choice`` if given, else 1 unless ``silos`` processes would take more than half
+    the available memory (the machine is shared), then the fewest per process that fit in that half."""
+    if choice != "auto":
+        return max(1, int(choice))
+    budget = available_bytes() // 2
+    each = silo_process_bytes(params)
+    if budget <= 0 or silos * each <= budget:
+        return 1
+    processes = max(1, budget // each)
+    return -(-silos // processes)
+
+
+def sweep_scenario(silos: int, params: int, args: argparse.Namespace) -> Scenario:
+    """The ``--silos N --params P`` scenario: secure and baseline rounds in the same processes."""
+    rounds = (args.rounds or 3) + 1
+    timeout = SCENARIO_TIMEOUT
+    if args.round_timeout:
+        # round 0 gets 2 x the round timeout plus start-up (secure_rounds); the baseline as much again
+        timeout = max(timeout, 2 * ((rounds + 1) * args.round_timeout + 600.0))
+    return Scenario(
+        f"{silos} silos x {params}",
+        silos,
+        params,
+        rounds,
+        "",
+        timeout=timeout,
+        per_process=silos_per_process(silos, params, args.silos_per_process),
+        round_timeout=args.round_timeout,
+    )
+
+
+def secure_cell(f: Figures) -> str:
+    """The secure round time, or ``> T`` (a lower bound) when a round timed out."""
+    if f.timed_out:
+        return f"> {f.coordinator['secure'][-1]['seconds']:.1f}"
+    return f"{f.secure_s():.2f}"
+
+
+def sweep_report(figures: Sequence[Figures]) -> None:
+    """One row per ``--silos N --params P`` scenario: median round times, ratio, processes and load."""
+    header = (
+        f"{'scenario':<26} {'rounds':>6} {'secure s':>9} {'plain s':>8} {'ratio':>6} "
+        f"{'processes':>9} {'per proc':>8} {'conns':>5} {'silo RSS MB':>11}  load average at GO -> at end"
+    )
+    print(
+        "sweep: median round time over rounds 1..R (round 0 is warm-up); secure = the real `secagg serve` "
+        "code path with masking, plain = the same transport carrying unmasked vectors; 'per proc' > 1: a pool "
+        "of processes, each silo its own thread, gRPC channel and TLS identity; conns = TCP connections to the "
+        "coordinator when the silos were released"
+    )
+    print(header)
+    print("-" * len(header))
+    for f in figures:
+        s = f.scenario
+        baseline = f.baseline_s()
+        ratio = "-" if f.timed_out or not baseline else f"{f.secure_s() / baseline:.2f}"
+        measured = len(f.coordinator["secure"]) - 1
+        processes = -(-s.silos // s.per_process)
+        rss = max((int(r["peak_rss"]) for r in f.silos), default=0)
+        loads = f"{f.loads.get('go', '?')} -> {f.loads.get('end', '?')}"
+        if f.plain is not None:
+            loads += (
+                f"; plain run {f.plain.loads.get('go', '?')} -> {f.plain.loads.get('end', '?')}"
+            )
+        print(
+            f"{s.name:<26} {max(measured, 0):>6} {secure_cell(f):>9} "
+            f"{(f'{baseline:.2f}' if baseline else '-'):>8} {ratio:>6} {processes:>9} {s.per_process:>8} "
+            f"{f.connections:>5} {(mb(rss) if rss else '-'):>11}  {loads}"
+        )
+        if f.timed_out:
+            print(
+                f"{'':<26} a secure round was still open after {s.round_timeout:.0f} s (--round-timeout): "
+                "the figure is a lower bound; the baseline ran in processes of its own"
+            )
+    print()
+
+
+def last_line(f: Figures) -> str:
+    """``N silos x P params: secure X s, plain Y s``, the line scripts read (``> X`` after a timeout)."""
+    s = f.scenario
+    baseline = f.baseline_s()
+    plain = f"{baseline:.2f}" if baseline else "-"
+    return f"{s.silos} silos x {s.length} params: secure {secure_cell(f)} s, plain {plain} s"
 
 
 def load_average() -> str:
@@ -1362,7 +1587,10 @@ def deal_key(pki: ConsortiumPaths, scenario: Scenario) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    # no abbreviations: the sub-modes' --silo would otherwise be taken for --silos
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0] if __doc__ else None, allow_abbrev=False
+    )
     sub = parser.add_subparsers(dest="mode")
     child = sub.add_parser("coordinator", help="internal: the coordinator process of one scenario")
     child.add_argument("--pki", type=Path, required=True)
@@ -1375,9 +1603,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     child.add_argument("--profile", action="store_true")
     child.add_argument("--paillier-key", type=Path, help="Paillier mode with this joint public key")
     child.add_argument("--storage", help="the store URL (default: SQLite in --work)")
+    child.add_argument("--round-timeout", type=float, help="stop monitoring a round open this long")
     silo = sub.add_parser("silo", help="internal: one silo process of one scenario")
     silo.add_argument("--pki", type=Path, required=True)
-    silo.add_argument("--silo", required=True)
+    silo.add_argument(
+        "--silo", required=True, help="a silo id, or several comma-separated (a pool)"
+    )
     silo.add_argument("--seed", type=int, required=True)
     silo.add_argument("--length", type=int, required=True)
     silo.add_argument("--secure")
@@ -1404,6 +1635,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run only this scenario (repeatable); the Paillier ones run only when named",
     )
     parser.add_argument(
+        "--silos",
+        type=int,
+        help="one scenario of this many silos (with --params) instead of the plan",
+    )
+    parser.add_argument("--params", type=int, help="parameters per silo of the --silos scenario")
+    parser.add_argument(
+        "--silos-per-process",
+        default="auto",
+        help="silos per OS process, each its own thread, gRPC channel and TLS identity (default: auto, "
+        "1 unless one process per silo would take more than half the available memory)",
+    )
+    parser.add_argument(
+        "--round-timeout",
+        type=float,
+        help="report a timed round still open after this many seconds as timed out (> the timeout) and "
+        "run the baseline in processes of its own",
+    )
+    parser.add_argument(
         "--store",
         help="also run every masking scenario on this PostgreSQL server (postgresql://..., a fresh database "
         "per run; 'local' starts a throwaway one as the tests do) and print the ratios to SQLite",
@@ -1421,8 +1670,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_coordinator(args)
     if args.mode == "silo":
         return run_silo(args)
+    if (args.silos is None) != (args.params is None):
+        parser.error("--silos and --params go together (e.g. --silos 100 --params 100000)")
+    if args.silos is not None and (args.silos < MIN_COHORT or args.params < 1):
+        parser.error(f"--silos needs at least {MIN_COHORT} silos and --params at least 1")
+    if args.silos is not None and (args.only or args.quick):
+        parser.error("--silos/--params is one scenario of its own: drop --only and --quick")
+    if args.silos_per_process != "auto" and not args.silos_per_process.isdigit():
+        parser.error("--silos-per-process is a positive integer or 'auto'")
 
-    plan = scenarios(args.quick, args.rounds, args.only)
+    if args.silos is not None:
+        plan = [sweep_scenario(args.silos, args.params, args)]
+    else:
+        plan = scenarios(args.quick, args.rounds, args.only)
     print(
         "coordinator round benchmark: loopback gRPC with mTLS, coordinator and every silo in its own process, "
         f"{os.cpu_count()} CPUs, load average {load_average()} at start"
@@ -1473,6 +1733,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if bits != scenario.key_bits:
                     raise SystemExit("one Paillier key per consortium: its size cannot change")
             separate = scenario.separate_baseline
+            print(
+                f"  {scenario.name}: {scenario.silos} silos in "
+                f"{-(-scenario.silos // scenario.per_process)} processes "
+                f"({scenario.per_process} per process), load average {load_average()}",
+                flush=True,
+            )
             figure = run_scenario(
                 scenario,
                 pki,
@@ -1482,7 +1748,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 profile=args.profile,
                 paillier_key=paillier_key,
             )
-            if separate:
+            if separate or (figure.timed_out and not scenario.paillier):
                 figure.plain = run_scenario(
                     scenario,
                     pki,
@@ -1517,7 +1783,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 store_url, args.failover_trials, root / "failover"
             )
     print()
-    report(figures, quick=args.quick)
+    sweep = args.silos is not None
+    if sweep:
+        sweep_report(figures)
+    else:
+        report(figures, quick=args.quick)
     if on_postgres:
         print()
         store_report(
@@ -1539,7 +1809,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(f.coordinator["profile"])
             print(f"== silo-00 profile (CPU time, every thread), secure rounds, {f.scenario.name}")
-            print(f.silos[0]["profile"])
+            print(f.silos[0]["profile"] if f.silos else "(timed out: no silo profile)")
+    if sweep:
+        print(last_line(figures[0]))  # the LAST line, for scripts: keep it last
     return 0
 
 
