@@ -1312,13 +1312,16 @@ def sweep_report(figures: Sequence[Figures]) -> None:
     """One row per ``--silos N --params P`` scenario: median round times, ratio, processes and load."""
     header = (
         f"{'scenario':<26} {'rounds':>6} {'secure s':>9} {'plain s':>8} {'ratio':>6} "
+        f"{'CPU s secure':>12} {'CPU s plain':>11} {'RSS/vec':>7} "
         f"{'processes':>9} {'per proc':>8} {'conns':>5} {'silo RSS MB':>11}  load average at GO -> at end"
     )
     print(
         "sweep: median round time over rounds 1..R (round 0 is warm-up); secure = the real `secagg serve` "
         "code path with masking, plain = the same transport carrying unmasked vectors; 'per proc' > 1: a pool "
         "of processes, each silo its own thread, gRPC channel and TLS identity; conns = TCP connections to the "
-        "coordinator when the silos were released"
+        "coordinator when the silos were released; CPU s = coordinator + all silo processes per round (median), a "
+        "lower bound of cores x round time that other jobs on the machine do not inflate; RSS/vec = coordinator "
+        "peak above idle over the secure rounds, in vectors of 4 bytes a parameter"
     )
     print(header)
     print("-" * len(header))
@@ -1330,13 +1333,20 @@ def sweep_report(figures: Sequence[Figures]) -> None:
         processes = -(-s.silos // s.per_process)
         rss = max((int(r["peak_rss"]) for r in f.silos), default=0)
         loads = f"{f.loads.get('go', '?')} -> {f.loads.get('end', '?')}"
+        cpu = {
+            mode: f.cpu(mode) if f.silos or mode == "baseline" else None
+            for mode in ("secure", "baseline")
+        }
+        cells = {m: f"{sum(c):.2f}" if c else "-" for m, c in cpu.items()}
+        vectors = (f.coordinator["peak_rss"] - f.coordinator["idle_rss"]) / f.vector_bytes()
         if f.plain is not None:
             loads += (
                 f"; plain run {f.plain.loads.get('go', '?')} -> {f.plain.loads.get('end', '?')}"
             )
         print(
             f"{s.name:<26} {max(measured, 0):>6} {secure_cell(f):>9} "
-            f"{(f'{baseline:.2f}' if baseline else '-'):>8} {ratio:>6} {processes:>9} {s.per_process:>8} "
+            f"{(f'{baseline:.2f}' if baseline else '-'):>8} {ratio:>6} {cells['secure']:>12} "
+            f"{cells['baseline']:>11} {vectors:>7.1f} {processes:>9} {s.per_process:>8} "
             f"{f.connections:>5} {(mb(rss) if rss else '-'):>11}  {loads}"
         )
         if f.timed_out:
@@ -1345,6 +1355,16 @@ def sweep_report(figures: Sequence[Figures]) -> None:
                 "the figure is a lower bound; the baseline ran in processes of its own"
             )
     print()
+    timed = [f for f in figures if not f.timed_out]
+    if timed:
+        stages = "  ".join(f"{st.value:>17}" for st in SECURE_STAGES)
+        print(f"{'secure stage s (median)':<26} {stages}")
+        for f in timed:
+            print(
+                f"{f.scenario.name:<26} "
+                + "  ".join(f"{f.secure_stage(st):>17.3f}" for st in SECURE_STAGES)
+            )
+        print()
 
 
 def last_line(f: Figures) -> str:

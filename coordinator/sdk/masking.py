@@ -52,7 +52,7 @@ from typing import Any, TypeAlias, Unpack
 import numpy as np
 import numpy.typing as npt
 
-from coordinator.common import TlsFiles
+from coordinator.common import TlsFiles, chunk_words
 from coordinator.config import SiloConfig, SiloPolicy
 from coordinator.errors import InvalidInput, NotFound
 from coordinator.proto.v1 import coordinator_pb2 as pb
@@ -404,9 +404,11 @@ class _MaskingRound(RoundStages[RoundConfig, MaskedVector]):
         self._transport.record("sent", sent)
 
     def _chunks(self, masked: MaskedVector, attestation: Attestation) -> Iterator[pb.MaskedChunk]:
+        """The masked vector as upload messages, sized by :func:`coordinator.common.chunk_words` for this
+        round's vector and cohort; each chunk's bytes are the one copy protobuf needs, taken from a view."""
         t = self._transport
-        data = masked.astype("<u4")
-        step = t.chunk_words
+        data = np.asarray(masked, dtype="<u4")  # a view when it is already little-endian uint32
+        step = chunk_words(t.max_message_bytes, vector_words=data.shape[0], streams=self.config.n)
         for start in range(0, data.shape[0], step):
             end = min(start + step, data.shape[0])
             chunk = pb.MaskedChunk(

@@ -702,12 +702,35 @@ def _wait_ran_out(exc: CoordinatorError) -> bool:
 
 
 def _join_model(chunks: Iterator[pb.ModelChunk]) -> npt.NDArray[np.float32]:
-    parts: list[bytes] = []
-    total = 0
+    """The streamed model in one float32 array, each chunk copied once into place as it arrives.
+
+    The array is sized by the first chunk's ``total`` and each chunk lands at its ``offset``, so the silo holds
+    the model and one chunk, not the chunks plus their join plus a converted copy (three vectors at 4M
+    parameters). A chunk that does not fit, or a stream that leaves a gap, is refused; the hash check of the
+    caller then covers the values.
+    """
+    model: npt.NDArray[np.float32] = np.zeros(0, dtype=np.float32)
+    filled = 0
     for chunk in chunks:
-        parts.append(chunk.values)
-        total = chunk.total
-    return np.frombuffer(b"".join(parts), dtype="<f4").astype(np.float32)[:total]
+        if filled == 0 and model.shape[0] == 0:
+            try:  # the pages are only touched as chunks arrive; what arrives is bounded as before
+                model = np.empty(chunk.total, dtype=np.float32)
+            except MemoryError as exc:
+                raise InvalidInput(
+                    f"the coordinator announced a model of {chunk.total} parameters, more than this "
+                    "silo can hold; check the federation's model size"
+                ) from exc
+        values = chunk.values
+        if len(values) % 4:
+            raise InvalidInput("a model chunk's length is not a multiple of 4 bytes")
+        end = chunk.offset + len(values) // 4
+        if chunk.offset != filled or end > model.shape[0] or chunk.total != model.shape[0]:
+            raise InvalidInput("the model stream's chunks do not tile the model in order")
+        model[filled:end] = np.frombuffer(values, dtype="<f4")
+        filled = end
+    if filled != model.shape[0]:
+        raise InvalidInput("the model stream ended before the whole model arrived")
+    return model
 
 
 def _new_study(federation: str, witness_path: Path | None, seen: int, served: int) -> str:

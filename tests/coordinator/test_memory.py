@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coordinator._malloc import release_free_memory, tune_allocator
-from coordinator.common import model_hash
+from coordinator.common import chunk_words, model_hash
 from coordinator.errors import InvalidInput
 from coordinator.rounds.fedavg import fedavg
 from coordinator.server.base import drain_chunks, drain_upload, u32_view
@@ -174,3 +174,31 @@ def test_store_hashes_and_keeps_the_model_bytes_it_was_given(tmp_path: Path) -> 
     stored, stored_hash = store.model("f", 1)
     assert stored.tobytes() == new_model.tobytes() and stored_hash == digest
     store.close()
+
+
+# -- chunk size ------------------------------------------------------------------------------------------------
+def test_chunks_without_a_cohort_stay_at_64_kib_below_the_message_limit() -> None:
+    assert chunk_words(4 << 20) == 1 << 14  # 64 KiB, as before the cohort-aware size
+    # a small limit wins, with room for the framing
+    assert chunk_words(64 * 1024) < (64 * 1024) // 4
+    assert chunk_words(1) == 1
+
+
+@pytest.mark.parametrize(
+    ("vector", "silos", "words"),
+    [
+        (4_000_000, 10, 100_000),  # 10 x 4M: 400 KB chunks, a tenth of the messages of 64 KiB ones
+        (1_000_000, 50, 1 << 14),  # 50 x 1M: the 64 KiB floor (the coordinator's memory)
+        (100_000, 200, 1 << 14),  # many silos, small vectors: the floor
+        (100_000_000, 3, 1 << 18),  # 1 MiB at most
+    ],
+)
+def test_chunks_grow_with_the_vector_but_all_streams_hold_a_quarter_vector_at_most(
+    vector: int, silos: int, words: int
+) -> None:
+    got = chunk_words(4 << 20, vector_words=vector, streams=silos)
+    assert got == words
+    # above the floor, the N streams' chunks together are at most a quarter vector
+    assert got == 1 << 14 or got * silos <= vector // 4
+    assert got * 4 <= (4 << 20) - 16 * 1024  # always below the message limit with its headroom
+    assert chunk_words(256 * 1024, vector_words=vector, streams=silos) <= (256 * 1024) // 4

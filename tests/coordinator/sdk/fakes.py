@@ -59,6 +59,8 @@ class Federation(pb_grpc.FederationServicer):
     uploads: list[list[int]] = field(default_factory=list)
     model: bytes = MODEL.astype("<f4").tobytes()
     break_download_once: bool = False
+    # a download stream that leaves out this chunk (a gap in the model)
+    skip_download_chunk: int | None = None
     roster_fingerprint: str = "pinned"
     rounds: list[pb.RoundInfo] = field(default_factory=list)
     asked_after: list[int] = field(default_factory=list)
@@ -152,6 +154,8 @@ class Federation(pb_grpc.FederationServicer):
             if start > 0 and self.break_download_once:
                 self.break_download_once = False
                 abort(context, Status(grpc.StatusCode.UNAVAILABLE))
+            if start // step == self.skip_download_chunk:
+                continue
             yield pb.ModelChunk(
                 offset=start // 4,
                 values=self.model[start : start + step],

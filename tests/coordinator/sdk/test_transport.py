@@ -367,6 +367,19 @@ def test_a_download_broken_off_is_fetched_again_from_the_start(
     assert server.federation.calls["DownloadModel"] == 2
 
 
+@pytest.mark.parametrize(("skip", "why"), [(1, "do not tile"), (3, "ended before the whole model")])
+def test_a_model_stream_with_a_gap_is_refused_before_its_hash(
+    server: Server, connect: TransportFactory, skip: int, why: str
+) -> None:
+    # the chunks are copied into place by offset: a stream that leaves a chunk out (in the middle, or the
+    # last one) must be refused as such, not read as a shorter or shifted model
+    server.federation.skip_download_chunk = skip
+    transport = connect()
+    stub = transport.stub(pb_grpc.FederationStub)
+    with pytest.raises(InvalidInput, match=why):
+        transport.download_model(stub.DownloadModel, 0, model_hash(MODEL))
+
+
 # -- message sizes -------------------------------------------------------------------------------------------
 def test_chunks_are_sized_below_the_smaller_limit_after_join(connect: TransportFactory) -> None:
     transport = connect(max_message_bytes=1 << 20)
