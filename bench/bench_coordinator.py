@@ -8,6 +8,19 @@
     .venv/bin/python bench/bench_coordinator.py --profile      # also cProfile the coordinator and silo-00
     .venv/bin/python bench/bench_coordinator.py --only paillier10x100k   # Paillier mode, memory (~5 min)
     .venv/bin/python bench/bench_coordinator.py --only paillier10x300k   # the same at 300,000 (~15 min)
+    .venv/bin/python bench/bench_coordinator.py --silos 100 --params 100000 --round-timeout 90
+                                      # one scenario of N silos x P parameters: a sweep row, then as its
+                                      # last line "100 silos x 100000 params: secure X s, plain Y s"
+
+The sweep of issue 18, one scenario a command (each line its own run, so one that times out loses nothing
+else): ``--silos N --params 100000`` for N = 10, 50, 100, 200 (``--rounds 2 --round-timeout 90`` for 100 and
+200 on a server that holds a thread per long poll) and ``--silos 10 --params 4000000``. Each silo is its own
+OS process unless that many processes would take more than 60% of the available memory (an estimate from
+:data:`SILO_PROCESS_BYTES` and the vector); then silos share a small pool of processes, each silo in a thread
+of its own with its own SDK ``Silo``: its own gRPC channel, TLS identity and signing key (no connection is
+shared: the row's ``conns`` column counts the coordinator's TCP connections). ``--silos-per-process K``
+forces a pool. The row says which, with the largest silo process's RSS, the CPU seconds per round and the
+load average at the release of the silos and at the end.
 
 The Paillier scenarios are long (partial decryption costs minutes a round on this machine), so they run only
 when named with ``--only``: neither the default run nor ``make bench`` includes them. ``--quick`` runs a small
