@@ -13,6 +13,7 @@
     │   └── PrivacyRefused   a privacy attestation under-reports epsilon or exceeds the federation ceiling
     ├── InvalidInput         malformed, oversized or wrong-length input
     ├── Aborted              the coordinator aborted the round (too few silos, restart)
+    ├── Overloaded           a call beyond one of the coordinator's concurrency limits (``[limits]``)
     ├── Unavailable          the coordinator could not be reached, even after retries
     └── AuditFailure         the coordinator's audit log failed a silo's witness check (history rewritten)
 
@@ -30,6 +31,7 @@ __all__ = [
     "DuplicateSubmission",
     "InvalidInput",
     "NotFound",
+    "Overloaded",
     "PKIError",
     "PrivacyRefused",
     "StageError",
@@ -81,6 +83,13 @@ class InvalidInput(CoordinatorError):
 
 class Aborted(CoordinatorError):
     """The coordinator aborted the round."""
+
+
+class Overloaded(CoordinatorError):
+    """The coordinator refused a call beyond one of its concurrency limits (``[limits]`` in serve.toml).
+
+    Transient: the SDK retries it with backoff; a silo that keeps hitting it has too many calls in flight.
+    """
 
 
 class Unavailable(CoordinatorError):

@@ -32,6 +32,7 @@ from coordinator.config.demo import write_demo_configs
 from coordinator.config.schema import json_schema
 from coordinator.config.serve import (
     Deadlines,
+    LimitsConfig,
     MaskingConfig,
     MaskingDeadlines,
     MetricsConfig,
@@ -49,6 +50,7 @@ from coordinator.config.template import config_template, write_config_template
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "Deadlines",
+    "LimitsConfig",
     "MaskingConfig",
     "MaskingDeadlines",
     "MetricsConfig",

@@ -49,6 +49,7 @@ from secagg import (
 
 __all__ = [
     "Deadlines",
+    "LimitsConfig",
     "MaskingConfig",
     "MaskingDeadlines",
     "ModelConfig",
@@ -434,6 +435,43 @@ class MetricsConfig(ConfigModel):
     this replica leads and serves); port 0 picks a free port."""
 
 
+class LimitsConfig(ConfigModel):
+    """The ``[limits]`` table: how much of the coordinator one silo, and everyone together, may hold (DESIGN 8).
+
+    Beyond a limit a call is refused at once with RESOURCE_EXHAUSTED (the SDK retries it with backoff), so a
+    silo that opens many long polls or streams cannot starve another silo's ``Join`` or upload: what it holds
+    beyond its own share is refused, not queued. An honest silo makes one or two calls at a time.
+    """
+
+    _table = ("limits",)
+
+    calls_per_silo: Count = 16
+    """Calls one silo may have in flight at once (long polls and streams included)."""
+    streams_per_silo: Count = 2
+    """Upload and download streams one silo may have in flight at once (within ``calls_per_silo``)."""
+    max_concurrent_rpcs: Count = 4096
+    """Calls in flight at once from every caller together (the global bound)."""
+    workers: Annotated[int, Field(ge=1, le=256)] = 8
+    """Threads that run the calls' work (store writes, stage processing, folding upload chunks); waiting calls
+    hold none. Work is queued per silo and served round-robin."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.streams_per_silo > self.calls_per_silo:
+            raise rule_error(
+                f"streams_per_silo ({self.streams_per_silo}) cannot exceed calls_per_silo "
+                f"({self.calls_per_silo}): every stream is also a call",
+                key="streams_per_silo",
+            )
+        if self.calls_per_silo > self.max_concurrent_rpcs:
+            raise rule_error(
+                f"calls_per_silo ({self.calls_per_silo}) cannot exceed max_concurrent_rpcs "
+                f"({self.max_concurrent_rpcs})",
+                key="calls_per_silo",
+            )
+        return self
+
+
 class ServeConfig(FederationConfig):
     """The coordinator's configuration, ``serve.toml`` (``secagg serve --config FILE``).
 
@@ -470,6 +508,8 @@ class ServeConfig(FederationConfig):
     """SHA-256 fingerprints (hex) of client certificates to refuse."""
     metrics: MetricsConfig | None = None
     """Prometheus metrics and health probes on their own listener; absent: no listener."""
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    """Per-silo and global concurrency limits, and the worker threads."""
     revocation_list: InputPath | None = None
     """The consortium CA's signed revocation list (PEM X.509 CRL from ``secagg pki revoke``); re-read when the
     file changes, so a revoked silo is refused at its next call. Needs ``[tls]``."""

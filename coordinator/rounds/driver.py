@@ -43,6 +43,7 @@ from coordinator.errors import DuplicateSubmission, InvalidInput, NotFound, Stag
 from coordinator.metrics import Metrics
 from coordinator.rounds.audit import AuditTrail, attest_contribution
 from coordinator.rounds.fedavg import fedavg
+from coordinator.rounds.polls import Signal, wait_for
 from coordinator.rounds.roster import GovernedRoster
 from coordinator.rounds.uploads import Upload, UploadSink, protocol
 from coordinator.store import Store
@@ -239,8 +240,9 @@ class RoundDriver:
         self.clock = clock
         self.metrics = metrics if metrics is not None else Metrics()
         self.governance = governance
-        self.cond = threading.Condition(threading.RLock())
-        """Guards every round state; handler threads wait on it for stage results."""
+        self.cond = Signal(threading.RLock())
+        """Guards every round state; handler threads wait on it for stage results, and an asyncio server
+        listens to it (:meth:`on_change`)."""
         self.quantizer = Quantizer(
             clip=settings.clip, bits=settings.bits, max_silos=len(roster.members)
         )
@@ -553,7 +555,7 @@ class RoundDriver:
             )
 
         with self.cond:
-            if not self.cond.wait_for(ready, wait):
+            if not wait_for(self.cond, ready, wait):
                 raise TimeoutError(f"stage {stage.value} of round {round_} is still open")
             state = self._state(round_)
             if state is None:
@@ -571,7 +573,8 @@ class RoundDriver:
     def view(self, *, after: int = 0, wait: float = 0.0) -> RoundView:
         """The open round with number >= ``after`` (waiting up to ``wait`` seconds for it to open)."""
         with self.cond:
-            self.cond.wait_for(
+            wait_for(
+                self.cond,
                 lambda: (
                     self._stopping
                     or self.finished
@@ -644,7 +647,7 @@ class RoundDriver:
         if round_ >= self.settings.rounds:
             raise NotFound(f"round {round_} is beyond the {self.settings.rounds} planned rounds")
         with self.cond:
-            self.cond.wait_for(lambda: self._stopping or round_ < self._next, wait)
+            wait_for(self.cond, lambda: self._stopping or round_ < self._next, wait)
             state = self._state(round_)
             if state is not None and state.outcome is not None:
                 return state.outcome
@@ -666,6 +669,11 @@ class RoundDriver:
             self.cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def on_change(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener`` (thread-safe, non-blocking: it runs with the lock held) whenever a long poll's
+        answer may have changed; returns the function that removes it (see :mod:`coordinator.rounds.polls`)."""
+        return self.cond.listen(listener)
 
     def wake(self) -> None:
         """Re-check the open stage's deadline now (after an injected clock moved on; tests use it)."""

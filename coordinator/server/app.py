@@ -1,7 +1,7 @@
 """Server construction for every mode: gRPC options, binding with mTLS, and a running coordinator from ``serve.toml``.
 
 The mode's own servicer comes from the mode registry (:mod:`coordinator.modes`); everything around it (the
-``Audit`` service, health checking, the decode guard, message limits, mTLS) is built here once.
+``Audit`` service, health checking, message limits, concurrency limits, mTLS) is built here once.
 """
 
 from __future__ import annotations
@@ -9,19 +9,19 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable
-from concurrent import futures
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]  # untyped re-export
 
 from audits.database import redact
 from coordinator import modes
 from coordinator._malloc import tune_allocator
 from coordinator.common import FloatVector, TlsFiles
-from coordinator.config import ModelConfig, ServeConfig, TLSPaths
+from coordinator.config import LimitsConfig, ModelConfig, ServeConfig, TLSPaths
 from coordinator.config.tls import check_tls
 from coordinator.errors import ConfigError, PKIError
 from coordinator.metrics import Metrics, MetricsServer, serve_metrics
@@ -30,8 +30,9 @@ from coordinator.pki import Revocations, load_certificate, tls_key_pem
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from coordinator.rounds.audit import open_audit_trail
 from coordinator.rounds.driver import FederationSettings, RoundDriver
+from coordinator.server.aio import AioBridge, AioServer, Collector, on_loop
 from coordinator.server.audit import AuditServicer
-from coordinator.server.interceptors import DecodeGuard
+from coordinator.server.base import caller_identity
 from coordinator.store import SQLStore, StoreLock
 
 __all__ = [
@@ -45,8 +46,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-AddServicer = Callable[[grpc.Server, dict[str, Any]], str]
-"""Registers a mode's servicer on a server (given the shared servicer options); returns its service name."""
+AddServicer = Callable[[Any, dict[str, Any]], str]
+"""Registers a mode's servicer (given the shared servicer options) as a generated ``add_*Servicer_to_server``
+does on a server; returns its service name."""
 
 
 STREAM_LOOKAHEAD_BYTES = 16 * 1024
@@ -86,56 +88,72 @@ def bind_server(
     revoked: Iterable[str] = (),
     max_message_bytes: int = 4 << 20,
     insecure_debug_no_tls: bool = False,
-    max_workers: int = 64,
-) -> tuple[grpc.Server, int]:
+    limits: LimitsConfig | None = None,
+) -> tuple[AioServer, int]:
     """Build (without starting) a coordinator's gRPC server for any mode; returns it and the bound port.
 
     mTLS is mandatory: the server requires a client certificate chained to the consortium CA. The only way
     around it is ``insecure_debug_no_tls=True``, for local debugging, which identifies callers by a header
     anyone can set. Besides the mode's servicer the server answers the read-only ``Audit`` service (silos
-    witness checkpoints through it) and standard health checking.
+    witness checkpoints through it) and standard health checking. It runs on ``grpc.aio``
+    (:mod:`coordinator.server.aio`): waiting calls hold no thread, work runs on ``limits.workers`` threads, and
+    each silo's calls and streams in flight are bounded by ``limits`` (defaults of ``[limits]``).
     """
     if tls is None and not insecure_debug_no_tls:
         raise ValueError(
             "TLS material is required (insecure_debug_no_tls is for local debugging only)"
         )
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers),
-        options=server_options(max_message_bytes),
-        interceptors=[DecodeGuard()],
-    )
+    limits = limits if limits is not None else LimitsConfig()
     shared: dict[str, Any] = {
         # a Revocations (CA-signed CRL, re-read on change) passes through as it is
         "revoked": revoked if isinstance(revoked, Revocations) else frozenset(revoked),
         "insecure": tls is None,
         "max_message_bytes": max_message_bytes,
     }
-    name = add_mode_servicer(server, shared)
-    pb_grpc.add_AuditServicer_to_server(AuditServicer(rounds, **shared), server)
-    health_servicer = health.HealthServicer()
-    for service in ("", name, "coordinator.proto.v1.Audit"):
-        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    federation = rounds.settings.federation
+    bridge = AioBridge(
+        limits=limits,
+        identify=lambda context: caller_identity(
+            context, federation=federation, revoked=shared["revoked"], insecure=tls is None
+        ),
+        metrics=rounds.metrics,
+        listen=rounds.on_change,
+    )
+    collector = Collector()
+    name = add_mode_servicer(collector, shared)
+    pb_grpc.add_AuditServicer_to_server(AuditServicer(rounds, **shared), cast(Any, collector))
+    health_servicer = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, collector)
+    handlers = bridge.collected(collector)
+
+    async def build() -> tuple[grpc.aio.Server, int]:
+        for service in ("", name, "coordinator.proto.v1.Audit"):
+            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        server = grpc.aio.server(handlers=handlers, options=server_options(max_message_bytes))
+        try:
+            if tls is None:
+                port = server.add_insecure_port(address)
+            else:
+                credentials = grpc.ssl_server_credentials(
+                    [(tls.key, tls.cert)], root_certificates=tls.ca, require_client_auth=True
+                )
+                port = server.add_secure_port(address, credentials)
+        except RuntimeError:  # gRPC's "Failed to bind to address" (port in use, address not local)
+            port = 0
+        return server, port
+
     if tls is None:
         log.warning(
             "INSECURE: serving without TLS; silo identities are unauthenticated (debug only)"
         )
-    try:
-        if tls is None:
-            port = server.add_insecure_port(address)
-        else:
-            credentials = grpc.ssl_server_credentials(
-                [(tls.key, tls.cert)], root_certificates=tls.ca, require_client_auth=True
-            )
-            port = server.add_secure_port(address, credentials)
-    except RuntimeError:  # gRPC's "Failed to bind to address" (port in use, address not local)
-        port = 0
+    server, port = on_loop(build())
     if port == 0:
+        bridge.close()
         raise OSError(
             f"cannot bind {address}: the port is in use (another coordinator?) or the address is not local; "
             "stop the other process or change `listen` in serve.toml"
         )
-    return server, port
+    return AioServer(server, bridge), port
 
 
 def revocations(config: ServeConfig) -> Revocations:
@@ -172,7 +190,7 @@ class Coordinator:
     """A running coordinator (any mode): the round driver, the gRPC server, its port and its store."""
 
     service: RoundDriver
-    server: grpc.Server
+    server: AioServer
     port: int
     store: SQLStore
     lock: StoreLock

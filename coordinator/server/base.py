@@ -4,8 +4,16 @@ translation, stream draining and model download chunks."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from typing import Any, Literal, NamedTuple, NoReturn, TypeVar, cast
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, NoReturn, TypeVar, cast
 
 import grpc
 import numpy as np
@@ -24,8 +32,12 @@ from coordinator.errors import (
 from coordinator.pki import silo_identity
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.rounds.driver import RoundDriver
+from coordinator.rounds.polls import WouldWait
 from coordinator.wire.errors import to_status
 from coordinator.wire.rounds import outcome_to_pb
+
+if TYPE_CHECKING:
+    from coordinator.server.aio import AioCall
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +137,38 @@ def drain_chunks(
     raise InvalidInput("upload ended without its last chunk")
 
 
+async def drain_chunks_async(
+    first: Any,
+    call: AioCall,
+    chunks: AsyncIterator[Any],
+    silo: str,
+    add: Callable[[Any], Awaitable[None]],
+    finish: Callable[[], Awaitable[None]],
+) -> None:
+    """:func:`drain_upload` for a stream read with ``async for``: each chunk is handed to ``add`` (a worker)
+    and released before the next one is received; the same checks, refusals through ``call.fail``."""
+    round_, federation = first.round, first.federation
+    chunk: Any = first
+    del first
+    while chunk is not None:
+        if (chunk.silo, chunk.round, chunk.federation) != (silo, round_, federation):
+            await call.fail(
+                InvalidInput(
+                    "every chunk of an upload must name the same silo, round and federation"
+                )
+            )
+        last = bool(chunk.last)
+        await add(chunk)
+        chunk = None  # released before the next receive
+        if last:
+            if await call.receive(chunks) is not None:
+                await call.fail(InvalidInput("chunks after the last one"))
+            await finish()
+            return
+        chunk = await call.receive(chunks)
+    await call.fail(InvalidInput("upload ended without its last chunk"))
+
+
 class StreamHeader(NamedTuple):
     """Who a client stream says it is from, kept so its first chunk need not be (one chunk per stream)."""
 
@@ -147,6 +191,26 @@ def acked(submit: Callable[[str], object]) -> Callable[[str], pb.Ack]:
     return run
 
 
+def caller_identity(
+    context: grpc.ServicerContext | grpc.aio.ServicerContext[Any, Any],
+    *,
+    federation: str,
+    revoked: Collection[str],
+    insecure: bool,
+) -> str:
+    """The silo a call comes from: its mTLS client certificate's identity (a debug header without TLS).
+
+    Raises:
+        Unauthorized: the certificate is not a silo's of ``federation``, or it is revoked.
+    """
+    if insecure:
+        metadata = dict(context.invocation_metadata() or ())
+        return str(metadata.get(INSECURE_SILO_HEADER, ""))
+    # grpc-stubs types this as Mapping[str, bytes]; gRPC actually returns lists of bytes
+    auth = cast(Mapping[str, Sequence[bytes]], context.auth_context())
+    return silo_identity(auth, federation=federation, revoked=revoked)
+
+
 class ServicerBase:
     """Caller identity, federation check, error mapping and the calls every mode's service answers alike."""
 
@@ -165,15 +229,12 @@ class ServicerBase:
 
     # identity --------------------------------------------------------------------------------------
     def _caller(self, context: grpc.ServicerContext, claimed: str | None = None) -> str:
-        if self._insecure:
-            metadata = dict(context.invocation_metadata())
-            silo = str(metadata.get(INSECURE_SILO_HEADER, ""))
-        else:
-            # grpc-stubs types this as Mapping[str, bytes]; gRPC actually returns lists of bytes
-            auth = cast(Mapping[str, Sequence[bytes]], context.auth_context())
-            silo = silo_identity(
-                auth, federation=self._rounds.settings.federation, revoked=self._revoked
-            )
+        silo = caller_identity(
+            context,
+            federation=self._rounds.settings.federation,
+            revoked=self._revoked,
+            insecure=self._insecure,
+        )
         if silo not in self._rounds.roster.members:
             raise Unauthorized(
                 f"{silo!r} is not on the roster of federation {self._rounds.settings.federation!r}: ask the "
@@ -224,6 +285,8 @@ class ServicerBase:
     def _call(self, context: grpc.ServicerContext, fn: Callable[[], R]) -> R:
         try:
             return fn()
+        except WouldWait:  # not a refusal: the asyncio server awaits the change and calls again
+            raise
         except Exception as exc:
             status = to_status(exc)
             self._rounds.metrics.refused("INTERNAL" if status is None else status[0].name)

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import grpc
 
 from coordinator.common import DEFAULT_MAX_MESSAGE_BYTES, TlsFiles
-from coordinator.config import ServeConfig
+from coordinator.config import LimitsConfig, ServeConfig
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from coordinator.rounds.masking import MaskingRounds
 from coordinator.rounds.roster import governed_roster
+from coordinator.server.aio import AioCall, AioServer
 from coordinator.server.app import bind_server, revocations, tls_files
 from coordinator.server.base import (
     ServicerBase,
@@ -20,6 +21,7 @@ from coordinator.server.base import (
     _prepend,
     acked,
     drain_chunks,
+    drain_chunks_async,
     refuse_empty,
     u32_view,
 )
@@ -150,6 +152,48 @@ class FederationServicer(ServicerBase, pb_grpc.FederationServicer):
 
         return self._serve(context, header, run)
 
+    async def aio_UploadMaskedInput(
+        self, chunks: AsyncIterator[pb.MaskedChunk], call: AioCall
+    ) -> pb.Ack:
+        """:meth:`UploadMaskedInput` on the asyncio server: read with ``async for``, each chunk folded in a
+        worker, so no thread waits on the network."""
+        first = await call.receive(chunks)
+        if first is None:
+            return await call.run(lambda ctx: self._call(ctx, refuse_empty))
+        header = StreamHeader(first.federation, first.silo)
+        round_ = first.round
+        attestation = bytes(first.attestation)
+        signature = bytes(first.attestation_signature)
+        opened = await call.run(
+            lambda ctx: self._serve(
+                ctx,
+                header,
+                lambda silo: (
+                    silo,
+                    self._masking.upload(
+                        silo, round_, attestation=attestation, signature=signature
+                    ),
+                ),
+            )
+        )
+        silo, upload = opened
+        try:
+
+            async def add(chunk: pb.MaskedChunk) -> None:
+                await call.run(
+                    lambda ctx: self._call(
+                        ctx, lambda: upload.add(chunk.offset, u32_view(chunk.values))
+                    )
+                )
+
+            async def finish() -> None:
+                await call.run(lambda ctx: self._call(ctx, upload.finish))
+
+            await drain_chunks_async(first, call, chunks, silo, add, finish)
+            return pb.Ack()
+        finally:
+            await call.run(lambda _: upload.__exit__(None, None, None))
+
     def GetSurvivors(
         self, request: pb.StageRequest, context: grpc.ServicerContext
     ) -> pb.SurvivorSet:
@@ -204,12 +248,12 @@ def create_server(
     revoked: Iterable[str] = (),
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     insecure_debug_no_tls: bool = False,
-    max_workers: int = 64,
-) -> tuple[grpc.Server, int]:
+    limits: LimitsConfig | None = None,
+) -> tuple[AioServer, int]:
     """Build (without starting) the masking-mode gRPC server; returns it and the bound port (see
     :func:`~coordinator.server.app.bind_server`)."""
 
-    def add(server: grpc.Server, shared: dict[str, Any]) -> str:
+    def add(server: Any, shared: dict[str, Any]) -> str:
         pb_grpc.add_FederationServicer_to_server(FederationServicer(rounds, **shared), server)
         return "coordinator.proto.v1.Federation"
 
@@ -221,11 +265,11 @@ def create_server(
         revoked=revoked,
         max_message_bytes=max_message_bytes,
         insecure_debug_no_tls=insecure_debug_no_tls,
-        max_workers=max_workers,
+        limits=limits,
     )
 
 
-def build(config: ServeConfig, **driver: Any) -> tuple[MaskingRounds, grpc.Server, int]:
+def build(config: ServeConfig, **driver: Any) -> tuple[MaskingRounds, AioServer, int]:
     """The masking-mode driver and its server for ``secagg serve`` (the registry's ``server`` plug-in)."""
     rounds = MaskingRounds(**driver, governance=governed_roster(config))
     server, port = create_server(
@@ -235,5 +279,6 @@ def build(config: ServeConfig, **driver: Any) -> tuple[MaskingRounds, grpc.Serve
         revoked=revocations(config),
         max_message_bytes=config.max_message_bytes,
         insecure_debug_no_tls=config.insecure_debug_no_tls,
+        limits=config.limits,
     )
     return rounds, server, port

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
 import grpc
@@ -13,7 +13,7 @@ from coordinator.common import (
     DEFAULT_MAX_MESSAGE_BYTES,
     TlsFiles,
 )
-from coordinator.config import ServeConfig
+from coordinator.config import LimitsConfig, ServeConfig
 from coordinator.errors import (
     InvalidInput,
 )
@@ -22,8 +22,15 @@ from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import paillier_pb2 as ppb
 from coordinator.proto.v1 import paillier_pb2_grpc as ppb_grpc
 from coordinator.rounds.paillier import PaillierRounds
+from coordinator.server.aio import AioCall, AioServer
 from coordinator.server.app import bind_server, revocations, tls_files
-from coordinator.server.base import ServicerBase, acked, drain_upload, refuse_empty
+from coordinator.server.base import (
+    ServicerBase,
+    acked,
+    drain_chunks_async,
+    drain_upload,
+    refuse_empty,
+)
 from coordinator.wire.paillier import (
     challenge_from_pb,
     commitment_from_pb,
@@ -135,6 +142,50 @@ class PaillierServicer(ServicerBase, ppb_grpc.PaillierFederationServicer):
 
         return self._serve(context, first, run)
 
+    async def aio_UploadContribution(
+        self, chunks: AsyncIterator[ppb.ContributionChunk], call: AioCall
+    ) -> pb.Ack:
+        """:meth:`UploadContribution` on the asyncio server: read with ``async for``, each chunk folded in a
+        worker, so no thread waits on the network."""
+        first = await call.receive(chunks)
+        if first is None:
+            return await call.run(lambda ctx: self._call(ctx, refuse_empty))
+
+        def open_upload(silo: str) -> tuple[str, Any]:
+            if not first.HasField("commitment"):
+                raise InvalidInput("the first chunk must carry the signed commitment")
+            return silo, self._service.contribution(
+                silo,
+                first.round,
+                commitment_from_pb(first.commitment),
+                attestation=bytes(first.attestation),
+                signature=bytes(first.attestation_signature),
+            )
+
+        silo, upload = await call.run(lambda ctx: self._serve(ctx, first, open_upload))
+        try:
+
+            async def add(chunk: ppb.ContributionChunk) -> None:
+                await call.run(
+                    lambda ctx: self._call(
+                        ctx, lambda: upload.add(int(chunk.chunk_index), bytes(chunk.ciphertexts))
+                    )
+                )
+
+            async def finish() -> None:
+                await call.run(lambda ctx: self._call(ctx, upload.finish))
+
+            await drain_chunks_async(first, call, chunks, silo, add, finish)
+            return pb.Ack()
+        finally:
+            await call.run(lambda _: upload.__exit__(None, None, None))
+
+    @property
+    def buffered_stream_bytes(self) -> int:
+        """What the asyncio server reads of ``SubmitPartialDecryption`` before handing it over: a partial
+        decryption of the whole vector (one ciphertext-width value per coordinate) and its framing."""
+        return self._service.settings.vector_length * self._width * 2 + (1 << 20)
+
     def GetDecryptionRequest(
         self, request: pb.StageRequest, context: grpc.ServicerContext
     ) -> Iterator[ppb.DecryptionRequestPart]:
@@ -219,16 +270,16 @@ def create_paillier_server(
     tls: TlsFiles,
     revoked: Iterable[str] = (),
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    max_workers: int = 64,
+    limits: LimitsConfig | None = None,
     servicer: PaillierServicer | None = None,
-) -> tuple[grpc.Server, int]:
+) -> tuple[AioServer, int]:
     """Build (without starting) the Paillier-mode gRPC server; returns it and the bound port.
 
     mTLS is mandatory (no insecure variant). ``servicer`` replaces the default one (tests substitute a lying
     coordinator). See :func:`~coordinator.server.app.bind_server`.
     """
 
-    def add(server: grpc.Server, shared: dict[str, Any]) -> str:
+    def add(server: Any, shared: dict[str, Any]) -> str:
         ppb_grpc.add_PaillierFederationServicer_to_server(
             servicer or PaillierServicer(service, **shared), server
         )
@@ -241,11 +292,11 @@ def create_paillier_server(
         tls=tls,
         revoked=revoked,
         max_message_bytes=max_message_bytes,
-        max_workers=max_workers,
+        limits=limits,
     )
 
 
-def build(config: ServeConfig, **driver: Any) -> tuple[PaillierRounds, grpc.Server, int]:
+def build(config: ServeConfig, **driver: Any) -> tuple[PaillierRounds, AioServer, int]:
     """The Paillier-mode driver and its server for ``secagg serve`` (the registry's ``server`` plug-in).
 
     The federation's threshold is the key's ``t`` (``[rounds] threshold`` is the masking-mode Shamir threshold
@@ -279,5 +330,6 @@ def build(config: ServeConfig, **driver: Any) -> tuple[PaillierRounds, grpc.Serv
         tls=tls,
         revoked=revocations(config),
         max_message_bytes=config.max_message_bytes,
+        limits=config.limits,
     )
     return service, server, port

@@ -24,6 +24,7 @@ from coordinator.errors import (
     DuplicateSubmission,
     InvalidInput,
     NotFound,
+    Overloaded,
     PrivacyRefused,
     StageError,
     Unauthorized,
@@ -46,6 +47,7 @@ ERROR_CATALOG: Mapping[type[Exception], tuple[grpc.StatusCode, type[CoordinatorE
     InvalidInput: (grpc.StatusCode.INVALID_ARGUMENT, InvalidInput),
     RoundAborted: (grpc.StatusCode.ABORTED, Aborted),
     Aborted: (grpc.StatusCode.ABORTED, Aborted),
+    Overloaded: (grpc.StatusCode.RESOURCE_EXHAUSTED, Overloaded),
     TimeoutError: (grpc.StatusCode.DEADLINE_EXCEEDED, CoordinatorError),
 }
 """Server exception -> (public status, the SDK exception it maps back to)."""
@@ -62,6 +64,7 @@ _BY_CODE: Mapping[grpc.StatusCode, type[CoordinatorError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
     grpc.StatusCode.ABORTED: Aborted,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: Overloaded,
     grpc.StatusCode.DATA_LOSS: AuditFailure,
 }
 
