@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audits import CheckpointSigner
 from coordinator.common import RoundStatus, TlsFiles, ledger_origin
-from coordinator.config import Deadlines, MaskingDeadlines, PaillierDeadlines
+from coordinator.config import Deadlines, LimitsConfig, MaskingDeadlines, PaillierDeadlines
 from coordinator.pki import ConsortiumPaths, create_consortium, load_ed25519_private, tls_key_pem
 from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
@@ -36,6 +36,7 @@ from coordinator.rounds.audit import AuditTrail
 from coordinator.rounds.driver import FederationSettings
 from coordinator.rounds.masking import MaskingRounds
 from coordinator.sdk.masking import RetryPolicy, Silo, SiloPolicy
+from coordinator.server.aio import AioServer
 from coordinator.server.masking import create_server
 from coordinator.store import RoundRecord, SQLiteStore
 from coordinator.wire.masking import (
@@ -184,7 +185,7 @@ class Coordinator:
     """An in-process coordinator: round service, started gRPC server and its SQLite store."""
 
     service: MaskingRounds
-    server: grpc.Server
+    server: AioServer
     port: int
     store: SQLiteStore
 
@@ -209,6 +210,7 @@ def running_coordinator(
     revoked: Iterable[str] = (),
     max_message_bytes: int = 4 << 20,
     joined: Sequence[str] | None = None,
+    limits: LimitsConfig | None = None,
 ) -> Iterator[Coordinator]:
     """Start a coordinator on 127.0.0.1 port 0; stop it on exit.
 
@@ -232,6 +234,7 @@ def running_coordinator(
         tls=consortium.coordinator_tls(),
         revoked=revoked,
         max_message_bytes=max_message_bytes,
+        limits=limits,
     )
     server.start()
     for silo in roster.members if joined is None else joined:
