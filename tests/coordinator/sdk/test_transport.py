@@ -25,6 +25,7 @@ from coordinator.errors import (
     DuplicateSubmission,
     InvalidInput,
     NotFound,
+    Overloaded,
     PrivacyRefused,
     StageError,
     Unauthorized,
@@ -190,7 +191,8 @@ def test_every_exception_of_the_table_comes_back_as_its_sdk_exception(
     raised: type[Exception],
     expected: type[CoordinatorError],
 ) -> None:
-    server.federation.fail("Join", raised("refused by the test server"))
+    # as many as the retry policy's attempts: a transient one (Overloaded) is retried until they run out
+    server.federation.fail("Join", *[raised("refused by the test server")] * 4)
     error = join_refusal(connect)
     assert type(error) is expected
     assert str(error) == "refused by the test server"
@@ -231,11 +233,9 @@ def test_unavailable_after_the_last_retry_is_unavailable(
     assert type(join_refusal(connect)) is Unavailable
 
 
-def test_exhausted_resources_end_as_a_plain_coordinator_error(
-    server: Server, connect: TransportFactory
-) -> None:
+def test_exhausted_resources_end_as_overloaded(server: Server, connect: TransportFactory) -> None:
     server.federation.fail("Join", *[Status(grpc.StatusCode.RESOURCE_EXHAUSTED)] * 4)
-    assert type(join_refusal(connect)) is CoordinatorError
+    assert type(join_refusal(connect)) is Overloaded
 
 
 # -- submissions ---------------------------------------------------------------------------------------------
