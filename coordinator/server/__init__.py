@@ -1,1 +1,2 @@
-"""The gRPC edge: thin servicers per mode, the audit service, interceptors, server options and mTLS identity."""
+"""The gRPC edge: thin servicers per mode, the audit service, the asyncio server (admission limits, fair worker
+pool), server options and mTLS identity."""
