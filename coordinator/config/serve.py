@@ -147,7 +147,9 @@ class RoundsConfig(ConfigModel):
     collusion: NonNegative = 0
     """Silos the coordinator may collude with, c; the threshold must exceed (n + c)/2."""
     threshold: int = Field(
-        json_schema_extra=default_from("the smallest safe threshold, (n + collusion) // 2 + 1")
+        json_schema_extra=default_from(
+            "the smallest safe threshold, (n + collusion) // 2 + 1; required with [governance]"
+        )
     )
     """Shamir threshold t: how many silos must survive a round for its sum to be unmasked."""
     min_cohort: int = 3
@@ -242,6 +244,11 @@ class MaskingConfig(ConfigModel):
         except InvalidParameters as exc:
             raise ConfigError(f"[masking]: {exc}, or raise graph_above to {n}") from exc
 
+
+GOVERNED_THRESHOLD = (
+    "[governance] needs an explicit [rounds] threshold: the default follows the roster's size at start-up, "
+    "so a restart on a later roster version would change it; set one that is safe for every size you plan"
+)
 
 GRAPH_WITH_SILO_DP = (
     "[silo_dp] does not run on the SecAgg+ graph yet (a silo sees only its neighbourhood, not the cohort it "
@@ -516,9 +523,17 @@ class ServeConfig(FederationConfig):
 
     @classmethod
     def _from_roster(cls, doc: dict[str, Any], roster: Roster, roster_file: Path) -> dict[str, Any]:
-        """An omitted threshold is the smallest safe one for the roster's size (DESIGN 4.3)."""
+        """An omitted threshold is the smallest safe one for the roster's size (DESIGN 4.3).
+
+        A governed federation (``[governance]``) must set it: the roster in force changes while it runs, so a
+        default computed at start-up from whichever version is pinned then would let a restart change the
+        threshold the silos agreed to.
+        """
         rounds = doc.get("rounds")
-        if not isinstance(rounds, dict) or "threshold" in rounds:
+        explicit = isinstance(rounds, dict) and "threshold" in rounds
+        if "governance" in doc and not explicit:
+            raise rule_error(GOVERNED_THRESHOLD)
+        if not isinstance(rounds, dict) or explicit:
             return doc
         collusion = rounds.get("collusion", 0)
         if type(collusion) is not int:  # validation names the bad collusion

@@ -661,3 +661,24 @@ def test_any_number_survives_the_toml_writer(
     loaded = _written_and_loaded(writer_consortium, privacy=privacy, rounds=rounds)
     assert loaded.privacy == privacy
     assert loaded.rounds.count == rounds
+
+
+def test_a_governed_federation_must_set_its_threshold(
+    consortium: ConsortiumPaths, demo_configs: tuple[Path, list[Path]]
+) -> None:
+    """With ``[governance]`` the roster changes while the federation runs: no default from its size at start-up."""
+    serve_path, _ = demo_configs
+    assert ServeConfig.load(serve_path).rounds.threshold == minimum_threshold(3, 0)  # ungoverned: defaulted
+    pinned = consortium.coordinator_cert.parent
+
+    def governed(doc: Doc) -> None:
+        doc["governance"] = {
+            "roster_version": str(pinned / "roster-version.json"),
+            "file": str(pinned / "governance.json"),
+        }
+
+    with pytest.raises(ConfigError, match=r"\[governance\] needs an explicit \[rounds\] threshold") as err:
+        ServeConfig.load(_rewrite(serve_path, governed))
+    assert "\n" not in str(err.value), str(err.value)
+    _rewrite(serve_path, lambda doc: doc["rounds"].update(threshold=3))
+    assert ServeConfig.load(serve_path).rounds.threshold == 3
