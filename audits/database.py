@@ -19,6 +19,7 @@ Notes:
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -32,6 +33,9 @@ from audits.errors import StorageError
 __all__ = ["Database", "Dialect", "is_postgresql", "redact"]
 
 Dialect = Literal["sqlite", "postgresql"]
+
+_MISSING_DATABASE: Final = re.compile(r'database ".*" does not exist')
+"""The server's refusal of a connection to a database nobody created (secagg creates tables, not databases)."""
 
 _VERSIONS: Final = "CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
 
@@ -103,7 +107,14 @@ class Database:
             try:
                 self._conn = psycopg.connect(str(target), autocommit=True)
             except psycopg.Error as exc:
-                raise StorageError(f"cannot open {self.target}: {_first_line(exc)}") from exc
+                reason = _first_line(exc)
+                if _MISSING_DATABASE.search(
+                    reason
+                ):  # SQLSTATE 3D000, said only in the text at connect
+                    reason += (
+                        " (create it first: createdb, or CREATE DATABASE as a user allowed to)"
+                    )
+                raise StorageError(f"cannot open {self.target}: {reason}") from exc
         else:
             self.dialect = "sqlite"
             self.errors = (sqlite3.Error,)

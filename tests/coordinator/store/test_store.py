@@ -136,6 +136,10 @@ def test_unreachable_postgresql_is_one_line_without_the_password(postgres: objec
     message = str(caught.value)
     assert "\n" not in message and postgres.password not in message
     assert message.startswith("cannot open store: cannot open postgresql://secagg:***@")
+    assert message.endswith(
+        'database "missing" does not exist (create it first: createdb, or CREATE DATABASE '
+        "as a user allowed to)"
+    )
 
 
 def test_the_store_lock_is_exclusive_and_released(tmp_path: Path) -> None:
