@@ -668,7 +668,9 @@ def test_a_governed_federation_must_set_its_threshold(
 ) -> None:
     """With ``[governance]`` the roster changes while the federation runs: no default from its size at start-up."""
     serve_path, _ = demo_configs
-    assert ServeConfig.load(serve_path).rounds.threshold == minimum_threshold(3, 0)  # ungoverned: defaulted
+    assert ServeConfig.load(serve_path).rounds.threshold == minimum_threshold(
+        3, 0
+    )  # ungoverned: defaulted
     pinned = consortium.coordinator_cert.parent
 
     def governed(doc: Doc) -> None:
@@ -677,7 +679,9 @@ def test_a_governed_federation_must_set_its_threshold(
             "file": str(pinned / "governance.json"),
         }
 
-    with pytest.raises(ConfigError, match=r"\[governance\] needs an explicit \[rounds\] threshold") as err:
+    with pytest.raises(
+        ConfigError, match=r"\[governance\] needs an explicit \[rounds\] threshold"
+    ) as err:
         ServeConfig.load(_rewrite(serve_path, governed))
     assert "\n" not in str(err.value), str(err.value)
     _rewrite(serve_path, lambda doc: doc["rounds"].update(threshold=3))
