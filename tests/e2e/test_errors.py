@@ -95,7 +95,9 @@ def test_a_silo_key_that_is_not_its_certificate_s(
     assert line.startswith("error: the silo a key ") and line.endswith(
         "[tls] key and cert must be the pair made for this endpoint"
     )
-    debug = secagg("--debug", "silo", "--config", str(silos[0]))  # the same error, with its traceback
+    debug = secagg(
+        "--debug", "silo", "--config", str(silos[0])
+    )  # the same error, with its traceback
     assert debug.returncode == 1 and "Traceback" in debug.stderr
 
 
