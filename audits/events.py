@@ -268,6 +268,15 @@ def _roster_changed(k: str, b: Mapping[str, JSON]) -> None:
     _hex(k, "roster_fingerprint", _get(k, b, "roster_fingerprint"), _HASH_HEX_RE)
     _ids(k, "added", _get(k, b, "added"))
     _ids(k, "removed", _get(k, b, "removed"))
+    rotated = b.get("rotated", [])  # absent in ledgers written before key rotation
+    if not isinstance(rotated, list | tuple):
+        raise _fail(k, "rotated", "must be a list of {id, old_key, new_key}")
+    for i, item in enumerate(rotated):
+        if not isinstance(item, Mapping):
+            raise _fail(k, f"rotated[{i}]", "must be an object {id, old_key, new_key}")
+        _str(k, f"rotated[{i}].id", item.get("id"))
+        _hex(k, f"rotated[{i}].old_key", item.get("old_key"), _HASH_HEX_RE)
+        _hex(k, f"rotated[{i}].new_key", item.get("new_key"), _HASH_HEX_RE)
     signers = _get(k, b, "signers")
     if not isinstance(signers, list | tuple):
         raise _fail(k, "signers", "must be a list of governor keys")

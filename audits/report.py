@@ -673,6 +673,7 @@ def build_report(
                     "first_round": body.get("first_round"),
                     "added": list(body["added"]),
                     "removed": list(body["removed"]),
+                    "rotated": _plain(body.get("rotated", [])),
                     "signers": list(body["signers"]),
                     "quorum": created.get("governance", {}).get("quorum"),
                 }

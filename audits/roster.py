@@ -32,6 +32,8 @@ from secagg.roster import Roster
 
 __all__ = [
     "RosterState",
+    "key_fingerprint",
+    "rotations",
     "roster_version_digest",
     "roster_version_payload",
 ]
@@ -125,11 +127,15 @@ class RosterState:
             "roster_fingerprint": roster.fingerprint(),
             "added": list(added),
             "removed": list(removed),
+            "rotated": rotations(self.roster, roster),
         }
         for name, value in summary.items():
-            if _plain(body.get(name)) != value:
+            recorded = body.get(
+                name, [] if name == "rotated" else None
+            )  # no rotation: older ledgers
+            if _plain(recorded) != value:
                 raise ValueError(
-                    f"roster_changed records {name} {_plain(body.get(name))!r}, but the signed version "
+                    f"roster_changed records {name} {_plain(recorded)!r}, but the signed version "
                     f"gives {value!r}"
                 )
         state = RosterState(
@@ -194,10 +200,33 @@ def valid_signers(
 
 
 def diff(old: Roster, new: Roster) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Members ``new`` adds (new ids, or an id with another key) and removes (ids gone, or re-keyed)."""
-    added = tuple(m for m in new.members if old.members.get(m) != new.members[m])
-    removed = tuple(m for m in old.members if new.members.get(m) != old.members[m])
+    """The ids ``new`` adds and the ids it removes (a member that keeps its id with another key is in neither:
+    see :func:`rotations`)."""
+    added = tuple(m for m in new.members if m not in old.members)
+    removed = tuple(m for m in old.members if m not in new.members)
     return added, removed
+
+
+def key_fingerprint(key: bytes) -> str:
+    """SHA-256 hex of a raw Ed25519 public key: what ``secagg pki request`` prints as the "roster key"."""
+    return hashlib.sha256(key).hexdigest()
+
+
+def rotations(old: Roster, new: Roster) -> list[dict[str, str]]:
+    """The members ``new`` keeps with another roster key: ``{"id", "old_key", "new_key"}`` (key fingerprints).
+
+    A rotation keeps the member's id, hence its index (its Shamir x-coordinate and mask order), and from the
+    version's ``first_round`` on, its signatures verify under the new key only.
+    """
+    return [
+        {
+            "id": m,
+            "old_key": key_fingerprint(old.members[m]),
+            "new_key": key_fingerprint(new.members[m]),
+        }
+        for m in new.members
+        if m in old.members and old.members[m] != new.members[m]
+    ]
 
 
 def parse_version(text: Any) -> tuple[int, str, Roster, dict[bytes, bytes]]:
@@ -220,7 +249,9 @@ def parse_version(text: Any) -> tuple[int, str, Roster, dict[bytes, bytes]]:
 
 
 def _plain(value: Any) -> Any:
-    """A frozen ledger value as plain JSON (tuples as lists)."""
+    """A frozen ledger value as plain JSON (tuples as lists, read-only mappings as dicts)."""
     if isinstance(value, tuple | list):
         return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
     return value

@@ -176,6 +176,12 @@ def _new_passphrase(purpose: str) -> bytes:
     return read_passphrase(confirm=True, purpose=purpose)
 
 
+def _existing_passphrase(purpose: str) -> bytes:
+    from coordinator.pki import read_passphrase
+
+    return read_passphrase(purpose=purpose)
+
+
 def _print_fingerprints(fingerprints: dict[str, str]) -> None:
     for name, value in fingerprints.items():
         typer.echo(f"  {name:<11} sha256 {value}")
@@ -319,13 +325,45 @@ def _pki_request(
             "serve.toml's audit_key then names ORG_DIR/audit.key.uri.",
         ),
     ] = None,
+    rotate: Annotated[
+        bool,
+        typer.Option(
+            "--rotate",
+            help="Silo only, in its enrolled ORG_DIR: make a new roster key (signing.key.next, used once a "
+            "roster version lists it) and ORG_DIR/rotation.json (send only that).",
+        ),
+    ] = False,
 ) -> None:
     """Make this organisation's keys in ORG_DIR and ORG_DIR/request.json (send only request.json)."""
     from coordinator.errors import PKIError
-    from coordinator.pki.enrol import request
+    from coordinator.pki.enrol import request, request_rotation
 
     if role not in ("silo", "coordinator"):
         raise typer.BadParameter("--role must be silo or coordinator")
+    if rotate:
+        if role != "silo" or host or audit_key is not None:
+            raise typer.BadParameter(
+                "--rotate is for a silo's roster key (no --host, no --audit-key)"
+            )
+        try:
+            paths, fingerprints = request_rotation(
+                directory,
+                member=member,
+                federation=federation,
+                passphrase=_existing_passphrase(f"the keys of {member}"),
+            )
+        except PKIError as exc:
+            raise _pki_error(exc) from exc
+        typer.echo(
+            f"new roster key of silo {member!r} written to {paths.next_signing_key} (encrypted, 0600); "
+            f"{paths.signing_key} stays in use until a roster version lists the new key"
+        )
+        typer.echo(
+            f"rotation request written to {paths.rotation}: send it to the CA operator and confirm these "
+            "by phone:"
+        )
+        _print_fingerprints(fingerprints)
+        return
     try:
         paths, fingerprints = request(
             directory,
@@ -373,7 +411,8 @@ def _pki_sign(
     except PKIError as exc:
         raise _pki_error(exc) from exc
     typer.echo(
-        f"request of {checked.role} {checked.member!r} for federation {checked.federation!r}:"
+        f"{'key rotation' if checked.rotation else 'request'} of {checked.role} {checked.member!r} "
+        f"for federation {checked.federation!r}:"
     )
     _print_fingerprints(checked.fingerprints())
     if checked.hosts:
@@ -392,6 +431,12 @@ def _pki_sign(
         )
     except PKIError as exc:
         raise _pki_error(exc) from exc
+    if checked.rotation:
+        typer.echo(
+            f"new roster key of {checked.member!r} recorded ({issued}, send it to {checked.member!r}); "
+            f"now propose `secagg pki roster propose {ca_dir} --rotate {checked.member} --out V.json`"
+        )
+        return
     typer.echo(f"issued {issued}: send it to {checked.member!r}")
 
 
@@ -619,6 +664,12 @@ def _pki_roster_propose(
     remove: Annotated[
         list[str], typer.Option("--remove", help="A member to remove (repeatable).")
     ] = [],  # noqa: B006 - typer reads the default, never mutates it
+    rotate: Annotated[
+        list[str],
+        typer.Option(
+            "--rotate", help="A member whose new roster key `pki sign` recorded (repeatable)."
+        ),
+    ] = [],  # noqa: B006 - typer reads the default, never mutates it
 ) -> None:
     """Propose the next roster version (version 1: every enrolled silo); send it to the governors."""
     from coordinator.errors import PKIError
@@ -628,7 +679,7 @@ def _pki_roster_propose(
         passphrase = _passphrase_unless_token(
             CaPaths.at(ca_dir).consortium_key, None, "the CA keys"
         )
-        version = propose(ca_dir, out, passphrase=passphrase, add=add, remove=remove)
+        version = propose(ca_dir, out, passphrase=passphrase, add=add, remove=remove, rotate=rotate)
     except PKIError as exc:
         raise _pki_error(exc) from exc
     _show_version(version)

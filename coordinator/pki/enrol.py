@@ -71,7 +71,11 @@ from coordinator.pki import (
     certificate_fingerprint,
     spiffe_id,
 )
-from coordinator.pki.custody import write_new_file, write_private_key
+from coordinator.pki.custody import (
+    load_encrypted_private_key,
+    write_new_file,
+    write_private_key,
+)
 from coordinator.pki.governance import (
     KIND_ROSTER_VERSION,
     RosterVersion,
@@ -88,6 +92,7 @@ __all__ = [
     "CaPaths",
     "EnrolmentRequest",
     "OrgPaths",
+    "PendingRotation",
     "Role",
     "ca_init",
     "governor_init",
@@ -97,6 +102,7 @@ __all__ = [
     "publish",
     "read_request",
     "request",
+    "request_rotation",
     "revoke",
     "sign_roster",
 ]
@@ -107,6 +113,7 @@ _FORMAT = 1
 _KIND_REQUEST = "secagg-enrolment-request"
 _KIND_ISSUED = "secagg-issued-certificate"
 _KIND_FEDERATION = "secagg-federation"
+_KIND_ROTATION = "secagg-key-rotation"
 _POP_LABEL = "secagg enrolment proof of possession"
 # A UUID-derived OID (ITU-T X.667 / RFC 4122 "2.25" arc): needs no registration and cannot collide.
 ENROLMENT_KEYS_OID = x509.ObjectIdentifier("2.25.152573094958221593640916125962735087463")
@@ -128,6 +135,8 @@ class OrgPaths:
         roster, consortium_public_key: installed signed roster and the consortium key (hex) it verifies under.
         roster_version, governance: the pinned roster version (with its governor signatures) and the pinned
             governor keys and quorum.
+        next_signing_key, rotation: a roster key rotation in progress (``request --rotate``): the new Ed25519
+            key (encrypted, 0600), not used until a roster version lists it, and its request (public).
     """
 
     directory: Path
@@ -142,6 +151,8 @@ class OrgPaths:
     consortium_public_key: Path
     roster_version: Path
     governance: Path
+    next_signing_key: Path
+    rotation: Path
 
     @classmethod
     def at(cls, directory: str | os.PathLike[str]) -> OrgPaths:
@@ -160,6 +171,8 @@ class OrgPaths:
             consortium_public_key=d / "consortium.pub",
             roster_version=d / "roster-version.json",
             governance=d / "governance.json",
+            next_signing_key=d / "signing.key.next",
+            rotation=d / "rotation.json",
         )
 
 
@@ -215,6 +228,7 @@ class EnrolmentRequest:
         csr: the PKCS#10 request (its signature verified).
         hosts: the coordinator's DNS names and IP addresses (empty for a silo).
         roster_key, audit_key: the Ed25519 public keys (raw 32 bytes; ``audit_key`` only for a coordinator).
+        previous_roster_key: for a rotation request (``request --rotate``), the enrolled key it replaces.
     """
 
     federation: str
@@ -224,6 +238,12 @@ class EnrolmentRequest:
     hosts: tuple[str, ...]
     roster_key: bytes
     audit_key: bytes | None
+    previous_roster_key: bytes | None = None
+
+    @property
+    def rotation(self) -> bool:
+        """Whether this request rotates an enrolled silo's roster key (``previous_roster_key``)."""
+        return self.previous_roster_key is not None
 
     def fingerprints(self) -> dict[str, str]:
         """SHA-256 fingerprints to confirm out of band (the organisation printed the same at request time)."""
@@ -372,6 +392,170 @@ def request(
     )
     roster_public = roster_key.public_key().public_bytes_raw()
     audit_public = audit_signer.public_key().public_bytes_raw() if audit_signer else None
+    document = _request_document(
+        tls_key,
+        roster_key,
+        audit_signer,
+        federation=federation,
+        member=member,
+        role=role,
+        names=names,
+    )
+    try:
+        write_private_key(paths.key, tls_key, passphrase)
+        write_private_key(paths.signing_key, roster_key, passphrase)
+        if audit_public is not None:
+            write_new_file(paths.audit_public_key, _hex_line(audit_public), private=False)
+        write_new_file(paths.request, _json_bytes(document), private=False)
+    except OSError as exc:
+        raise PKIError(f"writing the request in {paths.directory} failed: {exc}") from exc
+    return paths, _fingerprints(tls_key.public_key(), roster_public, audit_public)
+
+
+def request_rotation(
+    directory: str | os.PathLike[str],
+    *,
+    member: str,
+    federation: str,
+    passphrase: bytes,
+) -> tuple[OrgPaths, dict[str, str]]:
+    """Make a new roster key for an enrolled silo and write ``ORG_DIR/rotation.json`` (``request --rotate``).
+
+    The live ``signing.key`` is not touched: the new key goes to ``signing.key.next`` (encrypted, 0600) and the
+    silo keeps signing with the live one until a roster version K governors signed lists the new key; then
+    ``install`` (or the running silo, :class:`PendingRotation`) moves it into place. The request is signed by
+    the organisation's enrolled TLS key (its certificate travels with it), so the CA knows the enrolled member
+    asks, and it carries a proof of possession of the new key bound to that TLS key (RFC 4211 section 4).
+
+    Args:
+        directory: the ORG_DIR ``request`` wrote, with its certificate installed.
+        member, federation: must be the ones the directory enrolled with (a check, not a choice).
+        passphrase: of the organisation's keys (decrypts ``key.pem``, encrypts the new key).
+
+    Returns:
+        The paths and the fingerprints to confirm with the CA operator out of band.
+
+    Raises:
+        PKIError: not an enrolled silo's directory, another id or federation, a rotation already in progress,
+            the TLS key does not load, or writing failed.
+    """
+    paths = OrgPaths.at(directory)
+    mine = _read_json(paths.request, kind=_KIND_REQUEST, what="enrolment request")
+    if (mine.get("id"), mine.get("federation"), mine.get("role")) != (member, federation, "silo"):
+        raise PKIError(
+            f"{paths.directory} enrolled {mine.get('role')} {mine.get('id')!r} in federation "
+            f"{mine.get('federation')!r}: only a silo rotates its roster key, with its own id and federation"
+        )
+    if not paths.cert.is_file():
+        raise PKIError(f"{paths.directory}: install your issued certificate before rotating a key")
+    if paths.rotation.exists() or paths.next_signing_key.exists():
+        raise PKIError(
+            f"{paths.directory}: a key rotation is already in progress ({paths.rotation}); send that "
+            "request, or delete it and signing.key.next to start again"
+        )
+    tls_key = load_encrypted_private_key(paths.key, passphrase)
+    if not isinstance(tls_key, ec.EllipticCurvePrivateKey):
+        raise PKIError(f"{paths.key} is not the ECDSA P-256 key secagg made")
+    cert = _load_cert(paths.cert)
+    if _spki(cert.public_key()) != _spki(tls_key.public_key()):
+        raise PKIError(f"{paths.cert} is not the certificate of {paths.key}")
+    roster_key = Ed25519PrivateKey.generate()
+    document = _request_document(
+        tls_key,
+        roster_key,
+        None,
+        federation=federation,
+        member=member,
+        role="silo",
+        names=[],
+        rotation=True,
+    )
+    document["certificate"] = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+    roster_public = roster_key.public_key().public_bytes_raw()
+    try:
+        write_private_key(paths.next_signing_key, roster_key, passphrase)
+        write_new_file(paths.rotation, _json_bytes(document), private=False)
+    except OSError as exc:
+        raise PKIError(f"writing the rotation request in {paths.directory} failed: {exc}") from exc
+    return paths, _fingerprints(tls_key.public_key(), roster_public, None)
+
+
+@dataclass(frozen=True)
+class PendingRotation:
+    """A roster key rotation this silo asked for and has not completed: the new key and its request.
+
+    The silo learns the rotation took effect from the roster itself: the first verified roster version that
+    lists the new public key for this silo is the one it switches keys at (the coordinator verifies that
+    round's signatures under the same version). :meth:`complete` then makes the new key the live one on disk.
+
+    Attributes:
+        live: ``signing.key``; next_key: ``signing.key.next``.
+        request: ``rotation.json``; enrolled: ``request.json`` (replaced by the rotation request at the end).
+        public_key: the new key's raw public bytes (from the public request: no passphrase needed).
+    """
+
+    live: Path
+    next_key: Path
+    request: Path
+    enrolled: Path
+    public_key: bytes
+
+    @classmethod
+    def at(cls, signing_key: str | os.PathLike[str]) -> PendingRotation | None:
+        """The rotation in progress next to ``signing_key`` (an ORG_DIR's ``signing.key``), or ``None``.
+
+        Raises:
+            PKIError: ``rotation.json`` exists but is malformed, or its new key file is missing.
+        """
+        live = Path(signing_key)
+        paths = OrgPaths.at(live.parent)
+        if not paths.rotation.exists():
+            return None
+        doc = _read_json(paths.rotation, kind=_KIND_REQUEST, what="rotation request")
+        try:
+            public = bytes.fromhex(str(doc["roster_key"]))
+        except (KeyError, ValueError) as exc:
+            raise PKIError(f"{paths.rotation}: malformed rotation request") from exc
+        next_key = live.with_name(live.name + ".next")
+        if not next_key.is_file():
+            raise PKIError(
+                f"{paths.rotation} names a new key but {next_key} is missing; make the rotation request again"
+            )
+        return cls(live, next_key, paths.rotation, paths.request, public)
+
+    def complete(self) -> None:
+        """Make the new key the live one (rename, atomic) and the rotation request the enrolled one.
+
+        Raises:
+            PKIError: a rename failed (the roster already lists the new key: retry, or rename by hand).
+        """
+        try:
+            os.replace(self.next_key, self.live)
+            os.replace(self.request, self.enrolled)
+        except OSError as exc:
+            raise PKIError(
+                f"completing the key rotation in {self.live.parent} failed: {exc}"
+            ) from exc
+
+
+def _request_document(
+    tls_key: ec.EllipticCurvePrivateKey,
+    roster_key: Ed25519PrivateKey,
+    audit_signer: Any,
+    *,
+    federation: str,
+    member: str,
+    role: Role,
+    names: Sequence[x509.GeneralName],
+    rotation: bool = False,
+) -> dict[str, Any]:
+    """The request document: a CSR signed by ``tls_key`` carrying the public keys and their proofs of possession.
+
+    ``rotation`` is inside the CSR's signed extension too, so nobody can turn a new enrolment into a rotation of
+    an enrolled id (or back) in transit.
+    """
+    roster_public = roster_key.public_key().public_bytes_raw()
+    audit_public = audit_signer.public_key().public_bytes_raw() if audit_signer else None
     spki = _spki(tls_key.public_key())
     proofs = {
         "roster": roster_key.sign(
@@ -382,11 +566,13 @@ def request(
         proofs["audit"] = audit_signer.sign(
             _pop_payload("audit", federation, member, role, spki, roster_public, audit_public)
         ).hex()
-    keys = {
+    keys: dict[str, Any] = {
         "roster_key": roster_public.hex(),
         "audit_key": audit_public.hex() if audit_public else None,
         "proofs": proofs,
     }
+    if rotation:
+        keys["rotation"] = True
     uri = _member_uri(federation, member, role)
     csr = (
         x509.CertificateSigningRequestBuilder()
@@ -400,7 +586,7 @@ def request(
         )
         .sign(tls_key, hashes.SHA256())
     )
-    document = {
+    return {
         "format": _FORMAT,
         "kind": _KIND_REQUEST,
         "federation": federation,
@@ -409,15 +595,6 @@ def request(
         "csr": csr.public_bytes(serialization.Encoding.PEM).decode("ascii"),
         **keys,
     }
-    try:
-        write_private_key(paths.key, tls_key, passphrase)
-        write_private_key(paths.signing_key, roster_key, passphrase)
-        if audit_public is not None:
-            write_new_file(paths.audit_public_key, _hex_line(audit_public), private=False)
-        write_new_file(paths.request, _json_bytes(document), private=False)
-    except OSError as exc:
-        raise PKIError(f"writing the request in {paths.directory} failed: {exc}") from exc
-    return paths, _fingerprints(tls_key.public_key(), roster_public, audit_public)
 
 
 def read_request(ca_dir: str | os.PathLike[str], path: str | os.PathLike[str]) -> EnrolmentRequest:
@@ -472,7 +649,8 @@ def read_request(ca_dir: str | os.PathLike[str], path: str | os.PathLike[str]) -
         raise PKIError(
             f"{path}: the CSR's enrolment keys are malformed; make a new request"
         ) from exc
-    if any(doc.get(k) != keys.get(k) for k in ("roster_key", "audit_key", "proofs")):
+    rotation = keys.get("rotation", False) is True
+    if any(doc.get(k) != keys.get(k) for k in ("roster_key", "audit_key", "proofs", "rotation")):
         raise PKIError(f"{path}: the keys listed in the request differ from those its CSR signs")
     if (audit_key is not None) != (role == "coordinator"):
         raise PKIError(f"{path}: an audit key is required for the coordinator and only for it")
@@ -490,8 +668,14 @@ def read_request(ca_dir: str | os.PathLike[str], path: str | os.PathLike[str]) -
                 f"{path}: the proof of possession of the {purpose} key does not verify: the requester "
                 "may not hold that key; refuse it and ask the organisation for a new request"
             ) from exc
-    if (paths.members / f"{member}.json").exists():
-        raise PKIError(f"{member!r} is already enrolled in this CA; choose another id")
+    previous_key = None
+    if rotation:
+        previous_key = _check_rotation(paths, doc, member, role, tls_public, path)
+    elif (paths.members / f"{member}.json").exists():
+        raise PKIError(
+            f"{member!r} is already enrolled in this CA; choose another id, or, to rotate its roster key, "
+            "have it run `secagg pki request ... --rotate`"
+        )
     for record in _member_records(paths):
         if (
             role == "coordinator"
@@ -501,7 +685,9 @@ def read_request(ca_dir: str | os.PathLike[str], path: str | os.PathLike[str]) -
             raise PKIError(
                 f"{path}: the federation already has a coordinator ({record.get('id')!r}); revoke it first"
             )
-        if record.get("roster_key") == roster_key.hex():
+        if record.get("roster_key") == roster_key.hex() or roster_key.hex() in record.get(
+            "previous_roster_keys", []
+        ):
             raise PKIError(f"{path}: this roster key is already enrolled as {record.get('id')!r}")
     return EnrolmentRequest(
         federation=federation,
@@ -511,7 +697,45 @@ def read_request(ca_dir: str | os.PathLike[str], path: str | os.PathLike[str]) -
         hosts=hosts,
         roster_key=roster_key,
         audit_key=audit_key,
+        previous_roster_key=previous_key,
     )
+
+
+def _check_rotation(
+    paths: CaPaths,
+    doc: Mapping[str, Any],
+    member: str,
+    role: str,
+    tls_public: object,
+    path: str | os.PathLike[str],
+) -> bytes:
+    """The enrolled roster key a rotation request replaces, once it is shown to come from that member.
+
+    The request must name an enrolled, unrevoked silo and carry the very certificate the CA issued it (by
+    fingerprint), and its CSR must be signed by that certificate's key: only the holder of the member's TLS
+    key can ask to re-key it, and the out-of-band confirmation of the new fingerprint still follows.
+    """
+    record_path = paths.members / f"{member}.json"
+    if role != "silo" or not record_path.is_file():
+        raise PKIError(
+            f"{path}: a rotation request is for an enrolled silo, and {member!r} is not one; make a new "
+            "enrolment request without --rotate"
+        )
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    if record.get("revoked"):
+        raise PKIError(f"{path}: {member!r} is revoked; it cannot rotate a key, enrol a new id")
+    try:
+        cert = x509.load_pem_x509_certificate(str(doc.get("certificate", "")).encode("ascii"))
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise PKIError(f"{path}: the rotation request carries no valid certificate") from exc
+    if certificate_fingerprint(cert) != record.get("certificate_fingerprint") or _spki(
+        cert.public_key()
+    ) != _spki(tls_public):
+        raise PKIError(
+            f"{path}: the rotation request is not signed by the TLS key this CA certified for {member!r}; "
+            "refuse it and ask the organisation to make it in its enrolled directory"
+        )
+    return bytes.fromhex(str(record["roster_key"]))
 
 
 def issue(
@@ -525,6 +749,9 @@ def issue(
     ca_key: str | None = None,
 ) -> Path:
     """Issue the certificate of a checked request and record the member; write ``out``.
+
+    For a rotation request no certificate is issued (the TLS key stays): the member record takes the new roster
+    key and ``out`` is a public receipt naming the old and new keys.
 
     Args:
         ca_dir: the CA directory.
@@ -543,6 +770,8 @@ def issue(
     out = Path(out)
     if out.exists():
         raise PKIError(f"{out} already exists: choose another --out")
+    if enrolment.previous_roster_key is not None:
+        return _record_rotation(paths, enrolment, enrolment.previous_roster_key, out)
     ca_cert = _load_cert(paths.ca_cert)
     issuer_key = _ca_key(paths, ca_cert, passphrase, ca_key)
     uri = _member_uri(enrolment.federation, enrolment.member, enrolment.role)
@@ -583,6 +812,38 @@ def issue(
         write_new_file(out, _json_bytes(issued), private=False)
     except OSError as exc:
         raise PKIError(f"issuing the certificate failed: {exc}") from exc
+    return out
+
+
+def _record_rotation(
+    paths: CaPaths, enrolment: EnrolmentRequest, previous: bytes, out: Path
+) -> Path:
+    """Record an enrolled silo's new roster key (its certificate stays) and write the receipt ``out``.
+
+    The member record keeps every key the silo held (``previous_roster_keys``), so an old key is never enrolled
+    again; the roster changes only when K governors sign ``roster propose --rotate``.
+    """
+    record_path = paths.members / f"{enrolment.member}.json"
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    if record.get("roster_key") != previous.hex():
+        raise PKIError(
+            f"{enrolment.member!r}'s record changed while signing; sign the request again"
+        )
+    record["previous_roster_keys"] = [*record.get("previous_roster_keys", []), previous.hex()]
+    record["roster_key"] = enrolment.roster_key.hex()
+    receipt = {
+        "format": _FORMAT,
+        "kind": _KIND_ROTATION,
+        "federation": enrolment.federation,
+        "id": enrolment.member,
+        "old_roster_key": previous.hex(),
+        "new_roster_key": enrolment.roster_key.hex(),
+    }
+    try:
+        _replace_file(record_path, _json_bytes(record))
+        write_new_file(out, _json_bytes(receipt), private=False)
+    except OSError as exc:
+        raise PKIError(f"recording the rotation failed: {exc}") from exc
     return out
 
 
@@ -640,8 +901,12 @@ def propose(
     passphrase: bytes | None,
     add: Sequence[str] = (),
     remove: Sequence[str] = (),
+    rotate: Sequence[str] = (),
 ) -> RosterVersion:
     """Propose the next roster version: the published one plus ``add`` minus ``remove`` (version 1: every silo).
+
+    ``rotate`` lists members whose roster key the CA recorded a rotation for (``sign`` of a ``--rotate``
+    request): the version lists them, at the same index, with their new key.
 
     The roster is signed with the consortium key; governors then add their signatures (:func:`sign_roster`).
 
@@ -661,9 +926,9 @@ def propose(
     }
     pinned = RosterVersion.load(paths.roster_version) if paths.roster_version.is_file() else None
     if pinned is None:
-        if add or remove:
+        if add or remove or rotate:
             raise PKIError(
-                "the first roster version lists every enrolled silo: drop --add/--remove"
+                "the first roster version lists every enrolled silo: drop --add/--remove/--rotate"
             )
         members = dict(enrolled)
     else:
@@ -678,6 +943,15 @@ def propose(
             if silo not in members:
                 raise PKIError(f"--remove {silo}: not a member of version {pinned.version}")
             del members[silo]
+        for silo in rotate:
+            if silo not in members:
+                raise PKIError(f"--rotate {silo}: not a member of version {pinned.version}")
+            if enrolled.get(silo) == members[silo]:
+                raise PKIError(
+                    f"--rotate {silo}: no new roster key is recorded for it; sign its `request --rotate` "
+                    "first"
+                )
+            members[silo] = enrolled[silo]
     if not members:
         raise PKIError("the roster would have no member: enrol a silo first")
     consortium_key = load_signer(
@@ -1016,22 +1290,25 @@ def _install_roster_version(
     except PKIError as exc:
         raise PKIError(f"{document}: {exc}") from exc
     roster = version.roster
-    if mine["role"] == "silo" and roster.members.get(mine["id"]) != bytes.fromhex(
-        mine["roster_key"]
-    ):
+    rotation = PendingRotation.at(paths.signing_key) if mine["role"] == "silo" else None
+    listed = roster.members.get(mine["id"])
+    rotated = rotation is not None and listed == rotation.public_key
+    if mine["role"] == "silo" and listed != bytes.fromhex(mine["roster_key"]) and not rotated:
         raise PKIError(
-            f"{document}: roster version {version.version} does not list {mine['id']!r} with this silo's "
-            "roster key; ask the governors for a version that adds it"
+            f"{document}: roster version {version.version} does not list {mine['id']!r} with a roster key "
+            "this silo holds; ask the governors for a version that adds it"
         )
     try:
         _replace_file(paths.roster, (roster.dumps() + "\n").encode())
         _replace_file(paths.roster_version, (version.dumps() + "\n").encode())
     except OSError as exc:
         raise PKIError(f"installing into {paths.directory} failed: {exc}") from exc
+    if rotated and rotation is not None:
+        rotation.complete()
     return (
         f"installed roster version {version.version} of {len(roster.members)} silos "
         f"({len(version.valid_signers(governors))} of {len(governors)} governors signed, {quorum} required) "
-        f"into {paths.roster}"
+        f"into {paths.roster}" + ("; the rotated roster key is now signing.key" if rotated else "")
     )
 
 

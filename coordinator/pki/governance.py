@@ -36,7 +36,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from audits.roster import diff, roster_version_payload
+from audits.roster import diff, roster_version_payload, rotations
 from audits.roster import valid_signers as _valid_signers
 from coordinator.errors import PKIError
 from coordinator.pki.custody import write_new_file
@@ -270,6 +270,7 @@ def roster_changed_body(
         "roster_fingerprint": new.roster.fingerprint(),
         "added": list(added),
         "removed": list(removed),
+        "rotated": rotations(old.roster, new.roster),
         "signers": [g.hex() for g in new.valid_signers(governors)],
     }
 
@@ -324,12 +325,21 @@ class RosterVersionPin:
         """
         return RosterVersion.load(self.version_file)
 
-    def accept(self, chain: Sequence[RosterVersion], *, member: str | None = None) -> RosterVersion:
+    def accept(
+        self,
+        chain: Sequence[RosterVersion],
+        *,
+        member: str | None = None,
+        keys: Sequence[bytes] = (),
+    ) -> RosterVersion:
         """Verify ``chain`` against the pins (:func:`accept_chain`), then pin its newest version.
 
         Args:
             chain: the versions after the pinned one, oldest first.
             member: this member's id; the new version must still list it (else nothing is pinned).
+            keys: the roster public keys ``member`` holds (its live key, and a rotated one not yet in force);
+                if given, the new version must list ``member`` with one of them: a version that re-keys a member
+                to a key it never asked for is refused, whoever signed it.
 
         Returns:
             The newly pinned version (the pinned one if ``chain`` adds nothing).
@@ -351,6 +361,12 @@ class RosterVersionPin:
             raise PKIError(
                 f"roster version {newest.version} removes {member!r} from the federation; this member "
                 "takes no further part"
+            )
+        if member is not None and keys and newest.roster.members[member] not in keys:
+            raise PKIError(
+                f"roster version {newest.version} lists {member!r} with a roster key it does not hold "
+                f"(sha256 {hashlib.sha256(newest.roster.members[member]).hexdigest()}); refuse it and "
+                "tell the governors"
             )
         for path, data in (
             (self.roster_file, newest.roster.dumps()),

@@ -382,12 +382,13 @@ class RoundDriver:
         with self.cond:
             self._use_roster(version.roster)
         log.info(
-            "roster version %d adopted from round %d: %d silos (added %s, removed %s)",
+            "roster version %d adopted from round %d: %d silos (added %s, removed %s, key rotated %s)",
             version.version,
             round_,
             len(version.roster.members),
             ", ".join(body["added"]) or "none",
             ", ".join(body["removed"]) or "none",
+            ", ".join(r["id"] for r in body["rotated"]) or "none",
             extra={"round": round_, "roster_version": version.version},
         )
 

@@ -65,6 +65,7 @@ from coordinator.errors import (
     Unavailable,
 )
 from coordinator.pki import load_ed25519_private, tls_key_pem
+from coordinator.pki.enrol import PendingRotation
 from coordinator.pki.governance import RosterVersion, RosterVersionPin
 from coordinator.pki.held import HeldRevocations, server_certificate
 from coordinator.proto.v1 import coordinator_pb2 as pb
@@ -183,6 +184,11 @@ class SiloConnection(TypedDict, total=False):
             before every round the silo fetches the coordinator's, keeps it only if its pinned CA signed it and it
             is not older, then refuses a coordinator whose certificate it revokes and does not mask with a
             revoked peer. ``None``: no check of its own (the coordinator still enforces its list).
+        next_signing_key: a rotated roster key not yet in force (``secagg pki request --rotate``): the silo keeps
+            signing with ``signing_key`` until a roster version it accepts lists this key for it, and from that
+            version's first round on signs with this one.
+        rotation: the files of that rotation (:class:`~coordinator.pki.enrol.PendingRotation`), completed on disk
+            when the switch happens so a restart signs with the new key; ``None`` for a key held in memory only.
     """
 
     address: Required[str | Sequence[str]]
@@ -198,16 +204,32 @@ class SiloConnection(TypedDict, total=False):
     audit_public_key: bytes | None
     roster_pin: RosterVersionPin | None
     revocations: HeldRevocations | None
+    next_signing_key: Ed25519PrivateKey | None
+    rotation: PendingRotation | None
 
 
 def connection_from_config(config: SiloConfig) -> SiloConnection:
-    """The shared constructor arguments a silo's TOML configuration (``secagg silo --config``) describes."""
+    """The shared constructor arguments a silo's TOML configuration (``secagg silo --config``) describes.
+
+    Raises:
+        ConfigError: a key rotation in progress whose files are incomplete.
+    """
+    roster = config.load_roster()
+    try:
+        rotation = PendingRotation.at(config.signing_key)
+        if rotation is not None and roster.members.get(config.silo) == rotation.public_key:
+            rotation.complete()  # the version listing the new key was pinned, the rename was interrupted
+            rotation = None
+    except PKIError as exc:
+        raise ConfigError(f"signing_key: {exc}") from exc
     return SiloConnection(
         address=config.coordinators,
         federation=config.federation,
         silo=config.silo,
         signing_key=load_ed25519_private(config.signing_key),
-        roster=config.load_roster(),
+        next_signing_key=load_ed25519_private(rotation.next_key) if rotation else None,
+        rotation=rotation,
+        roster=roster,
         consortium_key=config.consortium_public_key,
         policy=config.policy,
         max_message_bytes=config.max_message_bytes,
@@ -502,6 +524,8 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
             peer_problem=self._peer_problem,
         )
         self._key = member.signing_key
+        self._next_key = connection.get("next_signing_key")
+        self._rotation = connection.get("rotation")
         self._latest: tuple[int, bytes, npt.NDArray[np.float32]] | None = None
         """(round, hash, model) of the newest global model this silo has seen a round produce."""
         self._transport = Transport(
@@ -602,7 +626,10 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
             chain = [
                 RosterVersion.loads(t) for t in self._transport.roster_versions(pinned.version)
             ]
-            newest = pin.accept(chain, member=self.silo)
+            held = [self._key] + ([self._next_key] if self._next_key is not None else [])
+            newest = pin.accept(
+                chain, member=self.silo, keys=[k.public_key().public_bytes_raw() for k in held]
+            )
         except PKIError as exc:
             raise Unauthorized(
                 f"silo {self.silo!r} refused the roster versions the coordinator serves: {exc}"
@@ -611,6 +638,12 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
             return False
         self._roster = newest.roster
         self._mode.member = dataclasses.replace(self._mode.member, roster=newest.roster)
+        next_key = self._next_key
+        if (
+            next_key is not None
+            and newest.roster.members[self.silo] == next_key.public_key().public_bytes_raw()
+        ):
+            self._switch_key(next_key, newest.version)
         log.info(
             "silo %s pinned roster version %d (%d silos)",
             self.silo,
@@ -618,6 +651,27 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
             len(newest.roster.members),
         )
         return True
+
+    def _switch_key(self, key: Ed25519PrivateKey, version: int) -> None:
+        """Sign with the rotated roster ``key`` from now on: roster ``version`` (just pinned) lists it.
+
+        The coordinator adopted that version at the open of the round this silo is about to take part in, and
+        verifies that round's signatures under the same version, so both sides switch at one round boundary.
+
+        Raises:
+            Unauthorized: the new key could not be made the live one on disk (the roster already lists it).
+        """
+        self._key, self._next_key = key, None
+        self._mode.member = dataclasses.replace(self._mode.member, signing_key=key)
+        rotation, self._rotation = self._rotation, None
+        if rotation is not None:
+            try:
+                rotation.complete()
+            except PKIError as exc:
+                raise Unauthorized(f"silo {self.silo!r}: {exc}") from exc
+        log.info(
+            "silo %s signs with its rotated roster key from roster version %d", self.silo, version
+        )
 
     def check_revocations(self) -> None:
         """Fetch the coordinator's revocation list and the members' certificates; refuse a revoked coordinator.
