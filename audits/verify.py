@@ -69,7 +69,7 @@ from audits.errors import CompletenessError, LedgerError, VerificationError
 from audits.events import EventKind, LedgerEntry
 from audits.ledger import Ledger
 from audits.merkle import EMPTY_ROOT, CompactRange, leaf_hash
-from audits.roster import RosterState
+from audits.roster import RosterState, parse_version
 from audits.witness import WitnessStatement, verify_statement
 
 __all__ = [
@@ -770,7 +770,8 @@ class _RosterChanges:
 
     Args:
         consortium_key: the pinned consortium key, or ``None`` (the initial roster's own key is then used).
-        check: False skips the governor-signature and extension checks (tests' positive control only).
+        check: False skips the governor-signature and extension checks (tests' positive control only); the
+            roster each change lists is still followed, so attestations are checked under its keys.
     """
 
     def __init__(self, consortium_key: bytes | None, *, check: bool = True) -> None:
@@ -798,6 +799,12 @@ class _RosterChanges:
     ) -> None:
         self.changes += 1
         if not self._check:
+            # follow the change unverified, so later attestations are still checked under the keys it lists
+            try:
+                _, _, roster, _ = parse_version(body.get("roster_version"))
+            except ValueError as exc:
+                raise _bad(index, f"roster change unreadable: {exc}") from exc
+            attestations.use_roster(roster.members)
             return
         if self.state is None:
             raise _bad(
