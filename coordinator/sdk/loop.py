@@ -58,6 +58,7 @@ from coordinator.config.tls import check_tls
 from coordinator.errors import (
     Aborted,
     ConfigError,
+    InvalidInput,
     NotFound,
     PKIError,
     StageError,
@@ -525,6 +526,8 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
         )
         self._key = member.signing_key
         self._next_key = connection.get("next_signing_key")
+        self._superseded: dict[str, bytes] = {}
+        """Peers' roster keys the newest accepted version rotated away (their statements in flight are skipped)."""
         self._rotation = connection.get("rotation")
         self._latest: tuple[int, bytes, npt.NDArray[np.float32]] | None = None
         """(round, hash, model) of the newest global model this silo has seen a round produce."""
@@ -636,6 +639,11 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
             ) from exc
         if newest.digest() == pinned.digest():
             return False
+        self._superseded = {
+            silo: key
+            for silo, key in self._roster.members.items()
+            if newest.roster.members.get(silo, key) != key
+        }
         self._roster = newest.roster
         self._mode.member = dataclasses.replace(self._mode.member, roster=newest.roster)
         next_key = self._next_key
@@ -725,7 +733,14 @@ class SiloClient(Generic[JoinT, InfoT, ConfigT]):
                 missing from it, or a peer's signed statement shows a fork.
         """
         self._transport.witness_checkpoint()
-        self._transport.exchange_statements(self._key, self._roster.members)
+        try:
+            self._transport.exchange_statements(self._key, self._roster.members, self._superseded)
+        except InvalidInput:
+            # the coordinator adopted the version rotating this silo's key since the round ended: it
+            # verifies statements under the key in force, so take the version up and sign with the new key
+            if self._next_key is None or not self.update_roster() or self._next_key is not None:
+                raise
+            self._transport.exchange_statements(self._key, self._roster.members, self._superseded)
 
     def final_model(self) -> npt.NDArray[np.float32]:
         """The latest global model: the one the last completed round produced (hash-checked).

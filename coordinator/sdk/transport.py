@@ -49,7 +49,8 @@ from typing import Any, Final, TypeVar
 import grpc
 import numpy as np
 import numpy.typing as npt
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from audits.checkpoint import SignedCheckpoint, parse_checkpoint
 from audits.errors import VerificationError
@@ -59,6 +60,7 @@ from audits.witness import (
     WitnessStatement,
     check_fork,
     sign_statement,
+    statement_payload,
     verify_statement,
 )
 from coordinator.common import (
@@ -541,7 +543,10 @@ class Transport:
             ) from exc
 
     def exchange_statements(
-        self, signing_key: Ed25519PrivateKey, roster_keys: Mapping[str, bytes]
+        self,
+        signing_key: Ed25519PrivateKey,
+        roster_keys: Mapping[str, bytes],
+        superseded: Mapping[str, bytes] | None = None,
     ) -> list[str]:
         """Publish this silo's latest accepted checkpoint, signed, and check every peer's against it.
 
@@ -549,6 +554,10 @@ class Transport:
         key signed; the two checkpoints must both be prefixes of one log (a consistency proof from the
         smaller size to the larger, verified against both roots; equal sizes need equal roots).
         Does nothing without a witness or before a checkpoint was accepted.
+
+        ``superseded`` maps peers whose key the newest pinned roster version rotated to their previous key: a
+        statement signed by that key was published before the rotation took effect, so it is neither evidence
+        nor a forgery; it is skipped (and counts as not fresh), never accepted.
 
         Returns:
             The peers whose statements the coordinator withheld for the last rounds (warned and recorded).
@@ -605,6 +614,12 @@ class Transport:
                         proof = None  # the coordinator cannot prove it: check_fork says fork
                 check_fork(mine, theirs, proof)
             except VerificationError as exc:
+                if _signed_by(statement, (superseded or {}).get(peer)):
+                    log.info(
+                        "witness statement of %s is signed by its rotated-away roster key; skipped",
+                        peer,
+                    )
+                    continue
                 log.error("witness statement of %s failed this silo's check: %s", peer, exc)
                 witness.record(
                     "audit_failure",
@@ -742,3 +757,17 @@ def _new_study(federation: str, witness_path: Path | None, seen: int, served: in
         "new study needs a new federation id (or a fresh state_dir for this silo). If it is the same study, "
         "the coordinator rewrote its history: stop and tell the consortium"
     )
+
+
+def _signed_by(statement: WitnessStatement, key: bytes | None) -> bool:
+    """Whether ``key`` (a peer's superseded roster key) made the statement's roster signature."""
+    if key is None:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(key).verify(
+            statement.signature,
+            statement_payload(statement.federation, statement.silo, statement.note),
+        )
+    except (InvalidSignature, ValueError):
+        return False
+    return True
