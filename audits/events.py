@@ -277,6 +277,16 @@ def _roster_changed(k: str, b: Mapping[str, JSON]) -> None:
         _str(k, f"rotated[{i}].id", item.get("id"))
         _hex(k, f"rotated[{i}].old_key", item.get("old_key"), _HASH_HEX_RE)
         _hex(k, f"rotated[{i}].new_key", item.get("new_key"), _HASH_HEX_RE)
+    governance = b.get("governance")  # absent unless the version hands over to a new governance
+    if governance is not None:
+        if not isinstance(governance, Mapping):
+            raise _fail(k, "governance", "must be an object {governors, quorum}")
+        governors = governance.get("governors")
+        if not isinstance(governors, list | tuple) or not governors:
+            raise _fail(k, "governance.governors", "must be a non-empty list of keys")
+        for i, key in enumerate(governors):
+            _hex(k, f"governance.governors[{i}]", key, _HASH_HEX_RE)
+        _int(k, "governance.quorum", governance.get("quorum"), minimum=1)
     signers = _get(k, b, "signers")
     if not isinstance(signers, list | tuple):
         raise _fail(k, "signers", "must be a list of governor keys")

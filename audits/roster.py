@@ -21,7 +21,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -31,7 +31,12 @@ from secagg.hazmat.keys import encode_fields
 from secagg.roster import Roster
 
 __all__ = [
+    "Governance",
+    "ParsedVersion",
     "RosterState",
+    "check_governance",
+    "governance_from_json",
+    "governance_json",
     "key_fingerprint",
     "rotations",
     "roster_version_digest",
@@ -42,16 +47,74 @@ LABEL = "secagg roster version"
 FORMAT = 1
 
 
-def roster_version_payload(federation: str, version: int, previous: str, fingerprint: str) -> bytes:
-    """The exact bytes every governor signs for a roster version (injective field encoding)."""
-    return encode_fields(LABEL, FORMAT, federation, version, previous, fingerprint)
+Governance = tuple[tuple[bytes, ...], int]
+"""A governor set and its quorum K: (raw Ed25519 public keys, K)."""
 
 
-def roster_version_digest(federation: str, version: int, previous: str, fingerprint: str) -> str:
+def roster_version_payload(
+    federation: str,
+    version: int,
+    previous: str,
+    fingerprint: str,
+    governance: Governance | None = None,
+) -> bytes:
+    """The exact bytes every governor signs for a roster version (injective field encoding).
+
+    A version that hands the federation to a new governance (``governance``: governors and K) has it in the
+    signed bytes, so the current governors' quorum approves the new set itself; versions without one keep the
+    original encoding (and digests).
+    """
+    fields: list[bytes | str | int] = [LABEL, FORMAT, federation, version, previous, fingerprint]
+    if governance is not None:
+        governors, quorum = governance
+        fields += ["governance", quorum, len(governors), *governors]
+    return encode_fields(*fields)
+
+
+def roster_version_digest(
+    federation: str,
+    version: int,
+    previous: str,
+    fingerprint: str,
+    governance: Governance | None = None,
+) -> str:
     """SHA-256 hex of the payload: what the next version names as ``previous``."""
     return hashlib.sha256(
-        roster_version_payload(federation, version, previous, fingerprint)
+        roster_version_payload(federation, version, previous, fingerprint, governance)
     ).hexdigest()
+
+
+def check_governance(governors: Sequence[bytes], quorum: int) -> Governance:
+    """``(governors, quorum)`` once it is a usable governance: distinct 32-byte keys and 1 <= K <= N.
+
+    Raises:
+        ValueError: one line saying what is wrong.
+    """
+    keys = tuple(bytes(g) for g in governors)
+    if not keys or any(len(g) != 32 for g in keys) or len(set(keys)) != len(keys):
+        raise ValueError("a governance needs distinct 32-byte Ed25519 governor keys")
+    if not 1 <= quorum <= len(keys):
+        raise ValueError(f"the quorum {quorum} is not between 1 and the {len(keys)} governors")
+    return keys, quorum
+
+
+def governance_json(governance: Governance) -> dict[str, Any]:
+    """The JSON form of a governance (as ``governance.json`` and the ledger write it)."""
+    return {"governors": [g.hex() for g in governance[0]], "quorum": governance[1]}
+
+
+def governance_from_json(doc: Any) -> Governance:
+    """Parse :func:`governance_json`'s form.
+
+    Raises:
+        ValueError: malformed, or not a usable governance.
+    """
+    try:
+        governors = [bytes.fromhex(str(g)) for g in doc["governors"]]
+        quorum = int(doc["quorum"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError("malformed governance (governors, quorum)") from exc
+    return check_governance(governors, quorum)
 
 
 @dataclass(frozen=True)
@@ -94,10 +157,16 @@ class RosterState:
             raise ValueError("the governance record is malformed (governors, quorum)") from exc
         if not 1 <= quorum <= len(governors):
             raise ValueError("the governance record's quorum is not between 1 and N")
-        version, previous, roster, signatures = parse_version(governance.get("roster_version"))
+        version, previous, roster, signatures, changes = parse_version(
+            governance.get("roster_version")
+        )
+        if changes is not None:
+            raise ValueError(
+                "the initial roster version cannot change the governance it starts with"
+            )
         key = roster.consortium_key if consortium_key is None else consortium_key
         state = cls(federation, governors, quorum, 0, "", roster, key)
-        state._check(version, previous, roster, signatures, first=True)
+        state._check(version, previous, roster, signatures, None, first=True)
         return cls(
             federation,
             governors,
@@ -117,9 +186,13 @@ class RosterState:
             ValueError: the change is not signed by K governors, not signed by the consortium, does not extend
                 the version in force, or its summary (version, digest, added, removed) differs from its text.
         """
-        version, previous, roster, signatures = parse_version(body.get("roster_version"))
-        self._check(version, previous, roster, signatures, first=False)
-        digest = roster_version_digest(self.federation, version, previous, roster.fingerprint())
+        version, previous, roster, signatures, governance = parse_version(
+            body.get("roster_version")
+        )
+        self._check(version, previous, roster, signatures, governance, first=False)
+        digest = roster_version_digest(
+            self.federation, version, previous, roster.fingerprint(), governance
+        )
         added, removed = diff(self.roster, roster)
         summary = {
             "version": version,
@@ -128,20 +201,22 @@ class RosterState:
             "added": list(added),
             "removed": list(removed),
             "rotated": rotations(self.roster, roster),
+            "governance": governance_json(governance) if governance is not None else None,
         }
         for name, value in summary.items():
             recorded = body.get(
                 name, [] if name == "rotated" else None
-            )  # no rotation: older ledgers
+            )  # no rotation, no governance change: older ledgers
             if _plain(recorded) != value:
                 raise ValueError(
                     f"roster_changed records {name} {_plain(recorded)!r}, but the signed version "
                     f"gives {value!r}"
                 )
+        governors, quorum = governance if governance is not None else (self.governors, self.quorum)
         state = RosterState(
             self.federation,
-            self.governors,
-            self.quorum,
+            governors,
+            quorum,
             version,
             digest,
             roster,
@@ -155,6 +230,7 @@ class RosterState:
         previous: str,
         roster: Roster,
         signatures: Mapping[bytes, bytes],
+        governance: Governance | None,
         *,
         first: bool,
     ) -> None:
@@ -168,8 +244,12 @@ class RosterState:
             raise ValueError(
                 f"roster version {version} is not signed by the consortium key"
             ) from exc
-        payload = roster_version_payload(self.federation, version, previous, roster.fingerprint())
-        signers = valid_signers(payload, signatures, self.governors)
+        payload = roster_version_payload(
+            self.federation, version, previous, roster.fingerprint(), governance
+        )
+        signers = valid_signers(
+            payload, signatures, self.governors
+        )  # the governance in force signs
         if len(signers) < self.quorum:
             raise ValueError(
                 f"roster version {version} has {len(signers)} valid governor signature(s) of the "
@@ -229,8 +309,18 @@ def rotations(old: Roster, new: Roster) -> list[dict[str, str]]:
     ]
 
 
-def parse_version(text: Any) -> tuple[int, str, Roster, dict[bytes, bytes]]:
-    """The (version, previous, roster, signatures) of a roster version's JSON text.
+class ParsedVersion(NamedTuple):
+    """A roster version's fields, as :func:`parse_version` reads them."""
+
+    version: int
+    previous: str
+    roster: Roster
+    signatures: dict[bytes, bytes]
+    governance: Governance | None
+
+
+def parse_version(text: Any) -> ParsedVersion:
+    """The (version, previous, roster, signatures, governance) of a roster version's JSON text.
 
     Raises:
         ValueError: not a well-formed roster version.
@@ -241,11 +331,13 @@ def parse_version(text: Any) -> tuple[int, str, Roster, dict[bytes, bytes]]:
         previous = str(data["previous"])
         roster = Roster.loads(data["roster"])
         signatures = {bytes.fromhex(k): bytes.fromhex(v) for k, v in data["signatures"].items()}
+        raw = data.get("governance")
+        governance = governance_from_json(raw) if raw is not None else None
     except (ValueError, KeyError, TypeError, AttributeError, SecAggError) as exc:
         raise ValueError("not a well-formed roster version") from exc
     if version < 1 or (version == 1) != (previous == ""):
         raise ValueError("not a well-formed roster version (version number and previous digest)")
-    return version, previous, roster, signatures
+    return ParsedVersion(version, previous, roster, signatures, governance)
 
 
 def _plain(value: Any) -> Any:

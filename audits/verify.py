@@ -801,7 +801,7 @@ class _RosterChanges:
         if not self._check:
             # follow the change unverified, so later attestations are still checked under the keys it lists
             try:
-                _, _, roster, _ = parse_version(body.get("roster_version"))
+                roster = parse_version(body.get("roster_version")).roster
             except ValueError as exc:
                 raise _bad(index, f"roster change unreadable: {exc}") from exc
             attestations.use_roster(roster.members)

@@ -176,6 +176,16 @@ def _new_passphrase(purpose: str) -> bytes:
     return read_passphrase(confirm=True, purpose=purpose)
 
 
+def _read_governor_key(path: Path) -> bytes:
+    """A governor's public key from its ``governor.pub`` (hex)."""
+    try:
+        return bytes.fromhex(path.read_text(encoding="ascii").strip())
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise typer.BadParameter(
+            f"--governor {path}: not a readable governor.pub (hex key)"
+        ) from exc
+
+
 def _existing_passphrase(purpose: str) -> bytes:
     from coordinator.pki import read_passphrase
 
@@ -652,6 +662,13 @@ def _show_version(version: object) -> None:
         typer.echo(f"  member {silo:<16} roster key {key.hex()}")
     for governor in version.signatures:
         typer.echo(f"  signed by governor {governor.hex()}")
+    if version.governance is not None:
+        governors, quorum = version.governance
+        typer.echo(
+            f"  hands over to {quorum} of {len(governors)} new governors (K of the governors in force sign it):"
+        )
+        for governor in governors:
+            typer.echo(f"    governor {governor.hex()}")
 
 
 @roster_app.command("propose")
@@ -670,6 +687,17 @@ def _pki_roster_propose(
             "--rotate", help="A member whose new roster key `pki sign` recorded (repeatable)."
         ),
     ] = [],  # noqa: B006 - typer reads the default, never mutates it
+    governor: Annotated[
+        list[Path],
+        typer.Option(
+            "--governor",
+            help="Hand over to a new governor set: a governor.pub of the new set (repeatable; with --quorum). "
+            "K of the governors in force sign this version; the new set governs the next ones.",
+        ),
+    ] = [],  # noqa: B006 - typer reads the default, never mutates it
+    quorum: Annotated[
+        int | None, typer.Option("--quorum", min=1, help="K of the new governor set.")
+    ] = None,
 ) -> None:
     """Propose the next roster version (version 1: every enrolled silo); send it to the governors."""
     from coordinator.errors import PKIError
@@ -679,7 +707,22 @@ def _pki_roster_propose(
         passphrase = _passphrase_unless_token(
             CaPaths.at(ca_dir).consortium_key, None, "the CA keys"
         )
-        version = propose(ca_dir, out, passphrase=passphrase, add=add, remove=remove, rotate=rotate)
+        handover = None
+        if governor or quorum is not None:
+            if not governor or quorum is None:
+                raise typer.BadParameter(
+                    "a handover needs both --governor (one per key) and --quorum"
+                )
+            handover = ([_read_governor_key(g) for g in governor], quorum)
+        version = propose(
+            ca_dir,
+            out,
+            passphrase=passphrase,
+            add=add,
+            remove=remove,
+            rotate=rotate,
+            handover_to=handover,
+        )
     except PKIError as exc:
         raise _pki_error(exc) from exc
     _show_version(version)

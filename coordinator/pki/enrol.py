@@ -61,6 +61,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from audits.roster import check_governance, governance_json
 from coordinator.errors import PKIError
 from coordinator.pki import (
     _ca_certificate,
@@ -902,11 +903,15 @@ def propose(
     add: Sequence[str] = (),
     remove: Sequence[str] = (),
     rotate: Sequence[str] = (),
+    handover_to: tuple[Sequence[bytes], int] | None = None,
 ) -> RosterVersion:
     """Propose the next roster version: the published one plus ``add`` minus ``remove`` (version 1: every silo).
 
     ``rotate`` lists members whose roster key the CA recorded a rotation for (``sign`` of a ``--rotate``
     request): the version lists them, at the same index, with their new key.
+
+    ``handover_to`` (governor keys, K) hands the federation over: K of the governors in force sign the version,
+    and from it on the new set governs (the roster may stay as it is).
 
     The roster is signed with the consortium key; governors then add their signatures (:func:`sign_roster`).
 
@@ -954,6 +959,16 @@ def propose(
             members[silo] = enrolled[silo]
     if not members:
         raise PKIError("the roster would have no member: enrol a silo first")
+    handover = None
+    if handover_to is not None:
+        if pinned is None:
+            raise PKIError(
+                "the first roster version is governed by governance.json: propose a handover later"
+            )
+        try:
+            handover = check_governance(*handover_to)
+        except ValueError as exc:
+            raise PKIError(f"--governor/--quorum: {exc}") from exc
     consortium_key = load_signer(
         paths.consortium_key, passphrase, algorithm="ed25519"
     ).ed25519_key()
@@ -964,6 +979,7 @@ def propose(
         version=1 if pinned is None else pinned.version + 1,
         previous="" if pinned is None else pinned.digest(),
         roster=roster,
+        governance=handover,
     )
     try:
         write_new_file(out, (proposal.dumps() + "\n").encode(), private=False)
@@ -1068,6 +1084,12 @@ def publish(
     try:
         _replace_file(paths.roster_version, (version.dumps() + "\n").encode())
         _replace_file(paths.roster, (version.roster.dumps() + "\n").encode())
+        if (
+            version.governance is not None
+        ):  # the next versions are checked against the new governors
+            _replace_file(
+                paths.governance, _json_bytes(governance | governance_json(version.governance))
+            )
         write_new_file(out, _json_bytes(doc), private=False)
     except OSError as exc:
         raise PKIError(f"publishing failed: {exc}") from exc
@@ -1249,7 +1271,8 @@ def _install_federation(
         consortium_key=consortium_key,
     )
     try:
-        _replace_file(paths.governance, _json_bytes(governance))
+        if version.governance is None:  # else the version's own, written by _install_roster_version
+            _replace_file(paths.governance, _json_bytes(governance))
         _replace_file(paths.consortium_public_key, _hex_line(consortium_key))
         if audit is not None and mine["role"] == "silo":
             _replace_file(paths.audit_public_key, _hex_line(audit))
@@ -1300,6 +1323,8 @@ def _install_roster_version(
         )
     try:
         _replace_file(paths.roster, (roster.dumps() + "\n").encode())
+        if version.governance is not None:  # handed over: the next versions need the new governors
+            _replace_file(paths.governance, _json_bytes(governance_json(version.governance)))
         _replace_file(paths.roster_version, (version.dumps() + "\n").encode())
     except OSError as exc:
         raise PKIError(f"installing into {paths.directory} failed: {exc}") from exc

@@ -36,7 +36,15 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from audits.roster import diff, roster_version_payload, rotations
+from audits.roster import (
+    Governance,
+    check_governance,
+    diff,
+    governance_from_json,
+    governance_json,
+    roster_version_payload,
+    rotations,
+)
 from audits.roster import valid_signers as _valid_signers
 from coordinator.errors import PKIError
 from coordinator.pki.custody import write_new_file
@@ -47,6 +55,7 @@ __all__ = [
     "RosterVersionPin",
     "RosterVersion",
     "accept_chain",
+    "accept_chain_governed",
     "check_extends",
     "roster_changed_body",
 ]
@@ -64,18 +73,28 @@ class RosterVersion:
         previous: SHA-256 hex digest of the version it replaces (empty for version 1).
         roster: the consortium-signed roster.
         signatures: governor public key (raw 32 bytes) -> Ed25519 signature over :meth:`payload`.
+        governance: the governors and K that govern from this version on, or ``None`` to keep the ones in force.
+            K of the governors in force *before* this version must sign it (they hand over; the new set alone
+            cannot take over).
     """
 
     version: int
     previous: str
     roster: Roster
     signatures: Mapping[bytes, bytes] = field(default_factory=dict)
+    governance: Governance | None = None
 
     def __post_init__(self) -> None:
         if self.version < 1:
             raise ValueError("roster versions start at 1")
         if (self.version == 1) != (self.previous == ""):
             raise ValueError("version 1 has no previous digest, and every later version has one")
+        if self.governance is not None:
+            if self.version == 1:
+                raise ValueError(
+                    "version 1 starts with the federation's governance; it cannot change it"
+                )
+            object.__setattr__(self, "governance", check_governance(*self.governance))
         object.__setattr__(self, "signatures", MappingProxyType(dict(self.signatures)))
 
     @property
@@ -86,7 +105,7 @@ class RosterVersion:
     def payload(self) -> bytes:
         """The exact bytes every governor signs."""
         return roster_version_payload(
-            self.federation, self.version, self.previous, self.roster.fingerprint()
+            self.federation, self.version, self.previous, self.roster.fingerprint(), self.governance
         )
 
     def digest(self) -> str:
@@ -97,7 +116,7 @@ class RosterVersion:
         """A copy with ``governor_key``'s signature added (replacing an earlier one by the same key)."""
         public = governor_key.public_key().public_bytes_raw()
         signatures = dict(self.signatures) | {public: governor_key.sign(self.payload())}
-        return RosterVersion(self.version, self.previous, self.roster, signatures)
+        return RosterVersion(self.version, self.previous, self.roster, signatures, self.governance)
 
     def valid_signers(self, governors: Sequence[bytes]) -> list[bytes]:
         """The governors of ``governors`` whose signature verifies (each counted once)."""
@@ -145,7 +164,8 @@ class RosterVersion:
                 "previous": self.previous,
                 "roster": self.roster.dumps(),
                 "signatures": {k.hex(): v.hex() for k, v in sorted(self.signatures.items())},
-            },
+            }
+            | ({"governance": governance_json(self.governance)} if self.governance else {}),
             indent=2,
             sort_keys=True,
         )
@@ -166,6 +186,7 @@ class RosterVersion:
                 str(data["previous"]),
                 Roster.loads(data["roster"]),
                 {bytes.fromhex(k): bytes.fromhex(v) for k, v in data["signatures"].items()},
+                governance_from_json(data["governance"]) if "governance" in data else None,
             )
         except (ValueError, KeyError, TypeError, AttributeError, SecAggError) as exc:
             raise PKIError("not a well-formed secagg roster version file") from exc
@@ -216,13 +237,10 @@ def governance_pins(doc: Mapping[str, Any]) -> tuple[list[bytes], int]:
         PKIError: malformed.
     """
     try:
-        governors = [bytes.fromhex(str(g)) for g in doc["governors"]]
-        quorum = int(doc["quorum"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PKIError("malformed governance record (governors, quorum)") from exc
-    if not 1 <= quorum <= len(governors):
-        raise PKIError("malformed governance record: the quorum is not between 1 and N")
-    return governors, quorum
+        governors, quorum = governance_from_json(doc)
+    except ValueError as exc:
+        raise PKIError(f"malformed governance record: {exc}") from exc
+    return list(governors), quorum
 
 
 def accept_chain(
@@ -242,19 +260,44 @@ def accept_chain(
     Raises:
         PKIError: one line naming the first version refused; nothing is accepted then.
     """
+    return accept_chain_governed(
+        chain, pinned, consortium_key=consortium_key, governors=governors, quorum=quorum
+    )[0]
+
+
+def accept_chain_governed(
+    chain: Sequence[RosterVersion],
+    pinned: RosterVersion,
+    *,
+    consortium_key: bytes,
+    governors: Sequence[bytes],
+    quorum: int,
+) -> tuple[RosterVersion, Governance]:
+    """:func:`accept_chain`, following governance changes: the newest version and the governance in force after it.
+
+    ``governors`` and ``quorum`` are the governance in force at ``pinned``; a version that carries a new
+    governance must be signed by K of the governance in force before it, and the versions after it by the new
+    one (a governor removed there no longer counts).
+
+    Raises:
+        PKIError: one line naming the first version refused; nothing is accepted then.
+    """
     current = pinned
+    governance: Governance = (tuple(governors), quorum)
     for version in chain:
         if version.version == current.version and version.digest() == current.digest():
             continue
         version.verify(
             consortium_key=consortium_key,
-            governors=governors,
-            quorum=quorum,
+            governors=governance[0],
+            quorum=governance[1],
             federation=pinned.federation,
         )
         check_extends(version, current)
         current = version
-    return current
+        if version.governance is not None:
+            governance = version.governance
+    return current, governance
 
 
 def roster_changed_body(
@@ -272,7 +315,7 @@ def roster_changed_body(
         "removed": list(removed),
         "rotated": rotations(old.roster, new.roster),
         "signers": [g.hex() for g in new.valid_signers(governors)],
-    }
+    } | ({"governance": governance_json(new.governance)} if new.governance else {})
 
 
 @dataclass(frozen=True)
@@ -286,14 +329,14 @@ class RosterVersionPin:
     Args:
         version_file: the pinned roster version (``roster-version.json``), rewritten on acceptance.
         roster_file: the roster file the member's configuration names, rewritten with the new roster.
-        governors, quorum: the pinned governor keys and K (``governance.json``).
+        governance_file: the pinned governor keys and K (``governance.json``), rewritten when an accepted version
+            carries a new governance.
         consortium_key: the pinned consortium key.
     """
 
     version_file: Path
     roster_file: Path
-    governors: tuple[bytes, ...]
-    quorum: int
+    governance_file: Path
     consortium_key: bytes
 
     @classmethod
@@ -305,17 +348,27 @@ class RosterVersionPin:
         roster_file: str | os.PathLike[str],
         consortium_key: bytes,
     ) -> RosterVersionPin:
-        """Read the pinned governance record.
+        """The pins in these files (the governance record is checked now and read again at each accept).
+
+        Raises:
+            PKIError: unreadable or malformed.
+        """
+        pin = cls(Path(version_file), Path(roster_file), Path(governance_file), consortium_key)
+        pin.governance()
+        return pin
+
+    def governance(self) -> Governance:
+        """The pinned governors and K (``governance.json``; rewritten when a version hands over).
 
         Raises:
             PKIError: unreadable or malformed.
         """
         try:
-            doc = json.loads(Path(governance_file).read_text(encoding="utf-8"))
+            doc = json.loads(self.governance_file.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise PKIError(f"cannot read the governance record {governance_file}") from exc
+            raise PKIError(f"cannot read the governance record {self.governance_file}") from exc
         governors, quorum = governance_pins(doc)
-        return cls(Path(version_file), Path(roster_file), tuple(governors), quorum, consortium_key)
+        return tuple(governors), quorum
 
     def pinned(self) -> RosterVersion:
         """The pinned version (read from its file).
@@ -348,12 +401,13 @@ class RosterVersionPin:
             PKIError: a version is refused, or would drop ``member``: the pins stay as they were.
         """
         pinned = self.pinned()
-        newest = accept_chain(
+        governors, quorum = self.governance()
+        newest, governance = accept_chain_governed(
             chain,
             pinned,
             consortium_key=self.consortium_key,
-            governors=self.governors,
-            quorum=self.quorum,
+            governors=governors,
+            quorum=quorum,
         )
         if newest.digest() == pinned.digest():
             return pinned
@@ -368,10 +422,16 @@ class RosterVersionPin:
                 f"(sha256 {hashlib.sha256(newest.roster.members[member]).hexdigest()}); refuse it and "
                 "tell the governors"
             )
-        for path, data in (
-            (self.roster_file, newest.roster.dumps()),
-            (self.version_file, newest.dumps()),
-        ):
+        files = [(self.roster_file, newest.roster.dumps())]
+        if governance != (governors, quorum):
+            files.append(
+                (
+                    self.governance_file,
+                    json.dumps(governance_json(governance), indent=2, sort_keys=True),
+                )
+            )
+        files.append((self.version_file, newest.dumps()))  # last: the version pins the rest
+        for path, data in files:
             partial = path.with_name(path.name + ".partial")
             partial.unlink(missing_ok=True)
             write_new_file(partial, (data + "\n").encode("utf-8"), private=False)

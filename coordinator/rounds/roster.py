@@ -31,6 +31,7 @@ from coordinator.errors import ConfigError, PKIError
 from coordinator.pki.governance import (
     RosterVersion,
     accept_chain,
+    accept_chain_governed,
     governance_pins,
     roster_changed_body,
 )
@@ -60,12 +61,24 @@ class GovernedRoster:
         initial: RosterVersion,
     ) -> None:
         self.version_file = version_file
-        self.governors = governors
-        self.quorum = quorum
         self.consortium_key = consortium_key
+        self._created = (governors, quorum)
         self._lock = threading.Lock()
         self._chain: list[RosterVersion] = [initial]
+        self._governance: tuple[tuple[bytes, ...], int] = (governors, quorum)
         self._seen: bytes | None = None
+
+    @property
+    def governors(self) -> tuple[bytes, ...]:
+        """The governors in force (those the federation was created with, until a version hands over)."""
+        with self._lock:
+            return self._governance[0]
+
+    @property
+    def quorum(self) -> int:
+        """K of the governance in force."""
+        with self._lock:
+            return self._governance[1]
 
     @property
     def current(self) -> RosterVersion:
@@ -83,8 +96,8 @@ class GovernedRoster:
         with self._lock:
             first = self._chain[0]
         return {
-            "governors": [g.hex() for g in self.governors],
-            "quorum": self.quorum,
+            "governors": [g.hex() for g in self._created[0]],
+            "quorum": self._created[1],
             "roster_version": first.dumps(),
         }
 
@@ -101,30 +114,36 @@ class GovernedRoster:
                 "governance: this federation's ledger was created without [governance]; a fixed-roster "
                 "federation cannot become governed (start a new federation id)"
             )
-        if [str(g) for g in governance["governors"]] != [g.hex() for g in self.governors] or int(
-            governance["quorum"]
-        ) != self.quorum:
-            raise ConfigError(
-                "governance: the pinned governors or quorum differ from the ones this federation was created "
-                "with; restore the original governance.json"
-            )
+        try:
+            created_governors, created_quorum = governance_pins(governance)
+        except PKIError as exc:
+            raise ConfigError(f"governance: ledger entry 0: {exc}") from exc
         chain = [RosterVersion.loads(str(governance["roster_version"]))]
+        in_force = (tuple(created_governors), created_quorum)
         for entry in entries:
             if entry.event.kind is EventKind.ROSTER_CHANGED:
                 version = RosterVersion.loads(str(entry.event.body["roster_version"]))
                 try:
-                    accept_chain(
+                    _, in_force = accept_chain_governed(
                         [version],
                         chain[-1],
                         consortium_key=self.consortium_key,
-                        governors=self.governors,
-                        quorum=self.quorum,
+                        governors=in_force[0],
+                        quorum=in_force[1],
                     )
                 except PKIError as exc:
                     raise ConfigError(f"governance: ledger entry {entry.index}: {exc}") from exc
                 chain.append(version)
         with self._lock:
+            pinned = self._governance
+        if in_force != pinned:
+            raise ConfigError(
+                "governance: the pinned governors or quorum differ from the ones in force along this "
+                "federation's ledger; restore the governance.json `secagg pki install` wrote"
+            )
+        with self._lock:
             self._chain = chain
+            self._created = (tuple(created_governors), created_quorum)
             return chain[-1]
 
     def poll(self) -> RosterVersion | None:
@@ -146,6 +165,7 @@ class GovernedRoster:
                 return None
             self._seen = data
             current = self._chain[-1]
+            governors, quorum = self._governance
         try:
             version = RosterVersion.loads(data)
             if version.digest() == current.digest() or any(
@@ -156,8 +176,8 @@ class GovernedRoster:
                 [version],
                 current,
                 consortium_key=self.consortium_key,
-                governors=self.governors,
-                quorum=self.quorum,
+                governors=governors,
+                quorum=quorum,
             )
         except PKIError as exc:
             log.error("%s: %s; the version in force stays", self.version_file, exc)
@@ -167,12 +187,17 @@ class GovernedRoster:
     def change(self, version: RosterVersion) -> dict[str, Any]:
         """The ``roster_changed`` ledger body of adopting ``version`` (recorded before :meth:`adopt`)."""
         with self._lock:
-            return roster_changed_body(self._chain[-1], version, self.governors)
+            return roster_changed_body(self._chain[-1], version, self._governance[0])
 
     def adopt(self, version: RosterVersion) -> None:
-        """Make ``version`` the version in force (once its ``roster_changed`` entry is in the ledger)."""
+        """Make ``version`` the version in force (once its ``roster_changed`` entry is in the ledger).
+
+        A version carrying a new governance hands over: the next versions need K of its governors.
+        """
         with self._lock:
             self._chain.append(version)
+            if version.governance is not None:
+                self._governance = version.governance
 
 
 def governed_roster(config: ServeConfig) -> GovernedRoster | None:
@@ -187,12 +212,20 @@ def governed_roster(config: ServeConfig) -> GovernedRoster | None:
     try:
         governors, quorum = governance_pins(_read_json(g.file))
         initial = RosterVersion.load(g.roster_version)
-        initial.verify(
-            consortium_key=config.consortium_public_key,
-            governors=governors,
-            quorum=quorum,
-            federation=config.federation,
-        )
+        if initial.governance is None:
+            initial.verify(
+                consortium_key=config.consortium_public_key,
+                governors=governors,
+                quorum=quorum,
+                federation=config.federation,
+            )
+        elif initial.governance != (tuple(governors), quorum):
+            raise PKIError(
+                f"{g.roster_version} hands over to other governors than {g.file} pins; install the version "
+                "again with `secagg pki install`, which writes both"
+            )
+        # a version that handed over was signed by the governance before it: `pki install` checked that, and
+        # resume() checks it again along the ledger's chain
     except PKIError as exc:
         raise ConfigError(f"governance: {exc}") from exc
     if initial.roster.fingerprint() != config.load_roster().fingerprint():
