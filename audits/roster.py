@@ -9,6 +9,11 @@ consortium signature on the roster, and exact extension of the version before it
 previous digest), as a transparency log refuses an inconsistent head (RFC 6962 section 2.1.2).
 
 Notes:
+    A version may hand the federation over to a new governance (governors, K) inside its signed payload: the
+    auditor checks it against the governance in force before it, then checks the next changes against the new
+    one, as the members and the coordinator do. A member that keeps its id with another key is a rotation
+    (``rotated``, with both key fingerprints), neither added nor removed.
+
     The governor set is taken from ``federation_created``, which only the coordinator's audit key signs: it is
     as trustworthy as that entry, whose roster fingerprint the auditor's pinned roster is compared with. A
     coordinator that lied about the governors there would be contradicted by every member's pinned

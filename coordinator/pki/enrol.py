@@ -9,7 +9,11 @@ Who runs what (``secagg pki ...``), and the files each step writes::
                                                  request.json (CSR + public keys + proofs)  -> CA operator
     sign CA_DIR REQUEST          the CA operator ISSUED (certificate + CA certificate)      -> the org
                                                  CA_DIR/members/<id>.json
+    request ORG_DIR --rotate     an enrolled silo ORG_DIR/signing.key.next (private, not yet used),
+                                                 rotation.json (CSR by its TLS key + new key + proof) -> CA
+    sign CA_DIR rotation.json    the CA operator members/<id>.json takes the new roster key; a receipt
     roster propose CA_DIR        the CA operator V = roster version n+1, consortium-signed -> governors
+                 [--rotate ID] [--governor PUB... --quorum K]
     roster sign GOV_DIR V        K governors     their signatures added to V             -> CA operator
     publish CA_DIR --roster V    the CA operator F = federation.json (CA certificate, roster version V,
                                                  consortium, audit and governor public keys) -> every org

@@ -19,8 +19,15 @@ Notes:
       (RFC 6962 section 2.1.2). The first version a member installs is 1 (``previous`` empty) or, for a member
       that joins later, any version carrying K valid signatures (trust on first install, as for the CA).
     - The governor set and K are pinned from the federation file on first install (they come from
-      ``governance.json``, which ``ca init`` wrote from the governors' own ``governor.pub`` files); changing them
-      is not supported yet.
+      ``governance.json``, which ``ca init`` wrote from the governors' own ``governor.pub`` files). A version may
+      carry a new ``governance`` (``roster propose --governor ... --quorum K``): it is inside the signed payload,
+      K of the governors *in force* must sign it, and from it on the new set governs (:func:`accept_chain_governed`
+      follows the chain; members rewrite ``governance.json``). The incoming governors alone cannot take over,
+      and the outgoing ones stop counting. This is the old-threshold half of TUF's root rotation (The Update
+      Framework specification, section 5.3.4, which also asks a threshold of the new root's keys; here the
+      current K alone decides, as issue 16 specifies, and the new governors prove their keys by signing later).
+    - A member's rotated roster key (``request --rotate``) enters the roster the same way: a version K governors
+      signed that lists the member with its new key, at the same index; the ledger records it under ``rotated``.
 """
 
 from __future__ import annotations
