@@ -24,10 +24,12 @@ import pytest
 from audits import VerificationError, verify_bundle
 from coordinator.common import RoundStatus
 from coordinator.config import ServeConfig, SiloConfig
+from coordinator.errors import ConfigError
 from coordinator.pki import PASSPHRASE_ENV, load_ed25519_private
 from coordinator.pki.enrol import install
 from coordinator.pki.governance import RosterVersion
 from coordinator.rounds.audit import export_bundle
+from coordinator.rounds.roster import governed_roster
 from coordinator.sdk.masking import RoundContext, Silo
 from coordinator.server.app import start_coordinator
 from secagg import Roster
@@ -220,3 +222,27 @@ def test_a_ledger_where_the_outgoing_governors_signed_the_next_version_fails_ver
         audit_public_key=federation_run["audit_key"].public_key().public_bytes_raw(),
         insecure_skip_roster_governance=True,
     )
+
+
+def test_a_restarted_coordinator_rebuilds_the_handover_from_the_ledger(
+    federation_run: dict[str, Any], tmp_path: Path
+) -> None:
+    roster = governed_roster(
+        federation_run["serve"]
+    )  # its directory pins version 3 and the new governance
+    assert roster is not None
+    assert roster.resume(entries(federation_run["bundle"])).version == 3
+    keys = federation_run["keys"]
+    assert [g.hex() for g in roster.governors] == [keys["gov-3"], keys["gov-4"]]
+    assert roster.created_facts()["governors"] == [keys["gov-1"], keys["gov-2"], keys["gov-3"]]
+    # the same ledger with version 3 signed by the outgoing governors: the restart is refused
+    forged_version = federation_run["by_outgoing"]
+
+    def outgoing(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        if kind != "roster_changed" or body["version"] != 3:
+            return body
+        return body | {"roster_version": forged_version.dumps()}
+
+    forged = rewritten(federation_run, tmp_path / "outgoing", outgoing)
+    with pytest.raises(ConfigError, match="0 valid governor signature"):
+        governed_roster(federation_run["serve"]).resume(entries(forged))  # type: ignore[union-attr]
