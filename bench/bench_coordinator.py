@@ -582,7 +582,8 @@ class PlainServicer(pb_grpc.FederationServicer):
         # exactly what the secure servicer does: one cached copy per round, streamed by the same chunker
         self._caller(context)
         data, digest = self._rounds.model_bytes(request.round)
-        yield from model_chunks(data, digest, DEFAULT_MAX_MESSAGE_BYTES)
+        streams = len(self._rounds.roster.members)
+        yield from model_chunks(data, digest, DEFAULT_MAX_MESSAGE_BYTES, streams=streams)
 
     def UploadMaskedInput(
         self, request_iterator: Iterable[pb.MaskedChunk], context: grpc.ServicerContext

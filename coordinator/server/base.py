@@ -58,9 +58,16 @@ def _abort(context: grpc.ServicerContext, exc: Exception) -> NoReturn:
 R = TypeVar("R")
 
 
-def model_chunks(data: bytes, digest: bytes, max_message_bytes: int) -> Iterator[pb.ModelChunk]:
-    """A model (float32 little-endian bytes) as download chunks below the message limit."""
-    step = chunk_words(max_message_bytes) * 4
+def model_chunks(
+    data: bytes, digest: bytes, max_message_bytes: int, *, streams: int = 0
+) -> Iterator[pb.ModelChunk]:
+    """A model (float32 little-endian bytes) as download chunks below the message limit.
+
+    ``streams``: how many silos download it at once (the roster's size); the chunks are then sized like the
+    uploads' (:func:`~coordinator.common.chunk_words`), so a large model travels in fewer messages while all
+    streams together still hold about a quarter of a vector in chunks.
+    """
+    step = chunk_words(max_message_bytes, vector_words=len(data) // 4, streams=streams) * 4
     view = memoryview(data)
     for start in range(0, max(len(data), 1), step):
         yield pb.ModelChunk(
@@ -303,7 +310,8 @@ class ServicerBase:
             context, request, lambda _: self._rounds.model_bytes(request.round), claimed=None
         )
         self._rounds.metrics.sent_bytes.inc(len(data))
-        yield from model_chunks(data, digest, self._max_message_bytes)
+        streams = len(self._rounds.roster.members)
+        yield from model_chunks(data, digest, self._max_message_bytes, streams=streams)
 
     def GetResult(self, request: pb.StageRequest, context: grpc.ServicerContext) -> pb.RoundResult:
         wait = self._wait(request.wait_seconds)

@@ -22,7 +22,7 @@ from coordinator._malloc import release_free_memory, tune_allocator
 from coordinator.common import chunk_words, model_hash
 from coordinator.errors import InvalidInput
 from coordinator.rounds.fedavg import fedavg
-from coordinator.server.base import drain_chunks, drain_upload, u32_view
+from coordinator.server.base import drain_chunks, drain_upload, model_chunks, u32_view
 from coordinator.store import SQLiteStore
 from secagg import Quantizer
 
@@ -202,3 +202,19 @@ def test_chunks_grow_with_the_vector_but_all_streams_hold_a_quarter_vector_at_mo
     assert got == 1 << 14 or got * silos <= vector // 4
     assert got * 4 <= (4 << 20) - 16 * 1024  # always below the message limit with its headroom
     assert chunk_words(256 * 1024, vector_words=vector, streams=silos) <= (256 * 1024) // 4
+
+
+@pytest.mark.parametrize(("words", "streams"), [(10, 3), (4_000_000, 10), (1_000_000, 50), (5, 0)])
+def test_download_chunks_are_sized_for_the_cohort_and_reassemble_exactly(
+    words: int, streams: int
+) -> None:
+    model = np.random.default_rng(words).standard_normal(words).astype("<f4")
+    data, digest = model.tobytes(), model_hash(model)
+    chunks = list(model_chunks(data, digest, 4 << 20, streams=streams))
+    step = chunk_words(4 << 20, vector_words=words, streams=streams)
+    assert b"".join(c.values for c in chunks) == data
+    assert [c.offset for c in chunks] == list(range(0, words, step))
+    assert all(
+        len(c.values) <= step * 4 and c.total == words and c.model_hash == digest for c in chunks
+    )
+    assert all(c.ByteSize() < 4 << 20 for c in chunks)
