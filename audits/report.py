@@ -46,8 +46,9 @@ __all__ = [
 ]
 
 #: Version of the report JSON (``docs/report.schema.json``). 2: anchors and dates, the summary,
-#: explained incidents, library versions as rows, completeness notes, the regulatory mapping.
-REPORT_SCHEMA: Final = 2
+#: explained incidents, library versions as rows, completeness notes, the regulatory mapping. 3: the
+#: governance anchor (a governed federation's governors and quorum, and whether the auditor pinned them).
+REPORT_SCHEMA: Final = 3
 
 NIST_SP_800_226: Final = (
     "NIST SP 800-226, Guidelines for Evaluating Differential Privacy Guarantees "
@@ -77,6 +78,7 @@ _ANCHOR_NAMES: Final = {
     Anchor.AUDIT_KEY: "the coordinator's audit key",
     Anchor.CONSORTIUM_KEY: "the consortium key",
     Anchor.ORIGIN: "the log origin",
+    Anchor.GOVERNANCE: "the roster governance (governors and quorum)",
 }
 _PARAMETER_WORDS: Final = {
     "mechanism": "Mechanism",
@@ -255,6 +257,13 @@ def _anchors(anchors: TrustAnchors) -> dict[str, Any]:
         },
         "origin": {"pinned": Anchor.ORIGIN in anchors.pinned, "value": anchors.origin},
         "roster": {"checked": anchors.roster_checked, "fingerprint": anchors.roster_fingerprint},
+        "governance": None
+        if anchors.governance is None
+        else {
+            "pinned": Anchor.GOVERNANCE in anchors.pinned,
+            "quorum": anchors.governance[1],
+            "governors": [_fingerprint(g) for g in anchors.governance[0]],
+        },
     }
 
 
@@ -273,6 +282,9 @@ def _pinning_statement(anchors: TrustAnchors) -> str:
         )
     if Anchor.ORIGIN in anchors.pinned:
         pinned.append(f"the log origin {anchors.origin!r}")
+    if anchors.governance is not None and Anchor.GOVERNANCE in anchors.pinned:
+        governors, quorum = anchors.governance
+        pinned.append(f"the roster governance ({quorum} of {len(governors)} governors)")
     roster = (
         f" The bundle's roster is the one the federation was created with (fingerprint "
         f"{anchors.roster_fingerprint})."

@@ -69,7 +69,7 @@ from audits.errors import CompletenessError, LedgerError, VerificationError
 from audits.events import EventKind, LedgerEntry
 from audits.ledger import Ledger
 from audits.merkle import EMPTY_ROOT, CompactRange, leaf_hash
-from audits.roster import RosterState, parse_version
+from audits.roster import Governance, RosterState, governance_from_json, parse_version
 from audits.witness import WitnessStatement, verify_statement
 
 __all__ = [
@@ -217,11 +217,16 @@ class AuditBundle:
 
 
 class Anchor(StrEnum):
-    """What an auditor pins out of band; without all three, a verification proves internal consistency only."""
+    """What an auditor pins out of band; without all of them, a verification proves internal consistency only.
+
+    ``GOVERNANCE`` (the governors and quorum a governed federation was created with) applies only to a ledger
+    whose ``federation_created`` records a governance; for any other it counts as pinned (there is none).
+    """
 
     AUDIT_KEY = "audit_key"
     CONSORTIUM_KEY = "consortium_key"
     ORIGIN = "origin"
+    GOVERNANCE = "governance"
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +242,8 @@ class TrustAnchors:
         roster_checked: the bundle's roster was hashed by the caller and matched that fingerprint.
         pinned: the anchors the auditor supplied; the others were read from the bundle itself, which
             anyone who wrote the bundle controls.
+        governance: the governors and quorum ``federation_created`` records (equal to the pinned ones when
+            :attr:`Anchor.GOVERNANCE` was pinned); ``None`` for a federation created without governance.
     """
 
     audit_public_key: bytes
@@ -245,6 +252,7 @@ class TrustAnchors:
     roster_fingerprint: str | None
     roster_checked: bool
     pinned: frozenset[Anchor]
+    governance: Governance | None = None
 
     @property
     def unpinned(self) -> tuple[Anchor, ...]:
@@ -253,7 +261,8 @@ class TrustAnchors:
 
     @property
     def fully_pinned(self) -> bool:
-        """Audit key, consortium key and origin pinned, and the roster matched the ledger's."""
+        """Audit key, consortium key, origin (and a governed federation's governance) pinned, and the roster
+        matched the ledger's."""
         return not self.unpinned and self.roster_checked
 
 
@@ -770,19 +779,53 @@ class _RosterChanges:
 
     Args:
         consortium_key: the pinned consortium key, or ``None`` (the initial roster's own key is then used).
+        governance: the pinned governors and quorum the federation was created with, or ``None``.
         check: False skips the governor-signature and extension checks (tests' positive control only); the
             roster each change lists is still followed, so attestations are checked under its keys.
+
+    Notes:
+        ``federation_created`` is signed by the coordinator's audit key alone. Without a pinned governance, a
+        coordinator holding that key could write a ledger whose governors are its own keys and sign every
+        roster change with them; the pin, taken from the governors out of band, makes that a mismatch.
     """
 
-    def __init__(self, consortium_key: bytes | None, *, check: bool = True) -> None:
+    def __init__(
+        self,
+        consortium_key: bytes | None,
+        governance: Governance | None = None,
+        *,
+        check: bool = True,
+    ) -> None:
         self._consortium_key = consortium_key
+        self._pinned = governance
         self._check = check
         self.state: RosterState | None = None
+        self.recorded: Governance | None = None
         self.changes = 0
 
     def created(self, index: int, federation: str, body: Mapping[str, Any]) -> None:
         governance = body.get("governance")
-        if governance is None or not self._check:
+        if governance is None:
+            if self._pinned is not None:
+                raise _bad(
+                    index,
+                    "governance: the federation was created without governance, but a governance was "
+                    "pinned: check that this is the federation you meant",
+                )
+            return
+        try:
+            self.recorded = governance_from_json(governance)
+        except ValueError as exc:
+            raise _bad(index, f"governance: {exc}") from exc
+        if self._pinned is not None and not _same_governance(self.recorded, self._pinned):
+            raise _bad(
+                index,
+                f"governance: federation_created names {len(self.recorded[0])} governor(s) with quorum "
+                f"{self.recorded[1]}, not the pinned governance ({len(self._pinned[0])} governors, quorum "
+                f"{self._pinned[1]}): only the coordinator's audit key vouches for this record; pin the "
+                "governance the federation was created with (a handover later rewrites governance.json)",
+            )
+        if not self._check:
             return
         try:
             self.state = RosterState.from_created(federation, governance, self._consortium_key)
@@ -816,6 +859,11 @@ class _RosterChanges:
         except ValueError as exc:
             raise _bad(index, f"roster change refused: {exc}") from exc
         attestations.use_roster(self.state.roster.members)
+
+
+def _same_governance(a: Governance, b: Governance) -> bool:
+    """The same governor set (in any order) and the same quorum."""
+    return a[1] == b[1] and sorted(a[0]) == sorted(b[0])
 
 
 def _check_entry(
@@ -940,6 +988,7 @@ def verify_bundle(
     consortium_public_key: bytes | None = None,
     unpinned: Collection[Anchor] = (),
     statements: Sequence[WitnessStatement] = (),
+    governance: Governance | None = None,
     insecure_skip_roster_governance: bool = False,
 ) -> VerificationReport:
     """Verify an audit bundle completely, or raise naming the first problem.
@@ -978,6 +1027,9 @@ def verify_bundle(
             anchors; ``None`` if none was pinned.
         unpinned: anchors the caller read from the bundle itself instead of pinning (e.g.
             ``secagg audit verify --unpinned``); recorded in the anchors, never trusted.
+        governance: the governors and quorum the auditor pins (from the governors, out of band): a governed
+            ledger's ``federation_created`` must record exactly them, and an ungoverned ledger is refused.
+            ``None``: a governed ledger's governance is read from the ledger and not counted as pinned.
         insecure_skip_roster_governance: tests only (the positive control of the governance check): accept
             every ``roster_changed`` entry without checking its governor signatures or that it extends the
             version in force. Never in production.
@@ -1028,7 +1080,9 @@ def verify_bundle(
             silo_keys, recompute_epsilon, epsilon_accounts, signatures
         )
         completeness = _Completeness()
-        rosters = _RosterChanges(consortium_public_key, check=not insecure_skip_roster_governance)
+        rosters = _RosterChanges(
+            consortium_public_key, governance, check=not insecure_skip_roster_governance
+        )
         compact = CompactRange()
         decoded: list[LedgerEntry] = []
         roots_needed = {c.size: c for c in others}
@@ -1097,6 +1151,8 @@ def verify_bundle(
         pinned.discard(Anchor.ORIGIN)
     if consortium_public_key is None:
         pinned.discard(Anchor.CONSORTIUM_KEY)
+    if rosters.recorded is not None and governance is None:
+        pinned.discard(Anchor.GOVERNANCE)
     for statement in statements:
         if statement.federation != federation:
             raise VerificationError(
@@ -1121,6 +1177,7 @@ def verify_bundle(
             roster_fingerprint=recorded,
             roster_checked=roster_fingerprint is not None,
             pinned=frozenset(pinned),
+            governance=rosters.recorded,
         ),
         roster_members=tuple(sorted(silo_keys)),
         notes=tuple(notes),

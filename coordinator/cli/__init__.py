@@ -7,6 +7,7 @@ import enum
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from importlib.metadata import version
@@ -19,6 +20,7 @@ from coordinator.logs import configure_logging
 
 if TYPE_CHECKING:
     from audits import VerificationReport
+    from audits.roster import Governance
 
 T = TypeVar("T")
 
@@ -876,6 +878,7 @@ def _verified(
     checkpoints: list[Path],
     unpinned: bool,
     statements: list[Path] | None = None,
+    governance: Path | None = None,
 ) -> VerificationReport:
     """Verify as both commands do; ``pins``: (audit key, consortium key, origin, federation) options."""
     audit_key, consortium_key, origin, federation = pins
@@ -902,6 +905,7 @@ def _verified(
             err=True,
         )
         raise typer.Exit(code=EXIT_USAGE)
+    pinned_governance = None if governance is None else _governance_pin(governance)
     try:
         report, warnings = verify_bundle_dir(
             bundle,
@@ -914,6 +918,7 @@ def _verified(
             statements=[
                 WitnessStatement.loads(p.read_text(encoding="utf-8")) for p in statements or []
             ],
+            governance=pinned_governance,
         )
     except (VerificationError, SecAggError, OSError, ValueError) as exc:
         typer.secho(f"FAILED: {exc}", fg=typer.colors.RED, err=True)
@@ -923,6 +928,30 @@ def _verified(
     return report
 
 
+def _governance_pin(path: Path) -> Governance:
+    """The governors and quorum of a ``governance.json`` (a member's or the CA's), or a usage error."""
+    import json
+
+    from audits.roster import governance_from_json
+
+    try:
+        return governance_from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as exc:
+        _fail(
+            f"--governance {path}: {getattr(exc, 'strerror', None) or exc} (give the governance.json "
+            "the federation was created with)",
+            code=EXIT_USAGE,
+        )
+
+
+_GOVERNANCE_HELP = (
+    "governance.json: the governors and quorum the governed federation was created with (the CA's or a "
+    "member's copy, confirmed with the governors; a later handover rewrites it). Without it a governed "
+    "ledger's governance is read from the ledger itself and the verification is not fully pinned."
+)
+_Governance = Annotated[
+    Path | None, typer.Option("--governance", metavar="FILE", help=_GOVERNANCE_HELP)
+]
 _AuditKey = Annotated[str | None, typer.Option("--audit-key", help=_AUDIT_KEY_HELP)]
 _ConsortiumKey = Annotated[str | None, typer.Option("--consortium-key", help=_CONSORTIUM_KEY_HELP)]
 _Origin = Annotated[str | None, typer.Option("--origin", help=_ORIGIN_HELP)]
@@ -949,6 +978,8 @@ _Statements = Annotated[
 def _pinning_line(report: VerificationReport) -> str:
     anchors = report.anchors
     if anchors.fully_pinned:
+        if anchors.governance is not None:
+            return "pinned: audit key, consortium key, log origin and roster governance"
         return "pinned: audit key, consortium key and log origin"
     return "NOT PINNED: " + ", ".join(str(a).replace("_", " ") for a in anchors.unpinned)
 
@@ -983,6 +1014,7 @@ def _audit_verify(
     federation: _Federation = None,
     checkpoint: _Checkpoints = [],  # noqa: B006 - typer reads the default, never mutates it
     statement: _Statements = [],  # noqa: B006 - typer reads the default, never mutates it
+    governance: _Governance = None,
     unpinned: _Unpinned = False,
 ) -> None:
     """Recompute every hash, signature and epsilon and check completeness; fails closed without pins.
@@ -992,7 +1024,12 @@ def _audit_verify(
     """
     pins = (audit_key, consortium_key, origin, federation)
     report = _verified(
-        bundle, pins, checkpoints=checkpoint, unpinned=unpinned, statements=statement
+        bundle,
+        pins,
+        checkpoints=checkpoint,
+        unpinned=unpinned,
+        statements=statement,
+        governance=governance,
     )
     cp = report.checkpoint
     typer.echo(
@@ -1018,6 +1055,7 @@ def _audit_report(
     consortium_key: _ConsortiumKey = None,
     origin: _Origin = None,
     federation: _Federation = None,
+    governance: _Governance = None,
     unpinned: _Unpinned = False,
     pdf: Annotated[
         bool | None,
@@ -1036,7 +1074,7 @@ def _audit_report(
     from audits import ReportError, build_report, find_chromium, write_pdf, write_report
 
     pins = (audit_key, consortium_key, origin, federation)
-    report = _verified(bundle, pins, checkpoints=[], unpinned=unpinned)
+    report = _verified(bundle, pins, checkpoints=[], unpinned=unpinned, governance=governance)
     data, html = write_report(build_report(report), out)
     typer.echo(f"report written: {html} and {data}")
     code = EXIT_VERIFIED if report.anchors.fully_pinned else EXIT_UNPINNED
@@ -1434,8 +1472,16 @@ def _demo(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: every command's runtime failure ends as one line (:func:`_sentences`).
+
+    Commands catch what they expect with their own advice; this catches the rest (e.g. a missing passphrase
+    while ``audit export`` opens the audit key), so no command shows a traceback without ``--debug``.
+    """
+    try:
+        with _sentences():
+            app()
+    except typer.Exit as done:  # raised by _fail outside click's own handling
+        sys.exit(done.exit_code)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from audits import (
 )
 from audits.database import Database
 from audits.events import utc_now
+from audits.roster import Governance
 from audits.witness import WitnessStatement
 from coordinator.common import ledger_origin
 from coordinator.config import PrivacyConfig, ServeConfig
@@ -279,6 +280,7 @@ def verify_bundle_dir(
     checkpoints: Sequence[str] = (),
     unpinned: bool = False,
     statements: Sequence[WitnessStatement] = (),
+    governance: Governance | None = None,
 ) -> tuple[VerificationReport, list[str]]:
     """Verify an audit bundle directory completely (``secagg audit verify`` and ``report``).
 
@@ -294,6 +296,10 @@ def verify_bundle_dir(
         statements: silos' signed witness statements; each must verify under the roster and agree too.
         unpinned: allow a missing audit or consortium key: the bundle's own is used, which proves only
             that the bundle is internally consistent. The report's anchors say so.
+        governance: the governors and quorum a governed federation was created with, as the auditor has them
+            from the governors (``governance.json``); ``federation_created`` must record exactly them. Without
+            it a governed ledger's governance is read from the ledger, which only the audit key signs, and
+            the anchors say it was not pinned.
 
     Returns:
         The verification report (its ``anchors`` say what was pinned) and one warning per anchor
@@ -357,7 +363,13 @@ def verify_bundle_dir(
         roster_fingerprint=roster.fingerprint(),
         consortium_public_key=roster.consortium_key,
         unpinned=not_pinned,
+        governance=governance,
     )
+    if report.anchors.governance is not None and governance is None:
+        warnings.append(
+            "the governance is not pinned: the governors and quorum were read from federation_created, "
+            "which only the coordinator's audit key signs (pin governance.json with --governance)"
+        )
     for name, value in (("the roster", roster.federation), ("the pinned", federation)):
         if value is not None and value != report.federation:
             raise VerificationError(

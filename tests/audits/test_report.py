@@ -60,7 +60,7 @@ def report(federation: Federation, bundle_dir: Path) -> dict[str, Any]:
 
 
 def test_report_json_contents(report: dict[str, Any], federation: Federation) -> None:
-    assert report["report_schema"] == REPORT_SCHEMA == 2
+    assert report["report_schema"] == REPORT_SCHEMA == 3
     assert report["generated_at"] == GENERATED_AT
     assert report["federation"] == "fed-1"
     cp = federation.ledger.latest_checkpoint()
@@ -199,7 +199,7 @@ def _chromium() -> str:
 def test_report_renders_in_headless_chromium(report: dict[str, object], tmp_path: Path) -> None:
     chromium = _chromium()
     _, html_path = write_report(report, tmp_path / "out")
-    assert json.loads((tmp_path / "out" / "report.json").read_text())["report_schema"] == 2
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["report_schema"] == 3
     flags = [
         chromium,
         "--headless",
@@ -433,7 +433,7 @@ def _check(value: Any, schema: Mapping[str, Any], root: Mapping[str, Any], path:
             _check(item, schema["items"], root, f"{path}[{i}]")
 
 
-def _validate(report: Mapping[str, Any]) -> None:
+def validate_against_schema(report: Mapping[str, Any]) -> None:
     schema = json.loads((REPO / "docs" / "report.schema.json").read_text())
     _check(json.loads(json.dumps(report)), schema, schema, "report")
 
@@ -444,18 +444,19 @@ def test_report_json_validates_against_the_published_schema(
     schema = json.loads((REPO / "docs" / "report.schema.json").read_text())
     assert schema["properties"]["report_schema"]["const"] == REPORT_SCHEMA
     assert set(schema["required"]) == set(report)  # every field is published, none is stale
-    _validate(report)
-    _validate(_report(federation, bundle_dir, pinned=False))
+    validate_against_schema(report)
+    validate_against_schema(_report(federation, bundle_dir, pinned=False))
     fed, restarted = _restart_federation(tmp_path)
-    _validate(_report(fed, restarted))  # incidents with explanations, an epsilon that counts
+    # incidents with explanations, an epsilon that counts
+    validate_against_schema(_report(fed, restarted))
     fed.ledger.close()
     broken = json.loads(json.dumps(report))
     broken["silos"][0]["epsilon_by_round"][0]["time"] = "yesterday"
     with pytest.raises(AssertionError, match="time"):
-        _validate(broken)
+        validate_against_schema(broken)
     broken = dict(report, surprise=1)
     with pytest.raises(AssertionError, match="surprise"):
-        _validate(broken)
+        validate_against_schema(broken)
 
 
 # ------------------------------------------------------------------------------------ the PDF

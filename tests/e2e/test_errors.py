@@ -3,6 +3,7 @@ what to do, the traceback only with ``--debug`` (the real ``secagg`` commands, r
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import tomli_w
 
 from coordinator.config import write_demo_configs
 from coordinator.errors import AuditFailure, Unauthorized
+from coordinator.pki.custody import PASSPHRASE_ENV
 from coordinator.rounds.masking import MaskingRounds
 from coordinator.sdk import RetryPolicy, Silo
 from coordinator.server.masking import create_server
@@ -44,9 +46,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def secagg(*argv: str) -> subprocess.CompletedProcess[str]:
+def secagg(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(SECAGG), *argv], cwd=REPO, capture_output=True, text=True, timeout=180, check=False
+        [str(SECAGG), *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        stdin=subprocess.DEVNULL,
+        env=env,
     )
 
 
@@ -112,6 +121,22 @@ def test_a_coordinator_certificate_that_does_not_fit_its_key(
     line = one_line(secagg("serve", "--config", str(edit(serve, swap))))
     assert line.startswith("error: the coordinator key ")  # not gRPC's "Failed to bind to address"
     assert "does not belong to the certificate" in line
+
+
+def test_a_command_that_opens_a_key_without_a_passphrase(
+    files: tuple[Path, list[Path], int], tmp_path: Path
+) -> None:
+    """`audit export` opens the audit key to sign a checkpoint; with no passphrase it says how to give one."""
+    serve, _, _ = files
+    env = {k: v for k, v in os.environ.items() if k != PASSPHRASE_ENV}
+    line = one_line(
+        secagg("audit", "export", "--config", str(serve), "--out", str(tmp_path / "b"), env=env)
+    )
+    assert line == (
+        f"error: no passphrase for the private keys: set {PASSPHRASE_ENV} to a file (mode 0600) holding it, "
+        "or run in a terminal to be prompted"
+    )
+    assert not (tmp_path / "b").exists()
 
 
 def test_port_in_use(files: tuple[Path, list[Path], int]) -> None:

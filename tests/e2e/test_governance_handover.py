@@ -173,6 +173,9 @@ def federation_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "serve": serve,
         "keys": {g.name: pub(g) for g in (gov1, gov2, gov3, gov4)},
         "by_outgoing": by_outgoing,
+        # what an auditor pins: the governance the federation was created with, confirmed with its governors
+        # (the CA's governance.json now holds the one version 2 handed over to)
+        "governance": (tuple(bytes.fromhex(pub(g)) for g in (gov1, gov2, gov3)), 2),
     }
 
 

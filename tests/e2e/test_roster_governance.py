@@ -11,18 +11,23 @@ verification only because of that signature (positive control: with the governan
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 import tomli_w
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audits import (
+    Anchor,
     CheckpointSigner,
     Event,
     Ledger,
@@ -32,6 +37,8 @@ from audits import (
     write_bundle,
 )
 from audits.report import build_report
+from audits.roster import Governance, governance_from_json
+from coordinator.cli import EXIT_FAILED, EXIT_UNPINNED
 from coordinator.common import RoundStatus, ledger_origin
 from coordinator.config import ServeConfig, SiloConfig
 from coordinator.errors import ConfigError, Unauthorized
@@ -43,6 +50,7 @@ from coordinator.rounds.roster import governed_roster
 from coordinator.sdk.masking import RetryPolicy, RoundContext, Silo
 from coordinator.server.app import start_coordinator
 from secagg import Roster
+from tests.audits.test_report import validate_against_schema
 from tests.e2e.harness import exact, expected_model, in_threads, integer_update
 from tests.e2e.test_enrolment import (
     FEDERATION,
@@ -270,6 +278,15 @@ def entries(bundle: Path) -> list[LedgerEntry]:
     ]
 
 
+def pinned_governance(federation_run: dict[str, Any]) -> Governance:
+    """What an auditor pins: the governance the federation was created with (the CA's governance.json, unless a
+    run handed over to another one since)."""
+    if "governance" in federation_run:
+        return cast(Governance, federation_run["governance"])
+    ca = federation_run["enrolment"].ca.directory
+    return governance_from_json(json.loads((ca / "governance.json").read_text()))
+
+
 def verify(federation_run: dict[str, Any], bundle: Path, **options: Any) -> Any:
     serve = federation_run["serve"]
     return verify_bundle_dir(
@@ -277,7 +294,7 @@ def verify(federation_run: dict[str, Any], bundle: Path, **options: Any) -> Any:
         audit_public_key=federation_run["audit_key"].public_key().public_bytes_raw(),
         consortium_public_key=serve.consortium_public_key,
         federation=FEDERATION,
-        **options,
+        **({"governance": pinned_governance(federation_run)} | options),
     )
 
 
@@ -294,8 +311,21 @@ def test_the_roster_change_is_in_the_ledger_with_its_signatures_and_verifies(
     assert created["governance"]["quorum"] == 2
     report, warnings = verify(federation_run, bundle)
     assert report.federation == FEDERATION and report.anchors.fully_pinned and not warnings
-    shown = build_report(report)["roster_changes"]
-    assert [(c["version"], c["added"], c["first_round"]) for c in shown] == [(2, [NEWCOMER], 1)]
+    shown = build_report(report)
+    assert [(c["version"], c["added"], c["first_round"]) for c in shown["roster_changes"]] == [
+        (2, [NEWCOMER], 1)
+    ]
+    governors, quorum = pinned_governance(federation_run)
+    assert shown["verification"]["anchors"]["governance"] == {
+        "pinned": True,
+        "quorum": quorum,
+        "governors": [hashlib.sha256(g).hexdigest() for g in governors],
+    }
+    assert (
+        f"the roster governance ({quorum} of {len(governors)} governors)"
+        in (shown["verification"]["statement"])
+    )
+    validate_against_schema(shown)  # the published schema, governance anchor included
 
 
 def rewritten(federation_run: dict[str, Any], out: Path, edit: Any) -> Path:
@@ -347,6 +377,98 @@ def test_a_forged_governor_signature_in_the_ledger_fails_verification(
         silo_keys=dict(roster.members),
         audit_public_key=federation_run["audit_key"].public_key().public_bytes_raw(),
         insecure_skip_roster_governance=True,
+    )
+
+
+def test_a_coordinator_that_names_its_own_governors_is_caught_by_the_pinned_governance(
+    federation_run: dict[str, Any], tmp_path: Path
+) -> None:
+    """The attack: a coordinator holding the audit key rewrites ``federation_created`` with a governor key of its
+    own (quorum 1), signs every roster version with it and re-signs the log. Each version's roster is still the
+    consortium-signed one, so only the governance is forged."""
+    mallory = Ed25519PrivateKey.generate()
+    own = mallory.public_key().public_bytes_raw().hex()
+
+    def resign(text: str) -> str:
+        version = RosterVersion.loads(text)
+        return (
+            RosterVersion(version.version, version.previous, version.roster, {}, version.governance)
+            .signed_by(mallory)
+            .dumps()
+        )
+
+    def usurp(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        if kind == "federation_created":
+            governance = body["governance"]
+            return body | {
+                "governance": governance
+                | {
+                    "governors": [own],
+                    "quorum": 1,
+                    "roster_version": resign(governance["roster_version"]),
+                }
+            }
+        if kind == "roster_changed":
+            return body | {"roster_version": resign(body["roster_version"]), "signers": [own]}
+        return body
+
+    usurped = rewritten(federation_run, tmp_path / "usurped", usurp)
+    # positive control: without the governance pin every check passes, and the report shows mallory's 1-of-1
+    report, warnings = verify(federation_run, usurped, governance=None)
+    assert report.anchors.governance == ((bytes.fromhex(own),), 1)
+    assert not report.anchors.fully_pinned
+    assert report.anchors.unpinned == (Anchor.GOVERNANCE,)
+    assert any("governance is not pinned" in w for w in warnings)
+    with pytest.raises(VerificationError) as exc:
+        verify(federation_run, usurped)
+    assert str(exc.value).startswith(
+        "entry 0: governance: federation_created names 1 governor(s) with quorum 1, not the pinned "
+        "governance (3 governors, quorum 2)"
+    )
+    # the honest ledger pins its governance, and the CLI says so
+    honest = federation_run["bundle"]
+    done = secagg_cli(
+        federation_run,
+        "audit",
+        "verify",
+        str(honest),
+        "--governance",
+        str(federation_run["enrolment"].ca.directory / "governance.json"),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "pinned: audit key, consortium key, log origin and roster governance" in done.stdout
+    forged = secagg_cli(
+        federation_run,
+        "audit",
+        "verify",
+        str(usurped),
+        "--governance",
+        str(federation_run["enrolment"].ca.directory / "governance.json"),
+    )
+    assert forged.returncode == EXIT_FAILED and "not the pinned governance" in forged.stderr
+    unpinned = secagg_cli(federation_run, "audit", "verify", str(honest))
+    assert unpinned.returncode == EXIT_UNPINNED and "NOT PINNED: governance" in unpinned.stdout
+
+
+def secagg_cli(federation_run: dict[str, Any], *argv: str) -> subprocess.CompletedProcess[str]:
+    """``secagg`` as an auditor runs it, pinning the audit key, consortium key and federation."""
+    serve = federation_run["serve"]
+    audit = federation_run["audit_key"].public_key().public_bytes_raw().hex()
+    pins = [
+        "--audit-key",
+        audit,
+        "--consortium-key",
+        serve.consortium_public_key.hex(),
+        "--federation",
+        FEDERATION,
+    ]
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "secagg"), *argv, *pins],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -454,5 +576,10 @@ def test_a_roster_change_in_a_federation_created_without_governance_fails_verifi
             return body
         return {k: v for k, v in body.items() if k != "governance"}
 
+    stripped = rewritten(federation_run, tmp_path / "ungoverned", ungoverned)
     with pytest.raises(VerificationError, match="created without governance: nobody may change it"):
-        verify(federation_run, rewritten(federation_run, tmp_path / "ungoverned", ungoverned))
+        verify(federation_run, stripped, governance=None)
+    with pytest.raises(
+        VerificationError, match="created without governance, but a governance was pinned"
+    ):
+        verify(federation_run, stripped)
