@@ -14,6 +14,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -64,6 +65,12 @@ class Roster:
 
     def payload(self) -> bytes:
         """The exact bytes the consortium signs."""
+        return self._payload
+
+    @cached_property
+    def _payload(self) -> bytes:
+        # once per roster (it is immutable): every long poll announces the fingerprint, and at 100 silos
+        # re-encoding 200 fields each time was a large part of the coordinator's CPU
         fields: list[bytes | str | int] = ["roster", _FORMAT, self.federation, self.consortium_key]
         for silo, key in self.members.items():
             fields += [silo, key]
@@ -97,6 +104,10 @@ class Roster:
 
     def fingerprint(self) -> str:
         """SHA-256 hex of the signed payload: what the ledger records."""
+        return self._fingerprint
+
+    @cached_property
+    def _fingerprint(self) -> str:
         return hashlib.sha256(self.payload()).hexdigest()
 
     def dumps(self) -> str:
