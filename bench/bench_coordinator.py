@@ -183,7 +183,7 @@ POLL = 20.0  # seconds one long poll may block before the silo asks again
 VECTOR_BYTES_PER_COORDINATE = 4  # uint32
 TARGET_RATIO = 1.5
 TARGET_50_SECONDS = 3.0
-TARGET_RSS_VECTORS = 10.0
+TARGET_RSS_VECTORS = 4.0  # issue 18: coordinator peak at 50 x 1M at most 4 vectors above idle
 FLOWER_SECURE_S = 27.0
 FLOWER_PLAIN_S = 0.7
 SCENARIO_TIMEOUT = 1200.0  # a hung child is killed after this many seconds
@@ -592,7 +592,7 @@ class PlainServicer(pb_grpc.FederationServicer):
 
     def DownloadModel(
         self, request: pb.DownloadModelRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.ModelChunk]:
+    ) -> Iterator[bytes]:
         # exactly what the secure servicer does: one cached copy per round, streamed by the same chunker
         self._caller(context)
         data, digest = self._rounds.model_bytes(request.round)
@@ -1564,13 +1564,13 @@ def masking_report(figures: Sequence[Figures], *, quick: bool) -> None:
         f"{flower:>7.1f}  {'reference only':<16} (the issue's figures, other hardware)"
     )
     print()
-    header = f"{'coordinator RSS':<30} {'idle MB':>8} {'peak MB':>8} {'vector MB':>10} {'(peak-idle)/vector':>19}  target < {TARGET_RSS_VECTORS:.0f}x"
+    header = f"{'coordinator RSS':<30} {'idle MB':>8} {'peak MB':>8} {'vector MB':>10} {'(peak-idle)/vector':>19}  target <= {TARGET_RSS_VECTORS:.0f}x"
     print(header)
     print("-" * len(header))
     for f in figures:
         row, ratio = _rss_row(f.scenario.name, f.coordinator, "peak_rss", f.vector_bytes())
         judged = not quick and f.scenario.target == "rss"
-        print(f"{row}  {verdict(ratio < TARGET_RSS_VECTORS, judged) if judged else ''}")
+        print(f"{row}  {verdict(ratio <= TARGET_RSS_VECTORS, judged) if judged else ''}")
         if f.plain is not None:
             row, _ = _rss_row(
                 "  baseline (plain streaming)",

@@ -10,7 +10,8 @@ Every servicer keeps its synchronous handlers (one code path, also usable on a t
   (:meth:`RoundDriver.on_change <coordinator.rounds.driver.RoundDriver.on_change>`), then runs again, and
   at its deadline answers as the threaded poll does;
 - a server stream (a model download, a decryption request) takes each message from the handler's generator in
-  a worker and writes it from the loop, so a slow reader holds no thread;
+  a worker and writes it from the loop, so a slow reader holds no thread; a message the generator yields as
+  bytes is taken as already serialized (the model download's chunks);
 - a client stream (an upload) is read with ``async for``: the servicer's ``aio_<Method>`` (when it is defined
   where the synchronous method is, or below) hands each chunk to a worker; otherwise the stream is read into
   memory up to the servicer's ``buffered_stream_bytes`` and handed to the synchronous handler in one go.
@@ -110,6 +111,17 @@ def lenient(deserialize: Callable[[bytes], object] | None) -> Callable[[bytes], 
             return Undecodable()
 
     return parse
+
+
+def _passing_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """``serialize``, except that a message a server stream yields already serialized (bytes) goes as it is."""
+    if serialize is None:
+        return None
+
+    def out(message: Any) -> bytes:
+        return message if isinstance(message, bytes) else serialize(message)
+
+    return out
 
 
 # -- the context a synchronous handler sees ----------------------------------------------------------------------
@@ -442,7 +454,7 @@ class AioBridge:
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._unary_stream(handler.unary_stream), deserialize, serialize
+                self._unary_stream(handler.unary_stream), deserialize, _passing_bytes(serialize)
             )
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(

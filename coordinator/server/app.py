@@ -120,8 +120,9 @@ def bind_server(
         listen=rounds.on_change,
     )
     collector = Collector()
-    name = add_mode_servicer(collector, shared)
     pb_grpc.add_AuditServicer_to_server(AuditServicer(rounds, **shared), cast(Any, collector))
+    # after the Audit service, so that a mode's registration may replace it (the tests' forked ledger)
+    name = add_mode_servicer(collector, shared)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, collector)
     handlers = bridge.collected(collector)

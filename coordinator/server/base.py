@@ -58,24 +58,43 @@ def _abort(context: grpc.ServicerContext, exc: Exception) -> NoReturn:
 R = TypeVar("R")
 
 
+_VALUES_TAG = bytes([(2 << 3) | 2])
+"""The wire tag of ``ModelChunk.values``: field 2, length-delimited."""
+
+
+def _varint(n: int) -> bytes:
+    """Base-128 varint (Protocol Buffers encoding, "Base 128 Varints")."""
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
 def model_chunks(
     data: bytes, digest: bytes, max_message_bytes: int, *, streams: int = 0
-) -> Iterator[pb.ModelChunk]:
-    """A model (float32 little-endian bytes) as download chunks below the message limit.
+) -> Iterator[bytes]:
+    """A model (float32 little-endian bytes) as serialized ``ModelChunk`` messages below the message limit.
 
     ``streams``: how many silos download it at once (the roster's size); the chunks are then sized like the
     uploads' (:func:`~coordinator.common.chunk_words`), so a large model travels in fewer messages while all
     streams together still hold about a quarter of a vector in chunks.
+
+    Notes:
+        Each chunk is the small message of its offset, total and hash, followed by its values as field 2: one
+        copy of the values per chunk, where slicing them, building the message and serializing it made three.
+        Parsers accept fields in any order ("Field Order" in the Protocol Buffers encoding guide,
+        https://protobuf.dev/programming-guides/encoding/#order), so the silos read the same message; the
+        asyncio server passes bytes a server stream yields through its serializer
+        (:mod:`coordinator.server.aio`).
     """
     step = chunk_words(max_message_bytes, vector_words=len(data) // 4, streams=streams) * 4
-    view = memoryview(data)
+    view, total = memoryview(data), len(data) // 4
     for start in range(0, max(len(data), 1), step):
-        yield pb.ModelChunk(
-            offset=start // 4,
-            values=bytes(view[start : start + step]),
-            total=len(data) // 4,
-            model_hash=digest,
-        )
+        values = view[start : start + step]
+        header = pb.ModelChunk(offset=start // 4, total=total, model_hash=digest)
+        yield b"".join((header.SerializeToString(), _VALUES_TAG, _varint(len(values)), values))
 
 
 def u32_view(data: bytes) -> npt.NDArray[np.uint32]:
@@ -303,9 +322,9 @@ class ServicerBase:
     def _wait(seconds: float) -> float:
         return max(0.0, min(seconds, MAX_WAIT_SECONDS))
 
-    def DownloadModel(
+    def DownloadModel(  # yields serialized ModelChunk bytes (the generated stubs type messages)
         self, request: pb.DownloadModelRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.ModelChunk]:
+    ) -> Iterator[Any]:
         data, digest = self._serve(
             context, request, lambda _: self._rounds.model_bytes(request.round), claimed=None
         )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
-from concurrent import futures
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from coordinator.rounds.audit import AuditTrail
 from coordinator.rounds.masking import MaskingRounds
 from coordinator.sdk.masking import RoundReport
 from coordinator.sdk.transport import Transport
+from coordinator.server.app import bind_server
 from coordinator.server.audit import AuditServicer
 from coordinator.server.masking import FederationServicer
 from coordinator.store import SQLiteStore
@@ -147,18 +147,13 @@ def coordinator(
         initial_model=np.zeros(LENGTH, np.float32),
         audit=trail,
     )
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-    pb_grpc.add_FederationServicer_to_server(
-        FederationServicer(service, revoked=frozenset(), insecure=False), server
-    )
-    pb_grpc.add_AuditServicer_to_server(audit(service), server)
-    tls = consortium.coordinator_tls()
-    port = server.add_secure_port(
-        "127.0.0.1:0",
-        grpc.ssl_server_credentials(
-            [(tls.key, tls.cert)], root_certificates=tls.ca, require_client_auth=True
-        ),
-    )
+
+    def add(server: grpc.Server, shared: dict[str, Any]) -> str:
+        pb_grpc.add_FederationServicer_to_server(FederationServicer(service, **shared), server)
+        pb_grpc.add_AuditServicer_to_server(audit(service), server)  # replaces the honest one
+        return "coordinator.proto.v1.Federation"
+
+    server, port = bind_server(service, "127.0.0.1:0", add, tls=consortium.coordinator_tls())
     server.start()
     service.start()
     try:

@@ -9,9 +9,9 @@ nothing more for that round.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent import futures
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -24,6 +24,7 @@ from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from coordinator.rounds.masking import MaskingRounds
 from coordinator.sdk.masking import RoundReport, SiloPolicy
+from coordinator.server.app import bind_server
 from coordinator.server.masking import FederationServicer
 from coordinator.store import SQLiteStore
 from tests.e2e.harness import (
@@ -74,7 +75,8 @@ class TamperedModel(Liar):
     def DownloadModel(
         self, request: pb.DownloadModelRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ModelChunk]:
-        for chunk in super().DownloadModel(request, context):
+        for wire in super().DownloadModel(request, context):
+            chunk = pb.ModelChunk.FromString(wire)
             chunk.values = np.full(len(chunk.values) // 4, 0.5, "<f4").tobytes()
             yield chunk
 
@@ -127,15 +129,13 @@ def lying_coordinator(
         audit=audit_trail(consortium, db),
     )
     servicer = liar(rounds)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-    pb_grpc.add_FederationServicer_to_server(servicer, server)
-    tls = consortium.coordinator_tls()
-    port = server.add_secure_port(
-        "127.0.0.1:0",
-        grpc.ssl_server_credentials(
-            [(tls.key, tls.cert)], root_certificates=tls.ca, require_client_auth=True
-        ),
-    )
+
+    def add(server: grpc.Server, shared: dict[str, Any]) -> str:
+        pb_grpc.add_FederationServicer_to_server(servicer, server)
+        return "coordinator.proto.v1.Federation"
+
+    # the production server (asyncio, admission, fair workers) around the lying servicer
+    server, port = bind_server(rounds, "127.0.0.1:0", add, tls=consortium.coordinator_tls())
     server.start()
     rounds.start()
     try:

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from coordinator._malloc import release_free_memory, tune_allocator
 from coordinator.common import chunk_words, model_hash
 from coordinator.errors import InvalidInput
+from coordinator.proto.v1 import coordinator_pb2 as pb
 from coordinator.rounds.fedavg import fedavg
 from coordinator.server.base import drain_chunks, drain_upload, model_chunks, u32_view
 from coordinator.store import SQLiteStore
@@ -210,11 +211,12 @@ def test_download_chunks_are_sized_for_the_cohort_and_reassemble_exactly(
 ) -> None:
     model = np.random.default_rng(words).standard_normal(words).astype("<f4")
     data, digest = model.tobytes(), model_hash(model)
-    chunks = list(model_chunks(data, digest, 4 << 20, streams=streams))
+    wire = list(model_chunks(data, digest, 4 << 20, streams=streams))
+    chunks = [pb.ModelChunk.FromString(c) for c in wire]  # what the silos parse
     step = chunk_words(4 << 20, vector_words=words, streams=streams)
     assert b"".join(c.values for c in chunks) == data
     assert [c.offset for c in chunks] == list(range(0, words, step))
     assert all(
         len(c.values) <= step * 4 and c.total == words and c.model_hash == digest for c in chunks
     )
-    assert all(c.ByteSize() < 4 << 20 for c in chunks)
+    assert all(len(c) < 4 << 20 for c in wire)

@@ -311,7 +311,7 @@ def test_real_run_bundle_verifies_and_reports(run: AuditRun, tmp_path: Path) -> 
     assert code == 0, output
     report = json.loads((out / "report.json").read_text())
     html = (out / "report.html").read_text()
-    assert report["report_schema"] == 2 and report["federation"] == "fed"
+    assert report["report_schema"] == 3 and report["federation"] == "fed"
     assert report["verification"]["status"] == "verified"
     assert not (out / "report.pdf").exists()  # --no-pdf
     assert report["checkpoint"]["size"] == len(entries)
