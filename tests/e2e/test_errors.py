@@ -139,6 +139,18 @@ def test_a_command_that_opens_a_key_without_a_passphrase(
     assert not (tmp_path / "b").exists()
 
 
+def test_a_governance_pin_that_is_not_a_governance_file(tmp_path: Path) -> None:
+    bad = tmp_path / "governance.json"
+    bad.write_text('{"governors": ["00"], "quorum": 1}', encoding="utf-8")
+    pins = ["--audit-key", "00", "--consortium-key", "00", "--federation", "fed"]
+    done = secagg("audit", "verify", str(tmp_path), *pins, "--governance", str(bad))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == (
+        f"error: --governance {bad}: a governance needs distinct 32-byte Ed25519 governor keys (give the "
+        "governance.json the federation was created with)"
+    )
+
+
 def test_port_in_use(files: tuple[Path, list[Path], int]) -> None:
     serve, _, port = files
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
