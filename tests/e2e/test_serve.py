@@ -109,14 +109,15 @@ def rounds_in(config: Path) -> list[object]:
 def test_serve_opens_no_round_and_exits_3_when_too_few_silos_join(
     trio: Consortium, tmp_path: Path
 ) -> None:
-    config = serve_toml(trio, tmp_path / "serve", join=1.0)
+    # long enough for one silo's mTLS connection and Join on a loaded CI machine (1 s was not always)
+    config = serve_toml(trio, tmp_path / "serve", join=5.0)
     with serving(config) as serve:
         assert "round 0 opens once 3 silos have joined" in "".join(serve.lines)
         with ManualSilo(trio, "a", serve.address) as silo:  # one silo joins, two never come
             silo.stub.Join(pb.JoinRequest(federation=FEDERATION, silo="a"))
         assert serve.wait() == SERVE_NO_COHORT
     assert serve.last_line() == (
-        "error: no round opened: only 1 of the 3 silos round 0 needs (min_cohort) joined within the 1 s "
+        "error: no round opened: only 1 of the 3 silos round 0 needs (min_cohort) joined within the 5 s "
         "join deadline. Start the silos (`secagg silo --config ...`) and run `secagg serve` again, or raise "
         "[deadlines] join."
     )
