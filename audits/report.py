@@ -612,6 +612,7 @@ def build_report(
     roster_changes: list[
         dict[str, Any]
     ] = []  # roster versions adopted (each re-verified by the verifier)
+    quorum = created.get("governance", {}).get("quorum")  # K of the governance in force
 
     def silo_row(silo: str) -> dict[str, Any]:
         return silos.setdefault(
@@ -687,9 +688,12 @@ def build_report(
                     "removed": list(body["removed"]),
                     "rotated": _plain(body.get("rotated", [])),
                     "signers": list(body["signers"]),
-                    "quorum": created.get("governance", {}).get("quorum"),
+                    "quorum": quorum,  # the K that had to sign this version
                 }
             )
+            handover = body.get("governance")
+            if isinstance(handover, Mapping):  # the next versions need the new governance's K
+                quorum = handover.get("quorum")
 
     silo_list = []
     mechanism: dict[str, Any] = {}

@@ -22,6 +22,7 @@ import numpy.typing as npt
 import pytest
 
 from audits import VerificationError, verify_bundle
+from audits.report import build_report
 from coordinator.common import RoundStatus
 from coordinator.config import ServeConfig, SiloConfig
 from coordinator.errors import ConfigError
@@ -73,11 +74,11 @@ def federation_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         str(ca.directory),
         *new_set,
         "--quorum",
-        "2",
+        "1",  # another K than the 2 of 3 before, so the report's quorum in force is seen to change
         "--out",
         str(v2),
     )
-    assert "hands over to 2 of 2 new governors" in shown
+    assert "hands over to 1 of 2 new governors" in shown
     for g in (gov1, gov2):  # two of the governors in force approve the handover
         secagg(g, "pki", "roster", "sign", str(g.directory), str(v2), "--yes")
     secagg(
@@ -188,7 +189,7 @@ def test_the_running_federation_follows_the_handover_and_the_new_set_governs(
     for silo in federation_run["enrolment"].silos:
         assert RosterVersion.load(silo.directory / "roster-version.json").version == 3
         pinned = json.loads((silo.directory / "governance.json").read_text())
-        assert pinned == {"governors": [keys["gov-3"], keys["gov-4"]], "quorum": 2}
+        assert pinned == {"governors": [keys["gov-3"], keys["gov-4"]], "quorum": 1}
     changes = [
         e.event.body for e in entries(federation_run["bundle"]) if e.event.kind == "roster_changed"
     ]
@@ -196,10 +197,13 @@ def test_the_running_federation_follows_the_handover_and_the_new_set_governs(
     assert sorted(changes[0]["signers"]) == sorted([keys["gov-1"], keys["gov-2"]])
     assert sorted(changes[1]["signers"]) == sorted([keys["gov-3"], keys["gov-4"]])
     handover = changes[0]["governance"]
-    assert (list(handover["governors"]), handover["quorum"]) == ([keys["gov-3"], keys["gov-4"]], 2)
+    assert (list(handover["governors"]), handover["quorum"]) == ([keys["gov-3"], keys["gov-4"]], 1)
     assert "governance" not in changes[1] and changes[1]["rotated"][0]["id"] == "st-anne"
     report, warnings = verify(federation_run, federation_run["bundle"])
     assert report.anchors.fully_pinned and not warnings
+    # the report gives each change the K it needed: 2 of the creation's three, then the new set's 1
+    shown = build_report(report)["roster_changes"]
+    assert [(c["version"], c["quorum"]) for c in shown] == [(2, 2), (3, 1)]
 
 
 def test_a_ledger_where_the_outgoing_governors_signed_the_next_version_fails_verification(
@@ -216,7 +220,7 @@ def test_a_ledger_where_the_outgoing_governors_signed_the_next_version_fails_ver
     with pytest.raises(VerificationError) as exc:
         verify(federation_run, forged)
     assert "roster change refused" in str(exc.value)
-    assert "roster version 3 has 0 valid governor signature(s) of the 2 required" in str(exc.value)
+    assert "roster version 3 has 0 valid governor signature(s) of the 1 required" in str(exc.value)
     # positive control: the same ledger verifies with the governance check skipped
     roster = Roster.loads((forged / "roster.json").read_text())
     verify_bundle(
