@@ -145,6 +145,7 @@ from coordinator.config import (
     ServeConfig,
     TLSPaths,
 )
+from coordinator.errors import InvalidInput
 from coordinator.metrics import Metrics
 from coordinator.pki import (
     PASSPHRASE_ENV,
@@ -361,10 +362,10 @@ class ThreadProfiles:
         with self._lock:
             for profile in self._profiles:
                 snapshot = _Snapshot(profile)
-                if (
-                    snapshot.stats
-                ):  # pstats refuses an empty one (a thread that has not run Python yet)
-                    stats.add(cast(Any, snapshot))  # pstats duck-types on create_stats/stats
+                # pstats refuses an empty one (a thread that has not run Python yet); it duck-types on
+                # create_stats/stats
+                if snapshot.stats:
+                    stats.add(cast(Any, snapshot))
         stats.sort_stats("tottime").print_stats(top)
         return out.getvalue()
 
@@ -465,9 +466,8 @@ class PlainRounds:
         self.roster = roster
         self.store = store
         self.quantizer = config.rounds.quantizer(len(roster.members))
-        self.cond = (
-            Signal()
-        )  # a condition whose changes also wake the asyncio server's parked polls
+        # a condition whose changes also wake the asyncio server's parked polls
+        self.cond = Signal()
         self.limits = config.limits
         self.open: RoundConfig | None = None
         self.total: U32 = np.zeros(0, dtype=np.uint32)
@@ -610,11 +610,7 @@ class PlainServicer(pb_grpc.FederationServicer):
                 chunk = None  # released before the next receive
                 if last:
                     return pb.Ack()
-        return await call.run(
-            lambda ctx: ctx.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "upload ended without its last chunk"
-            )
-        )
+        await call.fail(InvalidInput("upload ended without its last chunk"))
 
     def _fold(
         self, silo: str, chunk: pb.MaskedChunk, spool: IO[bytes], context: grpc.ServicerContext

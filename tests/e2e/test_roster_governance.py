@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -61,6 +60,7 @@ from tests.e2e.test_enrolment import (
     enrol,
     secagg,
 )
+from tests.e2e.test_errors import secagg as run_secagg
 
 pytestmark = pytest.mark.e2e
 
@@ -462,14 +462,7 @@ def secagg_cli(federation_run: dict[str, Any], *argv: str) -> subprocess.Complet
         "--federation",
         FEDERATION,
     ]
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "secagg"), *argv, *pins],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_secagg(*argv, *pins)
 
 
 def test_a_roster_change_that_skips_a_version_in_the_ledger_fails_verification(
