@@ -26,13 +26,14 @@ so resident memory would grow with the number of concurrent silos.
 MMAP_THRESHOLD = 4 << 20
 """Allocations of at least this many bytes get their own mapping, returned to the kernel when freed.
 
-Vector-sized arrays from 1M parameters up get a mapping of their own and leave no hole in the heap when freed.
-Stream chunks (64 KiB to 1 MiB, :func:`coordinator.common.chunk_words`), their protobuf messages and gRPC's
+Vectors above 4 MiB (about 1M parameters and up) get a mapping of their own and leave no hole in the heap when
+freed. Stream chunks (64 KiB to 1 MiB, :func:`coordinator.common.chunk_words`), their protobuf messages and gRPC's
 slices stay below it and come from the heap: a chunk freed there is reused by the next one, and
 :func:`release_free_memory` returns what a stage freed when the stage closes. A threshold below the chunk size
 (32 KiB, before issue 18) mapped and unmapped every chunk: page faults and ``munmap`` were a third of the
 coordinator's CPU at 10 silos x 4M (``perf``), and raising the threshold to 4 MiB cut that scenario's
-coordinator CPU from 2.28 to 1.25 s a round with the same peak RSS at 50 x 1M (``bench/bench_coordinator.py``).
+coordinator CPU from 2.28 to 1.25 s a round with the same peak RSS at 50 x 1M (``bench/bench_coordinator.py``;
+2 MiB gave 1.58 s there and no lower peak).
 Setting the threshold explicitly also turns off glibc's dynamic threshold, which otherwise rises to the size of
 the largest freed mapping (up to 32 MiB), after which vector-sized temporaries would come from the heap and
 stay resident (``mallopt(3)``, M_MMAP_THRESHOLD).
